@@ -1,0 +1,90 @@
+package drivers
+
+import "errors"
+
+// The error classes adapters return. Every error an adapter returns from a
+// Resource or Branch method is an *Error whose Kind is one of these, so the
+// coordinator and recovery can decide with errors.Is alone.
+var (
+	// ErrInDoubt: the operation may or may not have taken effect (the
+	// connection broke or the context ended while the server was working).
+	// A branch in doubt is never treated as failed.
+	ErrInDoubt = errors.New("outcome unknown")
+
+	// ErrNotFound: no prepared branch with that XID exists on the resource
+	// (it was already committed or rolled back, or never prepared).
+	ErrNotFound = errors.New("no such prepared branch")
+
+	// ErrBusy: the branch exists but cannot be finished right now (MariaDB:
+	// its preparing session is still attached; PostgreSQL: another session is
+	// finishing it). Try again later.
+	ErrBusy = errors.New("prepared branch is busy")
+
+	// ErrRefused: the branch could not prepare and has been rolled back
+	// (a constraint failed, the transaction block was aborted, ...).
+	ErrRefused = errors.New("branch refused to prepare")
+
+	// ErrRetryable: the operation failed with no effect and can be tried
+	// again as is (deadlock victim, serialization failure, lock timeout,
+	// connection refused before anything was sent).
+	ErrRetryable = errors.New("transient failure")
+
+	// ErrUnsupported: the server cannot take part in two-phase commit as
+	// configured (for example max_prepared_transactions = 0).
+	ErrUnsupported = errors.New("two-phase commit not available")
+
+	// ErrFailed: the operation failed with no effect and retrying will not
+	// help (permission denied, wrong database, invalid XID, ...).
+	ErrFailed = errors.New("operation failed")
+)
+
+// Error is the error type adapters return: which resource, which operation,
+// which class, and the underlying driver error.
+type Error struct {
+	Resource string // resource name
+	Op       string // "begin", "prepare", "commit", "rollback", "commit-one-phase", "recover", ...
+	XID      string // the XID's gid form, if any
+	Kind     error  // one of the Err* classes above
+	Err      error  // the driver's error, may be nil
+}
+
+func (e *Error) Error() string {
+	s := e.Resource + ": " + e.Op
+	if e.XID != "" {
+		s += " " + e.XID
+	}
+	s += ": " + e.Kind.Error()
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+// Unwrap returns both the class and the driver error, so errors.Is matches
+// the class and errors.As finds the driver's own error type.
+func (e *Error) Unwrap() []error {
+	if e.Err == nil {
+		return []error{e.Kind}
+	}
+	return []error{e.Kind, e.Err}
+}
+
+// NewError builds an *Error. kind must be one of the Err* classes.
+func NewError(resource, op string, xid XID, kind, err error) *Error {
+	e := &Error{Resource: resource, Op: op, Kind: kind, Err: err}
+	if !xid.Global.IsZero() {
+		e.XID = xid.GID()
+	}
+	return e
+}
+
+// Classify returns the class of err: one of the Err* values, or nil when err
+// carries none (then the caller must assume the worst that fits its context).
+func Classify(err error) error {
+	for _, k := range []error{ErrInDoubt, ErrNotFound, ErrBusy, ErrRefused, ErrRetryable, ErrUnsupported, ErrFailed} {
+		if errors.Is(err, k) {
+			return k
+		}
+	}
+	return nil
+}

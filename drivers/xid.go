@@ -1,0 +1,257 @@
+package drivers
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// FormatID is the X/Open formatID of every XID xabridge creates ("xab1").
+// Branches with any other formatID are foreign and never touched.
+const FormatID int32 = 'x'<<24 | 'a'<<16 | 'b'<<8 | '1'
+
+// GIDPrefix starts every PostgreSQL gid xabridge creates.
+const GIDPrefix = "xab1:"
+
+// MaxNodeIDLen is the longest coordinator node id; it keeps the gtrid within
+// MySQL's 64-byte limit.
+const MaxNodeIDLen = 24
+
+// MaxBranches is how many branches one global transaction can have.
+const MaxBranches = 256
+
+// GlobalID identifies one global transaction (the XID's gtrid). It carries
+// the coordinator node that owns it, its begin time (so its age can be read
+// from any prepared branch), a sequence number that makes it unique, and the
+// deadline after which no commit decision may be written for it (the fence).
+//
+// Its text form uses only [a-z0-9.-], so it can never break SQL quoting:
+//
+//	node.BBBBBBBBBBBB.SSSSSSSS.DDDDDDDDDDDD
+//
+// with the begin and deadline times as 12 lowercase hex digits of Unix
+// milliseconds and the sequence as 8 lowercase hex digits.
+type GlobalID struct {
+	Node     string
+	Begin    time.Time
+	Seq      uint32
+	Deadline time.Time
+}
+
+// ValidateNodeID reports whether id can be used as a coordinator node id:
+// 1 to 24 characters of [a-z0-9-], starting with a letter or digit.
+func ValidateNodeID(id string) error {
+	if id == "" {
+		return errors.New("node id is empty")
+	}
+	if len(id) > MaxNodeIDLen {
+		return fmt.Errorf("node id %q is longer than %d characters", truncate(id, 40), MaxNodeIDLen)
+	}
+	if id[0] == '-' {
+		return fmt.Errorf("node id %q must start with a letter or digit", id)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return fmt.Errorf("node id %q may only contain a-z, 0-9 and '-'", truncate(id, 40))
+		}
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// String returns the canonical text form, which is also the gtrid.
+func (g GlobalID) String() string {
+	var b strings.Builder
+	b.Grow(len(g.Node) + 36)
+	b.WriteString(g.Node)
+	b.WriteByte('.')
+	writeHex(&b, uint64(g.Begin.UnixMilli()), 12)
+	b.WriteByte('.')
+	writeHex(&b, uint64(g.Seq), 8)
+	b.WriteByte('.')
+	writeHex(&b, uint64(g.Deadline.UnixMilli()), 12)
+	return b.String()
+}
+
+// IsZero reports whether g is the zero GlobalID.
+func (g GlobalID) IsZero() bool { return g.Node == "" }
+
+// Validate reports whether g can be encoded: a valid node id and times that
+// fit the format, with the deadline not before the begin time.
+func (g GlobalID) Validate() error {
+	if err := ValidateNodeID(g.Node); err != nil {
+		return err
+	}
+	b, d := g.Begin.UnixMilli(), g.Deadline.UnixMilli()
+	if b < 0 || b >= 1<<48 || d < 0 || d >= 1<<48 {
+		return errors.New("global id time out of range")
+	}
+	if d < b {
+		return errors.New("global id deadline is before its begin time")
+	}
+	return nil
+}
+
+func writeHex(b *strings.Builder, v uint64, width int) {
+	const digits = "0123456789abcdef"
+	for i := width - 1; i >= 0; i-- {
+		b.WriteByte(digits[(v>>(4*uint(i)))&0xf])
+	}
+}
+
+// ParseGlobalID parses the canonical text form of a GlobalID. Anything else,
+// including non-canonical spellings of a valid id, is an error, so that
+// ParseGlobalID(s).String() == s whenever it succeeds.
+func ParseGlobalID(s string) (GlobalID, error) {
+	var g GlobalID
+	if len(s) > MaxNodeIDLen+36 {
+		return g, fmt.Errorf("not a xabridge global id: too long (%d bytes)", len(s))
+	}
+	parts := strings.Split(s, ".")
+	if len(parts) != 4 {
+		return g, fmt.Errorf("not a xabridge global id: %q", truncate(s, 80))
+	}
+	if err := ValidateNodeID(parts[0]); err != nil {
+		return g, fmt.Errorf("not a xabridge global id: %w", err)
+	}
+	begin, ok1 := parseHex(parts[1], 12)
+	seq, ok2 := parseHex(parts[2], 8)
+	dl, ok3 := parseHex(parts[3], 12)
+	if !ok1 || !ok2 || !ok3 || dl < begin {
+		return g, fmt.Errorf("not a xabridge global id: %q", truncate(s, 80))
+	}
+	g = GlobalID{
+		Node:     parts[0],
+		Begin:    time.UnixMilli(int64(begin)).UTC(),
+		Seq:      uint32(seq),
+		Deadline: time.UnixMilli(int64(dl)).UTC(),
+	}
+	return g, nil
+}
+
+// parseHex accepts exactly width lowercase hex digits.
+func parseHex(s string, width int) (uint64, bool) {
+	if len(s) != width {
+		return 0, false
+	}
+	var v uint64
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= '0' && c <= '9':
+			v = v<<4 | uint64(c-'0')
+		case c >= 'a' && c <= 'f':
+			v = v<<4 | uint64(c-'a'+10)
+		default:
+			return 0, false
+		}
+	}
+	return v, true
+}
+
+// XID identifies one branch of a global transaction: the global id (gtrid)
+// and the branch number (bqual, two lowercase hex digits).
+type XID struct {
+	Global GlobalID
+	Branch uint8
+}
+
+// String returns the PostgreSQL gid form, which is also how XIDs are shown.
+func (x XID) String() string { return x.GID() }
+
+// BranchQualifier returns the bqual: the branch number as two hex digits.
+func (x XID) BranchQualifier() string {
+	var b strings.Builder
+	writeHex(&b, uint64(x.Branch), 2)
+	return b.String()
+}
+
+// GID returns the PostgreSQL gid: "xab1:" + gtrid + ":" + bqual. It is at most
+// 67 bytes (PostgreSQL allows 199) and uses only [a-z0-9.:-].
+func (x XID) GID() string {
+	return GIDPrefix + x.Global.String() + ":" + x.BranchQualifier()
+}
+
+// ParseGID decodes a PostgreSQL gid. It reports false for anything that is
+// not exactly a gid xabridge would create: such a prepared transaction is
+// foreign and must be left alone.
+func ParseGID(gid string) (XID, bool) {
+	rest, ok := strings.CutPrefix(gid, GIDPrefix)
+	if !ok {
+		return XID{}, false
+	}
+	gtrid, bq, ok := strings.Cut(rest, ":")
+	if !ok {
+		return XID{}, false
+	}
+	g, err := ParseGlobalID(gtrid)
+	if err != nil {
+		return XID{}, false
+	}
+	br, ok := parseHex(bq, 2)
+	if !ok {
+		return XID{}, false
+	}
+	return XID{Global: g, Branch: uint8(br)}, true
+}
+
+// MySQL returns the XID as MySQL/MariaDB XA syntax: X'gtrid',X'bqual',formatID.
+// Hex literals mean no byte of the id can ever be read as SQL.
+func (x XID) MySQL() string {
+	gtrid := x.Global.String()
+	bq := x.BranchQualifier()
+	return "X'" + hex.EncodeToString([]byte(gtrid)) + "',X'" + hex.EncodeToString([]byte(bq)) + "'," +
+		strconv.FormatInt(int64(FormatID), 10)
+}
+
+// ParseMySQLXID decodes one row of XA RECOVER (formatID, gtrid_length,
+// bqual_length, data). It reports false for anything xabridge did not create.
+func ParseMySQLXID(formatID int64, gtridLen, bqualLen int64, data []byte) (XID, bool) {
+	if formatID != int64(FormatID) || gtridLen < 0 || bqualLen < 0 ||
+		gtridLen > 64 || bqualLen > 64 || int64(len(data)) != gtridLen+bqualLen {
+		return XID{}, false
+	}
+	g, err := ParseGlobalID(string(data[:gtridLen]))
+	if err != nil {
+		return XID{}, false
+	}
+	br, ok := parseHex(string(data[gtridLen:]), 2)
+	if !ok {
+		return XID{}, false
+	}
+	return XID{Global: g, Branch: uint8(br)}, true
+}
+
+// ParseXID accepts either a gid ("xab1:gtrid:bq") or a bare gtrid for the
+// branch-less forms operators type. The bool result reports whether a branch
+// was given.
+func ParseXID(s string) (XID, bool, error) {
+	if x, ok := ParseGID(s); ok {
+		return x, true, nil
+	}
+	g, err := ParseGlobalID(s)
+	if err != nil {
+		return XID{}, false, err
+	}
+	return XID{Global: g}, false, nil
+}
+
+// Validate reports whether x is a well-formed xabridge XID. Adapters call it
+// before x reaches any SQL text, so a hand-built XID with hostile bytes in its
+// node id is refused with an error instead of being sent.
+func (x XID) Validate() error {
+	if err := x.Global.Validate(); err != nil {
+		return fmt.Errorf("invalid xid: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,208 @@
+package drivers
+
+import (
+	"encoding/hex"
+	"strings"
+	"testing"
+	"time"
+)
+
+func sampleXID() XID {
+	begin := time.UnixMilli(1_780_000_000_123).UTC()
+	return XID{
+		Global: GlobalID{Node: "node-1", Begin: begin, Seq: 0xdeadbeef, Deadline: begin.Add(30 * time.Second)},
+		Branch: 1,
+	}
+}
+
+func TestXIDEncodings(t *testing.T) {
+	x := sampleXID()
+	gid := x.GID()
+	want := "xab1:node-1.019e7044887b.deadbeef.019e7044fdab:01"
+	if gid != want {
+		t.Fatalf("GID = %q, want %q", gid, want)
+	}
+	back, ok := ParseGID(gid)
+	if !ok || back != x {
+		t.Fatalf("ParseGID(%q) = %v, %v", gid, back, ok)
+	}
+	my := x.MySQL()
+	wantMy := "X'" + hex.EncodeToString([]byte(x.Global.String())) + "',X'3031',2019648049"
+	if my != wantMy {
+		t.Fatalf("MySQL = %q, want %q", my, wantMy)
+	}
+	g := []byte(x.Global.String())
+	data := append(append([]byte{}, g...), "01"...)
+	back, ok = ParseMySQLXID(int64(FormatID), int64(len(g)), 2, data)
+	if !ok || back != x {
+		t.Fatalf("ParseMySQLXID = %v, %v", back, ok)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	begin := time.UnixMilli(1<<48 - 1).UTC()
+	x := XID{Global: GlobalID{Node: strings.Repeat("z", MaxNodeIDLen), Begin: begin, Seq: ^uint32(0), Deadline: begin}, Branch: 255}
+	if err := x.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(x.GID()); n >= 200 {
+		t.Fatalf("longest gid is %d bytes; PostgreSQL allows 199", n)
+	}
+	if n := len(x.Global.String()); n > 64 {
+		t.Fatalf("longest gtrid is %d bytes; MySQL allows 64", n)
+	}
+	if n := len(x.BranchQualifier()); n > 64 {
+		t.Fatalf("bqual is %d bytes", n)
+	}
+}
+
+func TestHostileAndForeignIDsAreNotOurs(t *testing.T) {
+	good := sampleXID().GID()
+	gids := []string{
+		"",
+		"g1",
+		"xab1:",
+		"xab1::",
+		"xab1:node-1.019e6d9ebc7b.deadbeef.019e6d9f2f8b",        // no branch
+		"xab1:node-1.019e6d9ebc7b.deadbeef.019e6d9f2f8b:1",      // short branch
+		"xab1:node-1.019e6d9ebc7b.deadbeef.019e6d9f2f8b:001",    // long branch
+		"xab1:node-1.019e6d9ebc7b.deadbeef.019e6d9f2f8b:0G",     // not hex
+		"xab1:node-1.019E6D9EBC7B.deadbeef.019e6d9f2f8b:01",     // upper-case hex is not canonical
+		"xab1:Node-1.019e6d9ebc7b.deadbeef.019e6d9f2f8b:01",     // upper-case node
+		"xab1:-node.019e6d9ebc7b.deadbeef.019e6d9f2f8b:01",      // leading dash
+		"xab1:no'de.019e6d9ebc7b.deadbeef.019e6d9f2f8b:01",      // quote
+		"xab1:node-1.019e6d9f2f8b.deadbeef.019e6d9ebc7b:01",     // deadline before begin
+		"xab1:node-1.019e6d9ebc7b.deadbeef.019e6d9f2f8b:01 ",    // trailing space
+		"xab1:node-1.019e6d9ebc7b.deadbeef.019e6d9f2f8b:01\x00", // NUL
+		"XAB1:node-1.019e6d9ebc7b.deadbeef.019e6d9f2f8b:01",
+		"xab1:node-1.019e6d9ebc7b.deadbeef.019e6d9f2f8b.00:01",
+		"xab1:" + strings.Repeat("a", 25) + ".019e6d9ebc7b.deadbeef.019e6d9f2f8b:01",
+		"xab1:node-1.019e6d9ebc7b.deadbeef.019e6d9f2f8b:01'; DROP TABLE t; --",
+		"1096044365_dGVzdA==_YnE=", // pgjdbc-style gid
+		"citus_0_123_4_5",
+		good[:len(good)-1],
+	}
+	for _, s := range gids {
+		if x, ok := ParseGID(s); ok {
+			t.Errorf("ParseGID(%q) = %v, want foreign", s, x)
+		}
+	}
+	if _, ok := ParseGID(good); !ok {
+		t.Fatalf("ParseGID rejects a valid gid")
+	}
+
+	g := []byte(sampleXID().Global.String())
+	data := append(append([]byte{}, g...), "01"...)
+	mysqlRows := []struct {
+		name        string
+		fmt, gl, bl int64
+		data        []byte
+	}{
+		{"other formatID", 1, int64(len(g)), 2, data},
+		{"JTA formatID", 131077, int64(len(g)), 2, data},
+		{"length mismatch", int64(FormatID), int64(len(g)), 3, data},
+		{"negative length", int64(FormatID), -1, 2, data},
+		{"split wrong", int64(FormatID), int64(len(g)) - 1, 3, data},
+		{"binary garbage", int64(FormatID), 4, 2, []byte{0, 0xff, 1, 2, 3, 4}},
+		{"too long", int64(FormatID), 65, 0, make([]byte, 65)},
+	}
+	for _, r := range mysqlRows {
+		if x, ok := ParseMySQLXID(r.fmt, r.gl, r.bl, r.data); ok {
+			t.Errorf("%s: ParseMySQLXID = %v, want foreign", r.name, x)
+		}
+	}
+}
+
+func TestValidateRefusesHandBuiltHostileXID(t *testing.T) {
+	now := time.Now()
+	for _, node := range []string{"", "x'; drop table t; --", "UPPER", strings.Repeat("a", 25), "a.b", "a:b", "é"} {
+		x := XID{Global: GlobalID{Node: node, Begin: now, Deadline: now}}
+		if err := x.Validate(); err == nil {
+			t.Errorf("Validate accepted node %q", node)
+		}
+	}
+	x := XID{Global: GlobalID{Node: "ok", Begin: now, Deadline: now.Add(-time.Second)}}
+	if err := x.Validate(); err == nil {
+		t.Error("Validate accepted a deadline before the begin time")
+	}
+}
+
+func TestParseXID(t *testing.T) {
+	x := sampleXID()
+	got, hasBranch, err := ParseXID(x.GID())
+	if err != nil || !hasBranch || got != x {
+		t.Fatalf("ParseXID(gid) = %v %v %v", got, hasBranch, err)
+	}
+	got, hasBranch, err = ParseXID(x.Global.String())
+	if err != nil || hasBranch || got.Global != x.Global {
+		t.Fatalf("ParseXID(gtrid) = %v %v %v", got, hasBranch, err)
+	}
+	if _, _, err := ParseXID("robert'); DROP TABLE students;--"); err == nil {
+		t.Fatal("ParseXID accepted garbage")
+	}
+}
+
+// FuzzParseGID checks the gid codec is total and canonical: any string
+// either is foreign, or decodes to an XID that encodes back to exactly the
+// same string and uses only the safe alphabet.
+func FuzzParseGID(f *testing.F) {
+	f.Add(sampleXID().GID())
+	f.Add("xab1:a.000000000000.00000000.000000000000:00")
+	f.Add("g1")
+	f.Add("xab1:node-1.019e6d9ebc7b.deadbeef.019e6d9f2f8b:01'")
+	f.Fuzz(func(t *testing.T, s string) {
+		x, ok := ParseGID(s)
+		if !ok {
+			return
+		}
+		if x.GID() != s {
+			t.Fatalf("ParseGID(%q).GID() = %q", s, x.GID())
+		}
+		if err := x.Validate(); err != nil {
+			t.Fatalf("decoded XID is invalid: %v", err)
+		}
+		for _, c := range s {
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == ':' || c == '-') {
+				t.Fatalf("gid %q has unsafe character %q", s, c)
+			}
+		}
+	})
+}
+
+// FuzzParseMySQLXID checks the XA RECOVER decoder is total and canonical.
+func FuzzParseMySQLXID(f *testing.F) {
+	x := sampleXID()
+	g := []byte(x.Global.String())
+	f.Add(int64(FormatID), int64(len(g)), int64(2), append(append([]byte{}, g...), "01"...))
+	f.Add(int64(1), int64(2), int64(1), []byte("abc"))
+	f.Fuzz(func(t *testing.T, fmtID, gl, bl int64, data []byte) {
+		x, ok := ParseMySQLXID(fmtID, gl, bl, data)
+		if !ok {
+			return
+		}
+		if fmtID != int64(FormatID) {
+			t.Fatalf("decoded a foreign formatID %d", fmtID)
+		}
+		if got := x.Global.String() + x.BranchQualifier(); got != string(data) {
+			t.Fatalf("re-encoded %q, data was %q", got, data)
+		}
+	})
+}
+
+// FuzzParseGlobalID checks round trips of the gtrid text form.
+func FuzzParseGlobalID(f *testing.F) {
+	f.Add(sampleXID().Global.String())
+	f.Add("a.000000000000.00000000.000000000000")
+	f.Fuzz(func(t *testing.T, s string) {
+		g, err := ParseGlobalID(s)
+		if err != nil {
+			return
+		}
+		if g.String() != s {
+			t.Fatalf("ParseGlobalID(%q).String() = %q", s, g.String())
+		}
+		if len(s) > 64 {
+			t.Fatalf("accepted a %d-byte gtrid", len(s))
+		}
+	})
+}

@@ -1,0 +1,571 @@
+// Package recovery finds prepared branches a crash left behind, correlates
+// them with the decision log, and resolves them: it commits branches whose
+// transaction has a durable commit decision and rolls back orphans that are
+// positively ours, past their fence and seen in two consecutive scans.
+// Everything else (foreign transactions, other nodes' transactions, anything
+// uncertain) is reported and left alone.
+package recovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/xa"
+)
+
+// Class is what recovery concluded about one prepared branch.
+type Class string
+
+// The classes of prepared branches.
+const (
+	// CommitPending: the log holds a commit decision; the branch must commit.
+	CommitPending Class = "commit-pending"
+	// AbortPending: the log holds an abort record; the branch must roll back.
+	AbortPending Class = "abort-pending"
+	// Orphan: ours, no decision, past its fence. Rolled back once it has
+	// been seen in two consecutive scans (presumed abort).
+	Orphan Class = "orphan"
+	// Live: ours and its coordinator may still be running it (it is active
+	// in this process, or not yet past its fence). Left alone.
+	Live Class = "live"
+	// UnknownOwner: another coordinator node's transaction, whose log we
+	// do not have. Left alone and reported.
+	UnknownOwner Class = "unknown-owner"
+	// Heuristic: the branch contradicts the log (for example the log says
+	// every branch committed, or an operator forced an outcome). Reported
+	// loudly; the log's decision, if any, is still applied.
+	Heuristic Class = "heuristic"
+	// Foreign: not created by xabridge, or not reachable through this
+	// resource. Never touched.
+	Foreign Class = "foreign"
+)
+
+// Action is what recovery does (or would do) with a branch.
+type Action string
+
+// Actions recovery takes.
+const (
+	ActionNone     Action = "none"
+	ActionCommit   Action = "commit"
+	ActionRollback Action = "rollback"
+	// ActionWait: an orphan seen for the first time; rolled back on the
+	// next scan if still there.
+	ActionWait Action = "wait"
+)
+
+// Branch is one prepared branch found on a resource, with what recovery
+// concluded about it.
+type Branch struct {
+	Resource string
+	drivers.Prepared
+	Class  Class
+	Action Action
+	Reason string
+	// Age is how long ago the transaction began (from its global id), or
+	// since the database prepared it for foreign entries when known.
+	Age time.Duration
+	// LogState is what the decision log says about the transaction.
+	LogState xa.State
+	// Result is the outcome of the action when one was taken ("committed",
+	// "rolled back", "busy: retry", or an error message).
+	Result string
+	// Err is the action's error, if it failed.
+	Err error `json:"-"`
+}
+
+// ResourceError is a resource that could not be scanned. Recovery never
+// fails silently: a scan error is reported and counted, and the pass
+// continues with the other resources.
+type ResourceError struct {
+	Resource string
+	Err      error
+}
+
+// Report is the result of one scan or pass.
+type Report struct {
+	At       time.Time
+	Branches []Branch
+	// ScanErrors lists resources that could not be scanned.
+	ScanErrors []ResourceError
+	// Ended lists commit decisions recovery found fully committed and marked
+	// ended in the log.
+	Ended []string
+}
+
+// Remaining counts branches of ours still prepared after the pass (any
+// class but Foreign whose action did not finish them).
+func (r *Report) Remaining() int {
+	n := 0
+	for _, b := range r.Branches {
+		if b.Class == Foreign {
+			continue
+		}
+		if (b.Action == ActionCommit || b.Action == ActionRollback) && b.Err == nil && b.Result != "" && b.Result != resultBusy {
+			continue
+		}
+		n++
+	}
+	return n
+}
+
+const resultBusy = "busy: retry later"
+
+// Config configures a Recoverer.
+type Config struct {
+	// NodeID is this coordinator's node id: only its transactions are acted
+	// on.
+	NodeID string
+	// Log is the decision log of NodeID. Acting (Pass, Resolve) needs it open
+	// for writing.
+	Log xa.Log
+	// Resources are the databases to scan.
+	Resources []drivers.Resource
+	// Active reports whether a transaction is running in a live
+	// coordinator of this process (Coordinator.Active); such branches are
+	// left alone. Nil means none is.
+	Active func(drivers.GlobalID) bool
+	// Skew is added to a transaction's deadline before it counts as past
+	// its fence, as a margin for clock differences between the coordinator
+	// that wrote the deadline and this process (default 5s).
+	Skew time.Duration
+	// MinAge, if set, overrides the fence: a branch whose transaction began
+	// more than MinAge ago counts as past its fence. For operators who know
+	// the coordinator is dead (the log lock proves no coordinator is
+	// writing to this log).
+	MinAge *time.Duration
+	// Actor names who acts, for the log's action records (default
+	// "recovery@<node>").
+	Actor string
+	// Logger receives one event per action. Default: discard.
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Recoverer scans resources and resolves in-doubt branches. It remembers
+// which orphans it has already seen, so consecutive passes implement the
+// two-scan rule. Safe for concurrent use, though passes are serialised.
+type Recoverer struct {
+	cfg    Config
+	logger *slog.Logger
+
+	mu   sync.Mutex          // serialises passes
+	seen map[drivers.XID]int // orphans seen in the previous scan
+	res  map[string]drivers.Resource
+}
+
+// New returns a Recoverer for cfg.
+func New(cfg Config) (*Recoverer, error) {
+	if err := drivers.ValidateNodeID(cfg.NodeID); err != nil {
+		return nil, fmt.Errorf("recovery: %w", err)
+	}
+	if cfg.Log == nil {
+		return nil, errors.New("recovery: no decision log")
+	}
+	if cfg.Skew <= 0 {
+		cfg.Skew = 5 * time.Second
+	}
+	if cfg.Actor == "" {
+		cfg.Actor = "recovery@" + cfg.NodeID
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	res := map[string]drivers.Resource{}
+	for _, r := range cfg.Resources {
+		if _, dup := res[r.Name()]; dup {
+			return nil, fmt.Errorf("recovery: two resources are named %q", r.Name())
+		}
+		res[r.Name()] = r
+	}
+	return &Recoverer{cfg: cfg, logger: logger.With("node", cfg.NodeID), seen: map[drivers.XID]int{}, res: res}, nil
+}
+
+// Scan lists the prepared branches on every resource and classifies them,
+// without acting. It does not count toward the two-scan rule.
+func (r *Recoverer) Scan(ctx context.Context) *Report {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rep := r.scan(ctx)
+	r.classify(rep, r.seen)
+	return rep
+}
+
+// Pass runs one recovery pass: scan, classify, then act on every branch
+// whose action is commit or rollback. With dryRun it only reports what it
+// would do (and does not count toward the two-scan rule).
+func (r *Recoverer) Pass(ctx context.Context, dryRun bool) *Report {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rep := r.scan(ctx)
+	r.classify(rep, r.seen)
+	if dryRun {
+		return rep
+	}
+	// Remember this scan's orphans for the next pass (the two-scan rule).
+	next := map[drivers.XID]int{}
+	for _, b := range rep.Branches {
+		if b.Class == Orphan {
+			next[b.XID] = r.seen[b.XID] + 1
+		}
+	}
+	r.seen = next
+	for i := range rep.Branches {
+		r.act(ctx, &rep.Branches[i])
+	}
+	r.endFinished(rep)
+	return rep
+}
+
+func (r *Recoverer) scan(ctx context.Context) *Report {
+	rep := &Report{At: r.cfg.Now()}
+	type result struct {
+		name string
+		p    []drivers.Prepared
+		err  error
+	}
+	results := make([]result, len(r.cfg.Resources))
+	var wg sync.WaitGroup
+	for i, res := range r.cfg.Resources {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p, err := res.Recover(ctx)
+			results[i] = result{res.Name(), p, err}
+		}()
+	}
+	wg.Wait()
+	for _, res := range results {
+		if res.err != nil {
+			rep.ScanErrors = append(rep.ScanErrors, ResourceError{res.name, res.err})
+			r.logger.Error("recovery scan failed", "resource", res.name, "err", res.err)
+			continue
+		}
+		for _, p := range res.p {
+			rep.Branches = append(rep.Branches, Branch{Resource: res.name, Prepared: p})
+		}
+	}
+	sort.SliceStable(rep.Branches, func(i, j int) bool {
+		a, b := rep.Branches[i], rep.Branches[j]
+		if a.Ours != b.Ours {
+			return a.Ours
+		}
+		if a.ID != b.ID {
+			return a.ID < b.ID
+		}
+		return a.Resource < b.Resource
+	})
+	return rep
+}
+
+// pastFence reports whether recovery may presume g aborted as far as time
+// goes, and why not when it may not.
+func (r *Recoverer) pastFence(g drivers.GlobalID, now time.Time) (bool, string) {
+	if r.cfg.MinAge != nil && now.Sub(g.Begin) >= *r.cfg.MinAge {
+		return true, ""
+	}
+	fence := g.Deadline.Add(r.cfg.Skew)
+	if now.Before(fence) {
+		return false, fmt.Sprintf("within its fence (%s left)", fence.Sub(now).Round(time.Second))
+	}
+	return true, ""
+}
+
+func (r *Recoverer) classify(rep *Report, seen map[drivers.XID]int) {
+	now := rep.At
+	for i := range rep.Branches {
+		b := &rep.Branches[i]
+		b.Action = ActionNone
+		if !b.Ours {
+			b.Class = Foreign
+			b.Reason = "not created by xabridge"
+			if b.Note != "" {
+				b.Reason = b.Note
+			}
+			if !b.PreparedAt.IsZero() {
+				b.Age = now.Sub(b.PreparedAt)
+			}
+			continue
+		}
+		g := b.XID.Global
+		b.Age = now.Sub(g.Begin)
+		if g.Node != r.cfg.NodeID {
+			b.Class = UnknownOwner
+			b.Reason = fmt.Sprintf("belongs to node %q; run recovery with that node's id and log", g.Node)
+			continue
+		}
+		entry, ok := r.cfg.Log.Lookup(g)
+		if ok {
+			b.LogState = entry.State
+		}
+		switch {
+		case ok && entry.State == xa.StateCommitted:
+			b.Class, b.Action, b.Reason = CommitPending, ActionCommit, "commit decision in the log"
+			if !inDecision(entry.Decision, b.Resource, b.XID.Branch) {
+				b.Class, b.Reason = Heuristic, "commit decision in the log does not name this branch; committing with its transaction"
+			}
+		case ok && entry.State == xa.StateDone:
+			b.Class, b.Action, b.Reason = Heuristic, ActionCommit, "log says every branch committed, yet this one is prepared; committing"
+		case ok && entry.State == xa.StateAborted:
+			b.Class, b.Action, b.Reason = AbortPending, ActionRollback, "abort recorded in the log"
+		case ok && entry.Heuristic():
+			b.Class, b.Reason = Heuristic, "an operator forced an outcome for this transaction; resolve it by hand"
+		case r.cfg.Active != nil && r.cfg.Active(g):
+			b.Class, b.Reason = Live, "running in this coordinator"
+		default:
+			past, why := r.pastFence(g, now)
+			if !past {
+				b.Class, b.Reason = Live, why
+				continue
+			}
+			b.Class = Orphan
+			if seen[b.XID] >= 1 {
+				b.Action, b.Reason = ActionRollback, "no commit decision, past its fence, seen in two scans: presumed abort"
+			} else {
+				b.Action, b.Reason = ActionWait, "no commit decision, past its fence; rolled back if still prepared at the next scan"
+			}
+		}
+	}
+}
+
+func inDecision(d *xa.Decision, resource string, branch uint8) bool {
+	if d == nil {
+		return false
+	}
+	for _, p := range d.Participants {
+		if p.Branch == branch && p.Resource == resource {
+			return true
+		}
+	}
+	// The same MySQL/MariaDB server can be configured as two resources
+	// (XA RECOVER is server-wide); match on the branch number alone then.
+	for _, p := range d.Participants {
+		if p.Branch == branch {
+			return true
+		}
+	}
+	return false
+}
+
+// act carries out b's action and records it in b.
+func (r *Recoverer) act(ctx context.Context, b *Branch) {
+	if b.Action != ActionCommit && b.Action != ActionRollback {
+		return
+	}
+	res := r.res[b.Resource]
+	g := b.XID.Global
+	if b.Action == ActionRollback && b.Class == Orphan {
+		// The fence: record the abort before touching the branch. Once it is
+		// durable, the coordinator can no longer write a commit decision
+		// for this transaction (the log refuses it), so rolling back is safe.
+		err := r.cfg.Log.Abort(ctx, xa.Action{GTRID: g, Op: "presume-abort", Reason: b.Reason, Actor: r.cfg.Actor, At: r.cfg.Now()})
+		if err != nil {
+			// A decision may have raced in: look again.
+			if e, ok := r.cfg.Log.Lookup(g); ok && (e.State == xa.StateCommitted || e.State == xa.StateDone) {
+				b.Class, b.Action, b.Reason = CommitPending, ActionCommit, "commit decision written during the scan"
+			} else {
+				b.Err, b.Result = err, "not rolled back: "+err.Error()
+				r.logger.Error("could not record the presumed abort; leaving the branch", "gtrid", g.String(), "err", err)
+				return
+			}
+		}
+	}
+	op := "commit"
+	if b.Action == ActionRollback {
+		op = "rollback"
+	}
+	if err := r.cfg.Log.Record(ctx, xa.Action{
+		GTRID: g, Resource: b.Resource, Branch: b.XID.Branch, Op: op, Reason: b.Reason, Actor: r.cfg.Actor, At: r.cfg.Now(),
+		Heuristic: b.Class == Heuristic,
+	}); err != nil {
+		b.Err, b.Result = err, "not done: cannot record the action: "+err.Error()
+		r.logger.Error("could not record a recovery action; not acting", "gtrid", g.String(), "err", err)
+		return
+	}
+	var err error
+	if b.Action == ActionCommit {
+		err = res.CommitPrepared(ctx, b.XID)
+	} else {
+		err = res.RollbackPrepared(ctx, b.XID)
+	}
+	switch {
+	case err == nil:
+		if b.Action == ActionCommit {
+			b.Result = "committed"
+		} else {
+			b.Result = "rolled back"
+		}
+		r.logger.Info("recovery resolved a branch", "gtrid", g.String(), "resource", b.Resource, "action", string(b.Action), "reason", b.Reason)
+	case errors.Is(err, drivers.ErrNotFound):
+		b.Result = "already finished"
+	case errors.Is(err, drivers.ErrBusy):
+		b.Result = resultBusy
+	default:
+		b.Err, b.Result = err, "failed: "+err.Error()
+		r.logger.Warn("recovery action failed; retried on the next pass", "gtrid", g.String(), "resource", b.Resource, "action", string(b.Action), "err", err)
+	}
+}
+
+// endFinished marks commit decisions ended when no resource lists any of
+// their branches any more. It only does so when every resource was scanned:
+// a resource that could not be scanned may still hold a branch.
+func (r *Recoverer) endFinished(rep *Report) {
+	if len(rep.ScanErrors) > 0 {
+		return
+	}
+	still := map[drivers.GlobalID]bool{}
+	for _, b := range rep.Branches {
+		if b.Ours && (b.Result == "" || b.Err != nil || b.Result == resultBusy) {
+			still[b.XID.Global] = true
+		}
+	}
+	for _, d := range r.cfg.Log.Pending() {
+		if d.GTRID.Node != r.cfg.NodeID || still[d.GTRID] {
+			continue
+		}
+		if r.cfg.Active != nil && r.cfg.Active(d.GTRID) {
+			continue // its coordinator is finishing phase 2 itself
+		}
+		if !r.coversAll(d) {
+			continue
+		}
+		if err := r.cfg.Log.End(d.GTRID); err == nil {
+			rep.Ended = append(rep.Ended, d.GTRID.String())
+		}
+	}
+}
+
+// coversAll reports whether every participant of d is a configured resource,
+// so "not listed anywhere" really means finished.
+func (r *Recoverer) coversAll(d xa.Decision) bool {
+	for _, p := range d.Participants {
+		if _, ok := r.res[p.Resource]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// Loop runs a pass every interval until ctx ends. It is meant for
+// long-running processes (alongside a Coordinator, with Active set).
+// onPass, if set, sees every report.
+func (r *Recoverer) Loop(ctx context.Context, interval time.Duration, onPass func(*Report)) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		rep := r.Pass(ctx, false)
+		if onPass != nil {
+			onPass(rep)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// Errors Resolve returns.
+var (
+	// ErrContradictsLog: the requested outcome contradicts the decision log;
+	// it is refused unless forced.
+	ErrContradictsLog = errors.New("refused: the requested outcome contradicts the decision log")
+	// ErrUnknownTransaction: neither the log nor any resource knows the
+	// global transaction.
+	ErrUnknownTransaction = errors.New("unknown global transaction: no log record and no prepared branch")
+	// ErrOtherNode: the transaction belongs to another coordinator node.
+	ErrOtherNode = errors.New("the transaction belongs to another coordinator node")
+)
+
+// Resolve settles one global transaction by hand: every prepared branch of
+// g on every resource is committed (commit true) or rolled back.
+//
+// An outcome that contradicts the log (commit without a commit decision,
+// rollback after one) is refused with ErrContradictsLog unless force is
+// set; a forced outcome is recorded in the log as a heuristic action and
+// the branches it acted on are reported with class Heuristic. A rollback
+// that agrees with the log (no decision) first records an abort, which
+// fences out any later commit decision.
+func (r *Recoverer) Resolve(ctx context.Context, g drivers.GlobalID, commit, force bool, actor string) (*Report, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if actor == "" {
+		actor = r.cfg.Actor
+	}
+	if g.Node != r.cfg.NodeID {
+		return nil, fmt.Errorf("%w: %s belongs to node %q, this is %q (use that node's --node-id and --log-dir)", ErrOtherNode, g, g.Node, r.cfg.NodeID)
+	}
+	rep := r.scan(ctx)
+	var mine []Branch
+	for _, b := range rep.Branches {
+		if b.Ours && b.XID.Global == g {
+			b.Age = rep.At.Sub(g.Begin)
+			mine = append(mine, b)
+		}
+	}
+	rep.Branches = mine
+	entry, logged := r.cfg.Log.Lookup(g)
+	if !logged && len(mine) == 0 {
+		if len(rep.ScanErrors) > 0 {
+			return rep, fmt.Errorf("%w (and %d resource(s) could not be scanned)", ErrUnknownTransaction, len(rep.ScanErrors))
+		}
+		return rep, ErrUnknownTransaction
+	}
+	decided := logged && (entry.State == xa.StateCommitted || entry.State == xa.StateDone)
+	heuristic := false
+	switch {
+	case commit && !decided:
+		if !force {
+			return rep, fmt.Errorf("%w: %s has no commit decision, so another branch may already be rolled back; use --force to commit anyway (recorded as a heuristic outcome)", ErrContradictsLog, g)
+		}
+		heuristic = true
+	case !commit && decided:
+		if !force {
+			return rep, fmt.Errorf("%w: %s has a durable commit decision, so other branches may already be committed; use --force to roll back anyway (recorded as a heuristic outcome)", ErrContradictsLog, g)
+		}
+		heuristic = true
+	case !commit:
+		// Agrees with presumed abort. Record it first: the fence.
+		if err := r.cfg.Log.Abort(ctx, xa.Action{GTRID: g, Op: "rollback", Reason: "operator resolve", Actor: actor, At: r.cfg.Now()}); err != nil {
+			return rep, fmt.Errorf("recording the abort: %w", err)
+		}
+	}
+	op, action := "commit", ActionCommit
+	if !commit {
+		op, action = "rollback", ActionRollback
+	}
+	if heuristic {
+		if err := r.cfg.Log.Record(ctx, xa.Action{
+			GTRID: g, Op: "forced-" + op, Reason: "operator forced an outcome that contradicts the log", Actor: actor, At: r.cfg.Now(), Heuristic: true,
+		}); err != nil {
+			return rep, fmt.Errorf("recording the heuristic outcome: %w", err)
+		}
+	}
+	for i := range rep.Branches {
+		b := &rep.Branches[i]
+		b.LogState = entry.State
+		b.Action = action
+		b.Class, b.Reason = CommitPending, "operator resolve (agrees with the log)"
+		if !commit {
+			b.Class = AbortPending
+		}
+		if heuristic {
+			b.Class, b.Reason = Heuristic, "operator forced an outcome that contradicts the log"
+		}
+		r.act(ctx, b)
+	}
+	if commit && !heuristic {
+		r.endFinished(rep)
+	}
+	return rep, nil
+}

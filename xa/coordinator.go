@@ -1,0 +1,402 @@
+// Package xa is the xabridge protocol core: the coordinator that runs one
+// global transaction across several databases with two-phase commit, the
+// durable decision log, and the outcome classes its errors carry.
+//
+// It contains no SQL; databases take part through the drivers contract
+// (see the postgres and mysql packages).
+package xa
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/xabridge/xabridge/drivers"
+)
+
+// Config configures a Coordinator.
+type Config struct {
+	// NodeID names this coordinator in every global id it creates: 1 to 24
+	// characters of [a-z0-9-]. It must be stable across restarts and
+	// unique among coordinators that share databases; recovery only ever
+	// acts on its own node's transactions.
+	NodeID string
+
+	// Log is the decision log. If nil, a FileLog is opened in LogDir and
+	// closed by Close.
+	Log Log
+	// LogDir is where the default file log lives when Log is nil.
+	LogDir string
+
+	// Resources are all the databases transactions may enlist. They must be
+	// registered up front so that commit decisions can be finished after a
+	// restart; names must be unique.
+	Resources []drivers.Resource
+
+	// Timeout bounds a global transaction from begin to commit decision
+	// (default 30s). It is also the fence: after it, no commit decision can
+	// be written, so recovery may presume the transaction aborted.
+	Timeout time.Duration
+
+	// Phase2Timeout is how long Commit waits for phase 2 before returning
+	// ErrCommitPending and finishing in the background (default 10s).
+	Phase2Timeout time.Duration
+
+	// AsyncPhase2 makes Commit return nil as soon as the commit decision is
+	// durable; phase 2 finishes in the background. Other readers may not see
+	// the transaction's writes until it does, and its locks are held until
+	// then.
+	AsyncPhase2 bool
+
+	// RollbackTimeout bounds how long an abort waits for branches to roll
+	// back before leaving the rest to recovery (default 5s).
+	RollbackTimeout time.Duration
+
+	// Logger receives one event per state change worth knowing (decision
+	// write failures, in-doubt branches, background phase 2). Default: a
+	// discarding logger.
+	Logger *slog.Logger
+
+	// Now is the clock (default time.Now). Tests replace it.
+	Now func() time.Time
+
+	// Hook, if set, is called at each protocol step (see Step). It is meant
+	// for fault injection in tests and for tracing; it must not block.
+	Hook func(Step, StepInfo)
+}
+
+// Step names a point in the protocol, for Config.Hook.
+type Step string
+
+// Protocol steps reported to Config.Hook.
+const (
+	StepBegin           Step = "begin"            // global id allocated
+	StepEnlisted        Step = "enlisted"         // a branch began on a resource
+	StepWorkDone        Step = "work-done"        // the callback returned without error
+	StepPrepared        Step = "prepared"         // one branch prepared (Resource, Branch set)
+	StepAllPrepared     Step = "all-prepared"     // every branch voted
+	StepDecided         Step = "decided"          // commit decision is durable
+	StepCommitted       Step = "committed"        // one branch committed (Resource, Branch set)
+	StepAllCommitted    Step = "all-committed"    // phase 2 finished, before the end record
+	StepEnded           Step = "ended"            // end record queued
+	StepRolledBack      Step = "rolled-back"      // one branch rolled back
+	StepOnePhaseCommit  Step = "one-phase-commit" // single-branch commit done
+	StepPhase2Handoff   Step = "phase2-handoff"   // Commit returned before phase 2 finished
+	StepDecisionRefused Step = "decision-refused" // the log fenced the decision out
+)
+
+// StepInfo describes a protocol step for Config.Hook.
+type StepInfo struct {
+	GTRID    drivers.GlobalID
+	Resource string // for per-branch steps
+	Branch   int    // branch number, -1 when not per-branch
+	Err      error  // for steps that report a failure
+}
+
+// Coordinator runs global transactions. It is safe for concurrent use;
+// one Coordinator (one node id, one decision log) per process.
+type Coordinator struct {
+	cfg       Config
+	log       Log
+	ownsLog   bool
+	ids       *idGen
+	logger    *slog.Logger
+	resources map[string]drivers.Resource
+
+	// bg owns every goroutine that outlives a call: background phase 2.
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
+	bgWG     sync.WaitGroup
+
+	mu     sync.Mutex
+	active map[drivers.GlobalID]struct{} // begun and not finished (phase 2 included)
+	closed bool
+}
+
+// New validates cfg, opens the decision log if needed, and starts finishing
+// every commit decision the log holds whose phase 2 did not end (a previous
+// process crashed or gave up). That work runs in the background until it
+// succeeds or Close is called.
+func New(ctx context.Context, cfg Config) (*Coordinator, error) {
+	if err := drivers.ValidateNodeID(cfg.NodeID); err != nil {
+		return nil, fmt.Errorf("xa: config: %w", err)
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 30 * time.Second
+	}
+	if cfg.Phase2Timeout <= 0 {
+		cfg.Phase2Timeout = 10 * time.Second
+	}
+	if cfg.RollbackTimeout <= 0 {
+		cfg.RollbackTimeout = 5 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	res := make(map[string]drivers.Resource, len(cfg.Resources))
+	for _, r := range cfg.Resources {
+		if r == nil {
+			return nil, errors.New("xa: config: nil resource")
+		}
+		if r.Name() == "" {
+			return nil, errors.New("xa: config: a resource has an empty name")
+		}
+		if _, dup := res[r.Name()]; dup {
+			return nil, fmt.Errorf("xa: config: two resources are named %q", r.Name())
+		}
+		res[r.Name()] = r
+	}
+	c := &Coordinator{
+		cfg:       cfg,
+		log:       cfg.Log,
+		ids:       newIDGen(cfg.NodeID),
+		logger:    logger.With("node", cfg.NodeID),
+		resources: res,
+		active:    map[drivers.GlobalID]struct{}{},
+	}
+	if c.log == nil {
+		if cfg.LogDir == "" {
+			return nil, errors.New("xa: config: neither Log nor LogDir is set")
+		}
+		fl, err := OpenFileLog(cfg.LogDir, FileLogOptions{Now: cfg.Now})
+		if err != nil {
+			return nil, fmt.Errorf("xa: %w", err)
+		}
+		c.log, c.ownsLog = fl, true
+	}
+	c.bgCtx, c.bgCancel = context.WithCancel(context.WithoutCancel(ctx))
+	for _, d := range c.log.Pending() {
+		if d.GTRID.Node != cfg.NodeID {
+			continue // another node's log mounted here; its own coordinator or recovery finishes it
+		}
+		c.resume(d)
+	}
+	return c, nil
+}
+
+// NodeID returns the coordinator's node id.
+func (c *Coordinator) NodeID() string { return c.cfg.NodeID }
+
+// Log returns the decision log.
+func (c *Coordinator) Log() Log { return c.log }
+
+// Resource returns the registered resource with that name.
+func (c *Coordinator) Resource(name string) (drivers.Resource, bool) {
+	r, ok := c.resources[name]
+	return r, ok
+}
+
+// Resources returns the registered resources.
+func (c *Coordinator) Resources() []drivers.Resource {
+	return append([]drivers.Resource(nil), c.cfg.Resources...)
+}
+
+// Active reports whether the global transaction is running in this
+// coordinator now (begun and not finished, phase 2 included). Recovery
+// leaves active transactions alone.
+func (c *Coordinator) Active(g drivers.GlobalID) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.active[g]
+	return ok
+}
+
+// Close stops background phase 2 (unfinished branches are detached and left
+// to recovery; their decisions stay in the log), waits for it, and closes
+// the log if the coordinator opened it.
+func (c *Coordinator) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.mu.Unlock()
+	c.bgCancel()
+	c.bgWG.Wait()
+	if c.ownsLog {
+		return c.log.Close()
+	}
+	return nil
+}
+
+// Run runs fn inside a new global transaction and commits it: all branches
+// commit or none do. fn enlists resources through tx (usually with an
+// adapter's Enlist, e.g. postgres.Resource.Enlist) and does its work on
+// them; the ctx it receives ends at the transaction's deadline.
+//
+// If fn returns an error or panics, or ctx ends, every branch is rolled back
+// and Run returns an error matching ErrAborted (and fn's error). Otherwise
+// Run commits and returns nil, or an error matching ErrAborted,
+// ErrOutcomeUnknown or ErrCommitPending; see OutcomeOf.
+func (c *Coordinator) Run(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) (err error) {
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	workCtx, cancel := context.WithDeadline(ctx, tx.gtrid.Deadline)
+	defer cancel()
+	defer func() {
+		if p := recover(); p != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+			panic(p)
+		}
+	}()
+	if ferr := fn(workCtx, tx); ferr != nil {
+		_ = tx.rollback(ctx, "work")
+		return tx.errorf(Aborted, "work", "", ferr)
+	}
+	if cerr := workCtx.Err(); cerr != nil {
+		_ = tx.rollback(ctx, "work")
+		return tx.errorf(Aborted, "work", "", context.Cause(workCtx))
+	}
+	c.hook(StepWorkDone, StepInfo{GTRID: tx.gtrid, Branch: -1})
+	return tx.Commit(ctx)
+}
+
+// Begin starts a global transaction. The caller must end it with Commit or
+// Rollback; Run does both for you.
+func (c *Coordinator) Begin(ctx context.Context) (*Tx, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, &Error{Outcome: Aborted, Op: "begin", Err: err}
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, &Error{Outcome: Aborted, Op: "begin", Err: errors.New("coordinator is closed")}
+	}
+	g := c.ids.next(c.cfg.Now(), c.cfg.Timeout)
+	c.active[g] = struct{}{}
+	c.mu.Unlock()
+	tx := &Tx{c: c, gtrid: g, byRes: map[drivers.Resource]*txBranch{}}
+	c.hook(StepBegin, StepInfo{GTRID: g, Branch: -1})
+	return tx, nil
+}
+
+func (c *Coordinator) untrack(g drivers.GlobalID) {
+	c.mu.Lock()
+	delete(c.active, g)
+	c.mu.Unlock()
+}
+
+func (c *Coordinator) hook(s Step, info StepInfo) {
+	if c.cfg.Hook != nil {
+		c.cfg.Hook(s, info)
+	}
+}
+
+// resume drives a logged commit decision found at start-up to completion
+// by XID, in the background.
+func (c *Coordinator) resume(d Decision) {
+	c.mu.Lock()
+	c.active[d.GTRID] = struct{}{}
+	c.mu.Unlock()
+	c.logger.Info("resuming phase 2 of a logged commit decision", "gtrid", d.GTRID.String(), "branches", len(d.Participants))
+	c.goBackground(func() {
+		defer c.untrack(d.GTRID)
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		done := 0
+		for _, p := range d.Participants {
+			r, ok := c.resources[p.Resource]
+			if !ok {
+				c.logger.Error("commit decision names a resource that is not configured; leaving it to recovery",
+					"gtrid", d.GTRID.String(), "resource", p.Resource)
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				xid := p.XID(d.GTRID)
+				err := retry(c.bgCtx, func(ctx context.Context) error {
+					err := r.CommitPrepared(ctx, xid)
+					if errors.Is(err, drivers.ErrNotFound) {
+						return nil // already committed: phase 2 is idempotent
+					}
+					return err
+				}, c.logger, "gtrid", d.GTRID.String(), "resource", p.Resource)
+				if err == nil {
+					mu.Lock()
+					done++
+					mu.Unlock()
+					c.hook(StepCommitted, StepInfo{GTRID: d.GTRID, Resource: p.Resource, Branch: int(p.Branch)})
+				}
+			}()
+		}
+		wg.Wait()
+		if done == len(d.Participants) {
+			c.hook(StepAllCommitted, StepInfo{GTRID: d.GTRID, Branch: -1})
+			if err := c.log.End(d.GTRID); err != nil {
+				c.logger.Warn("could not record the end of phase 2", "gtrid", d.GTRID.String(), "err", err)
+			}
+			c.hook(StepEnded, StepInfo{GTRID: d.GTRID, Branch: -1})
+		}
+	})
+}
+
+// goBackground runs f on a goroutine owned by the coordinator: Close cancels
+// bgCtx and waits for it. After Close, f runs on the caller's goroutine with
+// bgCtx already cancelled, so it gives up at once and leaves its work to
+// recovery.
+func (c *Coordinator) goBackground(f func()) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		f()
+		return
+	}
+	c.bgWG.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer c.bgWG.Done()
+		f()
+	}()
+}
+
+// attemptTimeout bounds one phase 2 or rollback attempt.
+const attemptTimeout = 15 * time.Second
+
+// retry runs op until it succeeds or ctx ends, with exponential backoff
+// from 10ms to 2s. Phase 2 is relentless: every error is retried, and
+// errors that will not cure themselves are logged loudly.
+func retry(ctx context.Context, op func(context.Context) error, logger *slog.Logger, attrs ...any) error {
+	delay := 10 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		// A bound per attempt: a hung connection (a black-holed network)
+		// must surface as an error so the next attempt can use a fresh one.
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		err := op(actx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			return errors.Join(cerr, err)
+		}
+		lvl := slog.LevelDebug
+		switch {
+		case errors.Is(err, drivers.ErrFailed), errors.Is(err, drivers.ErrUnsupported):
+			lvl = slog.LevelError
+		case attempt%10 == 0:
+			lvl = slog.LevelWarn
+		}
+		logger.Log(ctx, lvl, "phase 2 retry", append(attrs, "attempt", attempt, "err", err)...)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return errors.Join(ctx.Err(), err)
+		case <-t.C:
+		}
+		if delay < 2*time.Second {
+			delay *= 2
+		}
+	}
+}

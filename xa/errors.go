@@ -1,0 +1,134 @@
+package xa
+
+import (
+	"errors"
+	"strings"
+
+	"github.com/xabridge/xabridge/drivers"
+)
+
+// The outcome classes of a global transaction. Every error Run returns
+// matches exactly one of them with errors.Is.
+var (
+	// ErrAborted: nothing was committed on any resource. Final; the caller
+	// may retry the whole transaction (see Retryable).
+	ErrAborted = errors.New("transaction aborted")
+
+	// ErrOutcomeUnknown: the transaction is in doubt. It may commit or abort
+	// everywhere (never partly); recovery settles it. Do not retry blindly.
+	ErrOutcomeUnknown = errors.New("transaction outcome unknown (in doubt)")
+
+	// ErrCommitPending: the commit decision is durable, so the transaction
+	// is committed, but some branches have not confirmed phase 2 yet; the
+	// coordinator and recovery keep driving them to commit. Until then other
+	// readers may not see all of its writes.
+	ErrCommitPending = errors.New("transaction committed; phase 2 pending on some branches")
+)
+
+// Outcome is the result class of a global transaction.
+type Outcome int
+
+const (
+	// Committed: every branch committed.
+	Committed Outcome = iota
+	// Aborted: no branch committed.
+	Aborted
+	// CommitPending: decided commit; phase 2 still running on some branch.
+	CommitPending
+	// Unknown: in doubt; recovery will settle it.
+	Unknown
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Committed:
+		return "committed"
+	case Aborted:
+		return "aborted"
+	case CommitPending:
+		return "commit-pending"
+	case Unknown:
+		return "unknown"
+	}
+	return "invalid"
+}
+
+// OutcomeOf classifies an error returned by Run: nil is Committed.
+func OutcomeOf(err error) Outcome {
+	switch {
+	case err == nil:
+		return Committed
+	case errors.Is(err, ErrCommitPending):
+		return CommitPending
+	case errors.Is(err, ErrOutcomeUnknown):
+		return Unknown
+	default:
+		return Aborted
+	}
+}
+
+// Error is the error type Run returns: the global transaction, its outcome
+// class, where it happened, and the cause (the callback's error, a database
+// error, a log error, ...).
+type Error struct {
+	GTRID    string
+	Outcome  Outcome
+	Op       string // "work", "prepare", "decide", "commit", "commit-one-phase", ...
+	Resource string // the resource involved, if one
+	Err      error
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("xa: ")
+	b.WriteString(e.sentinel().Error())
+	if e.GTRID != "" {
+		b.WriteString(" [")
+		b.WriteString(e.GTRID)
+		b.WriteString("]")
+	}
+	if e.Op != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Op)
+		if e.Resource != "" {
+			b.WriteString(" on ")
+			b.WriteString(e.Resource)
+		}
+	}
+	if e.Err != nil {
+		b.WriteString(": ")
+		b.WriteString(e.Err.Error())
+	}
+	return b.String()
+}
+
+func (e *Error) sentinel() error {
+	switch e.Outcome {
+	case CommitPending:
+		return ErrCommitPending
+	case Unknown:
+		return ErrOutcomeUnknown
+	default:
+		return ErrAborted
+	}
+}
+
+// Unwrap returns the outcome class and the cause, so errors.Is matches both
+// (errors.Is(err, xa.ErrAborted), errors.Is(err, myErr)).
+func (e *Error) Unwrap() []error {
+	if e.Err == nil {
+		return []error{e.sentinel()}
+	}
+	return []error{e.sentinel(), e.Err}
+}
+
+// Retryable reports whether err is an abort that running the same
+// transaction again may cure: a deadlock, a serialization failure, a lock
+// wait timeout, or a fence refusal. In-doubt and pending outcomes are never
+// retryable.
+func Retryable(err error) bool {
+	if OutcomeOf(err) != Aborted {
+		return false
+	}
+	return errors.Is(err, drivers.ErrRetryable) || errors.Is(err, ErrFenced)
+}

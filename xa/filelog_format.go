@@ -1,0 +1,252 @@
+package xa
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"time"
+
+	"github.com/xabridge/xabridge/drivers"
+)
+
+// On-disk format of the file decision log.
+//
+// The file starts with the 8-byte magic logMagic. Then come records, each
+// framed as
+//
+//	u32 little-endian  payload length (1 .. maxRecordLen)
+//	u32 little-endian  CRC-32C (Castagnoli) of the payload
+//	payload            one JSON object (wireRecord) followed by '\n'
+//
+// JSON escapes every byte below 0x20, so a payload never contains a zero
+// byte, while every valid frame header does (maxRecordLen < 1<<24 keeps the
+// top length byte zero). A frame header can therefore never be mistaken for
+// payload text, which makes the "is there a valid record after this damage?"
+// scan in scanLog reliable.
+const (
+	logFileName     = "xabridge.log"
+	lockFileName    = "lock"
+	compactFileName = "xabridge.log.compact"
+
+	logMagic       = "XABLOG1\n"
+	frameHeaderLen = 8
+	maxRecordLen   = 1 << 20
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// recKind is the kind of one log record.
+type recKind uint8
+
+const (
+	recCommit recKind = iota + 1 // a commit decision
+	recAbort                     // an abort (fence) record, carrying an Action
+	recAction                    // any other Action (recovery or operator)
+	recEnd                       // phase 2 finished on every participant
+)
+
+var recKindNames = [...]string{
+	recCommit: "commit",
+	recAbort:  "abort",
+	recAction: "action",
+	recEnd:    "end",
+}
+
+func (k recKind) String() string {
+	if int(k) < len(recKindNames) && recKindNames[k] != "" {
+		return recKindNames[k]
+	}
+	return fmt.Sprintf("recKind(%d)", int(k))
+}
+
+func parseRecKind(s string) (recKind, bool) {
+	for k, name := range recKindNames {
+		if name != "" && name == s {
+			return recKind(k), true
+		}
+	}
+	return 0, false
+}
+
+// wireRecord is the JSON payload of every record kind. Fields a kind does not
+// use are omitted. The gtrid is kept as its canonical string so a dump of the
+// raw file reads like the ids operators see in the databases.
+type wireRecord struct {
+	Kind         string        `json:"k"`
+	GTRID        string        `json:"g"`
+	At           time.Time     `json:"t"`
+	Participants []Participant `json:"p,omitempty"`
+	Resource     string        `json:"r,omitempty"`
+	Branch       uint8         `json:"b,omitempty"`
+	Op           string        `json:"op,omitempty"`
+	Reason       string        `json:"why,omitempty"`
+	Actor        string        `json:"by,omitempty"`
+	Heuristic    bool          `json:"h,omitempty"`
+}
+
+// logRecord is one decoded record, as held in memory.
+type logRecord struct {
+	kind     recKind
+	key      string // gtrid.String()
+	gtrid    drivers.GlobalID
+	decision *Decision // recCommit
+	action   *Action   // recAbort, recAction
+	at       time.Time // every kind
+}
+
+// wire converts r back to its payload form.
+func (r *logRecord) wire() wireRecord {
+	w := wireRecord{Kind: r.kind.String(), GTRID: r.key, At: r.at}
+	switch r.kind {
+	case recCommit:
+		w.Participants = r.decision.Participants
+	case recAbort, recAction:
+		a := r.action
+		w.Resource, w.Branch, w.Op, w.Reason, w.Actor, w.Heuristic = a.Resource, a.Branch, a.Op, a.Reason, a.Actor, a.Heuristic
+	}
+	return w
+}
+
+// encodeFrame returns the framed record for w.
+func encodeFrame(w *wireRecord) ([]byte, error) {
+	var buf bytes.Buffer
+	buf.Grow(256)
+	buf.Write(make([]byte, frameHeaderLen))
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(w); err != nil {
+		return nil, fmt.Errorf("encode %s record for %s: %w", w.Kind, w.GTRID, err)
+	}
+	frame := buf.Bytes()
+	payload := frame[frameHeaderLen:]
+	if len(payload) > maxRecordLen {
+		return nil, fmt.Errorf("%s record for %s is %d bytes, more than the limit of %d", w.Kind, w.GTRID, len(payload), maxRecordLen)
+	}
+	binary.LittleEndian.PutUint32(frame[0:4], uint32(len(payload)))
+	binary.LittleEndian.PutUint32(frame[4:8], crc32.Checksum(payload, castagnoli))
+	return frame, nil
+}
+
+// prepareRecord encodes w and decodes the result again, so that what the log
+// keeps in memory is exactly what a replay of the file will produce (times in
+// UTC without a monotonic reading, invalid UTF-8 replaced as encoding/json
+// replaces it, canonical gtrid, nil for empty slices).
+func prepareRecord(w *wireRecord) (*logRecord, []byte, error) {
+	frame, err := encodeFrame(w)
+	if err != nil {
+		return nil, nil, err
+	}
+	rec, err := decodePayload(frame[frameHeaderLen:])
+	if err != nil {
+		return nil, nil, err
+	}
+	return rec, frame, nil
+}
+
+// decodePayload decodes one record payload (CRC already checked).
+func decodePayload(payload []byte) (*logRecord, error) {
+	var w wireRecord
+	if err := json.Unmarshal(payload, &w); err != nil {
+		return nil, fmt.Errorf("undecodable record: %w", err)
+	}
+	kind, ok := parseRecKind(w.Kind)
+	if !ok {
+		return nil, fmt.Errorf("unknown record kind %q (written by a newer xabridge?)", w.Kind)
+	}
+	g, err := drivers.ParseGlobalID(w.GTRID)
+	if err != nil {
+		return nil, fmt.Errorf("%s record: %w", kind, err)
+	}
+	r := &logRecord{kind: kind, key: w.GTRID, gtrid: g, at: w.At.UTC()}
+	switch kind {
+	case recCommit:
+		var ps []Participant
+		if len(w.Participants) > 0 {
+			ps = w.Participants
+		}
+		r.decision = &Decision{GTRID: g, Participants: ps, At: r.at}
+	case recAbort, recAction:
+		r.action = &Action{
+			GTRID:     g,
+			Resource:  w.Resource,
+			Branch:    w.Branch,
+			Op:        w.Op,
+			Reason:    w.Reason,
+			Actor:     w.Actor,
+			Heuristic: w.Heuristic,
+			At:        r.at,
+		}
+	}
+	return r, nil
+}
+
+// frameAt checks the frame starting at off. It returns the payload and the
+// offset of the next frame, or a description of what is wrong.
+func frameAt(data []byte, off int) (payload []byte, next int, problem string) {
+	rem := len(data) - off
+	if rem < frameHeaderLen {
+		return nil, 0, fmt.Sprintf("partial frame header (%d of %d bytes)", rem, frameHeaderLen)
+	}
+	n := int(binary.LittleEndian.Uint32(data[off:]))
+	if n == 0 || n > maxRecordLen {
+		return nil, 0, fmt.Sprintf("invalid record length %d", n)
+	}
+	if n > rem-frameHeaderLen {
+		return nil, 0, fmt.Sprintf("record length %d runs past the end of the file", n)
+	}
+	payload = data[off+frameHeaderLen : off+frameHeaderLen+n]
+	if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(data[off+4:]) {
+		return nil, 0, "checksum mismatch"
+	}
+	return payload, off + frameHeaderLen + n, ""
+}
+
+// errCorruptLog is wrapped by the error OpenFileLog returns when the log has
+// damage that is not a torn tail.
+var errCorruptLog = errors.New("decision log is corrupt")
+
+// scanLog replays the records of data (a whole log file, header included and
+// already checked) through apply, in file order.
+//
+// It returns the offset just past the last good record. If the records end
+// in damage that no valid record follows — a torn tail left by a crash in
+// the middle of a write — torn describes it and the caller may cut the file
+// at end. Damage followed by a valid record is not a torn tail: the damaged
+// bytes may hold a durable decision, so scanLog returns an error naming the
+// offset instead.
+func scanLog(data []byte, apply func(rec *logRecord, size int)) (end int, torn string, err error) {
+	off := len(logMagic)
+	for off < len(data) {
+		payload, next, problem := frameAt(data, off)
+		if problem != "" {
+			if valid := nextValidFrame(data, off+1); valid >= 0 {
+				return off, "", fmt.Errorf("%w: %s at offset %d, but a valid record follows at offset %d; refusing to cut it (a durable decision may be in the damaged bytes)",
+					errCorruptLog, problem, off, valid)
+			}
+			return off, fmt.Sprintf("%s at offset %d", problem, off), nil
+		}
+		rec, derr := decodePayload(payload)
+		if derr != nil {
+			// The checksum matched, so these bytes were written as they
+			// are: a bug or a newer format, not a torn write.
+			return off, "", fmt.Errorf("%w: record at offset %d: %w", errCorruptLog, off, derr)
+		}
+		apply(rec, next-off)
+		off = next
+	}
+	return off, "", nil
+}
+
+// nextValidFrame returns the offset of the first frame at or after from whose
+// length and checksum are valid, or -1.
+func nextValidFrame(data []byte, from int) int {
+	for p := from; p+frameHeaderLen < len(data); p++ {
+		if _, _, problem := frameAt(data, p); problem == "" {
+			return p
+		}
+	}
+	return -1
+}

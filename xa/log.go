@@ -1,0 +1,144 @@
+package xa
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/xabridge/xabridge/drivers"
+)
+
+// Errors a decision Log returns.
+var (
+	// ErrFenced: the commit decision may not be written because recovery may
+	// already have presumed the transaction aborted (its deadline passed, or
+	// an abort was recorded). Nothing was written; the outcome is abort.
+	ErrFenced = errors.New("commit decision refused: transaction is past its fence")
+
+	// ErrLogFailed: a write to the log failed in a way that may or may not
+	// have reached disk. The log is fail-stop: it refuses every later write
+	// until it is reopened.
+	ErrLogFailed = errors.New("decision log failed")
+
+	// ErrLogLocked: another process holds the log open for writing.
+	ErrLogLocked = errors.New("decision log is locked by another process")
+
+	// ErrLogReadOnly: the log was opened read-only.
+	ErrLogReadOnly = errors.New("decision log is open read-only")
+)
+
+// Participant is one branch named in a commit decision.
+type Participant struct {
+	Resource string `json:"r"`
+	Branch   uint8  `json:"b"`
+}
+
+// XID returns the participant's XID within global transaction g.
+func (p Participant) XID(g drivers.GlobalID) drivers.XID {
+	return drivers.XID{Global: g, Branch: p.Branch}
+}
+
+// Decision is a commit decision: once durable, every participant must be
+// driven to commit.
+type Decision struct {
+	GTRID        drivers.GlobalID
+	Participants []Participant
+	At           time.Time
+}
+
+// Action records something recovery or an operator did to a transaction:
+// what, why, when and by whom.
+type Action struct {
+	GTRID    drivers.GlobalID
+	Resource string // empty for actions on the whole transaction
+	Branch   uint8
+	Op       string // "commit", "rollback", "presume-abort", ...
+	Reason   string
+	Actor    string // e.g. "recovery@node1", "operator root@host"
+	// Heuristic marks an action that contradicts the log (a forced
+	// resolve): atomicity may be broken and the record is kept and reported.
+	Heuristic bool
+	At        time.Time
+}
+
+// State is what the decision log says about a global transaction.
+type State int
+
+const (
+	// StateNone: no decision record. Under presumed abort the outcome is
+	// abort, once the transaction is past its fence.
+	StateNone State = iota
+	// StateCommitted: a commit decision is durable; phase 2 may be unfinished.
+	StateCommitted
+	// StateAborted: an abort (fence) record is durable.
+	StateAborted
+	// StateDone: committed and every participant confirmed committed.
+	StateDone
+)
+
+func (s State) String() string {
+	switch s {
+	case StateNone:
+		return "none"
+	case StateCommitted:
+		return "committed"
+	case StateAborted:
+		return "aborted"
+	case StateDone:
+		return "done"
+	}
+	return "invalid"
+}
+
+// Entry is everything the log knows about one global transaction.
+type Entry struct {
+	GTRID    drivers.GlobalID
+	State    State
+	Decision *Decision // set when a commit decision exists
+	Actions  []Action  // in log order, including aborts
+}
+
+// Heuristic reports whether any recorded action contradicted the log.
+func (e Entry) Heuristic() bool {
+	for _, a := range e.Actions {
+		if a.Heuristic {
+			return true
+		}
+	}
+	return false
+}
+
+// Log is the coordinator's durable decision log. The embedded FileLog is the
+// default; the interface leaves room for a database-backed log.
+//
+// Implementations must be safe for concurrent use.
+type Log interface {
+	// Commit makes the commit decision durable and returns only once it is.
+	// It returns ErrFenced (nothing written) when the decision arrives at or
+	// after the transaction's deadline or after an abort was recorded for
+	// it, and an error wrapping ErrLogFailed when the outcome of the write is
+	// unknown.
+	Commit(ctx context.Context, d Decision) error
+
+	// Abort durably records that the transaction is aborted; from then on
+	// Commit for it returns ErrFenced. Recovery calls it before rolling back
+	// a branch it presumes aborted.
+	Abort(ctx context.Context, a Action) error
+
+	// Record durably appends an action (recovery or operator).
+	Record(ctx context.Context, a Action) error
+
+	// End records that every participant of a committed transaction is
+	// confirmed committed. It need not be durable when it returns.
+	End(gtrid drivers.GlobalID) error
+
+	// Lookup returns what the log knows about one transaction.
+	Lookup(gtrid drivers.GlobalID) (Entry, bool)
+
+	// Pending returns the commit decisions whose phase 2 has not ended, in
+	// log order.
+	Pending() []Decision
+
+	// Close flushes and releases the log.
+	Close() error
+}

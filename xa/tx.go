@@ -1,0 +1,336 @@
+package xa
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/xabridge/xabridge/drivers"
+)
+
+// Tx is one global transaction. Enlist resources with an adapter's Enlist
+// method (or Tx.Enlist), work on the branches, then Commit or Rollback.
+// A Tx may enlist from several goroutines; Commit and Rollback are called
+// once.
+type Tx struct {
+	c     *Coordinator
+	gtrid drivers.GlobalID
+
+	mu       sync.Mutex
+	branches []*txBranch
+	byRes    map[drivers.Resource]*txBranch
+	finished bool
+}
+
+type txBranch struct {
+	res    drivers.Resource
+	b      drivers.Branch
+	num    int
+	vote   drivers.Vote
+	closed bool
+}
+
+// ErrTxDone is returned when a finished transaction is used again.
+var ErrTxDone = errors.New("global transaction has already been committed or rolled back")
+
+// GlobalID returns the transaction's global id (the gtrid of its XIDs).
+func (tx *Tx) GlobalID() drivers.GlobalID { return tx.gtrid }
+
+// Deadline returns the transaction's fence: no commit decision is written
+// at or after it.
+func (tx *Tx) Deadline() time.Time { return tx.gtrid.Deadline }
+
+// Enlist returns the transaction's branch on r, beginning it on first use.
+// r must be one of the coordinator's configured resources.
+func (tx *Tx) Enlist(ctx context.Context, r drivers.Resource) (drivers.Branch, error) {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if tx.finished {
+		return nil, ErrTxDone
+	}
+	if b, ok := tx.byRes[r]; ok {
+		return b.b, nil
+	}
+	if reg, ok := tx.c.resources[r.Name()]; !ok || reg != r {
+		return nil, fmt.Errorf("xa: resource %q is not one of the coordinator's configured resources (recovery could not reach it)", r.Name())
+	}
+	if len(tx.branches) >= drivers.MaxBranches {
+		return nil, fmt.Errorf("xa: a global transaction can have at most %d branches", drivers.MaxBranches)
+	}
+	num := len(tx.branches)
+	xid := drivers.XID{Global: tx.gtrid, Branch: uint8(num)}
+	b, err := r.Begin(ctx, xid)
+	if err != nil {
+		return nil, err
+	}
+	tb := &txBranch{res: r, b: b, num: num}
+	tx.branches = append(tx.branches, tb)
+	tx.byRes[r] = tb
+	tx.c.hook(StepEnlisted, StepInfo{GTRID: tx.gtrid, Resource: r.Name(), Branch: num})
+	return b, nil
+}
+
+// finish marks the transaction finished and returns its branches.
+func (tx *Tx) finish() ([]*txBranch, error) {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if tx.finished {
+		return nil, ErrTxDone
+	}
+	tx.finished = true
+	return tx.branches, nil
+}
+
+func (tx *Tx) errorf(o Outcome, op, resource string, err error) *Error {
+	return &Error{GTRID: tx.gtrid.String(), Outcome: o, Op: op, Resource: resource, Err: err}
+}
+
+// Rollback rolls back every branch. Branches that cannot be rolled back
+// within the coordinator's RollbackTimeout are left to recovery, which
+// presumes them aborted: no commit decision is ever written for this
+// transaction once Rollback is called.
+func (tx *Tx) Rollback(ctx context.Context) error {
+	return tx.rollback(ctx, "rollback")
+}
+
+func (tx *Tx) rollback(ctx context.Context, why string) error {
+	branches, err := tx.finish()
+	if err != nil {
+		return err
+	}
+	defer tx.c.untrack(tx.gtrid)
+	return tx.rollbackBranches(ctx, branches, why)
+}
+
+// rollbackBranches rolls back the branches in parallel. It uses a context
+// detached from the caller's (a cancelled caller is a common reason to roll
+// back) but bounded by RollbackTimeout.
+func (tx *Tx) rollbackBranches(ctx context.Context, branches []*txBranch, why string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), tx.c.cfg.RollbackTimeout)
+	defer cancel()
+	errs := make([]error, len(branches))
+	parallel(len(branches), func(i int) {
+		tb := branches[i]
+		if tb.vote == drivers.VoteReadOnly || tb.closed {
+			return
+		}
+		err := retry(ctx, tb.b.Rollback, tx.c.logger, "gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "op", "rollback")
+		if err != nil {
+			tx.c.logger.Warn("branch not rolled back; recovery will presume it aborted after the fence",
+				"gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "why", why, "err", err)
+			errs[i] = err
+		} else {
+			tx.c.hook(StepRolledBack, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num})
+		}
+		tx.closeBranch(tb)
+	})
+	return errors.Join(errs...)
+}
+
+func (tx *Tx) closeBranch(tb *txBranch) {
+	if tb.closed {
+		return
+	}
+	tb.closed = true
+	if err := tb.b.Close(); err != nil {
+		tx.c.logger.Debug("closing branch", "gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "err", err)
+	}
+}
+
+// Commit commits the transaction: one-phase commit for a single branch;
+// otherwise phase 1 (prepare every branch in parallel), a durable commit
+// decision, and phase 2 (commit every prepared branch in parallel). It
+// returns nil when every branch committed, or an *Error whose outcome says
+// what happened (see OutcomeOf).
+func (tx *Tx) Commit(ctx context.Context) error {
+	branches, err := tx.finish()
+	if err != nil {
+		return err
+	}
+	c := tx.c
+	untrack := true
+	defer func() {
+		if untrack {
+			c.untrack(tx.gtrid)
+		}
+	}()
+
+	switch len(branches) {
+	case 0:
+		return nil
+	case 1:
+		return tx.commitOnePhase(ctx, branches[0])
+	}
+
+	// Phase 1. Preparing after the fence is pointless: the decision would
+	// be refused.
+	pctx, cancel := context.WithDeadline(ctx, tx.gtrid.Deadline)
+	defer cancel()
+	errs := make([]error, len(branches))
+	parallel(len(branches), func(i int) {
+		tb := branches[i]
+		v, err := tb.b.Prepare(pctx)
+		if err != nil {
+			errs[i] = err
+			return
+		}
+		tb.vote = v
+		if v == drivers.VoteReadOnly {
+			tx.closeBranch(tb)
+		}
+		c.hook(StepPrepared, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num})
+	})
+	for i, err := range errs {
+		if err != nil {
+			if drivers.Classify(err) == drivers.ErrInDoubt {
+				c.logger.Warn("branch in doubt during prepare; aborting", "gtrid", tx.gtrid.String(), "resource", branches[i].res.Name(), "err", err)
+			}
+			_ = tx.rollbackBranches(ctx, branches, "prepare failed")
+			return tx.errorf(Aborted, "prepare", branches[i].res.Name(), err)
+		}
+	}
+	c.hook(StepAllPrepared, StepInfo{GTRID: tx.gtrid, Branch: -1})
+
+	var voters []*txBranch
+	for _, tb := range branches {
+		if tb.vote == drivers.VoteCommit {
+			voters = append(voters, tb)
+		}
+	}
+	switch len(voters) {
+	case 0:
+		return nil // every branch was read-only and is finished
+	case 1:
+		// The only branch with writes: nothing else can disagree with it,
+		// so no decision record is needed. If we crash before its commit,
+		// recovery presumes abort, which is still all-or-nothing.
+		return tx.phase2(ctx, voters, false, &untrack)
+	}
+
+	// The decision. Written with a context the caller cannot cancel: a
+	// write abandoned half way would leave the outcome unknown.
+	d := Decision{GTRID: tx.gtrid, At: c.cfg.Now()}
+	for _, tb := range voters {
+		d.Participants = append(d.Participants, Participant{Resource: tb.res.Name(), Branch: uint8(tb.num)})
+	}
+	if err := c.log.Commit(context.WithoutCancel(ctx), d); err != nil {
+		if errors.Is(err, ErrFenced) {
+			c.hook(StepDecisionRefused, StepInfo{GTRID: tx.gtrid, Branch: -1, Err: err})
+			_ = tx.rollbackBranches(ctx, voters, "decision fenced")
+			return tx.errorf(Aborted, "decide", "", err)
+		}
+		// Fail-stop (DESIGN rule 6): the decision may or may not be on
+		// disk. Leave every branch prepared for recovery; never guess.
+		c.logger.Error("decision log write failed; transaction is in doubt, branches left prepared for recovery",
+			"gtrid", tx.gtrid.String(), "err", err)
+		for _, tb := range voters {
+			tx.closeBranch(tb)
+		}
+		return tx.errorf(Unknown, "decide", "", err)
+	}
+	c.hook(StepDecided, StepInfo{GTRID: tx.gtrid, Branch: -1})
+	return tx.phase2(ctx, voters, true, &untrack)
+}
+
+func (tx *Tx) commitOnePhase(ctx context.Context, tb *txBranch) error {
+	c := tx.c
+	pctx, cancel := context.WithDeadline(ctx, tx.gtrid.Deadline)
+	defer cancel()
+	err := tb.b.CommitOnePhase(pctx)
+	tx.closeBranch(tb)
+	if err == nil {
+		c.hook(StepOnePhaseCommit, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num})
+		return nil
+	}
+	if drivers.Classify(err) == drivers.ErrInDoubt {
+		c.logger.Warn("one-phase commit in doubt", "gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "err", err)
+		return tx.errorf(Unknown, "commit-one-phase", tb.res.Name(), err)
+	}
+	// The server answered with an error: it did not commit.
+	return tx.errorf(Aborted, "commit-one-phase", tb.res.Name(), err)
+}
+
+// phase2 commits the prepared voters in the background, owned by the
+// coordinator, and waits up to Phase2Timeout (or until ctx ends) for them.
+// logged says whether a commit decision is on disk: if so an unfinished
+// phase 2 is CommitPending (the outcome is commit whatever happens);
+// otherwise it is Unknown (a crash now would let recovery presume abort).
+func (tx *Tx) phase2(ctx context.Context, voters []*txBranch, logged bool, untrack *bool) error {
+	c := tx.c
+	*untrack = false // the background goroutine untracks when phase 2 ends
+	done := make(chan struct{})
+	c.goBackground(func() {
+		defer c.untrack(tx.gtrid)
+		defer close(done)
+		ok := make([]bool, len(voters))
+		parallel(len(voters), func(i int) {
+			tb := voters[i]
+			err := retry(c.bgCtx, tb.b.Commit, c.logger, "gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "op", "commit")
+			// Close either way: after success the connection goes back to
+			// its pool; after Close() stopped us, the prepared branch is
+			// detached from its session so recovery can finish it.
+			tx.closeBranch(tb)
+			if err != nil {
+				c.logger.Warn("phase 2 stopped before the branch committed; recovery will finish it",
+					"gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "err", err)
+				return
+			}
+			ok[i] = true
+			c.hook(StepCommitted, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num})
+		})
+		for _, o := range ok {
+			if !o {
+				return
+			}
+		}
+		c.hook(StepAllCommitted, StepInfo{GTRID: tx.gtrid, Branch: -1})
+		if logged {
+			if err := c.log.End(tx.gtrid); err != nil {
+				c.logger.Warn("could not record the end of phase 2", "gtrid", tx.gtrid.String(), "err", err)
+			}
+			c.hook(StepEnded, StepInfo{GTRID: tx.gtrid, Branch: -1})
+		}
+	})
+
+	if logged && c.cfg.AsyncPhase2 {
+		c.hook(StepPhase2Handoff, StepInfo{GTRID: tx.gtrid, Branch: -1})
+		return nil
+	}
+	t := time.NewTimer(c.cfg.Phase2Timeout)
+	defer t.Stop()
+	var why error
+	select {
+	case <-done:
+		return nil
+	case <-t.C:
+		why = errors.New("phase 2 did not finish within the phase 2 timeout")
+	case <-ctx.Done():
+		why = context.Cause(ctx)
+	}
+	c.hook(StepPhase2Handoff, StepInfo{GTRID: tx.gtrid, Branch: -1, Err: why})
+	if logged {
+		return tx.errorf(CommitPending, "commit", "", why)
+	}
+	return tx.errorf(Unknown, "commit", "", why)
+}
+
+// parallel runs f(0..n-1) concurrently and waits; the last runs on the
+// calling goroutine, so two branches cost one extra goroutine.
+func parallel(n int, f func(i int)) {
+	if n == 1 {
+		f(0)
+		return
+	}
+	var wg sync.WaitGroup
+	wg.Add(n - 1)
+	for i := 0; i < n-1; i++ {
+		go func() {
+			defer wg.Done()
+			f(i)
+		}()
+	}
+	f(n - 1)
+	wg.Wait()
+}
