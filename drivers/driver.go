@@ -90,8 +90,9 @@ type Branch interface {
 	// is the only branch of its global transaction.
 	CommitOnePhase(ctx context.Context) error
 
-	// Close releases the branch's connection. A branch that is prepared but
-	// not finished closes its connection rather than pooling it, so the
+	// Close releases the branch's connection. On servers where a prepared
+	// branch stays bound to its session (MariaDB), a branch that is prepared
+	// but not finished closes its connection rather than pooling it, so the
 	// prepared branch detaches and recovery can finish it.
 	Close() error
 }

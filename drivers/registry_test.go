@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -28,9 +29,13 @@ func TestRedactURL(t *testing.T) {
 	}
 }
 
+var registerTestScheme sync.Once
+
 func TestOpenErrors(t *testing.T) {
-	Register("xabtest", func(ctx context.Context, name, rawURL string) (Resource, io.Closer, error) {
-		return nil, nil, errors.New("test opener")
+	registerTestScheme.Do(func() {
+		Register("xabtest", func(ctx context.Context, name, rawURL string) (Resource, io.Closer, error) {
+			return nil, nil, errors.New("test opener")
+		})
 	})
 	tests := []struct{ name, url, want string }{
 		{"r", "no-scheme-here:s3cret", "not a URL"},
