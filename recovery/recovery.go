@@ -54,8 +54,8 @@ const (
 	ActionNone     Action = "none"
 	ActionCommit   Action = "commit"
 	ActionRollback Action = "rollback"
-	// ActionWait: an orphan seen for the first time; rolled back on the
-	// next scan if still there.
+	// ActionWait: the branch was not yet seen in an earlier scan at least
+	// Settle ago; it is acted on at a later pass if still there.
 	ActionWait Action = "wait"
 )
 
@@ -144,6 +144,13 @@ type Config struct {
 	Actor string
 	// Logger receives one event per action. Default: discard.
 	Logger *slog.Logger
+	// Settle is how long a branch must have been prepared-and-seen (in an
+	// earlier scan) before recovery acts on it (default 1s; negative means
+	// no wait, for tests). It is the two-scan rule, and it keeps recovery
+	// away from a MariaDB race: XA COMMIT sent while the branch's owner
+	// session is still closing answers OK but commits nothing, leaving the
+	// branch prepared and invisible until a server restart.
+	Settle time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -155,9 +162,9 @@ type Recoverer struct {
 	cfg    Config
 	logger *slog.Logger
 
-	mu   sync.Mutex          // serialises passes
-	seen map[drivers.XID]int // orphans seen in the previous scan
-	res  map[string]drivers.Resource
+	mu        sync.Mutex                // serialises passes
+	firstSeen map[drivers.XID]time.Time // when each branch of ours was first seen by a pass
+	res       map[string]drivers.Resource
 }
 
 // New returns a Recoverer for cfg.
@@ -174,6 +181,9 @@ func New(cfg Config) (*Recoverer, error) {
 	if cfg.Actor == "" {
 		cfg.Actor = "recovery@" + cfg.NodeID
 	}
+	if cfg.Settle == 0 {
+		cfg.Settle = time.Second
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -188,7 +198,7 @@ func New(cfg Config) (*Recoverer, error) {
 		}
 		res[r.Name()] = r
 	}
-	return &Recoverer{cfg: cfg, logger: logger.With("node", cfg.NodeID), seen: map[drivers.XID]int{}, res: res}, nil
+	return &Recoverer{cfg: cfg, logger: logger.With("node", cfg.NodeID), firstSeen: map[drivers.XID]time.Time{}, res: res}, nil
 }
 
 // Scan lists the prepared branches on every resource and classifies them,
@@ -197,7 +207,7 @@ func (r *Recoverer) Scan(ctx context.Context) *Report {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rep := r.scan(ctx)
-	r.classify(rep, r.seen)
+	r.classify(rep, r.firstSeen)
 	return rep
 }
 
@@ -208,18 +218,22 @@ func (r *Recoverer) Pass(ctx context.Context, dryRun bool) *Report {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rep := r.scan(ctx)
-	r.classify(rep, r.seen)
+	r.classify(rep, r.firstSeen)
 	if dryRun {
 		return rep
 	}
-	// Remember this scan's orphans for the next pass (the two-scan rule).
-	next := map[drivers.XID]int{}
+	// Remember when each branch was first seen (the two-scan rule).
+	next := map[drivers.XID]time.Time{}
 	for _, b := range rep.Branches {
-		if b.Class == Orphan {
-			next[b.XID] = r.seen[b.XID] + 1
+		if b.Ours {
+			if t, ok := r.firstSeen[b.XID]; ok {
+				next[b.XID] = t
+			} else {
+				next[b.XID] = rep.At
+			}
 		}
 	}
-	r.seen = next
+	r.firstSeen = next
 	for i := range rep.Branches {
 		r.act(ctx, &rep.Branches[i])
 	}
@@ -260,8 +274,12 @@ func (r *Recoverer) scan(ctx context.Context) *Report {
 		if a.Ours != b.Ours {
 			return a.Ours
 		}
-		if a.ID != b.ID {
-			return a.ID < b.ID
+		ka, kb := a.ID, b.ID
+		if a.Ours {
+			ka, kb = a.XID.GID(), b.XID.GID()
+		}
+		if ka != kb {
+			return ka < kb
 		}
 		return a.Resource < b.Resource
 	})
@@ -281,7 +299,7 @@ func (r *Recoverer) pastFence(g drivers.GlobalID, now time.Time) (bool, string) 
 	return true, ""
 }
 
-func (r *Recoverer) classify(rep *Report, seen map[drivers.XID]int) {
+func (r *Recoverer) classify(rep *Report, firstSeen map[drivers.XID]time.Time) {
 	now := rep.At
 	for i := range rep.Branches {
 		b := &rep.Branches[i]
@@ -328,14 +346,22 @@ func (r *Recoverer) classify(rep *Report, seen map[drivers.XID]int) {
 				b.Class, b.Reason = Live, why
 				continue
 			}
-			b.Class = Orphan
-			if seen[b.XID] >= 1 {
-				b.Action, b.Reason = ActionRollback, "no commit decision, past its fence, seen in two scans: presumed abort"
-			} else {
-				b.Action, b.Reason = ActionWait, "no commit decision, past its fence; rolled back if still prepared at the next scan"
+			b.Class, b.Action, b.Reason = Orphan, ActionRollback, "no commit decision, past its fence, seen in two scans: presumed abort"
+		}
+		if b.Action == ActionCommit || b.Action == ActionRollback {
+			if t, ok := firstSeen[b.XID]; !ok || now.Sub(t) < r.settle() {
+				b.Action = ActionWait
+				b.Reason += fmt.Sprintf(" (waiting until it has been seen for %s)", r.settle())
 			}
 		}
 	}
+}
+
+func (r *Recoverer) settle() time.Duration {
+	if r.cfg.Settle < 0 {
+		return 0
+	}
+	return r.cfg.Settle
 }
 
 func inDecision(d *xa.Decision, resource string, branch uint8) bool {
@@ -364,7 +390,7 @@ func (r *Recoverer) act(ctx context.Context, b *Branch) {
 	}
 	res := r.res[b.Resource]
 	g := b.XID.Global
-	if b.Action == ActionRollback && b.Class == Orphan {
+	if e, ok := r.cfg.Log.Lookup(g); b.Action == ActionRollback && b.Class == Orphan && !(ok && e.State == xa.StateAborted) {
 		// The fence: record the abort before touching the branch. Once it is
 		// durable, the coordinator can no longer write a commit decision
 		// for this transaction (the log refuses it), so rolling back is safe.
@@ -505,10 +531,27 @@ func (r *Recoverer) Resolve(ctx context.Context, g drivers.GlobalID, commit, for
 	if g.Node != r.cfg.NodeID {
 		return nil, fmt.Errorf("%w: %s belongs to node %q, this is %q (use that node's --node-id and --log-dir)", ErrOtherNode, g, g.Node, r.cfg.NodeID)
 	}
+	// Two scans Settle apart: act only on branches present in both, so no
+	// owner session can still be closing (see Config.Settle).
+	first := map[drivers.XID]bool{}
+	for _, b := range r.scan(ctx).Branches {
+		if b.Ours && b.XID.Global == g {
+			first[b.XID] = true
+		}
+	}
+	if len(first) > 0 && r.settle() > 0 {
+		t := time.NewTimer(r.settle())
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
 	rep := r.scan(ctx)
 	var mine []Branch
 	for _, b := range rep.Branches {
-		if b.Ours && b.XID.Global == g {
+		if b.Ours && b.XID.Global == g && first[b.XID] {
 			b.Age = rep.At.Sub(g.Begin)
 			mine = append(mine, b)
 		}

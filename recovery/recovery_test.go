@@ -25,7 +25,7 @@ func newEnv(t *testing.T, mod func(*Config)) *env {
 	}
 	t.Cleanup(func() { l.Close() })
 	e := &env{log: l, a: fakeres.New("a"), b: fakeres.New("b")}
-	cfg := Config{NodeID: "n1", Log: l, Resources: []drivers.Resource{e.a, e.b}}
+	cfg := Config{NodeID: "n1", Log: l, Resources: []drivers.Resource{e.a, e.b}, Settle: -1}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -74,6 +74,10 @@ func TestCommitPendingIsCommittedAndEnded(t *testing.T) {
 	if err := e.log.Commit(context.Background(), xa.Decision{GTRID: g2, Participants: []xa.Participant{{Resource: "a", Branch: 0}, {Resource: "b", Branch: 1}}}); err != nil {
 		t.Fatal(err)
 	}
+	// The first pass only notes the branches (the two-scan rule).
+	if rep := e.rec.Pass(context.Background(), false); rep.Remaining() != 4 {
+		t.Fatalf("first pass left %d in doubt, want all 4", rep.Remaining())
+	}
 	rep := e.rec.Pass(context.Background(), false)
 	for _, b := range rep.Branches {
 		if b.XID.Global == g2 && (b.Class != CommitPending || b.Result != "committed") {
@@ -86,9 +90,8 @@ func TestCommitPendingIsCommittedAndEnded(t *testing.T) {
 	if len(rep.Ended) != 1 || len(e.log.Pending()) != 0 {
 		t.Fatalf("ended %v, pending %v", rep.Ended, e.log.Pending())
 	}
-	// The undecided transaction g is an orphan seen once: not touched yet.
-	if e.a.State(x(g, 0)) != "prepared" {
-		t.Fatalf("orphan acted on in its first scan")
+	if e.a.State(x(g, 0)) != "rolled-back" {
+		t.Fatalf("orphan seen in two scans not rolled back")
 	}
 }
 
@@ -195,6 +198,7 @@ func TestBusyIsRetriedOnTheNextPass(t *testing.T) {
 	if err := e.log.Commit(context.Background(), xa.Decision{GTRID: g, Participants: []xa.Participant{{Resource: "a", Branch: 0}, {Resource: "b", Branch: 1}}}); err != nil {
 		t.Fatal(err)
 	}
+	e.rec.Pass(context.Background(), false) // first sighting
 	e.b.FailNext("commit-prepared", drivers.ErrBusy)
 	rep := e.rec.Pass(context.Background(), false)
 	if rep.Remaining() != 1 || len(rep.Ended) != 0 {
@@ -289,4 +293,26 @@ func TestResolve(t *testing.T) {
 			t.Fatalf("other node: %v", err)
 		}
 	})
+}
+
+func TestSettleDelaysEveryAction(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.Settle = time.Hour })
+	g := gid("n1", time.Second, time.Minute)
+	e.a.AddPrepared(x(g, 0))
+	if err := e.log.Commit(context.Background(), xa.Decision{GTRID: g, Participants: []xa.Participant{{Resource: "a"}}}); err != nil {
+		t.Fatal(err)
+	}
+	orphan := gid("n1", time.Hour, -time.Minute)
+	e.b.AddPrepared(x(orphan, 1))
+	for i := 0; i < 3; i++ {
+		rep := e.rec.Pass(context.Background(), false)
+		for _, b := range rep.Branches {
+			if b.Action != ActionWait {
+				t.Fatalf("pass %d: %s %s acted before it settled", i, b.ID, b.Action)
+			}
+		}
+	}
+	if e.a.State(x(g, 0)) != "prepared" || e.b.State(x(orphan, 1)) != "prepared" {
+		t.Fatal("a branch was finished before it settled")
+	}
 }

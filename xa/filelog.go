@@ -18,18 +18,6 @@ import (
 	"github.com/xabridge/xabridge/drivers"
 )
 
-// More errors of the file decision log.
-var (
-	// ErrAlreadyCommitted: an abort was refused because a commit decision
-	// for the transaction is durable. A committed transaction can never be
-	// presumed aborted; its branches must be committed. (A forced operator
-	// rollback is recorded with Record and Heuristic set instead.)
-	ErrAlreadyCommitted = errors.New("abort refused: a commit decision is durable")
-
-	// ErrLogClosed: the log was closed.
-	ErrLogClosed = errors.New("decision log is closed")
-)
-
 // Defaults of FileLogOptions.
 const (
 	DefaultMaxBatch     = 1024

@@ -25,6 +25,15 @@ var (
 
 	// ErrLogReadOnly: the log was opened read-only.
 	ErrLogReadOnly = errors.New("decision log is open read-only")
+
+	// ErrAlreadyCommitted: an abort was refused because a commit decision
+	// for the transaction is durable. A committed transaction can never be
+	// presumed aborted; its branches must be committed. (A forced operator
+	// rollback is recorded with Record and Heuristic set instead.)
+	ErrAlreadyCommitted = errors.New("abort refused: a commit decision is durable")
+
+	// ErrLogClosed: the log was closed.
+	ErrLogClosed = errors.New("decision log is closed")
 )
 
 // Participant is one branch named in a commit decision.
@@ -122,7 +131,8 @@ type Log interface {
 
 	// Abort durably records that the transaction is aborted; from then on
 	// Commit for it returns ErrFenced. Recovery calls it before rolling back
-	// a branch it presumes aborted.
+	// a branch it presumes aborted. It returns ErrAlreadyCommitted when a
+	// commit decision for the transaction is durable.
 	Abort(ctx context.Context, a Action) error
 
 	// Record durably appends an action (recovery or operator).

@@ -60,7 +60,7 @@ func (l *memLog) Abort(ctx context.Context, a Action) error {
 	defer l.mu.Unlock()
 	e := l.entry(a.GTRID)
 	if e.State == StateCommitted || e.State == StateDone {
-		return errors.New("already committed")
+		return ErrAlreadyCommitted
 	}
 	e.State = StateAborted
 	e.Actions = append(e.Actions, a)

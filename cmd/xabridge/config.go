@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"sort"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/xabridge/xabridge/drivers"
+	_ "github.com/xabridge/xabridge/mysql"    // registers mysql:// and mariadb://
+	_ "github.com/xabridge/xabridge/postgres" // registers postgres:// and postgresql://
+	"github.com/xabridge/xabridge/xa"
+)
+
+// opsConfig is what the operator commands need: who we are (node id, log)
+// and which databases to look at.
+type opsConfig struct {
+	nodeID     string
+	logDir     string
+	configFile string
+	resources  []string // NAME=URL
+	output     string   // table | json
+}
+
+// fileConfig is the JSON config file (--config).
+type fileConfig struct {
+	NodeID    string            `json:"node_id"`
+	LogDir    string            `json:"log_dir"`
+	Resources map[string]string `json:"resources"`
+}
+
+func addOpsFlags(cmd *cobra.Command, o *opsConfig, withOutput bool) {
+	f := cmd.Flags()
+	f.StringVar(&o.nodeID, "node-id", "", "coordinator node id whose transactions to act on (env XABRIDGE_NODE_ID; default demo)")
+	f.StringVar(&o.logDir, "log-dir", "", "that node's decision log directory (env XABRIDGE_LOG_DIR; default .xabridge/log)")
+	f.StringVar(&o.configFile, "config", "", `JSON config file: {"node_id": "...", "log_dir": "...", "resources": {"NAME": "URL"}} (env XABRIDGE_CONFIG)`)
+	f.StringArrayVar(&o.resources, "resource", nil, "a database as NAME=URL, repeatable (env XABRIDGE_RESOURCES, comma separated; default pg=$XABRIDGE_PG and mysql=$XABRIDGE_MYSQL)")
+	if withOutput {
+		f.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
+	}
+}
+
+// resolved is the effective configuration.
+type resolved struct {
+	nodeID    string
+	logDir    string
+	resources []namedURL
+	output    string
+}
+
+type namedURL struct{ name, url string }
+
+// resolve applies flags over env over config file over defaults.
+func (o *opsConfig) resolve() (*resolved, error) {
+	r := &resolved{output: o.output}
+	if r.output == "" {
+		r.output = "table"
+	}
+	if r.output != "table" && r.output != "json" {
+		return nil, usagef("--output must be table or json, not %q", r.output)
+	}
+	var fc fileConfig
+	cfgPath := o.configFile
+	if cfgPath == "" {
+		cfgPath = os.Getenv("XABRIDGE_CONFIG")
+	}
+	if cfgPath != "" {
+		data, err := os.ReadFile(cfgPath)
+		if err != nil {
+			return nil, fmt.Errorf("config file: %w", err)
+		}
+		dec := json.NewDecoder(strings.NewReader(string(data)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&fc); err != nil {
+			return nil, fmt.Errorf("config file %s: %v", cfgPath, err)
+		}
+	}
+	r.nodeID = first(o.nodeID, os.Getenv("XABRIDGE_NODE_ID"), fc.NodeID, "demo")
+	if err := drivers.ValidateNodeID(r.nodeID); err != nil {
+		return nil, usagef("--node-id: %v", err)
+	}
+	r.logDir = first(o.logDir, os.Getenv("XABRIDGE_LOG_DIR"), fc.LogDir, ".xabridge/log")
+
+	var specs []string
+	switch {
+	case len(o.resources) > 0:
+		specs = o.resources
+	case os.Getenv("XABRIDGE_RESOURCES") != "":
+		for _, s := range strings.Split(os.Getenv("XABRIDGE_RESOURCES"), ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				specs = append(specs, s)
+			}
+		}
+	case len(fc.Resources) > 0:
+		names := make([]string, 0, len(fc.Resources))
+		for n := range fc.Resources {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			specs = append(specs, n+"="+fc.Resources[n])
+		}
+	default:
+		// The demo's databases, named as the demo names them.
+		if v := os.Getenv("XABRIDGE_PG"); v != "" {
+			specs = append(specs, "pg="+v)
+		}
+		if v := os.Getenv("XABRIDGE_MYSQL"); v != "" {
+			specs = append(specs, "mysql="+v)
+		}
+	}
+	if len(specs) == 0 {
+		return nil, usagef("no resources: give --resource NAME=URL (or XABRIDGE_RESOURCES, --config, or XABRIDGE_PG/XABRIDGE_MYSQL)")
+	}
+	seen := map[string]bool{}
+	for _, s := range specs {
+		name, u, ok := strings.Cut(s, "=")
+		if !ok || name == "" || u == "" {
+			return nil, usagef("--resource %q: want NAME=URL", drivers.RedactURL(s))
+		}
+		if !validResourceName(name) {
+			return nil, usagef("--resource: name %q may only contain letters, digits, '_' and '-'", name)
+		}
+		if seen[name] {
+			return nil, usagef("--resource: %q given twice", name)
+		}
+		seen[name] = true
+		r.resources = append(r.resources, namedURL{name, u})
+	}
+	return r, nil
+}
+
+func validResourceName(s string) bool {
+	if len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func first(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// openResources opens every configured resource. Opening does not connect;
+// unreachable servers show up as scan errors.
+func (r *resolved) openResources(ctx context.Context) ([]drivers.Resource, func(), error) {
+	var res []drivers.Resource
+	var closers []io.Closer
+	closeAll := func() {
+		for _, c := range closers {
+			_ = c.Close()
+		}
+	}
+	for _, nu := range r.resources {
+		rs, c, err := drivers.Open(ctx, nu.name, nu.url)
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		res = append(res, rs)
+		closers = append(closers, c)
+	}
+	return res, closeAll, nil
+}
+
+// openLog opens the decision log: for writing (taking its lock) when the
+// command acts, read-only otherwise.
+func (r *resolved) openLog(write bool) (*xa.FileLog, error) {
+	if !write {
+		if _, err := os.Stat(r.logDir); errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("no decision log at %s (give the node's --log-dir)", r.logDir)
+		}
+	}
+	l, err := xa.OpenFileLog(r.logDir, xa.FileLogOptions{ReadOnly: !write})
+	if err != nil {
+		if errors.Is(err, xa.ErrLogLocked) {
+			return nil, fmt.Errorf("%w\n(a coordinator is running on this log: stop it first, or let its own recovery resolve its transactions)", err)
+		}
+		return nil, err
+	}
+	return l, nil
+}
+
+// actor names the operator for the log's action records.
+func actor() string {
+	name := "unknown"
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	host, _ := os.Hostname()
+	return "operator " + name + "@" + host
+}

@@ -1,0 +1,595 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/recovery"
+	"github.com/xabridge/xabridge/xa"
+)
+
+// branchJSON is one prepared branch in `-o json` output. The field names are
+// a stable interface (README "xabridge list -o json").
+type branchJSON struct {
+	GTRID      string  `json:"gtrid,omitempty"`
+	Node       string  `json:"node,omitempty"`
+	Resource   string  `json:"resource"`
+	XID        string  `json:"xid"`
+	Branch     *int    `json:"branch,omitempty"`
+	Ours       bool    `json:"ours"`
+	Begin      string  `json:"begin,omitempty"`
+	Deadline   string  `json:"deadline,omitempty"`
+	AgeSeconds float64 `json:"age_seconds"`
+	PreparedAt string  `json:"prepared_at,omitempty"`
+	Owner      string  `json:"owner,omitempty"`
+	Database   string  `json:"database,omitempty"`
+	LogState   string  `json:"log_state,omitempty"`
+	Class      string  `json:"class"`
+	Action     string  `json:"action"`
+	Reason     string  `json:"reason"`
+	Result     string  `json:"result,omitempty"`
+}
+
+type reportJSON struct {
+	Node       string            `json:"node"`
+	At         string            `json:"at"`
+	Branches   []branchJSON      `json:"branches"`
+	ScanErrors []scanErrorJSON   `json:"scan_errors"`
+	Remaining  int               `json:"remaining"`
+	Ended      []string          `json:"ended,omitempty"`
+	Log        *entryJSON        `json:"log,omitempty"`
+	Extra      map[string]string `json:"extra,omitempty"`
+}
+
+type scanErrorJSON struct {
+	Resource string `json:"resource"`
+	Error    string `json:"error"`
+}
+
+func toJSON(node string, rep *recovery.Report) reportJSON {
+	out := reportJSON{Node: node, At: rep.At.UTC().Format(time.RFC3339), Branches: []branchJSON{}, ScanErrors: []scanErrorJSON{}, Remaining: rep.Remaining(), Ended: rep.Ended}
+	for _, b := range rep.Branches {
+		j := branchJSON{
+			Resource: b.Resource, XID: b.ID, Ours: b.Ours, AgeSeconds: b.Age.Seconds(),
+			Owner: b.Owner, Database: b.Database, Class: string(b.Class), Action: string(b.Action), Reason: b.Reason, Result: b.Result,
+		}
+		if b.Ours {
+			g := b.XID.Global
+			br := int(b.XID.Branch)
+			j.GTRID, j.Node, j.Branch = g.String(), g.Node, &br
+			j.Begin, j.Deadline = g.Begin.UTC().Format(time.RFC3339Nano), g.Deadline.UTC().Format(time.RFC3339Nano)
+			j.LogState = b.LogState.String()
+		}
+		if !b.PreparedAt.IsZero() {
+			j.PreparedAt = b.PreparedAt.UTC().Format(time.RFC3339Nano)
+		}
+		out.Branches = append(out.Branches, j)
+	}
+	for _, e := range rep.ScanErrors {
+		out.ScanErrors = append(out.ScanErrors, scanErrorJSON{e.Resource, e.Err.Error()})
+	}
+	return out
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// printable quotes a database-supplied id if it holds anything but safe
+// printable characters, so a hostile gid cannot mess with the terminal.
+func printable(s string) string {
+	for _, c := range s {
+		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == ' ' {
+			return strconv.Quote(s)
+		}
+	}
+	return s
+}
+
+func fmtAge(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "-"
+	case d < time.Minute:
+		return d.Round(100 * time.Millisecond).String()
+	case d < 48*time.Hour:
+		return d.Round(time.Second).String()
+	default:
+		return fmt.Sprintf("%dd%dh", int(d.Hours())/24, int(d.Hours())%24)
+	}
+}
+
+func writeTable(w io.Writer, rep *recovery.Report, showResult bool) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	hdr := "GTRID\tNODE\tRESOURCE\tBRANCH\tAGE\tLOG\tCLASS\tACTION"
+	if showResult {
+		hdr += "\tRESULT"
+	}
+	fmt.Fprintln(tw, hdr)
+	for _, b := range rep.Branches {
+		id, node, br, logState := printable(b.ID), "-", "-", "-"
+		if b.Ours {
+			id, node, br, logState = b.XID.Global.String(), b.XID.Global.Node, b.XID.BranchQualifier(), b.LogState.String()
+		}
+		age := "-"
+		if b.Ours || !b.PreparedAt.IsZero() {
+			age = fmtAge(b.Age)
+		}
+		line := strings.Join([]string{id, node, b.Resource, br, age, logState, string(b.Class), string(b.Action)}, "\t")
+		if showResult {
+			line += "\t" + first(b.Result, "-")
+		}
+		fmt.Fprintln(tw, line)
+	}
+	tw.Flush()
+	for _, b := range rep.Branches {
+		if b.Class == recovery.Heuristic {
+			fmt.Fprintf(w, "HEURISTIC: %s on %s: %s\n", printable(b.ID), b.Resource, b.Reason)
+		}
+	}
+	for _, e := range rep.ScanErrors {
+		fmt.Fprintf(w, "ERROR: resource %s could not be scanned: %v\n", e.Resource, e.Err)
+	}
+}
+
+// filterOurs drops foreign branches unless all is set.
+func filterOurs(rep *recovery.Report, all bool) {
+	if all {
+		return
+	}
+	kept := rep.Branches[:0]
+	for _, b := range rep.Branches {
+		if b.Class != recovery.Foreign {
+			kept = append(kept, b)
+		}
+	}
+	rep.Branches = kept
+}
+
+// remainingErr turns "our branches still prepared" and scan errors into
+// the exit codes scripts use.
+func remainingErr(rep *recovery.Report) error {
+	if len(rep.ScanErrors) > 0 {
+		return fmt.Errorf("%d resource(s) could not be scanned", len(rep.ScanErrors))
+	}
+	if n := rep.Remaining(); n > 0 {
+		return fmt.Errorf("%w: %d", errInDoubtRemain, n)
+	}
+	return nil
+}
+
+// newRecoverer opens resources and the log and builds a Recoverer.
+func newRecoverer(ctx context.Context, r *resolved, write bool, minAge *time.Duration) (*recovery.Recoverer, *xa.FileLog, func(), error) {
+	res, closeRes, err := r.openResources(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	l, err := r.openLog(write)
+	if err != nil {
+		closeRes()
+		return nil, nil, nil, err
+	}
+	rec, err := recovery.New(recovery.Config{NodeID: r.nodeID, Log: l, Resources: res, MinAge: minAge, Actor: actor()})
+	if err != nil {
+		closeRes()
+		l.Close()
+		return nil, nil, nil, err
+	}
+	return rec, l, func() { closeRes(); l.Close() }, nil
+}
+
+func newListCmd() *cobra.Command {
+	o := &opsConfig{}
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List in-doubt branches of ours on every resource, with what the log says and what recovery would do",
+		Long: `list scans every resource for prepared branches and shows, for each branch of
+ours: its global id, owner node, resource, branch, age, what the decision log
+says, its class and the action recovery would take. It changes nothing, and
+it works while a coordinator is running (the log is read without its lock).
+
+Classes: commit-pending (log says commit), abort-pending (log says abort),
+orphan (no decision, past its fence: rolled back once seen in two scans),
+live (may still be running), unknown-owner (another node's), heuristic
+(contradicts the log), foreign (not ours; with --all only).
+
+Exit code 3 when branches of ours are in doubt.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			r, err := o.resolve()
+			if err != nil {
+				return err
+			}
+			rec, _, closeAll, err := newRecoverer(cmd.Context(), r, false, nil)
+			if err != nil {
+				return err
+			}
+			defer closeAll()
+			rep := rec.Scan(cmd.Context())
+			filterOurs(rep, all)
+			if r.output == "json" {
+				if err := writeJSON(cmd.OutOrStdout(), toJSON(r.nodeID, rep)); err != nil {
+					return err
+				}
+			} else {
+				writeTable(cmd.OutOrStdout(), rep, false)
+			}
+			return remainingErr(rep)
+		},
+	}
+	addOpsFlags(cmd, o, true)
+	cmd.Flags().BoolVar(&all, "all", false, "also list foreign prepared transactions (read-only view)")
+	return cmd
+}
+
+// entryJSON is a decision-log entry in JSON output.
+type entryJSON struct {
+	GTRID        string       `json:"gtrid"`
+	State        string       `json:"state"`
+	DecidedAt    string       `json:"decided_at,omitempty"`
+	Participants []string     `json:"participants,omitempty"`
+	Heuristic    bool         `json:"heuristic"`
+	Actions      []actionJSON `json:"actions"`
+}
+
+type actionJSON struct {
+	At        string `json:"at"`
+	Op        string `json:"op"`
+	Resource  string `json:"resource,omitempty"`
+	Branch    *int   `json:"branch,omitempty"`
+	Reason    string `json:"reason,omitempty"`
+	Actor     string `json:"actor,omitempty"`
+	Heuristic bool   `json:"heuristic,omitempty"`
+}
+
+func entryToJSON(e xa.Entry) *entryJSON {
+	j := &entryJSON{GTRID: e.GTRID.String(), State: e.State.String(), Heuristic: e.Heuristic(), Actions: []actionJSON{}}
+	if e.Decision != nil {
+		j.DecidedAt = e.Decision.At.UTC().Format(time.RFC3339Nano)
+		for _, p := range e.Decision.Participants {
+			j.Participants = append(j.Participants, fmt.Sprintf("%s/%02x", p.Resource, p.Branch))
+		}
+	}
+	for _, a := range e.Actions {
+		aj := actionJSON{At: a.At.UTC().Format(time.RFC3339Nano), Op: a.Op, Resource: a.Resource, Reason: a.Reason, Actor: a.Actor, Heuristic: a.Heuristic}
+		if a.Resource != "" {
+			br := int(a.Branch)
+			aj.Branch = &br
+		}
+		j.Actions = append(j.Actions, aj)
+	}
+	return j
+}
+
+func writeEntry(w io.Writer, e *entryJSON) {
+	fmt.Fprintf(w, "global transaction %s\n  log: %s", e.GTRID, e.State)
+	if e.DecidedAt != "" {
+		fmt.Fprintf(w, " (decided %s; participants %s)", e.DecidedAt, strings.Join(e.Participants, ", "))
+	}
+	fmt.Fprintln(w)
+	if e.Heuristic {
+		fmt.Fprintln(w, "  HEURISTIC: an outcome was forced against the log; atomicity may be broken")
+	}
+	for _, a := range e.Actions {
+		where := ""
+		if a.Resource != "" {
+			where = fmt.Sprintf(" on %s/%02x", a.Resource, *a.Branch)
+		}
+		h := ""
+		if a.Heuristic {
+			h = " [heuristic]"
+		}
+		fmt.Fprintf(w, "  %s %s%s by %s: %s%s\n", a.At, a.Op, where, a.Actor, a.Reason, h)
+	}
+}
+
+// parseGTRID accepts a gtrid or a gid and explains what it wants.
+func parseGTRID(s string) (drivers.GlobalID, error) {
+	x, _, err := drivers.ParseXID(s)
+	if err != nil {
+		return drivers.GlobalID{}, usagef("%q is not a xabridge global id (want node.begin.seq.deadline as shown by `xabridge list`)", printableArg(s))
+	}
+	return x.Global, nil
+}
+
+// printableArg shortens and quotes user input for error messages.
+func printableArg(s string) string {
+	if len(s) > 80 {
+		s = s[:80] + "…"
+	}
+	return strings.Trim(strconv.Quote(s), `"`)
+}
+
+func newShowCmd() *cobra.Command {
+	o := &opsConfig{}
+	cmd := &cobra.Command{
+		Use:   "show GTRID",
+		Short: "Show one global transaction: its log records and its branches on every resource",
+		Args:  exactArgs(1, "GTRID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			g, err := parseGTRID(args[0])
+			if err != nil {
+				return err
+			}
+			r, err := o.resolve()
+			if err != nil {
+				return err
+			}
+			rec, l, closeAll, err := newRecoverer(cmd.Context(), r, false, nil)
+			if err != nil {
+				return err
+			}
+			defer closeAll()
+			rep := rec.Scan(cmd.Context())
+			kept := rep.Branches[:0]
+			for _, b := range rep.Branches {
+				if b.Ours && b.XID.Global == g {
+					kept = append(kept, b)
+				}
+			}
+			rep.Branches = kept
+			entry, logged := l.Lookup(g)
+			if !logged && len(kept) == 0 {
+				if len(rep.ScanErrors) > 0 {
+					return fmt.Errorf("%s: %w (and %d resource(s) could not be scanned)", g, recovery.ErrUnknownTransaction, len(rep.ScanErrors))
+				}
+				return fmt.Errorf("%s: %w", g, recovery.ErrUnknownTransaction)
+			}
+			if !logged {
+				entry = xa.Entry{GTRID: g}
+			}
+			ej := entryToJSON(entry)
+			if r.output == "json" {
+				j := toJSON(r.nodeID, rep)
+				j.Log = ej
+				if err := writeJSON(cmd.OutOrStdout(), j); err != nil {
+					return err
+				}
+			} else {
+				w := cmd.OutOrStdout()
+				writeEntry(w, ej)
+				fmt.Fprintf(w, "  began %s, fence %s\n", g.Begin.UTC().Format(time.RFC3339Nano), g.Deadline.UTC().Format(time.RFC3339Nano))
+				if len(kept) == 0 {
+					fmt.Fprintln(w, "  no prepared branch on any resource")
+				} else {
+					writeTable(w, rep, false)
+				}
+			}
+			return remainingErr(rep)
+		},
+	}
+	addOpsFlags(cmd, o, true)
+	return cmd
+}
+
+// exactArgs is cobra.ExactArgs with a usage error naming the argument.
+func exactArgs(n int, what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usagef("%s needs exactly %d argument (%s), got %d", cmd.CommandPath(), n, what, len(args))
+		}
+		return nil
+	}
+}
+
+func newResolveCmd() *cobra.Command {
+	o := &opsConfig{}
+	var commit, rollback, force bool
+	cmd := &cobra.Command{
+		Use:   "resolve GTRID --commit|--rollback",
+		Short: "Commit or roll back every prepared branch of one global transaction",
+		Long: `resolve settles one global transaction by hand.
+
+It refuses to contradict the decision log: --commit needs a commit decision,
+--rollback needs its absence. --force overrides that refusal; the forced
+outcome is recorded in the log as a heuristic outcome and reported as such,
+because atomicity may then be broken. A rollback that agrees with the log
+first records an abort, so the transaction can never commit afterwards.
+
+It needs the decision log for writing, so it refuses while a coordinator
+holds the log.`,
+		Example: `  xabridge resolve demo.019e7044887b.deadbeef.019e7044fdab --commit
+  xabridge resolve demo.019e7044887b.deadbeef.019e7044fdab --rollback --force`,
+		Args: exactArgs(1, "GTRID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if commit == rollback {
+				return usagef("give exactly one of --commit or --rollback")
+			}
+			g, err := parseGTRID(args[0])
+			if err != nil {
+				return err
+			}
+			r, err := o.resolve()
+			if err != nil {
+				return err
+			}
+			rec, _, closeAll, err := newRecoverer(cmd.Context(), r, true, nil)
+			if err != nil {
+				return err
+			}
+			defer closeAll()
+			rep, err := rec.Resolve(cmd.Context(), g, commit, force, actor())
+			if err != nil {
+				return err
+			}
+			if r.output == "json" {
+				if err := writeJSON(cmd.OutOrStdout(), toJSON(r.nodeID, rep)); err != nil {
+					return err
+				}
+			} else {
+				w := cmd.OutOrStdout()
+				if len(rep.Branches) == 0 {
+					fmt.Fprintf(w, "%s: no prepared branch left on any resource; log updated\n", g)
+				} else {
+					writeTable(w, rep, true)
+				}
+				if force {
+					fmt.Fprintf(w, "HEURISTIC OUTCOME recorded for %s: the operator forced it against the decision log\n", g)
+				}
+			}
+			return remainingErr(rep)
+		},
+	}
+	addOpsFlags(cmd, o, true)
+	f := cmd.Flags()
+	f.BoolVar(&commit, "commit", false, "commit every prepared branch")
+	f.BoolVar(&rollback, "rollback", false, "roll back every prepared branch")
+	f.BoolVar(&force, "force", false, "allow an outcome that contradicts the decision log (recorded as heuristic)")
+	return cmd
+}
+
+func newRecoverCmd() *cobra.Command {
+	o := &opsConfig{}
+	var dryRun, watch bool
+	var interval time.Duration
+	var minAge string
+	cmd := &cobra.Command{
+		Use:   "recover",
+		Short: "Run recovery: commit what the log decided, roll back orphans, leave the rest alone",
+		Long: `recover scans every resource and resolves this node's in-doubt branches:
+branches whose transaction has a commit decision are committed; branches with
+no decision that are past their fence (deadline plus a clock margin) and seen
+in two consecutive scans are rolled back (presumed abort, recorded in the log
+first). Live, foreign and other nodes' branches are never touched.
+
+One run does two scans, so orphans are resolved in one command. --min-age
+overrides the fence for operators who know the coordinator is dead (e.g.
+--min-age 0s right after a kill -9). --watch keeps running, one pass per
+--interval, until interrupted.
+
+It needs the decision log for writing, so it refuses while a coordinator
+holds the log. Exit code 3 when branches of ours remain in doubt.`,
+		Example: `  xabridge recover --dry-run
+  xabridge recover --min-age 0s
+  xabridge recover --watch --interval 30s`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			r, err := o.resolve()
+			if err != nil {
+				return err
+			}
+			var ma *time.Duration
+			if minAge != "" {
+				d, err := time.ParseDuration(minAge)
+				if err != nil || d < 0 {
+					return usagef("--min-age %q: want a duration such as 0s, 30s or 5m", minAge)
+				}
+				ma = &d
+			}
+			if interval <= 0 {
+				return usagef("--interval must be positive")
+			}
+			rec, _, closeAll, err := newRecoverer(cmd.Context(), r, !dryRun, ma)
+			if err != nil {
+				return err
+			}
+			defer closeAll()
+			ctx := cmd.Context()
+			out := cmd.OutOrStdout()
+			print := func(rep *recovery.Report) error {
+				if r.output == "json" {
+					return writeJSON(out, toJSON(r.nodeID, rep))
+				}
+				if len(rep.Branches) == 0 && len(rep.ScanErrors) == 0 {
+					fmt.Fprintf(out, "%s: nothing in doubt\n", rep.At.UTC().Format(time.RFC3339))
+					return nil
+				}
+				writeTable(out, rep, !dryRun)
+				if len(rep.Ended) > 0 {
+					fmt.Fprintf(out, "phase 2 finished for %d transaction(s)\n", len(rep.Ended))
+				}
+				return nil
+			}
+			if watch {
+				err := rec.Loop(ctx, interval, func(rep *recovery.Report) {
+					filterOurs(rep, false)
+					_ = print(rep)
+				})
+				if errors.Is(err, context.Canceled) {
+					return nil
+				}
+				return err
+			}
+			rep := rec.Pass(ctx, dryRun)
+			acted := map[string]recovery.Branch{}
+			// The two-scan rule within one command: the log lock proves no
+			// coordinator of this node is running, so later scans a moment
+			// apart confirm the branches are still there and settled (see
+			// recovery.Config.Settle), and wait out branches that answered
+			// "busy" (a MariaDB session still detaching).
+			for pass := 1; !dryRun && pass < 10 && needsSecondScan(rep) && ctx.Err() == nil; pass++ {
+				select {
+				case <-ctx.Done():
+				case <-time.After(400 * time.Millisecond):
+				}
+				for _, b := range rep.Branches {
+					if b.Result != "" {
+						acted[b.Resource+" "+b.ID] = b
+					}
+				}
+				rep = rec.Pass(ctx, false)
+			}
+			// Show what earlier passes did to branches that are now gone.
+			for _, b := range rep.Branches {
+				delete(acted, b.Resource+" "+b.ID)
+			}
+			for _, b := range acted {
+				rep.Branches = append(rep.Branches, b)
+			}
+			sortBranches(rep.Branches)
+			filterOurs(rep, false)
+			if err := print(rep); err != nil {
+				return err
+			}
+			return remainingErr(rep)
+		},
+	}
+	addOpsFlags(cmd, o, true)
+	f := cmd.Flags()
+	f.BoolVar(&dryRun, "dry-run", false, "print the plan, change nothing")
+	f.BoolVar(&watch, "watch", false, "keep running one pass per --interval until interrupted")
+	f.DurationVar(&interval, "interval", 30*time.Second, "time between passes with --watch")
+	f.StringVar(&minAge, "min-age", "", "treat branches of transactions older than this as past their fence (overrides the deadline)")
+	return cmd
+}
+
+// sortBranches orders branches by global id, then resource.
+func sortBranches(bs []recovery.Branch) {
+	key := func(b recovery.Branch) string {
+		if b.Ours {
+			return "0" + b.XID.GID()
+		}
+		return "1" + b.ID
+	}
+	sort.SliceStable(bs, func(i, j int) bool {
+		if ki, kj := key(bs[i]), key(bs[j]); ki != kj {
+			return ki < kj
+		}
+		return bs[i].Resource < bs[j].Resource
+	})
+}
+
+// needsSecondScan reports whether a pass left orphans waiting for their
+// second sighting.
+func needsSecondScan(rep *recovery.Report) bool {
+	for _, b := range rep.Branches {
+		if b.Action == recovery.ActionWait || b.Result == "busy: retry later" {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,46 @@
+// Package mysql is the xabridge adapter for MySQL and MariaDB, built on
+// github.com/go-sql-driver/mysql through database/sql. A branch is an XA
+// transaction (XA START … XA END, XA PREPARE, XA COMMIT/ROLLBACK) on one
+// *sql.Conn pinned from the application's pool for the branch's lifetime.
+//
+// # Sessions
+//
+// MariaDB (10.5 to at least 11.x) and MySQL before 8.0.29 (or with
+// xa_detach_on_prepare=OFF) bind a prepared XA branch to the session that
+// prepared it: until that session ends, XA COMMIT from any other session
+// fails with XAER_NOTA although XA RECOVER lists the XID. Worse, while that
+// session is ending, MariaDB lets another session's XA COMMIT find the XID
+// before InnoDB has let go of the transaction; the commit then answers OK
+// and does nothing, and the branch stays prepared, holding its locks,
+// invisible to XA RECOVER until the next restart (reproduced here in about
+// 1 of 150 commits sent right after the owner closed; see finishByXID). So
+// this adapter:
+//
+//   - runs phase 2 on the session that prepared the branch whenever that
+//     session is alive;
+//   - finishes its own branches by XID from a fresh session only once the
+//     owner session has been gone from the processlist for a grace period
+//     (ErrBusy until then), and treats XAER_NOTA as "not found" only when
+//     XA RECOVER no longer lists the XID (ErrBusy otherwise);
+//   - never returns a session whose XA state is not known to be clean to the
+//     pool (a pooled session left in XA state fails every later statement
+//     with 1399 XAER_RMFAIL): it is discarded instead, which also detaches a
+//     prepared branch for recovery.
+//
+// # MySQL 8
+//
+// The same code runs on MySQL 5.7.7+ and 8; only MariaDB is tested here.
+// What differs there: with xa_detach_on_prepare=ON (8.0.29+, the default)
+// the branch leaves its session at XA PREPARE, so any session can finish it
+// and the preparing session is clean again (the adapter still finishes on
+// that session, which is allowed, and discards it where MariaDB needs that,
+// which costs a reconnect and nothing else); temporary tables are not
+// allowed inside XA; XA RECOVER shows other users' branches only with
+// XA_RECOVER_ADMIN; InnoDB synchronises commit-by-XID with a disconnecting
+// session itself, so the grace period is skipped; and before 8.0.30
+// XA PREPARE is not crash-safe with respect to the binary log.
+//
+// All XA statements are sent as literal text without arguments, so
+// go-sql-driver uses COM_QUERY: XA statements cannot be server-side prepared.
+// The XID is written as hex literals (drivers.XID.MySQL), validated first.
+package mysql
