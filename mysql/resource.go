@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,6 +46,7 @@ type Resource struct {
 	ids      map[any]uint64         // driver connection → server connection id
 	detached map[drivers.XID]uint64 // branches this process detached → their owner's connection id
 	gone     map[uint64]time.Time   // owner connection id → when first seen out of the processlist
+	idBoot   map[uint64]float64     // connection id → the server's boot time (Unix seconds, ±1s) when we learned it
 }
 
 var _ drivers.Resource = (*Resource)(nil)
@@ -53,7 +55,7 @@ var _ drivers.Resource = (*Resource)(nil)
 // written into the decision log) on the server db connects to. db must come
 // from github.com/go-sql-driver/mysql; the application keeps owning it.
 func New(name string, db *sql.DB) *Resource {
-	return &Resource{name: name, db: db, ids: map[any]uint64{}, detached: map[drivers.XID]uint64{}, gone: map[uint64]time.Time{}}
+	return &Resource{name: name, db: db, ids: map[any]uint64{}, detached: map[drivers.XID]uint64{}, gone: map[uint64]time.Time{}, idBoot: map[uint64]float64{}}
 }
 
 // Name returns the resource's name.
@@ -156,14 +158,17 @@ func (r *Resource) sessionID(ctx context.Context, conn *sql.Conn) (uint64, error
 	if ok {
 		return id, nil
 	}
-	if err := conn.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
+	var boot float64
+	if err := conn.QueryRowContext(ctx, bootQuery("CONNECTION_ID(), ")).Scan(&id, &boot); err != nil {
 		return 0, err
 	}
 	r.mu.Lock()
 	if len(r.ids) >= maxSessionIDs {
 		clear(r.ids)
+		clear(r.idBoot)
 	}
 	r.ids[key] = id
+	r.idBoot[id] = boot
 	r.mu.Unlock()
 	return id, nil
 }
@@ -337,8 +342,33 @@ func (r *Resource) ownerAttached(ctx context.Context, conn *sql.Conn, fl *flavou
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, ok := listed[owner]; ok {
-		delete(r.gone, owner)
-		return fmt.Sprintf("the session that prepared the branch (connection id %d) is still open", owner), nil
+		_, seenGone := r.gone[owner]
+		bootThen, known := r.idBoot[owner]
+		r.mu.Unlock()
+		restarted := false
+		if known && !seenGone {
+			// A server restart restarts connection ids at 1, so a listed
+			// session with the owner's id may be a stranger: the owner is
+			// gone if the server has booted since we learned its id. Boot
+			// times are estimated from whole-second uptimes, so they agree
+			// within a second for the same boot. (Two boots less than ~1.5s
+			// apart look like one: the branch then stays busy until
+			// recovery from another process finishes it; safe, only slow.
+			// Taking "we closed that session ourselves" as proof instead
+			// would not be safe: under a network partition the real owner
+			// is still listed.)
+			var bootNow float64
+			err := conn.QueryRowContext(ctx, bootQuery("")).Scan(&bootNow)
+			restarted = err == nil && math.Abs(bootNow-bootThen) > 1.5
+		}
+		r.mu.Lock()
+		if !seenGone && !restarted {
+			return fmt.Sprintf("the session that prepared the branch (connection id %d) is still open", owner), nil
+		}
+		// A session that once left never comes back: the id is reused.
+		if !seenGone {
+			r.gone[owner] = time.Now().Add(-detachGrace) // the restart killed it long enough ago
+		}
 	}
 	if !fl.mariaDB {
 		// MySQL's InnoDB synchronises commit-by-XID with a disconnecting
@@ -360,6 +390,12 @@ func (r *Resource) ownerAttached(ctx context.Context, conn *sql.Conn, fl *flavou
 			owner, time.Since(since).Round(time.Millisecond), wait.Round(time.Millisecond)), nil
 	}
 	return "", nil
+}
+
+// bootQuery selects prefix (more columns) and the server's boot time in
+// Unix seconds, estimated as now minus the whole-second uptime.
+func bootQuery(prefix string) string {
+	return "SELECT " + prefix + "UNIX_TIMESTAMP(NOW(6)) - VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'"
 }
 
 // sessionListed returns the processlist COMMAND of those of ids the server
