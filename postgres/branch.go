@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/xabridge/xabridge/drivers"
 )
@@ -66,6 +67,7 @@ type branch struct {
 	conn   *pgxpool.Conn // pinned; nil once released or dropped
 	pid    uint32        // backend pid of conn
 	state  state
+	begun  bool // BEGIN was sent (it goes with the first statement)
 	ran    bool // some statement ran through the handle
 	wrote  bool // some Exec, SendBatch or CopyFrom ran (they may write)
 	closed bool
@@ -188,6 +190,11 @@ func (b *branch) Prepare(ctx context.Context) (drivers.Vote, error) {
 // transaction is always safe.
 func (b *branch) commitReadOnly(ctx context.Context) (drivers.Vote, error) {
 	c := b.takeConn()
+	if !b.begun {
+		release(c) // no transaction was ever opened
+		b.state = stReadOnly
+		return drivers.VoteReadOnly, nil
+	}
 	tag, err := execSimple(ctx, c, "COMMIT")
 	if err == nil && tag.String() == "COMMIT" {
 		release(c)
@@ -215,6 +222,10 @@ func (b *branch) rollbackActive(ctx context.Context) {
 	c := b.takeConn()
 	b.state = stRolledBack
 	if c == nil {
+		return
+	}
+	if !b.begun {
+		release(c)
 		return
 	}
 	tag, err := execSimple(ctx, c, "ROLLBACK")
@@ -369,6 +380,11 @@ func (b *branch) CommitOnePhase(ctx context.Context) error {
 	if b.escaped() {
 		return b.errEscaped("commit-one-phase")
 	}
+	if !b.begun {
+		release(b.takeConn()) // nothing ran: nothing to commit
+		b.state = stCommitted
+		return nil
+	}
 	tag, err := execSimple(ctx, b.conn, "COMMIT")
 	if err == nil {
 		switch tag.String() {
@@ -447,7 +463,7 @@ func (b *branch) escaped() bool {
 	if b.state == stEscaped {
 		return true
 	}
-	if b.state != stActive || b.conn == nil {
+	if b.state != stActive || b.conn == nil || !b.begun {
 		return false
 	}
 	pc := b.conn.Conn().PgConn()
@@ -473,4 +489,69 @@ func serverMajor(c *pgxpool.Conn) int {
 	}
 	n, _ := strconv.Atoi(v)
 	return n
+}
+
+// begin sends BEGIN on its own, before a statement that cannot carry it
+// (see execBegin).
+func (b *branch) begin(ctx context.Context) error {
+	if b.begun {
+		return nil
+	}
+	tag, err := execSimple(ctx, b.conn, b.r.beginSQL)
+	if err == nil {
+		err = checkTag(tag, "BEGIN")
+	}
+	if err != nil {
+		return b.wrap("begin", noEffectKind(err), err)
+	}
+	b.begun = true
+	return nil
+}
+
+// execBegin runs the branch's first statement, if it is an Exec with
+// arguments, pipelined behind BEGIN: both go in one round trip (one batch,
+// one Sync), which saves the round trip a separate BEGIN would cost. If
+// nothing reached the server because the pooled connection had died, it
+// retries once on a fresh connection, as Begin used to for BEGIN alone.
+func (b *branch) execBegin(ctx context.Context, sql string, args []any) (pgconn.CommandTag, error) {
+	for attempt := 0; ; attempt++ {
+		batch := &pgx.Batch{}
+		batch.Queue(b.r.beginSQL)
+		batch.Queue(sql, args...)
+		br := b.conn.SendBatch(ctx, batch)
+		btag, berr := br.Exec()
+		tag, err := br.Exec()
+		cerr := br.Close()
+		if berr == nil && btag.String() == "BEGIN" {
+			b.begun = true
+			if err == nil {
+				err = cerr
+			}
+			return tag, err
+		}
+		if berr == nil {
+			berr = checkTag(btag, "BEGIN")
+		}
+		if f, _ := fateOf(berr); f == notSent && attempt == 0 && ctx.Err() == nil {
+			discard(b.takeConn())
+			conn, aerr := b.r.pool.Acquire(ctx)
+			if aerr != nil {
+				b.state = stRolledBack
+				return pgconn.CommandTag{}, b.wrap("begin", noEffectKind(aerr), fmt.Errorf("acquire connection: %w", aerr))
+			}
+			b.conn, b.pid = conn, conn.Conn().PgConn().PID()
+			continue
+		}
+		return pgconn.CommandTag{}, b.wrap("begin", noEffectKind(berr), berr)
+	}
+}
+
+// pipelinable reports whether Exec's arguments can go into a batch: a
+// pgx.QueryExecMode given as the first argument applies to Exec only.
+func pipelinable(args []any) bool {
+	if len(args) == 0 {
+		return false // pgx runs these with the simple protocol, which a batch cannot
+	}
+	_, mode := args[0].(pgx.QueryExecMode)
+	return !mode
 }

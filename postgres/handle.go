@@ -47,7 +47,18 @@ func (h *Branch) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comm
 		return pgconn.CommandTag{}, err
 	}
 	b.ran, b.wrote = true, true
-	tag, err := b.conn.Exec(ctx, sql, args...)
+	var (
+		tag pgconn.CommandTag
+		err error
+	)
+	if !b.begun && pipelinable(args) {
+		tag, err = b.execBegin(ctx, sql, args)
+	} else {
+		if err := b.begin(ctx); err != nil {
+			return pgconn.CommandTag{}, err
+		}
+		tag, err = b.conn.Exec(ctx, sql, args...)
+	}
 	if err == nil && b.escaped() {
 		return tag, b.errEscaped("exec")
 	}
@@ -62,6 +73,9 @@ func (h *Branch) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, 
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := b.usable("query"); err != nil {
+		return nil, err
+	}
+	if err := b.begin(ctx); err != nil {
 		return nil, err
 	}
 	b.ran = true
@@ -79,6 +93,9 @@ func (h *Branch) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row 
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := b.usable("query"); err != nil {
+		return errRow{err}
+	}
+	if err := b.begin(ctx); err != nil {
 		return errRow{err}
 	}
 	b.ran = true
@@ -100,6 +117,9 @@ func (h *Branch) SendBatch(ctx context.Context, batch *pgx.Batch) pgx.BatchResul
 	if pgx.FailedBatchResults(batch, errBeginTx).Tx() != nil {
 		return pgx.FailedBatchResults(batch, b.wrap("batch", drivers.ErrFailed, errBeginTx))
 	}
+	if err := b.begin(ctx); err != nil {
+		return pgx.FailedBatchResults(batch, err)
+	}
 	b.ran, b.wrote = true, true
 	return &handleBatch{br: b.conn.SendBatch(ctx, batch), b: b}
 }
@@ -112,6 +132,9 @@ func (h *Branch) CopyFrom(ctx context.Context, tableName pgx.Identifier, columnN
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := b.usable("copy"); err != nil {
+		return 0, err
+	}
+	if err := b.begin(ctx); err != nil {
 		return 0, err
 	}
 	b.ran, b.wrote = true, true

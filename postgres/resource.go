@@ -20,6 +20,12 @@
 //		return err
 //	})
 //
+// A Resource is also a drivers.DecisionKeeper: named as a coordinator's
+// xa.Config.DecisionResource, it keeps commit decisions as rows of
+// DecisionTable, committed in its own branch's transaction (which then never
+// prepares). The branch's BEGIN is sent together with its first Exec, and the
+// decision INSERT together with its COMMIT, each in one round trip.
+//
 // Importing the package registers the URL schemes "postgres" and
 // "postgresql" with drivers.Open.
 package postgres
@@ -51,6 +57,8 @@ type Resource struct {
 	pool     *pgxpool.Pool
 	beginSQL string
 	optErr   error // a bad option, reported by Begin
+
+	decisions decisionTable // see DecisionKeeper methods in decision.go
 }
 
 // Option configures a Resource.
@@ -148,31 +156,14 @@ func (r *Resource) Begin(ctx context.Context, xid drivers.XID) (drivers.Branch, 
 	if r.optErr != nil {
 		return nil, drivers.NewError(r.name, "begin", xid, drivers.ErrFailed, fmt.Errorf("resource options: %w", r.optErr))
 	}
-	// One retry: a pooled connection may have died since its last use (a
-	// server restart), and BEGIN has no effect worth being unsure about.
-	for attempt := 0; ; attempt++ {
-		conn, err := r.pool.Acquire(ctx)
-		if err != nil {
-			return nil, drivers.NewError(r.name, "begin", xid, noEffectKind(err), fmt.Errorf("acquire connection: %w", err))
-		}
-		tag, err := execSimple(ctx, conn, r.beginSQL)
-		if err == nil {
-			err = checkTag(tag, "BEGIN")
-		}
-		if err == nil {
-			b := &branch{r: r, xid: xid, gid: gid, conn: conn, pid: conn.Conn().PgConn().PID(), state: stActive}
-			return b, nil
-		}
-		f, _ := fateOf(err)
-		if f == answered {
-			release(conn)
-		} else {
-			discard(conn)
-		}
-		if f == answered || attempt == 1 || ctx.Err() != nil {
-			return nil, drivers.NewError(r.name, "begin", xid, noEffectKind(err), err)
-		}
+	// BEGIN is not sent here: it goes to the server together with the
+	// branch's first statement (see branch.execBegin), saving a round trip.
+	// A branch that runs nothing never opens a transaction at all.
+	conn, err := r.pool.Acquire(ctx)
+	if err != nil {
+		return nil, drivers.NewError(r.name, "begin", xid, noEffectKind(err), fmt.Errorf("acquire connection: %w", err))
 	}
+	return &branch{r: r, xid: xid, gid: gid, conn: conn, pid: conn.Conn().PgConn().PID(), state: stActive}, nil
 }
 
 // CommitPrepared commits the prepared branch xid from a pool connection.

@@ -4,6 +4,14 @@
 //
 // It contains no SQL; databases take part through the drivers contract
 // (see the postgres and mysql packages).
+//
+// Optimisations, all keeping the protocol's guarantees: a single branch
+// commits in one phase and read-only branches leave phase 2; concurrent
+// decisions share one fsync of the FileLog (FileLogOptions.CommitDelay widens
+// the window); with Config.DecisionResource the commit decision is a row
+// committed in one participant's own local transaction (that participant
+// never prepares and the log is not written); Config.AsyncPhase2 answers as
+// soon as the decision is durable.
 package xa
 
 import (
@@ -46,10 +54,25 @@ type Config struct {
 	Phase2Timeout time.Duration
 
 	// AsyncPhase2 makes Commit return nil as soon as the commit decision is
-	// durable; phase 2 finishes in the background. Other readers may not see
-	// the transaction's writes until it does, and its locks are held until
-	// then.
+	// durable; phase 2 finishes in the background (and through recovery
+	// after a crash). The transaction is committed, but other readers may
+	// not see its writes until phase 2 reaches each database, and its locks
+	// are held until then: a next transaction on the same rows waits for
+	// them.
 	AsyncPhase2 bool
+
+	// DecisionResource, if set, names one of Resources whose adapter
+	// implements drivers.DecisionKeeper (postgres.Resource does). A
+	// transaction that enlists it keeps its commit decision there instead
+	// of in Log: its other branches prepare, then the keeper's branch
+	// inserts the decision row into its own transaction and commits in one
+	// phase. That local commit is the decision: the keeper never prepares
+	// and no log fsync is needed; the coordinator deletes finished rows in
+	// batches, in the background. Configure recovery with the same resource
+	// (recovery.Config.DecisionResource) so that it fences orphans there
+	// before presuming them aborted. Transactions that do not enlist it use
+	// Log as usual.
+	DecisionResource string
 
 	// RollbackTimeout bounds how long an abort waits for branches to roll
 	// back before leaving the rest to recovery (default 5s).
@@ -105,6 +128,8 @@ type Coordinator struct {
 	ids       *idGen
 	logger    *slog.Logger
 	resources map[string]drivers.Resource
+	keeper    drivers.DecisionKeeper // Config.DecisionResource, or nil
+	forget    *forgetter             // batched deletes of finished kept decisions
 
 	// bg owns every goroutine that outlives a call: background phase 2.
 	bgCtx    context.Context
@@ -171,14 +196,45 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		}
 		c.log, c.ownsLog = fl, true
 	}
+	if cfg.DecisionResource != "" {
+		r, ok := res[cfg.DecisionResource]
+		if !ok {
+			c.closeOwnedLog()
+			return nil, fmt.Errorf("xa: config: DecisionResource %q is not one of the resources", cfg.DecisionResource)
+		}
+		k, ok := r.(drivers.DecisionKeeper)
+		if !ok {
+			c.closeOwnedLog()
+			return nil, fmt.Errorf("xa: config: DecisionResource %q (%T) cannot keep decisions (it does not implement drivers.DecisionKeeper)", cfg.DecisionResource, r)
+		}
+		c.keeper = k
+	}
 	c.bgCtx, c.bgCancel = context.WithCancel(context.WithoutCancel(ctx))
 	for _, d := range c.log.Pending() {
 		if d.GTRID.Node != cfg.NodeID {
 			continue // another node's log mounted here; its own coordinator or recovery finishes it
 		}
-		c.resume(d)
+		c.resume(d, decidedInLog)
+	}
+	if c.keeper != nil {
+		c.forget = newForgetter(c)
+		c.resumeKept(ctx)
 	}
 	return c, nil
+}
+
+func (c *Coordinator) closeOwnedLog() {
+	if c.ownsLog {
+		_ = c.log.Close()
+	}
+}
+
+// InFlight returns how many global transactions are running in the
+// coordinator now, background phase 2 included.
+func (c *Coordinator) InFlight() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.active)
 }
 
 // NodeID returns the coordinator's node id.
@@ -221,6 +277,13 @@ func (c *Coordinator) Close() error {
 	c.mu.Unlock()
 	c.bgCancel()
 	c.bgWG.Wait()
+	if c.forget != nil {
+		// After background phase 2 stopped, so that it queues nothing after
+		// the last flush. A row queued later still (by a transaction
+		// finishing phase 2 on its caller's goroutine) stays in the table
+		// until recovery or the next start-up deletes it.
+		c.forget.stop()
+	}
 	if c.ownsLog {
 		return c.log.Close()
 	}
@@ -241,7 +304,7 @@ func (c *Coordinator) Run(ctx context.Context, fn func(ctx context.Context, tx *
 	if err != nil {
 		return err
 	}
-	workCtx, cancel := context.WithDeadline(ctx, tx.gtrid.Deadline)
+	workCtx, cancel := tx.untilDeadline(ctx)
 	defer cancel()
 	defer func() {
 		if p := recover(); p != nil {
@@ -292,9 +355,9 @@ func (c *Coordinator) hook(s Step, info StepInfo) {
 	}
 }
 
-// resume drives a logged commit decision found at start-up to completion
-// by XID, in the background.
-func (c *Coordinator) resume(d Decision) {
+// resume drives a commit decision found at start-up (in the log or in the
+// decision keeper, as where says) to completion by XID, in the background.
+func (c *Coordinator) resume(d Decision, where decisionKind) {
 	c.mu.Lock()
 	c.active[d.GTRID] = struct{}{}
 	c.mu.Unlock()
@@ -333,10 +396,7 @@ func (c *Coordinator) resume(d Decision) {
 		wg.Wait()
 		if done == len(d.Participants) {
 			c.hook(StepAllCommitted, StepInfo{GTRID: d.GTRID, Branch: -1})
-			if err := c.log.End(d.GTRID); err != nil {
-				c.logger.Warn("could not record the end of phase 2", "gtrid", d.GTRID.String(), "err", err)
-			}
-			c.hook(StepEnded, StepInfo{GTRID: d.GTRID, Branch: -1})
+			c.endDecision(d.GTRID, where)
 		}
 	})
 }

@@ -42,6 +42,17 @@ type FileLogOptions struct {
 	// DefaultMaxBatch).
 	MaxBatch int
 
+	// CommitDelay, if positive, is how long the writer waits after the
+	// first record of a batch that a caller waits for (a commit decision,
+	// an abort) before writing the batch, so that more decisions can share
+	// its fsync (PostgreSQL's commit_delay). It only waits when the
+	// previous batch held more than one such record, a sign that decisions
+	// arrive concurrently, so a lone client never pays it. It trades up to
+	// that much latency for fewer fsyncs. The default, zero, never waits:
+	// batching then comes only from the records queued while the previous
+	// fsync ran.
+	CommitDelay time.Duration
+
 	// CompactBytes: when the file grows past it and most of it is dead
 	// (ended transactions), the log compacts itself (default
 	// DefaultCompactBytes; negative disables automatic compaction).
@@ -74,9 +85,10 @@ type fileLogHooks struct {
 
 // FileLogStats are counters of a FileLog since it was opened.
 type FileLogStats struct {
-	Appends        int64 // records written and fsynced
+	Appends        int64 // records written (End records may wait for the next fsync)
 	Syncs          int64 // fsyncs issued (log file, compaction file and directory)
 	Batches        int64 // group-commit batches written (one write and one fsync each)
+	LazyWrites     int64 // writes of records nobody waits for (End), left for the next fsync
 	Bytes          int64 // current size of the log file
 	Entries        int   // transactions held in memory
 	Live           int   // of Entries, how many compaction would keep
@@ -93,6 +105,7 @@ type FileLog struct {
 	dir, path    string
 	readOnly     bool
 	maxBatch     int
+	commitDelay  time.Duration
 	compactBytes int64
 	now          func() time.Time
 	wrapFile     func(logFile) logFile
@@ -107,6 +120,8 @@ type FileLog struct {
 	closed     bool
 	failed     error // set once; every later write returns it (fail-stop)
 	writerDone chan struct{}
+	delayNeed  int           // while the writer waits CommitDelay: queue length that ends the wait
+	delayWake  chan struct{} // ends the writer's CommitDelay early
 
 	// In-memory state. Only the writer goroutine (or OpenFileLog before it
 	// starts) mutates it, under mu, except that End sets entry.ended under
@@ -117,7 +132,7 @@ type FileLog struct {
 	seq     uint64
 	size    int64
 
-	appends, syncs, batches, compactions, fenced, truncated atomic.Int64
+	appends, syncs, batches, lazy, compactions, fenced, truncated atomic.Int64
 
 	// Writer-goroutine scratch, reused across batches.
 	file        logFile
@@ -126,6 +141,8 @@ type FileLog struct {
 	overlay     map[string]uint8
 	verdicts    []verdict
 	nextCompact int64
+	dirty       bool // written since the last fsync (lazy End records)
+	lastWaiters int  // waited-for records in the last fsynced batch
 
 	closeOnce sync.Once
 	closeErr  error
@@ -232,6 +249,7 @@ func OpenFileLog(dir string, opts FileLogOptions) (*FileLog, error) {
 		path:         filepath.Join(dir, logFileName),
 		readOnly:     opts.ReadOnly,
 		maxBatch:     opts.MaxBatch,
+		commitDelay:  opts.CommitDelay,
 		compactBytes: opts.CompactBytes,
 		now:          opts.Now,
 		wrapFile:     func(f logFile) logFile { return f },
@@ -239,6 +257,7 @@ func OpenFileLog(dir string, opts FileLogOptions) (*FileLog, error) {
 		entries:      make(map[string]*entry),
 		overlay:      make(map[string]uint8),
 		writerDone:   make(chan struct{}),
+		delayWake:    make(chan struct{}, 1),
 	}
 	l.qcond.L = &l.qmu
 	if l.maxBatch <= 0 {
@@ -588,6 +607,7 @@ func (l *FileLog) Stats() FileLogStats {
 	s.Appends = l.appends.Load()
 	s.Syncs = l.syncs.Load()
 	s.Batches = l.batches.Load()
+	s.LazyWrites = l.lazy.Load()
 	s.Compactions = l.compactions.Load()
 	s.Fenced = l.fenced.Load()
 	s.TruncatedBytes = l.truncated.Load()
@@ -622,6 +642,9 @@ func (l *FileLog) Close() error {
 		l.qmu.Lock()
 		l.closed = true
 		l.qcond.Broadcast()
+		if l.delayNeed > 0 {
+			l.wakeDelay()
+		}
 		l.qmu.Unlock()
 		if l.readOnly {
 			return
@@ -719,7 +742,18 @@ func (l *FileLog) enqueue(r *request) error {
 	}
 	l.queue = append(l.queue, r)
 	l.qcond.Signal()
+	if l.delayNeed > 0 && len(l.queue) >= l.delayNeed {
+		l.wakeDelay()
+	}
 	return nil
+}
+
+// wakeDelay ends the writer's commit delay early; qmu is held.
+func (l *FileLog) wakeDelay() {
+	select {
+	case l.delayWake <- struct{}{}:
+	default:
+	}
 }
 
 // run is the writer goroutine: it takes whatever was queued while the last
@@ -730,7 +764,16 @@ func (l *FileLog) run() {
 	for {
 		batch := l.take()
 		if batch == nil {
+			l.syncLazy()
 			return
+		}
+		if l.commitDelay > 0 && l.lastWaiters > 1 && !batch[0].compact && len(batch) < l.maxBatch && anyWaiter(batch) {
+			// PostgreSQL's commit_delay: decisions arriving meanwhile share
+			// this batch's fsync. Only when the last batch held several
+			// (decisions arrive concurrently; a lone client never waits).
+			// The wait ends early once a full batch is queued, or at Close.
+			l.delayFor(l.maxBatch - len(batch))
+			batch = l.takeMore(batch)
 		}
 		if batch[0].compact {
 			err := l.compact()
@@ -764,6 +807,70 @@ func (l *FileLog) take() []*request {
 	clear(l.queue[rest:])
 	l.queue = l.queue[:rest]
 	return l.taken
+}
+
+// delayFor waits CommitDelay, or until need more records are queued, or
+// until Close.
+func (l *FileLog) delayFor(need int) {
+	l.qmu.Lock()
+	if len(l.queue) >= need || l.closed {
+		l.qmu.Unlock()
+		return
+	}
+	l.delayNeed = need
+	l.qmu.Unlock()
+	t := time.NewTimer(l.commitDelay)
+	select {
+	case <-t.C:
+	case <-l.delayWake:
+		t.Stop()
+	}
+	l.qmu.Lock()
+	l.delayNeed = 0
+	l.qmu.Unlock()
+	select {
+	case <-l.delayWake: // drop a wake-up that raced with the timer
+	default:
+	}
+}
+
+// takeMore appends to batch the records queued since it was taken, up to
+// maxBatch and stopping at a compaction.
+func (l *FileLog) takeMore(batch []*request) []*request {
+	l.qmu.Lock()
+	defer l.qmu.Unlock()
+	n := 0
+	for n < len(l.queue) && len(batch)+n < l.maxBatch && !l.queue[n].compact {
+		n++
+	}
+	batch = append(batch, l.queue[:n]...)
+	rest := copy(l.queue, l.queue[n:])
+	clear(l.queue[rest:])
+	l.queue = l.queue[:rest]
+	l.taken = batch
+	return batch
+}
+
+// anyWaiter reports whether a caller waits for some request of batch.
+func anyWaiter(batch []*request) bool {
+	for _, r := range batch {
+		if r.done != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// syncLazy fsyncs records written without an fsync (End records), at Close.
+func (l *FileLog) syncLazy() {
+	if !l.dirty || l.failure() != nil {
+		return
+	}
+	if err := l.syncFile(l.file); err != nil {
+		_ = l.failStop("fsync", err)
+		return
+	}
+	l.dirty = false
 }
 
 func (l *FileLog) failure() error {
@@ -861,9 +968,28 @@ func (l *FileLog) writeBatch(batch []*request) {
 		l.buf = append(l.buf, r.frame...)
 	}
 
+	// A batch whose records nobody waits for (End records, which need not
+	// be durable when End returns) is written without an fsync: the next
+	// batch's fsync, or Close, makes it durable. Otherwise every phase 2
+	// that ends between two decisions would cost an fsync of its own: most
+	// of the log's fsyncs under load.
+	waiters := 0
+	for i, r := range batch {
+		if l.verdicts[i].write && r.done != nil {
+			waiters++
+		}
+	}
+	waited := waiters > 0
+	if waited {
+		l.lastWaiters = waiters
+	}
 	var err error
-	if len(l.buf) > 0 {
+	switch {
+	case len(l.buf) == 0:
+	case waited:
 		err = l.writeSync(l.buf)
+	default:
+		err = l.writeLazy(l.buf)
 	}
 	if err != nil {
 		for i, r := range batch {
@@ -886,7 +1012,11 @@ func (l *FileLog) writeBatch(batch []*request) {
 		l.size += int64(len(l.buf))
 		l.mu.Unlock()
 		l.appends.Add(n)
-		l.batches.Add(1)
+		if waited {
+			l.batches.Add(1)
+		} else {
+			l.lazy.Add(1)
+		}
 	}
 	for i, r := range batch {
 		if v := l.verdicts[i]; v.write || v.depend {
@@ -909,6 +1039,22 @@ func (l *FileLog) writeSync(b []byte) error {
 	if err := l.syncFile(l.file); err != nil {
 		return l.failStop("fsync", err)
 	}
+	l.dirty = false
+	return nil
+}
+
+// writeLazy appends b without an fsync; the next writeSync (one fsync covers
+// every earlier write to the file) or Close makes it durable. A failed write
+// is fail-stop like in writeSync.
+func (l *FileLog) writeLazy(b []byte) error {
+	n, err := l.file.Write(b)
+	if err == nil && n < len(b) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		return l.failStop("write", err)
+	}
+	l.dirty = true
 	return nil
 }
 
@@ -1004,6 +1150,7 @@ func (l *FileLog) compact() (err error) {
 	old := l.file
 	l.file = f
 	old.Close()
+	l.dirty = false // the new file holds everything and is fsynced
 
 	l.mu.Lock()
 	l.entries = make(map[string]*entry, len(keep))

@@ -50,35 +50,49 @@ func BenchmarkFileLogCommit(b *testing.B) {
 }
 
 // BenchmarkFileLogCommitEnd is the coordinator's full use of the log per
-// transaction: a durable Commit, then an End that rides the next batch.
+// transaction: a durable Commit, then an End that rides the next batch (End
+// records cost no fsync of their own). With a commit delay (group-commit
+// window) more decisions share each fsync, at the price of that much
+// latency per decision.
 func BenchmarkFileLogCommitEnd(b *testing.B) {
-	l, next := flBenchLog(b)
-	ctx := context.Background()
-	base := l.Stats()
-	b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			gt := next()
-			if err := l.Commit(ctx, flDecision(gt, "pg", "mysql")); err != nil {
-				b.Error(err)
-				return
-			}
-			if err := l.End(gt); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	b.StopTimer()
-	flReportMetrics(b, l, base)
+	for _, bc := range []struct {
+		clients int
+		delay   time.Duration
+	}{{8, 0}, {32, 0}, {32, 500 * time.Microsecond}, {32, time.Millisecond}, {64, 0}} {
+		b.Run(fmt.Sprintf("clients-%d/delay-%s", bc.clients, bc.delay), func(b *testing.B) {
+			l, next := flBenchLog(b, FileLogOptions{CommitDelay: bc.delay})
+			ctx := context.Background()
+			base := l.Stats()
+			b.SetParallelism(max(1, bc.clients/runtime.GOMAXPROCS(0)))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					gt := next()
+					if err := l.Commit(ctx, flDecision(gt, "pg", "mysql")); err != nil {
+						b.Error(err)
+						return
+					}
+					if err := l.End(gt); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			flReportMetrics(b, l, base)
+		})
+	}
 }
 
 // flBenchLog opens a log on the real clock and returns a source of fresh
 // gtrids whose deadline is far away.
-func flBenchLog(b *testing.B) (*FileLog, func() drivers.GlobalID) {
+func flBenchLog(b *testing.B, opts ...FileLogOptions) (*FileLog, func() drivers.GlobalID) {
 	b.Helper()
-	l, err := OpenFileLog(b.TempDir(), FileLogOptions{})
+	var o FileLogOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	l, err := OpenFileLog(b.TempDir(), o)
 	if err != nil {
 		b.Fatal(err)
 	}
