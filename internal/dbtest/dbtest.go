@@ -1,29 +1,105 @@
 // Package dbtest finds the real database servers the tests run against.
 //
-// The URLs come from XABRIDGE_PG and XABRIDGE_MYSQL when set. Otherwise the
-// package starts the project's throwaway local servers with `scripts/devdb up`
-// (once per test binary; they are left running for the next test binary) and
-// uses the URLs `scripts/devdb env` prints. A test that needs a server that
-// cannot be had fails; it never skips.
+// The URLs come from XABRIDGE_PG and XABRIDGE_MYSQL when set. Otherwise, in
+// a test binary that registered a container starter (the integration tests
+// import internal/dbtest/containers) and when a Docker engine is reachable,
+// it starts containers with testcontainers-go. Otherwise it starts the
+// project's throwaway local servers with `scripts/devdb up` (once per test
+// binary; they are left running for the next test binary) and uses the URLs
+// `scripts/devdb env` prints. A test that needs a server that cannot be had
+// fails; it never skips.
 package dbtest
 
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 var (
 	once    sync.Once
 	urls    map[string]string
+	source  Source
 	onceErr error
+
+	starterMu sync.Mutex
+	starter   ContainerStarter
 )
+
+// Source is where the test databases come from.
+type Source string
+
+// The places test databases come from, in order of preference.
+const (
+	SourceEnv        Source = "environment"    // XABRIDGE_PG / XABRIDGE_MYSQL
+	SourceContainers Source = "testcontainers" // containers on a reachable Docker engine
+	SourceLocal      Source = "local"          // scripts/devdb servers on loopback
+)
+
+// ContainerStarter starts database containers and returns their URLs by
+// environment key (XABRIDGE_PG, XABRIDGE_MYSQL).
+type ContainerStarter func(ctx context.Context) (map[string]string, error)
+
+// RegisterContainers makes s the way to start containers in this test
+// binary (internal/dbtest/containers registers itself on import).
+func RegisterContainers(s ContainerStarter) {
+	starterMu.Lock()
+	defer starterMu.Unlock()
+	starter = s
+}
+
+// Choose decides where a test database comes from: the environment when
+// its variable is set, else containers when a starter is registered and a
+// Docker engine is reachable, else the local servers.
+func Choose(envValue string, haveStarter, dockerReachable bool) Source {
+	switch {
+	case envValue != "":
+		return SourceEnv
+	case haveStarter && dockerReachable:
+		return SourceContainers
+	}
+	return SourceLocal
+}
+
+// DockerReachable reports whether a Docker engine answers at DOCKER_HOST
+// (unix:// or tcp://) or, when that is unset, at /var/run/docker.sock.
+func DockerReachable() bool {
+	network, addr := "unix", "/var/run/docker.sock"
+	if h := os.Getenv("DOCKER_HOST"); h != "" {
+		u, err := url.Parse(h)
+		if err != nil {
+			return false
+		}
+		switch u.Scheme {
+		case "unix":
+			addr = u.Path
+		case "tcp":
+			network, addr = "tcp", u.Host
+		default:
+			return false
+		}
+	}
+	c, err := net.DialTimeout(network, addr, time.Second)
+	if err != nil {
+		return false
+	}
+	_ = c.Close()
+	return true
+}
+
+// Used reports where the databases of this test binary came from, once a
+// test asked for one without its environment variable set.
+func Used() Source { return source }
 
 // PG returns the PostgreSQL URL for tests.
 func PG(t testing.TB) string { t.Helper(); return get(t, "XABRIDGE_PG") }
@@ -36,15 +112,31 @@ func get(t testing.TB, key string) string {
 	if v := os.Getenv(key); v != "" {
 		return v
 	}
-	once.Do(func() { urls, onceErr = startLocal() })
+	once.Do(func() { urls, source, onceErr = startServers() })
 	if onceErr != nil {
-		t.Fatalf("dbtest: %s is not set and the local servers could not be started: %v", key, onceErr)
+		t.Fatalf("dbtest: %s is not set and the %s servers could not be started: %v", key, source, onceErr)
 	}
 	v := urls[key]
 	if v == "" {
-		t.Fatalf("dbtest: %s is not set and scripts/devdb env did not print it", key)
+		t.Fatalf("dbtest: %s is not set and the %s servers did not provide it", key, source)
 	}
 	return v
+}
+
+// startServers starts containers or local servers, as Choose says.
+func startServers() (map[string]string, Source, error) {
+	starterMu.Lock()
+	s := starter
+	starterMu.Unlock()
+	src := Choose("", s != nil, s != nil && DockerReachable())
+	if src == SourceContainers {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		m, err := s(ctx)
+		return m, src, err
+	}
+	m, err := startLocal()
+	return m, SourceLocal, err
 }
 
 // RepoRoot returns the directory holding the module's go.mod.

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/xabridge/xabridge/internal/bank"
+	"github.com/xabridge/xabridge/internal/dbtest"
+)
+
+// scBinary builds the xabridge command for a selfcheck test: the check
+// starts its children by re-executing its own binary.
+func scBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "xabridge")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func scSuffix() string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// scRun runs the built binary with the test databases in its environment.
+func scRun(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(scBinary(t), args...)
+	cmd.Env = append(os.Environ(), "XABRIDGE_PG="+dbtest.PG(t), "XABRIDGE_MYSQL="+dbtest.MySQL(t))
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if err != nil && cmd.ProcessState == nil {
+		t.Fatal(err)
+	}
+	return o.String(), e.String(), cmd.ProcessState.ExitCode()
+}
+
+func scField(t *testing.T, out, name string) int {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^` + name + `\s+(\d+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no %q line in:\n%s", name, out)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+// A short selfcheck on the test databases kills children, recovers after
+// each kill, finds no violation and nothing stranded, exits 0 and removes
+// its tables.
+func TestSelfcheckKillsRecoversAndReports(t *testing.T) {
+	prefix := "xab_sc_" + scSuffix()
+	out, errOut, code := scRun(t, "selfcheck", "--duration", "4s", "--node-id", "sc-"+scSuffix(), "--table-prefix", prefix, "--workers", "2")
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	if k := scField(t, out, "kills"); k < 1 {
+		t.Errorf("%d kills", k)
+	}
+	if n := scField(t, out, "transfers"); n < 1 {
+		t.Errorf("%d transfers committed", n)
+	}
+	if v, s := scField(t, out, "violations"), scField(t, out, "stranded"); v != 0 || s != 0 {
+		t.Errorf("violations %d, stranded %d", v, s)
+	}
+	b, err := bank.Open(context.Background(), dbtest.PG(t), dbtest.MySQL(t), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var reg *string
+	if err := b.PGPool.QueryRow(context.Background(), "SELECT to_regclass($1)::text", prefix+"_accounts").Scan(&reg); err != nil {
+		t.Fatal(err)
+	}
+	if reg != nil {
+		t.Errorf("table %s_accounts left behind after a clean run", prefix)
+	}
+}
+
+// selfcheck refuses to reset tables it did not create, and leaves them as
+// they were.
+func TestSelfcheckRefusesTablesItDidNotCreate(t *testing.T) {
+	ctx := context.Background()
+	prefix := "xab_sc_" + scSuffix()
+	b, err := bank.Open(ctx, dbtest.PG(t), dbtest.MySQL(t), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	tbl := prefix + "_accounts"
+	if _, err := b.MyDB.ExecContext(ctx, "CREATE TABLE "+tbl+" (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = b.MyDB.ExecContext(context.Background(), "DROP TABLE IF EXISTS "+tbl) })
+	if _, err := b.MyDB.ExecContext(ctx, "INSERT INTO "+tbl+" VALUES (1, 42)"); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := scRun(t, "selfcheck", "--duration", "2s", "--node-id", "sc-"+scSuffix(), "--table-prefix", prefix)
+	if code != exitError || !strings.Contains(errOut, "refusing to touch table "+tbl+" on mysql") {
+		t.Fatalf("exit %d, stderr %q (stdout %q); want exit 1 refusing %s", code, errOut, out, tbl)
+	}
+	var bal int64
+	if err := b.MyDB.QueryRowContext(ctx, "SELECT balance FROM "+tbl+" WHERE id = 1").Scan(&bal); err != nil || bal != 42 {
+		t.Fatalf("the user's table was changed: balance %d, %v", bal, err)
+	}
+	var reg *string
+	if err := b.PGPool.QueryRow(ctx, "SELECT to_regclass($1)::text", prefix+"_selfcheck").Scan(&reg); err != nil || reg != nil {
+		t.Fatalf("a marker was created on postgres after refusing: %v %v", reg, err)
+	}
+}
+
+func TestSelfcheckUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+	}{
+		{"no databases", []string{"selfcheck"}, map[string]string{"XABRIDGE_PG": "", "XABRIDGE_MYSQL": ""}},
+		{"zero duration", []string{"selfcheck", "--pg", "postgres://x@127.0.0.1:1/x", "--mysql", "mysql://x@127.0.0.1:1/x", "--duration", "0s"}, nil},
+		{"no workers", []string{"selfcheck", "--pg", "postgres://x@127.0.0.1:1/x", "--mysql", "mysql://x@127.0.0.1:1/x", "--workers", "0"}, nil},
+		{"an argument", []string{"selfcheck", "now"}, nil},
+		{"bad node id", []string{"selfcheck", "--pg", "postgres://x@127.0.0.1:1/x", "--mysql", "mysql://x@127.0.0.1:1/x", "--node-id", "Not Valid"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			var out, errw bytes.Buffer
+			if code := run(context.Background(), tc.args, &out, &errw); code != exitUsage {
+				t.Fatalf("exit %d, want %d; stderr %q", code, exitUsage, errw.String())
+			}
+		})
+	}
+}
+
+// Neither --help nor an error shows a password from the environment or the
+// flags.
+func TestSelfcheckNeverPrintsPasswords(t *testing.T) {
+	t.Setenv("XABRIDGE_PG", "postgres://u:hunter2pg@127.0.0.1:1/x")
+	t.Setenv("XABRIDGE_MYSQL", "mysql://u:hunter2my@127.0.0.1:1/x")
+	for _, args := range [][]string{{"selfcheck", "--help"}, {"selfcheck", "--duration", "1s"}} {
+		var out, errw bytes.Buffer
+		run(context.Background(), args, &out, &errw)
+		if s := out.String() + errw.String(); strings.Contains(s, "hunter2") {
+			t.Errorf("%v printed a password:\n%s", args, s)
+		}
+	}
+}

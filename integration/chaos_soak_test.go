@@ -1,0 +1,83 @@
+package integration
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/xabridge/xabridge/internal/chaos"
+)
+
+// soakDuration is how long TestChaosRandomKills runs: -soak, or
+// XABRIDGE_SOAK (a Go duration); 0 means the short run CI does.
+func soakDuration(t *testing.T) time.Duration {
+	if *soakFlag > 0 {
+		return *soakFlag
+	}
+	if v := os.Getenv("XABRIDGE_SOAK"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			t.Fatalf("XABRIDGE_SOAK=%q: want a duration such as 10m", v)
+		}
+		return d
+	}
+	return 0
+}
+
+// TestChaosRandomKills runs the crash app again and again on the same
+// tables and log, killing it each time either from outside at a random
+// moment or at a random crash point, and recovers and checks every
+// invariant after each kill. CI runs a few kills; with -soak 30m (or
+// XABRIDGE_SOAK=30m) it runs for that long and prints a summary (run it with
+// -v -timeout 0 to see it and not be cut short).
+func TestChaosRandomKills(t *testing.T) {
+	e := getEnv(t)
+	soak := soakDuration(t)
+	s := e.newScenario(t, 4)
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	points := append(chaos.MatrixPoints(), "after-all-prepared", "after-end")
+	start := time.Now()
+	var kills, txns, violations, stranded, runs int
+	for runs = 0; ; runs++ {
+		if soak == 0 && runs == 6 || soak > 0 && time.Since(start) > soak {
+			break
+		}
+		order := []chaos.Order{chaos.PGFirst, chaos.MyFirst, chaos.Mixed}[rng.IntN(3)]
+		var r childRun
+		if runs%2 == 0 {
+			// From outside, at any moment: the process may be anywhere.
+			r = s.runChild(order, "", 1, 4, 0, time.Duration(150+rng.IntN(500))*time.Millisecond, rng.Uint64())
+		} else {
+			r = s.runChild(order, points[rng.IntN(len(points))], 1+rng.IntN(20), 4, 0, 0, rng.Uint64())
+		}
+		if !r.killed {
+			t.Fatalf("run %d: the crash app was not killed (exit %d); stderr:\n%s", runs, r.exitCode, r.stderr)
+		}
+		kills++
+		res := s.recoverAndCheck(r.journal)
+		txns += len(r.journal)
+		violations += len(res.Violations)
+		stranded += res.Stranded
+		results.add("random SIGKILL (outside or at a random step)", "both", 1, len(r.journal), res)
+		if t.Failed() {
+			break
+		}
+	}
+	summary := fmt.Sprintf("soak: %d kills, %d transactions, %d transfers committed, %d violations, %d stranded, %s",
+		kills, txns, mustTransfers(t, s), violations, stranded, time.Since(start).Round(time.Second))
+	t.Log(summary)
+	if soak > 0 {
+		fmt.Println(summary)
+	}
+}
+
+func mustTransfers(t *testing.T, s *scenario) int {
+	t.Helper()
+	st, err := s.bank.Check(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.PGTransfers
+}

@@ -1,0 +1,97 @@
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/bank"
+	"github.com/xabridge/xabridge/xa"
+)
+
+// ChildConfig configures the workload process the crash tests and
+// selfcheck start and kill: a coordinator on LogDir running transfers.
+type ChildConfig struct {
+	PGURL, MyURL string
+	Prefix       string // bank table prefix
+	LogDir, Node string
+	Order        Order
+	Workers      int
+	Count        int // 0: until ctx ends
+	Accounts     int
+	Seed         uint64
+	Timeout      time.Duration // per global transaction (xa.Config.Timeout; default 5s)
+	// Crash, if set, kills the process with SIGKILL at the CrashNth event
+	// of that protocol step.
+	Crash    *CrashPoint
+	CrashNth int
+	Logger   *slog.Logger
+}
+
+// Validate checks the configuration and names the first problem.
+func (c *ChildConfig) Validate() error {
+	switch {
+	case c.PGURL == "" || c.MyURL == "":
+		return errors.New("chaos: both database URLs are needed")
+	case c.LogDir == "":
+		return errors.New("chaos: no decision log directory")
+	case c.Accounts < 1:
+		return errors.New("chaos: accounts must be at least 1")
+	case c.Workers < 1:
+		return errors.New("chaos: workers must be at least 1")
+	case c.Count < 0:
+		return errors.New("chaos: count must not be negative")
+	}
+	if _, err := ParseOrder(string(c.Order)); err != nil {
+		return err
+	}
+	return drivers.ValidateNodeID(c.Node)
+}
+
+// RunChild runs the workload of one child process and writes its journal to
+// out. If a crash point is armed, the process dies by SIGKILL when it is
+// reached (after a "note crash" line); otherwise RunChild returns once the
+// workload is done, after a "stats" line.
+func RunChild(ctx context.Context, cfg ChildConfig, out io.Writer) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 5 * time.Second
+	}
+	b, err := bank.Open(ctx, cfg.PGURL, cfg.MyURL, cfg.Workers)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	if err := b.SetPrefix(cfg.Prefix); err != nil {
+		return err
+	}
+	j := NewJournalWriter(out)
+	xcfg := xa.Config{
+		NodeID:    cfg.Node,
+		LogDir:    cfg.LogDir,
+		Resources: []drivers.Resource{b.PG, b.My},
+		Timeout:   cfg.Timeout,
+		Logger:    cfg.Logger,
+	}
+	if cfg.Crash != nil {
+		xcfg.Hook = cfg.Crash.Hook(cfg.CrashNth, func(s xa.Step, info xa.StepInfo) {
+			j.line(fmt.Sprintf("note crash %s %s\n", cfg.Crash.Name, info.GTRID))
+			KillSelf()
+		})
+	}
+	coord, err := xa.New(ctx, xcfg)
+	if err != nil {
+		return err
+	}
+	w := &Workload{Bank: b, Coord: coord, Order: cfg.Order, Workers: cfg.Workers, Count: cfg.Count,
+		Accounts: cfg.Accounts, Seed: cfg.Seed, Journal: j}
+	st := w.Run(ctx)
+	j.line("stats " + st.String() + "\n")
+	return coord.Close()
+}
