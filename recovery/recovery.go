@@ -94,16 +94,19 @@ type Report struct {
 	// ScanErrors lists resources that could not be scanned.
 	ScanErrors []ResourceError
 	// Ended lists commit decisions recovery found fully committed and marked
-	// ended in the log.
+	// ended in the log, or deleted from a decision keeper's table.
 	Ended []string
+
+	kept map[drivers.GlobalID]kept // the keepers' decisions, read before the scan
 }
 
-// Remaining counts branches of ours still prepared after the pass (any
-// class but Foreign whose action did not finish them).
+// Remaining counts this node's branches still prepared after the pass:
+// every class but Foreign and UnknownOwner (other nodes' branches are
+// reported, not counted) whose action did not finish them.
 func (r *Report) Remaining() int {
 	n := 0
 	for _, b := range r.Branches {
-		if b.Class == Foreign {
+		if b.Class == Foreign || b.Class == UnknownOwner {
 			continue
 		}
 		if (b.Action == ActionCommit || b.Action == ActionRollback) && b.Err == nil && b.Result != "" && b.Result != resultBusy {
@@ -153,6 +156,14 @@ type Config struct {
 	Settle time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// DecisionResource names the resource that keeps commit decisions in
+	// its own table (xa.Config.DecisionResource); it must be one of
+	// Resources and implement drivers.DecisionKeeper. Recovery fences an
+	// orphan there (an abort marker) before presuming it aborted. Decisions
+	// are read from every resource that implements drivers.DecisionKeeper
+	// whether or not this is set, so a forgotten setting cannot make
+	// recovery roll back a transaction a keeper committed.
+	DecisionResource string
 }
 
 // Recoverer scans resources and resolves in-doubt branches. It remembers
@@ -165,6 +176,8 @@ type Recoverer struct {
 	mu        sync.Mutex                // serialises passes
 	firstSeen map[drivers.XID]time.Time // when each branch of ours was first seen by a pass
 	res       map[string]drivers.Resource
+	keepers   []drivers.DecisionKeeper // every resource that can keep decisions
+	fence     drivers.DecisionKeeper   // Config.DecisionResource, or nil
 }
 
 // New returns a Recoverer for cfg.
@@ -198,7 +211,54 @@ func New(cfg Config) (*Recoverer, error) {
 		}
 		res[r.Name()] = r
 	}
-	return &Recoverer{cfg: cfg, logger: logger.With("node", cfg.NodeID), firstSeen: map[drivers.XID]time.Time{}, res: res}, nil
+	rc := &Recoverer{cfg: cfg, logger: logger.With("node", cfg.NodeID), firstSeen: map[drivers.XID]time.Time{}, res: res}
+	for _, r := range cfg.Resources {
+		if k, ok := r.(drivers.DecisionKeeper); ok {
+			rc.keepers = append(rc.keepers, k)
+		}
+	}
+	if cfg.DecisionResource != "" {
+		r, ok := res[cfg.DecisionResource]
+		if !ok {
+			return nil, fmt.Errorf("recovery: DecisionResource %q is not one of the resources", cfg.DecisionResource)
+		}
+		k, ok := r.(drivers.DecisionKeeper)
+		if !ok {
+			return nil, fmt.Errorf("recovery: DecisionResource %q (%T) cannot keep decisions", cfg.DecisionResource, r)
+		}
+		rc.fence = k
+	}
+	return rc, nil
+}
+
+// kept is one decision a keeper holds, and which keeper.
+type kept struct {
+	drivers.KeptDecision
+	keeper drivers.DecisionKeeper
+}
+
+// readKept reads the decisions every keeper holds. It runs before the
+// scan: a commit decision is only written once all its other branches are
+// prepared, so a branch the later scan does not list is finished. A commit
+// decision wins over an abort marker in another keeper (which can only be
+// a leftover fence of a transaction decided elsewhere).
+func (r *Recoverer) readKept(ctx context.Context, rep *Report) map[drivers.GlobalID]kept {
+	out := map[drivers.GlobalID]kept{}
+	for _, k := range r.keepers {
+		ds, err := k.ListDecisions(ctx)
+		if err != nil {
+			rep.ScanErrors = append(rep.ScanErrors, ResourceError{k.Name(), fmt.Errorf("reading its decision table: %w", err)})
+			r.logger.Error("recovery cannot read a decision table", "resource", k.Name(), "err", err)
+			continue
+		}
+		for _, d := range ds {
+			if prev, ok := out[d.GTRID]; ok && prev.Commit {
+				continue
+			}
+			out[d.GTRID] = kept{d, k}
+		}
+	}
+	return out
 }
 
 // Scan lists the prepared branches on every resource and classifies them,
@@ -207,7 +267,15 @@ func (r *Recoverer) Scan(ctx context.Context) *Report {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rep := r.scan(ctx)
-	r.classify(rep, r.firstSeen)
+	r.classify(rep, nil)
+	return rep
+}
+
+// scan reads the keepers' decisions, then lists the prepared branches.
+func (r *Recoverer) scan(ctx context.Context) *Report {
+	rep := &Report{At: r.cfg.Now()}
+	rep.kept = r.readKept(ctx, rep)
+	r.scanBranches(ctx, rep)
 	return rep
 }
 
@@ -218,10 +286,11 @@ func (r *Recoverer) Pass(ctx context.Context, dryRun bool) *Report {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rep := r.scan(ctx)
-	r.classify(rep, r.firstSeen)
 	if dryRun {
+		r.classify(rep, nil)
 		return rep
 	}
+	r.classify(rep, r.firstSeen)
 	// Remember when each branch was first seen (the two-scan rule).
 	next := map[drivers.XID]time.Time{}
 	for _, b := range rep.Branches {
@@ -237,12 +306,11 @@ func (r *Recoverer) Pass(ctx context.Context, dryRun bool) *Report {
 	for i := range rep.Branches {
 		r.act(ctx, &rep.Branches[i])
 	}
-	r.endFinished(rep)
+	r.endFinished(ctx, rep)
 	return rep
 }
 
-func (r *Recoverer) scan(ctx context.Context) *Report {
-	rep := &Report{At: r.cfg.Now()}
+func (r *Recoverer) scanBranches(ctx context.Context, rep *Report) {
 	type result struct {
 		name string
 		p    []drivers.Prepared
@@ -283,7 +351,6 @@ func (r *Recoverer) scan(ctx context.Context) *Report {
 		}
 		return a.Resource < b.Resource
 	})
-	return rep
 }
 
 // pastFence reports whether recovery may presume g aborted as far as time
@@ -299,6 +366,9 @@ func (r *Recoverer) pastFence(g drivers.GlobalID, now time.Time) (bool, string) 
 	return true, ""
 }
 
+// classify sets each branch's class and action. With firstSeen nil it
+// reports the action recovery will take (Scan, dry runs); otherwise actions
+// on branches not yet settled become ActionWait.
 func (r *Recoverer) classify(rep *Report, firstSeen map[drivers.XID]time.Time) {
 	now := rep.At
 	for i := range rep.Branches {
@@ -326,7 +396,17 @@ func (r *Recoverer) classify(rep *Report, firstSeen map[drivers.XID]time.Time) {
 		if ok {
 			b.LogState = entry.State
 		}
+		k, kok := rep.kept[g]
+		logCommitted := ok && (entry.State == xa.StateCommitted || entry.State == xa.StateDone)
 		switch {
+		case !logCommitted && kok && k.Commit:
+			b.LogState = xa.StateCommitted
+			b.Class, b.Action, b.Reason = CommitPending, ActionCommit, "commit decision kept in "+k.keeper.Name()
+			if !inKept(k.Participants, b.Resource, b.XID.Branch) {
+				b.Class, b.Reason = Heuristic, "commit decision kept in "+k.keeper.Name()+" does not name this branch; committing with its transaction"
+			}
+		case !logCommitted && kok && !(ok && entry.State == xa.StateAborted):
+			b.Class, b.Action, b.Reason = AbortPending, ActionRollback, "abort marker in "+k.keeper.Name()
 		case ok && entry.State == xa.StateCommitted:
 			b.Class, b.Action, b.Reason = CommitPending, ActionCommit, "commit decision in the log"
 			if !inDecision(entry.Decision, b.Resource, b.XID.Branch) {
@@ -348,7 +428,7 @@ func (r *Recoverer) classify(rep *Report, firstSeen map[drivers.XID]time.Time) {
 			}
 			b.Class, b.Action, b.Reason = Orphan, ActionRollback, "no commit decision, past its fence, seen in two scans: presumed abort"
 		}
-		if b.Action == ActionCommit || b.Action == ActionRollback {
+		if firstSeen != nil && (b.Action == ActionCommit || b.Action == ActionRollback) {
 			if t, ok := firstSeen[b.XID]; !ok || now.Sub(t) < r.settle() {
 				b.Action = ActionWait
 				b.Reason += fmt.Sprintf(" (waiting until it has been seen for %s)", r.settle())
@@ -362,6 +442,14 @@ func (r *Recoverer) settle() time.Duration {
 		return 0
 	}
 	return r.cfg.Settle
+}
+
+func inKept(ps []drivers.KeptParticipant, resource string, branch uint8) bool {
+	d := &xa.Decision{}
+	for _, p := range ps {
+		d.Participants = append(d.Participants, xa.Participant(p))
+	}
+	return inDecision(d, resource, branch)
 }
 
 func inDecision(d *xa.Decision, resource string, branch uint8) bool {
@@ -390,6 +478,20 @@ func (r *Recoverer) act(ctx context.Context, b *Branch) {
 	}
 	res := r.res[b.Resource]
 	g := b.XID.Global
+	if b.Action == ActionRollback && b.Class == Orphan {
+		// The keeper's fence first: an abort marker there excludes a
+		// decision in the keeper's table, and if the decision is already
+		// there nothing contradicting it must reach the log.
+		committed, err := r.fenceKeeper(ctx, g)
+		switch {
+		case err != nil:
+			b.Err, b.Result = err, "not rolled back: "+err.Error()
+			r.logger.Error("could not fence the transaction in the decision keeper; leaving the branch", "gtrid", g.String(), "err", err)
+			return
+		case committed:
+			b.Class, b.Action, b.Reason = CommitPending, ActionCommit, "commit decision kept in "+r.fence.Name()+" (found while fencing)"
+		}
+	}
 	if e, ok := r.cfg.Log.Lookup(g); b.Action == ActionRollback && b.Class == Orphan && !(ok && e.State == xa.StateAborted) {
 		// The fence: record the abort before touching the branch. Once it is
 		// durable, the coordinator can no longer write a commit decision
@@ -442,10 +544,58 @@ func (r *Recoverer) act(ctx context.Context, b *Branch) {
 	}
 }
 
+// fenceKeeper writes the abort marker for g in the decision keeper, if one
+// is configured, and reports whether the keeper holds a commit decision
+// instead.
+func (r *Recoverer) fenceKeeper(ctx context.Context, g drivers.GlobalID) (committed bool, err error) {
+	if r.fence == nil {
+		return false, nil
+	}
+	return r.fence.FenceAbort(ctx, g)
+}
+
+// keptRetention is how long past its deadline an abort marker is kept; like
+// the log's abort records, the deadline alone fences after that.
+const keptRetention = 10 * time.Minute
+
+// forgetKept deletes from the keepers the commit decisions none of whose
+// branches is still prepared, and abort markers past their retention.
+func (r *Recoverer) forgetKept(ctx context.Context, rep *Report, still map[drivers.GlobalID]bool) {
+	byKeeper := map[drivers.DecisionKeeper][]drivers.GlobalID{}
+	for g, k := range rep.kept {
+		if g.Node != r.cfg.NodeID || still[g] || (r.cfg.Active != nil && r.cfg.Active(g)) {
+			continue
+		}
+		if k.Commit {
+			d := xa.Decision{GTRID: g}
+			for _, p := range k.Participants {
+				d.Participants = append(d.Participants, xa.Participant(p))
+			}
+			if !r.coversAll(d) {
+				continue
+			}
+		} else if rep.At.Before(g.Deadline.Add(r.cfg.Skew + keptRetention)) {
+			continue
+		}
+		byKeeper[k.keeper] = append(byKeeper[k.keeper], g)
+	}
+	for k, gs := range byKeeper {
+		if err := k.ForgetDecisions(ctx, gs); err != nil {
+			r.logger.Warn("could not delete finished decisions from a decision table", "resource", k.Name(), "err", err)
+			continue
+		}
+		for _, g := range gs {
+			if rep.kept[g].Commit {
+				rep.Ended = append(rep.Ended, g.String())
+			}
+		}
+	}
+}
+
 // endFinished marks commit decisions ended when no resource lists any of
 // their branches any more. It only does so when every resource was scanned:
 // a resource that could not be scanned may still hold a branch.
-func (r *Recoverer) endFinished(rep *Report) {
+func (r *Recoverer) endFinished(ctx context.Context, rep *Report) {
 	if len(rep.ScanErrors) > 0 {
 		return
 	}
@@ -455,6 +605,7 @@ func (r *Recoverer) endFinished(rep *Report) {
 			still[b.XID.Global] = true
 		}
 	}
+	r.forgetKept(ctx, rep, still)
 	for _, d := range r.cfg.Log.Pending() {
 		if d.GTRID.Node != r.cfg.NodeID || still[d.GTRID] {
 			continue
@@ -558,13 +709,23 @@ func (r *Recoverer) Resolve(ctx context.Context, g drivers.GlobalID, commit, for
 	}
 	rep.Branches = mine
 	entry, logged := r.cfg.Log.Lookup(g)
-	if !logged && len(mine) == 0 {
+	if _, kok := rep.kept[g]; !logged && !kok && len(mine) == 0 {
 		if len(rep.ScanErrors) > 0 {
 			return rep, fmt.Errorf("%w (and %d resource(s) could not be scanned)", ErrUnknownTransaction, len(rep.ScanErrors))
 		}
 		return rep, ErrUnknownTransaction
 	}
-	decided := logged && (entry.State == xa.StateCommitted || entry.State == xa.StateDone)
+	k, kok := rep.kept[g]
+	decided := logged && (entry.State == xa.StateCommitted || entry.State == xa.StateDone) || kok && k.Commit
+	if !commit && !decided {
+		// Agrees with presumed abort, unless the keeper committed meanwhile:
+		// fence it there first.
+		committed, err := r.fenceKeeper(ctx, g)
+		if err != nil {
+			return rep, fmt.Errorf("fencing the transaction in the decision keeper: %w", err)
+		}
+		decided = committed
+	}
 	heuristic := false
 	switch {
 	case commit && !decided:
@@ -608,7 +769,7 @@ func (r *Recoverer) Resolve(ctx context.Context, g drivers.GlobalID, commit, for
 		r.act(ctx, b)
 	}
 	if commit && !heuristic {
-		r.endFinished(rep)
+		r.endFinished(ctx, rep)
 	}
 	return rep, nil
 }

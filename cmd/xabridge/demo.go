@@ -29,6 +29,7 @@ type demoOpts struct {
 	nodeID       string
 	baseline     bool
 	reset        bool
+	prefix       string
 }
 
 func newDemoCmd() *cobra.Command {
@@ -51,8 +52,22 @@ each transfer id is in both databases or in neither.`,
 
 func addDemoDBFlags(cmd *cobra.Command, o *demoOpts) {
 	f := cmd.Flags()
+	f.StringVar(&o.prefix, "table-prefix", bank.DefaultPrefix, "name prefix of the demo tables (PREFIX_accounts, PREFIX_transfers), [a-z][a-z0-9_]*")
 	f.StringVar(&o.pgURL, "pg", envOr("XABRIDGE_PG", ""), "PostgreSQL URL, postgres://user:pass@host:port/db (env XABRIDGE_PG)")
 	f.StringVar(&o.myURL, "mysql", envOr("XABRIDGE_MYSQL", ""), "MySQL/MariaDB URL, mysql://user:pass@host:port/db (env XABRIDGE_MYSQL)")
+}
+
+// openBank connects to both databases and selects the demo tables.
+func (o *demoOpts) openBank(ctx context.Context, conns int) (*bank.Bank, error) {
+	b, err := bank.Open(ctx, o.pgURL, o.myURL, conns)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.SetPrefix(o.prefix); err != nil {
+		b.Close()
+		return nil, usageError{err}
+	}
+	return b, nil
 }
 
 func (o *demoOpts) checkURLs() error {
@@ -105,7 +120,7 @@ func newDemoCheckCmd() *cobra.Command {
 				return err
 			}
 			ctx := cmd.Context()
-			b, err := bank.Open(ctx, o.pgURL, o.myURL, 2)
+			b, err := o.openBank(ctx, 2)
 			if err != nil {
 				return err
 			}
@@ -234,7 +249,7 @@ func randomTransfer(rng *rand.Rand, accounts int) bank.Transfer {
 }
 
 func runDemoTransfer(ctx context.Context, out, errw io.Writer, o *demoOpts) error {
-	b, err := bank.Open(ctx, o.pgURL, o.myURL, o.concurrency)
+	b, err := o.openBank(ctx, o.concurrency)
 	if err != nil {
 		return err
 	}

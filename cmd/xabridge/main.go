@@ -92,6 +92,9 @@ Exit codes: 0 ok, 1 error, 2 usage error, 3 in-doubt branches remain.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newListCmd(), newShowCmd(), newResolveCmd(), newRecoverCmd(), newLogCmd())
 	root.AddCommand(newDemoCmd(), newVersionCmd())
+	root.AddCommand(newSelfcheckCmd())
+	root.AddCommand(newBenchCmd())
+	root.AddCommand(newDoctorCmd())
 	return root
 }
 

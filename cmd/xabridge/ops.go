@@ -182,7 +182,8 @@ func newRecoverer(ctx context.Context, r *resolved, write bool, minAge *time.Dur
 		closeRes()
 		return nil, nil, nil, err
 	}
-	rec, err := recovery.New(recovery.Config{NodeID: r.nodeID, Log: l, Resources: res, MinAge: minAge, Actor: actor()})
+	rec, err := recovery.New(recovery.Config{NodeID: r.nodeID, Log: l, Resources: res, MinAge: minAge, Actor: actor(),
+		DecisionResource: envOr("XABRIDGE_DECISION_RESOURCE", "")})
 	if err != nil {
 		closeRes()
 		l.Close()
@@ -207,7 +208,8 @@ orphan (no decision, past its fence: rolled back once seen in two scans),
 live (may still be running), unknown-owner (another node's), heuristic
 (contradicts the log), foreign (not ours; with --all only).
 
-Exit code 3 when branches of ours are in doubt.`,
+Exit code 3 when branches of this node are in doubt (other nodes' branches
+are listed but do not count).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r, err := o.resolve()
@@ -472,7 +474,7 @@ overrides the fence for operators who know the coordinator is dead (e.g.
 --interval, until interrupted.
 
 It needs the decision log for writing, so it refuses while a coordinator
-holds the log. Exit code 3 when branches of ours remain in doubt.`,
+holds the log. Exit code 3 when branches of this node remain in doubt.`,
 		Example: `  xabridge recover --dry-run
   xabridge recover --min-age 0s
   xabridge recover --watch --interval 30s`,

@@ -1,0 +1,419 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/bank"
+	"github.com/xabridge/xabridge/internal/dbtest"
+	"github.com/xabridge/xabridge/internal/strand"
+	"github.com/xabridge/xabridge/xa"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// cli runs the CLI in-process and returns stdout, stderr and the exit code.
+func cli(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, &out, &errb)
+	return out.String(), errb.String(), code
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// scene is a set of in-doubt branches on the real servers, one per class.
+type scene struct {
+	node, other string
+	logDir      string
+	table       string
+	pgURL       string
+	myURL       string
+	pool        *pgxpool.Pool
+	gids        map[string]drivers.GlobalID // by role
+	foreignGID  string
+	b           *bank.Bank
+}
+
+// newScene prepares, on the shared servers and in a table of its own:
+//
+//	committed: a branch on pg and on mysql, with a commit decision in the log
+//	orphan:    a branch on pg, no decision, past its fence
+//	live:      a branch on mysql, no decision, within its fence
+//	other:     a branch on pg of another node
+//	foreign:   a plain PREPARE TRANSACTION on pg
+func newScene(t *testing.T) *scene {
+	t.Helper()
+	ctx := context.Background()
+	s := &scene{
+		node: "cli-" + randHex(3), other: "oth-" + randHex(3),
+		logDir: t.TempDir(), pgURL: dbtest.PG(t), myURL: dbtest.MySQL(t),
+		gids: map[string]drivers.GlobalID{},
+	}
+	b, err := bank.Open(ctx, s.pgURL, s.myURL, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.b = b
+	if err := b.SetPrefix("xab_cli_" + randHex(3)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Setup(ctx, 10, 100); err != nil {
+		t.Fatal(err)
+	}
+	s.table = b.Table("accounts")
+	s.pool = b.PGPool
+	now := time.Now()
+	s.gids["committed"] = strand.GlobalID(s.node, now.Add(-3*time.Second), now.Add(time.Minute), 1)
+	s.gids["orphan"] = strand.GlobalID(s.node, now.Add(-2*time.Hour), now.Add(-time.Hour), 2)
+	s.gids["live"] = strand.GlobalID(s.node, now.Add(-time.Second), now.Add(time.Hour), 3)
+	s.gids["other"] = strand.GlobalID(s.other, now.Add(-time.Hour), now.Add(-time.Minute), 4)
+	upd := func(id int) string {
+		return fmt.Sprintf("UPDATE %s SET balance = balance + 1 WHERE id = %d", s.table, id)
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	x := func(role string, br uint8) drivers.XID { return drivers.XID{Global: s.gids[role], Branch: br} }
+	must(strand.Prepare(ctx, b.PG, x("committed", 0), upd(1)))
+	must(strand.Prepare(ctx, b.My, x("committed", 1), upd(1)))
+	must(strand.Prepare(ctx, b.PG, x("orphan", 0), upd(2)))
+	must(strand.Prepare(ctx, b.My, x("live", 1), upd(3)))
+	must(strand.Prepare(ctx, b.PG, x("other", 0), upd(4)))
+	s.foreignGID = "cli-foreign-" + randHex(3)
+	fc, err := pgx.Connect(ctx, s.pgURL)
+	must(err)
+	_, err = fc.Exec(ctx, "BEGIN; "+upd(5)+"; PREPARE TRANSACTION '"+s.foreignGID+"'")
+	must(err)
+	must(fc.Close(ctx)) // the session ends; the prepared transaction stays
+
+	l, err := xa.OpenFileLog(s.logDir, xa.FileLogOptions{})
+	must(err)
+	must(l.Commit(ctx, xa.Decision{GTRID: s.gids["committed"], Participants: []xa.Participant{{Resource: "pg", Branch: 0}, {Resource: "mysql", Branch: 1}}}))
+	must(l.Close())
+
+	t.Cleanup(func() {
+		// Finish whatever the test left, then drop the tables.
+		for _, role := range []string{"committed", "orphan", "live", "other"} {
+			for br := uint8(0); br < 2; br++ {
+				for _, r := range []drivers.Resource{b.PG, b.My} {
+					// A MariaDB branch answers "busy" until its preparing
+					// session has certainly gone; wait that out, bounded.
+					for i := 0; i < 100; i++ {
+						if err := r.RollbackPrepared(ctx, x(role, br)); !errors.Is(err, drivers.ErrBusy) {
+							break
+						}
+						time.Sleep(50 * time.Millisecond)
+					}
+				}
+			}
+		}
+		_, _ = s.pool.Exec(ctx, "ROLLBACK PREPARED '"+s.foreignGID+"'")
+		_ = b.Drop(ctx)
+		b.Close()
+	})
+	return s
+}
+
+// args returns the common flags for the scene's node, log and resources.
+func (s *scene) args(extra ...string) []string {
+	return append([]string{"--node-id", s.node, "--log-dir", s.logDir, "--resource", "pg=" + s.pgURL, "--resource", "mysql=" + s.myURL}, extra...)
+}
+
+// ids replaces the scene's global ids, node ids and times with placeholders.
+func (s *scene) ids(out string) string {
+	for role, g := range s.gids {
+		out = strings.ReplaceAll(out, g.String(), "<"+role+">")
+		out = strings.ReplaceAll(out, hex.EncodeToString([]byte(g.String())), "<"+role+"-hex>")
+	}
+	out = strings.ReplaceAll(out, s.foreignGID, "<foreign>")
+	out = strings.ReplaceAll(out, s.node, "<node>")
+	out = strings.ReplaceAll(out, s.other, "<other-node>")
+	out = regexp.MustCompile(`\b(\d+(\.\d+)?(ms|h|m|s))+\b`).ReplaceAllString(out, "AGE")
+	return regexp.MustCompile(`\d{4}-\d\d-\d\dT[0-9:.]+Z`).ReplaceAllString(out, "TIME")
+}
+
+// normalize applies ids and joins table columns with " | ", since column
+// widths depend on the ids.
+func (s *scene) normalize(out string) string {
+	var lines []string
+	for _, l := range strings.Split(s.ids(out), "\n") {
+		lines = append(lines, strings.Join(regexp.MustCompile(`\s{2,}`).Split(strings.TrimSpace(l), -1), " | "))
+	}
+	return strings.Join(lines, "\n")
+}
+
+// onlyScene keeps the table header and the rows of the scene's transactions
+// (the shared servers may hold other tests' branches).
+func (s *scene) onlyScene(out string) string {
+	var kept []string
+	for i, l := range strings.Split(out, "\n") {
+		if i == 0 || strings.Contains(l, "<") || strings.HasPrefix(l, "ERROR") || strings.HasPrefix(l, "HEURISTIC") {
+			kept = append(kept, l)
+		}
+	}
+	return strings.Join(kept, "\n")
+}
+
+// filterJSON keeps the scene's branches in a JSON report.
+func (s *scene) filterJSON(t *testing.T, out string) string {
+	t.Helper()
+	var rep map[string]any
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("output is not JSON: %v\n%s", err, out)
+	}
+	var kept []any
+	for _, b := range rep["branches"].([]any) {
+		m := b.(map[string]any)
+		id, _ := m["xid"].(string)
+		g, _ := m["gtrid"].(string)
+		keep := strings.Contains(id, s.foreignGID)
+		for _, sg := range s.gids {
+			keep = keep || g == sg.String()
+		}
+		if keep {
+			m["age_seconds"] = "AGE"
+			kept = append(kept, m)
+		}
+	}
+	rep["branches"] = kept
+	rep["remaining"] = "N"
+	rep["at"] = "TIME"
+	buf, _ := json.MarshalIndent(rep, "", "  ")
+	return s.ids(string(buf))
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./cmd/xabridge -update to create it)", err)
+	}
+	if d := cmp.Diff(string(want), got); d != "" {
+		t.Errorf("%s differs from %s (-want +got):\n%s", name, path, d)
+	}
+}
+
+func TestListAndShow(t *testing.T) {
+	s := newScene(t)
+	out, errOut, code := cli(t, s.args("list")...)
+	if code != exitInDoubt {
+		t.Fatalf("list exit %d, want %d (in doubt)\n%s%s", code, exitInDoubt, out, errOut)
+	}
+	golden(t, "list", s.onlyScene(s.normalize(out)))
+
+	out, _, code = cli(t, s.args("list", "--all", "-o", "json")...)
+	if code != exitInDoubt {
+		t.Fatalf("list --all -o json exit %d", code)
+	}
+	golden(t, "list-all-json", s.filterJSON(t, out))
+
+	out, _, code = cli(t, s.args("show", s.gids["committed"].String())...)
+	if code != exitInDoubt {
+		t.Fatalf("show exit %d", code)
+	}
+	golden(t, "show", s.normalize(out))
+}
+
+func TestResolveRefusalsAndForce(t *testing.T) {
+	s := newScene(t)
+	orphan, committed := s.gids["orphan"].String(), s.gids["committed"].String()
+
+	// Commit without a decision: refused, nothing changed.
+	_, errOut, code := cli(t, s.args("resolve", orphan, "--commit")...)
+	if code != exitError || !strings.Contains(errOut, "contradicts the decision log") {
+		t.Fatalf("resolve --commit of an undecided transaction: exit %d, %q", code, errOut)
+	}
+	// Rollback after a commit decision: refused.
+	_, errOut, code = cli(t, s.args("resolve", committed, "--rollback")...)
+	if code != exitError || !strings.Contains(errOut, "contradicts the decision log") {
+		t.Fatalf("resolve --rollback of a committed transaction: exit %d, %q", code, errOut)
+	}
+	if n := s.balance(t, 2); n != 100 {
+		t.Fatalf("a refused resolve changed data: balance %d", n)
+	}
+	// Forced: done, and reported as heuristic.
+	out, errOut, code := cli(t, s.args("resolve", orphan, "--commit", "--force")...)
+	if code != exitOK || !strings.Contains(out, "HEURISTIC") {
+		t.Fatalf("forced resolve: exit %d\n%s%s", code, out, errOut)
+	}
+	golden(t, "resolve-force", s.onlyScene(s.normalize(out)))
+	if n := s.balance(t, 2); n != 101 {
+		t.Fatalf("forced commit not applied: balance %d", n)
+	}
+	out, _, _ = cli(t, s.args("show", orphan, "-o", "json")...)
+	if !strings.Contains(out, `"heuristic": true`) {
+		t.Fatalf("show does not report the heuristic outcome:\n%s", out)
+	}
+	// Agreeing with the log needs no force.
+	out, errOut, code = cli(t, s.args("resolve", committed, "--commit")...)
+	if code != exitOK {
+		t.Fatalf("resolve --commit of a committed transaction: exit %d\n%s%s", code, out, errOut)
+	}
+}
+
+func (s *scene) balance(t *testing.T, id int) int64 {
+	t.Helper()
+	var v int64
+	if err := s.pool.QueryRow(context.Background(), fmt.Sprintf("SELECT balance FROM %s WHERE id = %d", s.table, id)).Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestRecover(t *testing.T) {
+	s := newScene(t)
+	out, _, code := cli(t, s.args("recover", "--dry-run")...)
+	if code != exitInDoubt {
+		t.Fatalf("recover --dry-run exit %d\n%s", code, out)
+	}
+	golden(t, "recover-dry-run", s.onlyScene(s.normalize(out)))
+	if n := s.balance(t, 2); n != 100 {
+		t.Fatal("dry run changed data")
+	}
+
+	out, errOut, code := cli(t, s.args("recover")...)
+	// The live branch and the other node's branch remain: exit 3.
+	if code != exitInDoubt {
+		t.Fatalf("recover exit %d\n%s%s", code, out, errOut)
+	}
+	golden(t, "recover", s.onlyScene(s.normalize(out)))
+	if got := s.balance(t, 1); got != 101 {
+		t.Errorf("committed transaction not committed by recover: balance %d", got)
+	}
+	if got := s.balance(t, 2); got != 100 {
+		t.Errorf("orphan not rolled back by recover: balance %d", got)
+	}
+	// Untouched: the live branch, the other node's, the foreign one.
+	out, _, _ = cli(t, s.args("list", "--all")...)
+	norm := s.normalize(out)
+	for _, want := range []string{"<live>", "<other>", "<foreign>"} {
+		if !strings.Contains(norm, want) {
+			t.Errorf("recover touched %s:\n%s", want, norm)
+		}
+	}
+	for _, gone := range []string{"<committed>", "<orphan>"} {
+		if strings.Contains(norm, gone) {
+			t.Errorf("%s still listed after recover:\n%s", gone, norm)
+		}
+	}
+	// A second recover finds the same two left, changes nothing.
+	if _, _, code := cli(t, s.args("recover")...); code != exitInDoubt {
+		t.Errorf("second recover exit %d", code)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	pg, my := dbtest.PG(t), dbtest.MySQL(t)
+	logDir := t.TempDir()
+	locked := t.TempDir()
+	l, err := xa.OpenFileLog(locked, xa.FileLogOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	withPassword := strings.Replace(my, "mysql://root@", "mysql://root:s3cretpw@", 1)
+	base := []string{"--node-id", "bad", "--log-dir", logDir, "--resource", "pg=" + pg}
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"unknown gtrid", append(base, "resolve", "bad.019e7044887b.deadbeef.019e7044fdab", "--commit"), exitError, "unknown global transaction"},
+		{"hostile gtrid", append(base, "show", "x'; DROP TABLE t; --"), exitUsage, "is not a xabridge global id"},
+		{"neither commit nor rollback", append(base, "resolve", "bad.019e7044887b.deadbeef.019e7044fdab"), exitUsage, "exactly one of --commit or --rollback"},
+		{"malformed URL", []string{"--log-dir", logDir, "--resource", "pg=postgres://u:s3cretpw@[::1", "list"}, exitError, "postgres"},
+		{"not a URL", []string{"--log-dir", logDir, "--resource", "pg=s3cretpw", "list"}, exitError, "not a URL"},
+		{"unknown scheme", []string{"--log-dir", logDir, "--resource", "x=oracle://u:s3cretpw@h/db", "list"}, exitError, "unknown scheme"},
+		{"bad resource spec", []string{"--log-dir", logDir, "--resource", "nourl", "list"}, exitUsage, "want NAME=URL"},
+		{"bad resource name", []string{"--log-dir", logDir, "--resource", "a b=" + pg, "list"}, exitUsage, "may only contain"},
+		{"hostile node id", []string{"--node-id", "x'; drop", "--log-dir", logDir, "--resource", "pg=" + pg, "list"}, exitUsage, "node id"},
+		{"wrong password", []string{"--log-dir", logDir, "--resource", "my=" + withPassword, "list"}, exitError, "Access denied"},
+		{"unreachable server", []string{"--log-dir", logDir, "--resource", "pg=postgres://u:s3cretpw@127.0.0.1:1/db?connect_timeout=2", "list"}, exitError, "could not be scanned"},
+		{"locked log", []string{"--log-dir", locked, "--resource", "pg=" + pg, "recover"}, exitError, "locked"},
+		{"missing log for a read", []string{"--log-dir", filepath.Join(logDir, "nope"), "--resource", "pg=" + pg, "list"}, exitError, "no decision log"},
+		{"bad min-age", append(base, "recover", "--min-age", "yesterday"), exitUsage, "--min-age"},
+		{"unknown flag", append(base, "list", "--frobnicate"), exitUsage, "unknown flag"},
+		{"unknown command", []string{"frobnicate"}, exitUsage, "unknown command"},
+		{"bad output format", append(base, "list", "-o", "yaml"), exitUsage, "--output"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errOut, code := cli(t, tt.args...)
+			all := out + errOut
+			if code != tt.code {
+				t.Errorf("exit %d, want %d\n%s", code, tt.code, all)
+			}
+			if !strings.Contains(all, tt.want) {
+				t.Errorf("output does not mention %q:\n%s", tt.want, all)
+			}
+			if strings.Contains(all, "s3cretpw") {
+				t.Errorf("output leaks the password:\n%s", all)
+			}
+			if n := strings.Count(strings.TrimSpace(errOut), "\n"); code != exitOK && code != exitInDoubt && n > 2 {
+				t.Errorf("error is not short (%d lines):\n%s", n+1, errOut)
+			}
+		})
+	}
+	// Nothing was written to the log by any of them.
+	rl, err := xa.OpenFileLog(logDir, xa.FileLogOptions{ReadOnly: true})
+	if err == nil {
+		defer rl.Close()
+		if n := len(rl.Entries()); n != 0 {
+			t.Errorf("bad input wrote %d log entries", n)
+		}
+	}
+}
+
+func TestHelpMentionsEveryCommand(t *testing.T) {
+	out, _, code := cli(t, "--help")
+	if code != exitOK {
+		t.Fatalf("--help exit %d", code)
+	}
+	var missing []string
+	for _, c := range []string{"list", "show", "resolve", "recover", "doctor", "log", "demo", "version"} {
+		if !regexp.MustCompile(`(?m)^\s+` + c + `\s`).MatchString(out) {
+			missing = append(missing, c)
+		}
+	}
+	sort.Strings(missing)
+	if len(missing) > 0 {
+		t.Fatalf("help does not list %v:\n%s", missing, out)
+	}
+}

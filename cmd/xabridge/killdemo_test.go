@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/xabridge/xabridge/internal/bank"
+	"github.com/xabridge/xabridge/internal/dbtest"
+)
+
+// The operator's promise: after kill -9 of a process running
+// `xabridge demo transfer`, one `xabridge recover --min-age 0s` leaves no
+// prepared branch of that node, and the demo's invariants hold.
+func TestKillDemoThenRecover(t *testing.T) {
+	pg, my := dbtest.PG(t), dbtest.MySQL(t)
+	bin := filepath.Join(t.TempDir(), "xabridge")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	prefix := "xab_kd_" + randHex(3)
+	node := "kd-" + randHex(3)
+	logDir := t.TempDir()
+	ctx := context.Background()
+	b, err := bank.Open(ctx, pg, my, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetPrefix(prefix); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Drop(context.Background()); b.Close() })
+
+	for round := 0; round < 3; round++ {
+		cmd := exec.Command(bin, "demo", "transfer", "--count", "1000000", "--concurrency", "8",
+			"--table-prefix", prefix, "--node-id", node, "--log-dir", logDir)
+		cmd.Env = append(os.Environ(), "XABRIDGE_PG="+pg, "XABRIDGE_MYSQL="+my)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Let it run until some transfers have committed (a condition, polled).
+		want := 100 * (round + 1)
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			var n int
+			err := b.PGPool.QueryRow(ctx, "SELECT count(*) FROM "+b.Table("transfers")).Scan(&n)
+			if err == nil && n >= want {
+				break
+			}
+			if time.Now().After(deadline) {
+				_ = cmd.Process.Kill()
+				_ = cmd.Wait()
+				t.Fatalf("round %d: the demo did not commit %d transfers in 60s (last error %v)", round, want, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		err := cmd.Wait()
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+			t.Fatalf("round %d: demo did not die by SIGKILL: %v", round, err)
+		}
+
+		args := []string{"--node-id", node, "--log-dir", logDir, "--resource", "pg=" + pg, "--resource", "mysql=" + my}
+		out, errOut, code := cli(t, append(args, "recover", "--min-age", "0s")...)
+		if code != exitOK {
+			t.Fatalf("round %d: recover exit %d\n%s%s", round, code, out, errOut)
+		}
+		resolved := strings.Count(out, "committed\n") + strings.Count(out, "rolled back\n")
+		t.Logf("round %d: recover resolved %d branch(es)", round, resolved)
+		out, errOut, code = cli(t, append(args, "list")...)
+		if code != exitOK || strings.Contains(out, node) {
+			t.Fatalf("round %d: branches of %s remain after recover (exit %d)\n%s%s", round, node, code, out, errOut)
+		}
+		out, errOut, code = cli(t, "demo", "check", "--pg", pg, "--mysql", my, "--table-prefix", prefix)
+		if code != exitOK {
+			t.Fatalf("round %d: demo invariants violated (exit %d)\n%s%s", round, code, out, errOut)
+		}
+		t.Logf("round %d: %s", round, strings.ReplaceAll(strings.TrimSpace(out), "\n", "; "))
+	}
+}
