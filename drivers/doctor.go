@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strconv"
 	"time"
 )
 
@@ -196,4 +197,32 @@ func roundSig(d, unit time.Duration) string {
 		suffix = "s"
 	}
 	return fmt.Sprintf("%.1f%s", v, suffix)
+}
+
+// maxDisplay bounds how much of a database-supplied string DisplayID shows.
+const maxDisplay = 100
+
+// DisplayID shows a database-supplied identifier or gid safely: as is when
+// it is plain printable ASCII without quotes, backslashes or spaces,
+// otherwise Go-quoted, so a hostile gid cannot break a table, a terminal or
+// the reader's trust in what is shown. Strings over 100 bytes are cut.
+func DisplayID(s string) string {
+	cut := false
+	if len(s) > maxDisplay {
+		s, cut = s[:maxDisplay], true
+	}
+	plain := s != ""
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c > '~' || c == '"' || c == '\'' || c == '\\' || c == '`' {
+			plain = false
+			break
+		}
+	}
+	if !plain {
+		s = strconv.Quote(s)
+	}
+	if cut {
+		s += "…"
+	}
+	return s
 }

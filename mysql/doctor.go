@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -114,14 +113,14 @@ func versionCheck(fl *flavour) drivers.Check {
 	switch why := fl.unsupported(); {
 	case fl.major == 0:
 		c.Status = drivers.CheckWarn
-		c.Detail = "unrecognised server version " + display(fl.version) + ": cannot tell whether prepared XA branches survive a disconnect"
+		c.Detail = "unrecognised server version " + drivers.DisplayID(fl.version) + ": cannot tell whether prepared XA branches survive a disconnect"
 		c.Fix = "use MariaDB 10.5 or later, or MySQL 5.7.7 or later (8.0.30+ with a binary log)"
 	case why != "":
 		c.Status = drivers.CheckFail
 		c.Detail = why
 		c.Fix = "upgrade to MariaDB 10.5 or later, or MySQL 8"
 	default:
-		c.Detail = product + " " + display(fl.version) + ": prepared XA branches survive disconnects and restarts"
+		c.Detail = product + " " + drivers.DisplayID(fl.version) + ": prepared XA branches survive disconnects and restarts"
 	}
 	return c
 }
@@ -145,7 +144,7 @@ func binlogCheck(fl *flavour, logBin bool, format string) drivers.Check {
 		c.Detail = "binary log off"
 		return c
 	}
-	c.Detail = "binary log on, binlog_format = " + display(format)
+	c.Detail = "binary log on, binlog_format = " + drivers.DisplayID(format)
 	var problems, fixes []string
 	if !strings.EqualFold(format, "ROW") {
 		problems = append(problems, "XA transactions logged as statements are unsafe for replication (replicas can deadlock or diverge); use ROW")
@@ -224,16 +223,16 @@ func engineCheck(def string, defXA bool, db string, hasDB bool, bad []tableEngin
 	c := drivers.Check{Name: "storage_engine", Status: drivers.CheckOK}
 	var parts, fixes []string
 	if defXA {
-		parts = append(parts, "default storage engine "+display(def))
+		parts = append(parts, "default storage engine "+drivers.DisplayID(def))
 	} else {
-		parts = append(parts, "default storage engine "+display(def)+" does not support XA: tables created without ENGINE= stay out of global transactions (their writes commit at once and are never rolled back)")
+		parts = append(parts, "default storage engine "+drivers.DisplayID(def)+" does not support XA: tables created without ENGINE= stay out of global transactions (their writes commit at once and are never rolled back)")
 		fixes = append(fixes, "set default_storage_engine = InnoDB in the server config")
 	}
 	switch {
 	case !hasDB:
 		parts = append(parts, "no database in the URL, so no tables were checked")
 	case len(bad) == 0:
-		parts = append(parts, "every table in database "+display(db)+" supports XA")
+		parts = append(parts, "every table in database "+drivers.DisplayID(db)+" supports XA")
 	default:
 		var names []string
 		for i, t := range bad {
@@ -241,10 +240,10 @@ func engineCheck(def string, defXA bool, db string, hasDB bool, bad []tableEngin
 				names = append(names, fmt.Sprintf("and %d more", len(bad)-maxListed))
 				break
 			}
-			names = append(names, display(t.table)+" ("+display(t.engine)+")")
+			names = append(names, drivers.DisplayID(t.table)+" ("+drivers.DisplayID(t.engine)+")")
 		}
 		parts = append(parts, fmt.Sprintf("%d table(s) in database %s use engines without XA, so writes to them stay out of global transactions: %s",
-			len(bad), display(db), strings.Join(names, ", ")))
+			len(bad), drivers.DisplayID(db), strings.Join(names, ", ")))
 		fixes = append(fixes, "ALTER TABLE ... ENGINE = InnoDB for each of them")
 	}
 	c.Detail = strings.Join(parts, "; ")
@@ -291,7 +290,7 @@ func isolationCheck(level string, mariaDB bool) drivers.Check {
 		c.Fix = fix
 	default:
 		c.Status = drivers.CheckWarn
-		c.Detail = "unknown isolation level " + display(level)
+		c.Detail = "unknown isolation level " + drivers.DisplayID(level)
 		c.Fix = fix
 	}
 	return c
@@ -334,7 +333,7 @@ func xaRecoverVerdict(who string, mariaDB bool, n int, rerr error) drivers.Check
 		if isNumber(rerr, erAccessDenied) {
 			user, host := splitAccount(who)
 			c.Detail = fmt.Sprintf("XA RECOVER is refused for %s: MySQL 8 lets only users with XA_RECOVER_ADMIN list prepared branches, so recovery cannot find the ones left behind (%v)",
-				display(who), rerr)
+				drivers.DisplayID(who), rerr)
 			c.Fix = "GRANT XA_RECOVER_ADMIN ON *.* TO " + sqlString(user) + "@" + sqlString(host) + ";"
 		} else {
 			c.Detail = "XA RECOVER failed: " + rerr.Error()
@@ -342,7 +341,7 @@ func xaRecoverVerdict(who string, mariaDB bool, n int, rerr error) drivers.Check
 		}
 		return c
 	}
-	c.Detail = fmt.Sprintf("XA RECOVER works for %s (%d prepared branch(es) on the server)", display(who), n)
+	c.Detail = fmt.Sprintf("XA RECOVER works for %s (%d prepared branch(es) on the server)", drivers.DisplayID(who), n)
 	if mariaDB {
 		c.Detail += "; MariaDB lets every user list and finish every XA branch"
 	}
@@ -424,31 +423,4 @@ func preparedCheck(recs []recoverRow, maxAge time.Duration, now time.Time) drive
 		len(old), drivers.FormatAge(maxAge), o.xid.GID(), o.xid.Global.Node, drivers.FormatAge(o.age))
 	c.Fix = "run `xabridge list` and `xabridge recover` with the node id and decision log of the node that owns them"
 	return c
-}
-
-// maxDisplay bounds how much of a server-supplied string a detail shows.
-const maxDisplay = 100
-
-// display shows a server-supplied string (version, table name) safely: as
-// is when it is plain printable ASCII without quotes, backslashes or
-// spaces, otherwise Go-quoted. Long strings are cut.
-func display(s string) string {
-	cut := false
-	if len(s) > maxDisplay {
-		s, cut = s[:maxDisplay], true
-	}
-	plain := s != ""
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c <= ' ' || c > '~' || c == '"' || c == '\'' || c == '\\' || c == '`' {
-			plain = false
-			break
-		}
-	}
-	if !plain {
-		s = strconv.Quote(s)
-	}
-	if cut {
-		s += "…"
-	}
-	return s
 }

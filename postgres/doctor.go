@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -150,12 +149,12 @@ func roleCheck(s pgSettings) drivers.Check {
 	c := drivers.Check{Name: "role", Status: drivers.CheckOK}
 	if s.superuser {
 		c.Detail = fmt.Sprintf("connected as %s, a superuser, to database %s: it can finish any prepared transaction of this database",
-			displayID(s.user), displayID(s.database))
+			drivers.DisplayID(s.user), drivers.DisplayID(s.database))
 		return c
 	}
 	c.Status = drivers.CheckWarn
 	c.Detail = fmt.Sprintf("connected as %s (not a superuser) to database %s: COMMIT PREPARED and ROLLBACK PREPARED must run as the role that prepared the transaction (or a superuser), in the same database, so recovery must connect exactly like this",
-		displayID(s.user), displayID(s.database))
+		drivers.DisplayID(s.user), drivers.DisplayID(s.database))
 	c.Fix = "give recovery (xabridge recover/resolve) the same role and database as the coordinator, or a superuser"
 	return c
 }
@@ -199,35 +198,7 @@ func preparedCheck(ps []pgPrepared, maxAge time.Duration, now time.Time) drivers
 	}
 	c.Status = drivers.CheckWarn
 	c.Detail = fmt.Sprintf("%d of %d prepared transactions are older than %s: they hold their locks and block VACUUM from removing or freezing rows (xid wraparound risk). Oldest: gid %s (%s), owner %s, database %s, age %s, xid age %d",
-		len(old), len(ps), drivers.FormatAge(maxAge), displayID(o.p.gid), whose, displayID(o.p.owner), displayID(o.p.database), drivers.FormatAge(o.age), o.p.xidAge)
+		len(old), len(ps), drivers.FormatAge(maxAge), drivers.DisplayID(o.p.gid), whose, drivers.DisplayID(o.p.owner), drivers.DisplayID(o.p.database), drivers.FormatAge(o.age), o.p.xidAge)
 	c.Fix = "finish them: xabridge's with `xabridge list` and `xabridge recover` (as the node that owns them); others' with COMMIT PREPARED or ROLLBACK PREPARED once their application confirms the outcome"
 	return c
-}
-
-// maxDisplay bounds how much of a database-supplied id a detail shows.
-const maxDisplay = 100
-
-// displayID shows a database-supplied identifier or gid safely: as is when
-// it is plain printable ASCII without quotes, backslashes or spaces,
-// otherwise Go-quoted, so a hostile gid cannot break a table, a terminal or
-// the reader's trust in what is shown. Long ids are cut.
-func displayID(s string) string {
-	cut := false
-	if len(s) > maxDisplay {
-		s, cut = s[:maxDisplay], true
-	}
-	plain := s != ""
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c <= ' ' || c > '~' || c == '"' || c == '\'' || c == '\\' || c == '`' {
-			plain = false
-			break
-		}
-	}
-	if !plain {
-		s = strconv.Quote(s)
-	}
-	if cut {
-		s += "…"
-	}
-	return s
 }

@@ -104,8 +104,8 @@ func TestDisplayID(t *testing.T) {
 		{strings.Repeat("a", 150), strings.Repeat("a", 100) + "…"},
 	}
 	for _, tt := range tests {
-		if got := displayID(tt.in); got != tt.want {
-			t.Errorf("displayID(%q) = %q, want %q", tt.in, got, tt.want)
+		if got := drivers.DisplayID(tt.in); got != tt.want {
+			t.Errorf("drivers.DisplayID(%q) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
 }

@@ -88,17 +88,6 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// printable quotes a database-supplied id if it holds anything but safe
-// printable characters, so a hostile gid cannot mess with the terminal.
-func printable(s string) string {
-	for _, c := range s {
-		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == ' ' {
-			return strconv.Quote(s)
-		}
-	}
-	return s
-}
-
 func fmtAge(d time.Duration) string {
 	switch {
 	case d < 0:
@@ -120,7 +109,7 @@ func writeTable(w io.Writer, rep *recovery.Report, showResult bool) {
 	}
 	fmt.Fprintln(tw, hdr)
 	for _, b := range rep.Branches {
-		id, node, br, logState := printable(b.ID), "-", "-", "-"
+		id, node, br, logState := drivers.DisplayID(b.ID), "-", "-", "-"
 		if b.Ours {
 			id, node, br, logState = b.XID.Global.String(), b.XID.Global.Node, b.XID.BranchQualifier(), b.LogState.String()
 		}
@@ -137,7 +126,7 @@ func writeTable(w io.Writer, rep *recovery.Report, showResult bool) {
 	tw.Flush()
 	for _, b := range rep.Branches {
 		if b.Class == recovery.Heuristic {
-			fmt.Fprintf(w, "HEURISTIC: %s on %s: %s\n", printable(b.ID), b.Resource, b.Reason)
+			fmt.Fprintf(w, "HEURISTIC: %s on %s: %s\n", drivers.DisplayID(b.ID), b.Resource, b.Reason)
 		}
 	}
 	for _, e := range rep.ScanErrors {
