@@ -72,8 +72,8 @@ type Branch struct {
 	Age time.Duration
 	// LogState is what the decision log says about the transaction.
 	LogState xa.State
-	// Result is the outcome of the action when one was taken ("committed",
-	// "rolled back", "busy: retry", or an error message).
+	// Result is the outcome of the action when one was taken: one of the
+	// Result constants, or an error message (Err set).
 	Result string
 	// Err is the action's error, if it failed.
 	Err error `json:"-"`
@@ -87,10 +87,27 @@ type ResourceError struct {
 	Err      error
 }
 
+// ReportKind says what produced a Report.
+type ReportKind string
+
+// The kinds of Report.
+const (
+	KindScan    ReportKind = "scan"    // Scan: every resource listed, nothing done
+	KindDryRun  ReportKind = "dry-run" // Pass with dryRun: every resource listed, nothing done
+	KindPass    ReportKind = "pass"    // Pass: every resource listed, actions taken
+	KindResolve ReportKind = "resolve" // Resolve: only the resolved transaction's branches
+)
+
 // Report is the result of one scan or pass.
 type Report struct {
-	At       time.Time
-	Branches []Branch
+	Kind ReportKind
+	At   time.Time
+	// Duration is how long the scan, pass or resolve took.
+	Duration time.Duration
+	// Resources names every resource scanned, in configuration order
+	// (those in ScanErrors could not be).
+	Resources []string
+	Branches  []Branch
 	// ScanErrors lists resources that could not be scanned.
 	ScanErrors []ResourceError
 	// Ended lists commit decisions recovery found fully committed and marked
@@ -109,7 +126,7 @@ func (r *Report) Remaining() int {
 		if b.Class == Foreign || b.Class == UnknownOwner {
 			continue
 		}
-		if (b.Action == ActionCommit || b.Action == ActionRollback) && b.Err == nil && b.Result != "" && b.Result != resultBusy {
+		if (b.Action == ActionCommit || b.Action == ActionRollback) && b.Err == nil && b.Result != "" && b.Result != ResultBusy {
 			continue
 		}
 		n++
@@ -117,7 +134,13 @@ func (r *Report) Remaining() int {
 	return n
 }
 
-const resultBusy = "busy: retry later"
+// The results of an action (Branch.Result) other than a failure.
+const (
+	ResultCommitted       = "committed"
+	ResultRolledBack      = "rolled back"
+	ResultAlreadyFinished = "already finished"  // someone else finished the branch first
+	ResultBusy            = "busy: retry later" // the branch's session is still closing; the next pass retries
+)
 
 // Config configures a Recoverer.
 type Config struct {
@@ -156,6 +179,11 @@ type Config struct {
 	Settle time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// OnReport, if set, sees the report of every Scan, Pass and Resolve
+	// (a metrics collector's feed; see Report.Kind). It is called on the
+	// goroutine that ran it, before the report is returned, and must not
+	// modify the report or block.
+	OnReport func(*Report)
 	// DecisionResource names the resource that keeps commit decisions in
 	// its own table (xa.Config.DecisionResource); it must be one of
 	// Resources and implement drivers.DecisionKeeper. Recovery fences an
@@ -266,17 +294,31 @@ func (r *Recoverer) readKept(ctx context.Context, rep *Report) map[drivers.Globa
 func (r *Recoverer) Scan(ctx context.Context) *Report {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	start := time.Now()
 	rep := r.scan(ctx)
 	r.classify(rep, nil)
+	r.recheckDone(ctx, rep)
+	r.report(rep, KindScan, start)
 	return rep
 }
 
 // scan reads the keepers' decisions, then lists the prepared branches.
 func (r *Recoverer) scan(ctx context.Context) *Report {
 	rep := &Report{At: r.cfg.Now()}
+	for _, res := range r.cfg.Resources {
+		rep.Resources = append(rep.Resources, res.Name())
+	}
 	rep.kept = r.readKept(ctx, rep)
 	r.scanBranches(ctx, rep)
 	return rep
+}
+
+// report completes rep and hands it to Config.OnReport.
+func (r *Recoverer) report(rep *Report, kind ReportKind, start time.Time) {
+	rep.Kind, rep.Duration = kind, time.Since(start)
+	if r.cfg.OnReport != nil {
+		r.cfg.OnReport(rep)
+	}
 }
 
 // Pass runs one recovery pass: scan, classify, then act on every branch
@@ -285,12 +327,16 @@ func (r *Recoverer) scan(ctx context.Context) *Report {
 func (r *Recoverer) Pass(ctx context.Context, dryRun bool) *Report {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	start := time.Now()
 	rep := r.scan(ctx)
 	if dryRun {
 		r.classify(rep, nil)
+		r.recheckDone(ctx, rep)
+		r.report(rep, KindDryRun, start)
 		return rep
 	}
 	r.classify(rep, r.firstSeen)
+	r.recheckDone(ctx, rep)
 	// Remember when each branch was first seen (the two-scan rule).
 	next := map[drivers.XID]time.Time{}
 	for _, b := range rep.Branches {
@@ -299,6 +345,7 @@ func (r *Recoverer) Pass(ctx context.Context, dryRun bool) *Report {
 				next[b.XID] = t
 			} else {
 				next[b.XID] = rep.At
+				r.logFound(b)
 			}
 		}
 	}
@@ -307,7 +354,62 @@ func (r *Recoverer) Pass(ctx context.Context, dryRun bool) *Report {
 		r.act(ctx, &rep.Branches[i])
 	}
 	r.endFinished(ctx, rep)
+	r.report(rep, KindPass, start)
 	return rep
+}
+
+// recheckDone looks again at the branches classified heuristic because the
+// log says their transaction finished phase 2: the scan may have listed a
+// branch just before its coordinator committed it and ended the
+// transaction (only a recovery running next to a live coordinator can see
+// that race). Each such branch's resource is listed once more; a branch no
+// longer prepared was finished by its coordinator and leaves the report. If
+// the second listing fails, the branch stays as classified.
+func (r *Recoverer) recheckDone(ctx context.Context, rep *Report) {
+	suspect := map[string]bool{}
+	for _, b := range rep.Branches {
+		if b.Class == Heuristic && b.LogState == xa.StateDone {
+			suspect[b.Resource] = true
+		}
+	}
+	if len(suspect) == 0 {
+		return
+	}
+	still := map[string]map[drivers.XID]bool{}
+	for name := range suspect {
+		ps, err := r.res[name].Recover(ctx)
+		if err != nil {
+			continue
+		}
+		still[name] = map[drivers.XID]bool{}
+		for _, p := range ps {
+			if p.Ours {
+				still[name][p.XID] = true
+			}
+		}
+	}
+	kept := rep.Branches[:0]
+	for _, b := range rep.Branches {
+		if b.Class == Heuristic && b.LogState == xa.StateDone && still[b.Resource] != nil && !still[b.Resource][b.XID] {
+			continue // committed by its coordinator during the scan
+		}
+		kept = append(kept, b)
+	}
+	rep.Branches = kept
+}
+
+// logFound logs a branch of this node that a pass sees for the first time,
+// when it is in doubt: once per branch, not once per pass. Live branches
+// are running, and other nodes' are their own recovery's to report.
+func (r *Recoverer) logFound(b Branch) {
+	attrs := []any{"gtrid", b.XID.Global.String(), "resource", b.Resource, "branch", int(b.XID.Branch),
+		"class", string(b.Class), "age", b.Age.Round(time.Millisecond), "reason", b.Reason}
+	switch b.Class {
+	case Heuristic:
+		r.logger.Error("heuristic branch: it contradicts the decision log; atomicity may be broken", attrs...)
+	case CommitPending, AbortPending, Orphan:
+		r.logger.Info("in-doubt branch found", attrs...)
+	}
 }
 
 func (r *Recoverer) scanBranches(ctx context.Context, rep *Report) {
@@ -399,6 +501,11 @@ func (r *Recoverer) classify(rep *Report, firstSeen map[drivers.XID]time.Time) {
 		k, kok := rep.kept[g]
 		logCommitted := ok && (entry.State == xa.StateCommitted || entry.State == xa.StateDone)
 		switch {
+		case r.cfg.Active != nil && r.cfg.Active(g):
+			// Its coordinator is still driving it (work, phase 1, or phase 2
+			// on the branch's own session): finishing it from here would
+			// only race that coordinator.
+			b.Class, b.Reason = Live, "running in this coordinator"
 		case !logCommitted && kok && k.Commit:
 			b.LogState = xa.StateCommitted
 			b.Class, b.Action, b.Reason = CommitPending, ActionCommit, "commit decision kept in "+k.keeper.Name()
@@ -418,8 +525,6 @@ func (r *Recoverer) classify(rep *Report, firstSeen map[drivers.XID]time.Time) {
 			b.Class, b.Action, b.Reason = AbortPending, ActionRollback, "abort recorded in the log"
 		case ok && entry.Heuristic():
 			b.Class, b.Reason = Heuristic, "an operator forced an outcome for this transaction; resolve it by hand"
-		case r.cfg.Active != nil && r.cfg.Active(g):
-			b.Class, b.Reason = Live, "running in this coordinator"
 		default:
 			past, why := r.pastFence(g, now)
 			if !past {
@@ -529,15 +634,19 @@ func (r *Recoverer) act(ctx context.Context, b *Branch) {
 	switch {
 	case err == nil:
 		if b.Action == ActionCommit {
-			b.Result = "committed"
+			b.Result = ResultCommitted
 		} else {
-			b.Result = "rolled back"
+			b.Result = ResultRolledBack
 		}
-		r.logger.Info("recovery resolved a branch", "gtrid", g.String(), "resource", b.Resource, "action", string(b.Action), "reason", b.Reason)
+		lvl := slog.LevelInfo
+		if b.Class == Heuristic {
+			lvl = slog.LevelWarn
+		}
+		r.logger.Log(ctx, lvl, "recovery resolved a branch", "gtrid", g.String(), "resource", b.Resource, "action", string(b.Action), "class", string(b.Class), "reason", b.Reason)
 	case errors.Is(err, drivers.ErrNotFound):
-		b.Result = "already finished"
+		b.Result = ResultAlreadyFinished
 	case errors.Is(err, drivers.ErrBusy):
-		b.Result = resultBusy
+		b.Result = ResultBusy
 	default:
 		b.Err, b.Result = err, "failed: "+err.Error()
 		r.logger.Warn("recovery action failed; retried on the next pass", "gtrid", g.String(), "resource", b.Resource, "action", string(b.Action), "err", err)
@@ -601,7 +710,7 @@ func (r *Recoverer) endFinished(ctx context.Context, rep *Report) {
 	}
 	still := map[drivers.GlobalID]bool{}
 	for _, b := range rep.Branches {
-		if b.Ours && (b.Result == "" || b.Err != nil || b.Result == resultBusy) {
+		if b.Ours && (b.Result == "" || b.Err != nil || b.Result == ResultBusy) {
 			still[b.XID.Global] = true
 		}
 	}
@@ -676,6 +785,7 @@ var (
 func (r *Recoverer) Resolve(ctx context.Context, g drivers.GlobalID, commit, force bool, actor string) (*Report, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	start := time.Now()
 	if actor == "" {
 		actor = r.cfg.Actor
 	}
@@ -700,6 +810,7 @@ func (r *Recoverer) Resolve(ctx context.Context, g drivers.GlobalID, commit, for
 		}
 	}
 	rep := r.scan(ctx)
+	defer r.report(rep, KindResolve, start)
 	var mine []Branch
 	for _, b := range rep.Branches {
 		if b.Ours && b.XID.Global == g && first[b.XID] {
@@ -754,6 +865,8 @@ func (r *Recoverer) Resolve(ctx context.Context, g drivers.GlobalID, commit, for
 		}); err != nil {
 			return rep, fmt.Errorf("recording the heuristic outcome: %w", err)
 		}
+		r.logger.Error("operator forced a heuristic outcome that contradicts the decision log; atomicity may be broken",
+			"gtrid", g.String(), "op", op, "actor", actor, "branches", len(rep.Branches))
 	}
 	for i := range rep.Branches {
 		b := &rep.Branches[i]

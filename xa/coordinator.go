@@ -86,29 +86,41 @@ type Config struct {
 	// Now is the clock (default time.Now). Tests replace it.
 	Now func() time.Time
 
-	// Hook, if set, is called at each protocol step (see Step). It is meant
-	// for fault injection in tests and for tracing; it must not block.
+	// Hook, if set, is called at each protocol step (see Step), on the
+	// goroutine that reached it: several at once for one transaction, since
+	// branches prepare and commit in parallel. It is meant for metrics,
+	// tracing and, in tests, fault injection; it must be safe for
+	// concurrent use and must not block. Hooks combines several. When it is
+	// nil the coordinator does not even read the clock for it.
 	Hook func(Step, StepInfo)
 }
 
 // Step names a point in the protocol, for Config.Hook.
 type Step string
 
-// Protocol steps reported to Config.Hook.
+// Protocol steps reported to Config.Hook. Per-branch steps set
+// StepInfo.Resource and Branch; the others set Branch to -1. Steps that end
+// a phase set StepInfo.Elapsed to the phase's duration.
 const (
-	StepBegin           Step = "begin"            // global id allocated
+	StepBegin           Step = "begin"            // global id allocated (Context set)
 	StepEnlisted        Step = "enlisted"         // a branch began on a resource
-	StepWorkDone        Step = "work-done"        // the callback returned without error
-	StepPrepared        Step = "prepared"         // one branch prepared (Resource, Branch set)
-	StepAllPrepared     Step = "all-prepared"     // every branch voted
-	StepDecided         Step = "decided"          // commit decision is durable
-	StepCommitted       Step = "committed"        // one branch committed (Resource, Branch set)
-	StepAllCommitted    Step = "all-committed"    // phase 2 finished, before the end record
+	StepWorkDone        Step = "work-done"        // Commit was called: the work is over (Elapsed: since begin)
+	StepPreparing       Step = "preparing"        // one branch's prepare starts
+	StepPrepared        Step = "prepared"         // one branch prepared
+	StepPrepareFailed   Step = "prepare-failed"   // one branch's prepare failed (Err set); the transaction aborts
+	StepAllPrepared     Step = "all-prepared"     // every branch voted (Elapsed: phase 1)
+	StepDeciding        Step = "deciding"         // the commit decision is being made durable
+	StepDecided         Step = "decided"          // commit decision is durable (Elapsed: the decision write)
+	StepCommitting      Step = "committing"       // one branch's commit starts (phase 2, or one phase)
+	StepCommitted       Step = "committed"        // one branch committed
+	StepCommitFailed    Step = "commit-failed"    // a commit attempt on one branch failed (Err set); phase 2 retries it in the background unless the coordinator is closing
+	StepAllCommitted    Step = "all-committed"    // phase 2 finished, before the end record (Elapsed: phase 2)
 	StepEnded           Step = "ended"            // end record queued
 	StepRolledBack      Step = "rolled-back"      // one branch rolled back
-	StepOnePhaseCommit  Step = "one-phase-commit" // single-branch commit done
+	StepOnePhaseCommit  Step = "one-phase-commit" // single-branch commit done (Elapsed: the commit)
 	StepPhase2Handoff   Step = "phase2-handoff"   // Commit returned before phase 2 finished
 	StepDecisionRefused Step = "decision-refused" // the log fenced the decision out
+	StepFinished        Step = "finished"         // Commit or Rollback returned: Outcome, Err, Branches, Elapsed (the whole transaction) set
 )
 
 // StepInfo describes a protocol step for Config.Hook.
@@ -116,7 +128,39 @@ type StepInfo struct {
 	GTRID    drivers.GlobalID
 	Resource string // for per-branch steps
 	Branch   int    // branch number, -1 when not per-branch
-	Err      error  // for steps that report a failure
+	Err      error  // for steps that report a failure; for StepFinished, what the caller got
+	// Elapsed is how long the phase a step ends took (see Step), measured
+	// on the monotonic clock.
+	Elapsed time.Duration
+	// Outcome is, for StepFinished, the outcome the caller was given.
+	Outcome Outcome
+	// Branches is, for StepFinished, how many branches were enlisted.
+	Branches int
+	// Context is, for StepBegin, the context Begin was called with (a
+	// tracer finds the caller's span in it).
+	Context context.Context
+}
+
+// Hooks returns a Config.Hook that calls each non-nil hook in turn, or nil
+// when there is none (so an unset hook stays free).
+func Hooks(hooks ...func(Step, StepInfo)) func(Step, StepInfo) {
+	var hs []func(Step, StepInfo)
+	for _, h := range hooks {
+		if h != nil {
+			hs = append(hs, h)
+		}
+	}
+	switch len(hs) {
+	case 0:
+		return nil
+	case 1:
+		return hs[0]
+	}
+	return func(s Step, info StepInfo) {
+		for _, h := range hs {
+			h(s, info)
+		}
+	}
 }
 
 // Coordinator runs global transactions. It is safe for concurrent use;
@@ -308,19 +352,20 @@ func (c *Coordinator) Run(ctx context.Context, fn func(ctx context.Context, tx *
 	defer cancel()
 	defer func() {
 		if p := recover(); p != nil {
-			_ = tx.Rollback(context.WithoutCancel(ctx))
+			_ = tx.rollback(context.WithoutCancel(ctx), "panic", tx.errorf(Aborted, "panic", "", fmt.Errorf("callback panicked: %v", p)))
 			panic(p)
 		}
 	}()
 	if ferr := fn(workCtx, tx); ferr != nil {
-		_ = tx.rollback(ctx, "work")
-		return tx.errorf(Aborted, "work", "", ferr)
+		e := tx.errorf(Aborted, "work", "", ferr)
+		_ = tx.rollback(ctx, "work", e)
+		return e
 	}
 	if cerr := workCtx.Err(); cerr != nil {
-		_ = tx.rollback(ctx, "work")
-		return tx.errorf(Aborted, "work", "", context.Cause(workCtx))
+		e := tx.errorf(Aborted, "work", "", context.Cause(workCtx))
+		_ = tx.rollback(ctx, "work", e)
+		return e
 	}
-	c.hook(StepWorkDone, StepInfo{GTRID: tx.gtrid, Branch: -1})
 	return tx.Commit(ctx)
 }
 
@@ -338,8 +383,8 @@ func (c *Coordinator) Begin(ctx context.Context) (*Tx, error) {
 	g := c.ids.next(c.cfg.Now(), c.cfg.Timeout)
 	c.active[g] = struct{}{}
 	c.mu.Unlock()
-	tx := &Tx{c: c, gtrid: g, byRes: map[drivers.Resource]*txBranch{}}
-	c.hook(StepBegin, StepInfo{GTRID: g, Branch: -1})
+	tx := &Tx{c: c, gtrid: g, byRes: map[drivers.Resource]*txBranch{}, began: c.stamp()}
+	c.hook(StepBegin, StepInfo{GTRID: g, Branch: -1, Context: ctx})
 	return tx, nil
 }
 
@@ -350,9 +395,26 @@ func (c *Coordinator) untrack(g drivers.GlobalID) {
 }
 
 func (c *Coordinator) hook(s Step, info StepInfo) {
-	if c.cfg.Hook != nil {
-		c.cfg.Hook(s, info)
+	if h := c.cfg.Hook; h != nil {
+		h(s, info)
 	}
+}
+
+// stamp reads the monotonic clock for a phase duration, or returns the
+// zero time when no hook would see it.
+func (c *Coordinator) stamp() time.Time {
+	if c.cfg.Hook == nil {
+		return time.Time{}
+	}
+	return time.Now()
+}
+
+// since is the time elapsed since a stamp (0 for a zero stamp).
+func since(t time.Time) time.Duration {
+	if t.IsZero() {
+		return 0
+	}
+	return time.Since(t)
 }
 
 // resume drives a commit decision found at start-up (in the log or in the
@@ -364,6 +426,7 @@ func (c *Coordinator) resume(d Decision, where decisionKind) {
 	c.logger.Info("resuming phase 2 of a logged commit decision", "gtrid", d.GTRID.String(), "branches", len(d.Participants))
 	c.goBackground(func() {
 		defer c.untrack(d.GTRID)
+		start := c.stamp()
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		done := 0
@@ -378,6 +441,7 @@ func (c *Coordinator) resume(d Decision, where decisionKind) {
 			go func() {
 				defer wg.Done()
 				xid := p.XID(d.GTRID)
+				c.hook(StepCommitting, StepInfo{GTRID: d.GTRID, Resource: p.Resource, Branch: int(p.Branch)})
 				err := retry(c.bgCtx, func(ctx context.Context) error {
 					err := r.CommitPrepared(ctx, xid)
 					if errors.Is(err, drivers.ErrNotFound) {
@@ -385,17 +449,20 @@ func (c *Coordinator) resume(d Decision, where decisionKind) {
 					}
 					return err
 				}, c.logger, "gtrid", d.GTRID.String(), "resource", p.Resource)
-				if err == nil {
-					mu.Lock()
-					done++
-					mu.Unlock()
-					c.hook(StepCommitted, StepInfo{GTRID: d.GTRID, Resource: p.Resource, Branch: int(p.Branch)})
+				if err != nil {
+					c.hook(StepCommitFailed, StepInfo{GTRID: d.GTRID, Resource: p.Resource, Branch: int(p.Branch), Err: err})
+					return
 				}
+				mu.Lock()
+				done++
+				mu.Unlock()
+				c.hook(StepCommitted, StepInfo{GTRID: d.GTRID, Resource: p.Resource, Branch: int(p.Branch)})
 			}()
 		}
 		wg.Wait()
 		if done == len(d.Participants) {
-			c.hook(StepAllCommitted, StepInfo{GTRID: d.GTRID, Branch: -1})
+			c.logger.Info("phase 2 of a logged commit decision finished", "gtrid", d.GTRID.String())
+			c.hook(StepAllCommitted, StepInfo{GTRID: d.GTRID, Branch: -1, Elapsed: since(start)})
 			c.endDecision(d.GTRID, where)
 		}
 	})

@@ -1,6 +1,7 @@
 package xa
 
 import (
+	"context"
 	"errors"
 	"strings"
 
@@ -131,4 +132,87 @@ func Retryable(err error) bool {
 		return false
 	}
 	return errors.Is(err, drivers.ErrRetryable) || errors.Is(err, ErrFenced)
+}
+
+// Reason is a short, stable label for why a global transaction ended as it
+// did, for metrics and logs (see ReasonOf). The set is small and fixed, so
+// it is fit for a metric label.
+type Reason string
+
+// The reasons ReasonOf returns.
+const (
+	ReasonNone            Reason = "none"              // committed
+	ReasonUserError       Reason = "user-error"        // the callback returned an error
+	ReasonRollback        Reason = "rollback"          // Tx.Rollback was called
+	ReasonPanic           Reason = "panic"             // the callback panicked
+	ReasonTimeout         Reason = "timeout"           // the transaction's deadline (Config.Timeout) or the caller's passed
+	ReasonCanceled        Reason = "canceled"          // the caller's context was cancelled
+	ReasonPrepareRefused  Reason = "prepare-refused"   // a database refused to prepare a branch
+	ReasonPrepareInDoubt  Reason = "prepare-in-doubt"  // a prepare's effect is unknown (connection lost); aborted
+	ReasonFenced          Reason = "fenced"            // the commit decision came after the fence
+	ReasonDecisionRefused Reason = "decision-refused"  // the decision keeper refused the decision
+	ReasonLogFailed       Reason = "log-failed"        // the decision log write failed: in doubt
+	ReasonDecisionInDoubt Reason = "decision-in-doubt" // the decision keeper's commit is in doubt
+	ReasonCommitRefused   Reason = "commit-refused"    // a one-phase commit was refused
+	ReasonCommitInDoubt   Reason = "commit-in-doubt"   // a one-phase commit lost its connection
+	ReasonPhase2Timeout   Reason = "phase2-timeout"    // phase 2 did not finish within Config.Phase2Timeout
+	ReasonOther           Reason = "other"             // anything else
+)
+
+// Reasons lists every Reason, for tools that enumerate label values.
+var Reasons = []Reason{
+	ReasonNone, ReasonUserError, ReasonRollback, ReasonPanic, ReasonTimeout, ReasonCanceled,
+	ReasonPrepareRefused, ReasonPrepareInDoubt, ReasonFenced, ReasonDecisionRefused, ReasonLogFailed,
+	ReasonDecisionInDoubt, ReasonCommitRefused, ReasonCommitInDoubt, ReasonPhase2Timeout, ReasonOther,
+}
+
+// ReasonOf says why a transaction whose Commit, Rollback or Run returned
+// err ended as it did: ReasonNone for nil.
+func ReasonOf(err error) Reason {
+	if err == nil {
+		return ReasonNone
+	}
+	var e *Error
+	if !errors.As(err, &e) {
+		return ReasonOther
+	}
+	switch e.Op {
+	case "rollback":
+		return ReasonRollback
+	case "panic":
+		return ReasonPanic
+	}
+	switch {
+	case errors.Is(e.Err, context.DeadlineExceeded):
+		return ReasonTimeout
+	case errors.Is(e.Err, context.Canceled):
+		return ReasonCanceled
+	}
+	switch e.Op {
+	case "work":
+		return ReasonUserError
+	case "prepare":
+		if errors.Is(e.Err, drivers.ErrInDoubt) {
+			return ReasonPrepareInDoubt
+		}
+		return ReasonPrepareRefused
+	case "decide":
+		switch {
+		case errors.Is(e.Err, ErrFenced):
+			return ReasonFenced
+		case e.Outcome != Unknown:
+			return ReasonDecisionRefused
+		case errors.Is(e.Err, ErrLogFailed):
+			return ReasonLogFailed
+		}
+		return ReasonDecisionInDoubt
+	case "commit-one-phase":
+		if e.Outcome == Unknown {
+			return ReasonCommitInDoubt
+		}
+		return ReasonCommitRefused
+	case "commit":
+		return ReasonPhase2Timeout
+	}
+	return ReasonOther
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"os"
 	"path/filepath"
 	"slices"
@@ -95,6 +96,26 @@ type FileLogStats struct {
 	Compactions    int64 // compactions completed
 	Fenced         int64 // commit decisions refused with ErrFenced
 	TruncatedBytes int64 // torn-tail bytes cut (or, read-only, ignored) at open
+	// Failed: a write failed and the log is fail-stopped (it refuses every
+	// write until reopened).
+	Failed bool
+	// BatchSizes is the histogram of records per fsynced batch:
+	// BatchSizes[i] counts the batches of more than 1<<(i-1) and at most
+	// 1<<i records (not cumulative); the last element counts larger ones.
+	BatchSizes [BatchSizeBuckets]int64
+	// BatchRecords is the number of records written in fsynced batches
+	// (the sum of the batch sizes).
+	BatchRecords int64
+}
+
+// BatchSizeBuckets is the number of buckets of FileLogStats.BatchSizes:
+// bounds 1, 2, 4, ... 1024 (DefaultMaxBatch), and one for larger batches.
+const BatchSizeBuckets = 12
+
+// batchBucket returns the FileLogStats.BatchSizes bucket of a batch of n
+// records (n >= 1).
+func batchBucket(n int64) int {
+	return min(bits.Len64(uint64(n-1)), BatchSizeBuckets-1)
 }
 
 // FileLog is the embedded decision log: an append-only file in one
@@ -133,6 +154,10 @@ type FileLog struct {
 	size    int64
 
 	appends, syncs, batches, lazy, compactions, fenced, truncated atomic.Int64
+
+	// Records per fsynced batch (FileLogStats.BatchSizes, BatchRecords).
+	batchSizes   [BatchSizeBuckets]atomic.Int64
+	batchRecords atomic.Int64
 
 	// Writer-goroutine scratch, reused across batches.
 	file        logFile
@@ -611,6 +636,11 @@ func (l *FileLog) Stats() FileLogStats {
 	s.Compactions = l.compactions.Load()
 	s.Fenced = l.fenced.Load()
 	s.TruncatedBytes = l.truncated.Load()
+	s.Failed = l.failure() != nil
+	for i := range s.BatchSizes {
+		s.BatchSizes[i] = l.batchSizes[i].Load()
+	}
+	s.BatchRecords = l.batchRecords.Load()
 	return s
 }
 
@@ -1014,6 +1044,8 @@ func (l *FileLog) writeBatch(batch []*request) {
 		l.appends.Add(n)
 		if waited {
 			l.batches.Add(1)
+			l.batchSizes[batchBucket(n)].Add(1)
+			l.batchRecords.Add(n)
 		} else {
 			l.lazy.Add(1)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -76,8 +77,12 @@ func (tx *Tx) commitWithKeeper(ctx context.Context, branches []*txBranch, kb *tx
 	// The same fence as the log's: no decision at or after the deadline.
 	// (The table's primary key already excludes a decision after
 	// recovery's abort marker; this keeps both decision stores alike.)
+	start := c.stamp()
+	c.hook(StepDeciding, StepInfo{GTRID: tx.gtrid, Branch: -1})
 	if now := c.cfg.Now(); !now.Before(tx.gtrid.Deadline) {
 		err := fmt.Errorf("xa: commit %s: deadline %s reached: %w", tx.gtrid, tx.gtrid.Deadline.Format(time.RFC3339Nano), ErrFenced)
+		c.logger.Warn("commit decision refused by the fence (the transaction outlived its timeout); aborting",
+			"gtrid", tx.gtrid.String(), "err", err)
 		c.hook(StepDecisionRefused, StepInfo{GTRID: tx.gtrid, Branch: -1, Err: err})
 		_ = tx.rollbackBranches(ctx, branches, "decision fenced")
 		return tx.errorf(Aborted, "decide", "", err)
@@ -97,6 +102,8 @@ func (tx *Tx) commitWithKeeper(ctx context.Context, branches []*txBranch, kb *tx
 		switch drivers.Classify(err) {
 		case drivers.ErrRefused, drivers.ErrFailed, drivers.ErrRetryable:
 			// Nothing committed on the keeper: the decision is abort.
+			c.logger.Info("the decision keeper refused the commit decision; aborting",
+				"gtrid", tx.gtrid.String(), "keeper", kb.res.Name(), "err", err)
 			c.hook(StepDecisionRefused, StepInfo{GTRID: tx.gtrid, Branch: -1, Err: err})
 			_ = tx.rollbackBranches(ctx, voters, "decision refused by the keeper")
 			return tx.errorf(Aborted, "decide", kb.res.Name(), err)
@@ -112,8 +119,11 @@ func (tx *Tx) commitWithKeeper(ctx context.Context, branches []*txBranch, kb *tx
 			return tx.errorf(Unknown, "decide", kb.res.Name(), err)
 		}
 	}
-	c.hook(StepDecided, StepInfo{GTRID: tx.gtrid, Branch: -1})
+	c.hook(StepDecided, StepInfo{GTRID: tx.gtrid, Branch: -1, Elapsed: since(start)})
 	c.hook(StepCommitted, StepInfo{GTRID: tx.gtrid, Resource: kb.res.Name(), Branch: kb.num})
+	if c.logger.Enabled(ctx, slog.LevelDebug) {
+		c.logger.Debug("commit decision durable", "gtrid", tx.gtrid.String(), "branches", len(voters)+1, "store", kb.res.Name())
+	}
 	return tx.phase2(ctx, voters, decidedInKeeper, untrack)
 }
 

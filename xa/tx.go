@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/xabridge/xabridge/drivers"
@@ -17,11 +19,16 @@ import (
 type Tx struct {
 	c     *Coordinator
 	gtrid drivers.GlobalID
+	began time.Time // for phase durations; zero when no hook is set
 
 	mu       sync.Mutex
 	branches []*txBranch
 	byRes    map[drivers.Resource]*txBranch
 	finished bool
+
+	// handedOff: Commit stopped waiting for phase 2, which goes on in the
+	// background (a field, not a local, so that it costs no allocation).
+	handedOff atomic.Bool
 }
 
 type txBranch struct {
@@ -92,16 +99,31 @@ func (tx *Tx) errorf(o Outcome, op, resource string, err error) *Error {
 // presumes them aborted: no commit decision is ever written for this
 // transaction once Rollback is called.
 func (tx *Tx) Rollback(ctx context.Context) error {
-	return tx.rollback(ctx, "rollback")
+	return tx.rollback(ctx, "rollback", nil)
 }
 
-func (tx *Tx) rollback(ctx context.Context, why string) error {
+// rollback finishes the transaction by rolling it back. final is the error
+// its caller will be given, for StepFinished (nil: a plain Rollback).
+func (tx *Tx) rollback(ctx context.Context, why string, final *Error) error {
 	branches, err := tx.finish()
 	if err != nil {
 		return err
 	}
-	defer tx.c.untrack(tx.gtrid)
-	return tx.rollbackBranches(ctx, branches, why)
+	rerr := tx.rollbackBranches(ctx, branches, why)
+	tx.c.untrack(tx.gtrid)
+	if tx.c.cfg.Hook != nil {
+		if final == nil {
+			final = tx.errorf(Aborted, "rollback", "", nil)
+		}
+		tx.reportFinished(final, len(branches))
+	}
+	return rerr
+}
+
+// reportFinished reports StepFinished: the transaction is over for its caller,
+// who gets err.
+func (tx *Tx) reportFinished(err error, branches int) {
+	tx.c.hook(StepFinished, StepInfo{GTRID: tx.gtrid, Branch: -1, Err: err, Outcome: OutcomeOf(err), Branches: branches, Elapsed: since(tx.began)})
 }
 
 // rollbackBranches rolls back the branches in parallel. It uses a context
@@ -149,6 +171,16 @@ func (tx *Tx) Commit(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	tx.c.hook(StepWorkDone, StepInfo{GTRID: tx.gtrid, Branch: -1, Elapsed: since(tx.began)})
+	err = tx.commit(ctx, branches)
+	if tx.c.cfg.Hook != nil {
+		tx.reportFinished(err, len(branches))
+	}
+	return err
+}
+
+// commit commits the finished transaction's branches (see Commit).
+func (tx *Tx) commit(ctx context.Context, branches []*txBranch) error {
 	c := tx.c
 	untrack := true
 	defer func() {
@@ -192,8 +224,12 @@ func (tx *Tx) Commit(ctx context.Context) error {
 	for _, tb := range voters {
 		d.Participants = append(d.Participants, Participant{Resource: tb.res.Name(), Branch: uint8(tb.num)})
 	}
+	start := c.stamp()
+	c.hook(StepDeciding, StepInfo{GTRID: tx.gtrid, Branch: -1})
 	if err := c.log.Commit(context.WithoutCancel(ctx), d); err != nil {
 		if errors.Is(err, ErrFenced) {
+			c.logger.Warn("commit decision refused by the fence (the transaction outlived its timeout); aborting",
+				"gtrid", tx.gtrid.String(), "err", err)
 			c.hook(StepDecisionRefused, StepInfo{GTRID: tx.gtrid, Branch: -1, Err: err})
 			_ = tx.rollbackBranches(ctx, voters, "decision fenced")
 			return tx.errorf(Aborted, "decide", "", err)
@@ -207,7 +243,10 @@ func (tx *Tx) Commit(ctx context.Context) error {
 		}
 		return tx.errorf(Unknown, "decide", "", err)
 	}
-	c.hook(StepDecided, StepInfo{GTRID: tx.gtrid, Branch: -1})
+	c.hook(StepDecided, StepInfo{GTRID: tx.gtrid, Branch: -1, Elapsed: since(start)})
+	if c.logger.Enabled(ctx, slog.LevelDebug) {
+		c.logger.Debug("commit decision durable", "gtrid", tx.gtrid.String(), "branches", len(voters), "store", "log")
+	}
 	return tx.phase2(ctx, voters, decidedInLog, &untrack)
 }
 
@@ -215,12 +254,15 @@ func (tx *Tx) Commit(ctx context.Context) error {
 // rolls back all of all and returns the Aborted error.
 func (tx *Tx) prepareAll(ctx context.Context, toPrepare, all []*txBranch) error {
 	c := tx.c
+	start := c.stamp()
 	errs := make([]error, len(toPrepare))
 	parallel(len(toPrepare), func(i int) {
 		tb := toPrepare[i]
+		c.hook(StepPreparing, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num})
 		v, err := tb.b.Prepare(ctx)
 		if err != nil {
 			errs[i] = err
+			c.hook(StepPrepareFailed, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num, Err: err})
 			return
 		}
 		tb.vote = v
@@ -238,7 +280,7 @@ func (tx *Tx) prepareAll(ctx context.Context, toPrepare, all []*txBranch) error 
 			return tx.errorf(Aborted, "prepare", toPrepare[i].res.Name(), err)
 		}
 	}
-	c.hook(StepAllPrepared, StepInfo{GTRID: tx.gtrid, Branch: -1})
+	c.hook(StepAllPrepared, StepInfo{GTRID: tx.gtrid, Branch: -1, Elapsed: since(start)})
 	return nil
 }
 
@@ -257,12 +299,15 @@ func (tx *Tx) commitOnePhase(ctx context.Context, tb *txBranch) error {
 	c := tx.c
 	pctx, cancel := tx.untilDeadline(ctx)
 	defer cancel()
+	start := c.stamp()
+	c.hook(StepCommitting, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num})
 	err := tb.b.CommitOnePhase(pctx)
 	tx.closeBranch(tb)
 	if err == nil {
-		c.hook(StepOnePhaseCommit, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num})
+		c.hook(StepOnePhaseCommit, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num, Elapsed: since(start)})
 		return nil
 	}
+	c.hook(StepCommitFailed, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num, Err: err})
 	if drivers.Classify(err) == drivers.ErrInDoubt {
 		c.logger.Warn("one-phase commit in doubt", "gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "err", err)
 		return tx.errorf(Unknown, "commit-one-phase", tb.res.Name(), err)
@@ -279,6 +324,7 @@ func (tx *Tx) commitOnePhase(ctx context.Context, tb *txBranch) error {
 func (tx *Tx) phase2(ctx context.Context, voters []*txBranch, dec decisionKind, untrack *bool) error {
 	logged := dec != decidedNowhere
 	c := tx.c
+	p2start := c.stamp()
 	wait := c.cfg.Phase2Timeout
 	if !(logged && c.cfg.AsyncPhase2) {
 		// The common case costs no goroutine hand-off: one attempt per
@@ -288,13 +334,14 @@ func (tx *Tx) phase2(ctx context.Context, voters []*txBranch, dec decisionKind, 
 		start := time.Now()
 		voters = tx.commitOnce(ctx, voters)
 		if len(voters) == 0 {
-			c.hook(StepAllCommitted, StepInfo{GTRID: tx.gtrid, Branch: -1})
+			c.hook(StepAllCommitted, StepInfo{GTRID: tx.gtrid, Branch: -1, Elapsed: since(p2start)})
 			c.endDecision(tx.gtrid, dec)
 			return nil // Commit untracks
 		}
 		wait = max(0, wait-time.Since(start))
 	}
 	*untrack = false // the background goroutine untracks when phase 2 ends
+	async := logged && c.cfg.AsyncPhase2
 	done := make(chan struct{})
 	c.goBackground(func() {
 		defer c.untrack(tx.gtrid)
@@ -302,6 +349,10 @@ func (tx *Tx) phase2(ctx context.Context, voters []*txBranch, dec decisionKind, 
 		ok := make([]bool, len(voters))
 		parallel(len(voters), func(i int) {
 			tb := voters[i]
+			if async {
+				// Otherwise commitOnce already reported the attempt.
+				c.hook(StepCommitting, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num})
+			}
 			err := retry(c.bgCtx, tb.b.Commit, c.logger, "gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "op", "commit")
 			// Close either way: after success the connection goes back to
 			// its pool; after Close() stopped us, the prepared branch is
@@ -310,6 +361,7 @@ func (tx *Tx) phase2(ctx context.Context, voters []*txBranch, dec decisionKind, 
 			if err != nil {
 				c.logger.Warn("phase 2 stopped before the branch committed; recovery will finish it",
 					"gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "err", err)
+				c.hook(StepCommitFailed, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num, Err: err})
 				return
 			}
 			ok[i] = true
@@ -320,11 +372,16 @@ func (tx *Tx) phase2(ctx context.Context, voters []*txBranch, dec decisionKind, 
 				return
 			}
 		}
-		c.hook(StepAllCommitted, StepInfo{GTRID: tx.gtrid, Branch: -1})
+		if tx.handedOff.Load() {
+			// The caller was told ErrCommitPending (or ErrOutcomeUnknown):
+			// that the branches caught up is worth knowing.
+			c.logger.Info("phase 2 finished in the background", "gtrid", tx.gtrid.String())
+		}
+		c.hook(StepAllCommitted, StepInfo{GTRID: tx.gtrid, Branch: -1, Elapsed: since(p2start)})
 		c.endDecision(tx.gtrid, dec)
 	})
 
-	if logged && c.cfg.AsyncPhase2 {
+	if async {
 		c.hook(StepPhase2Handoff, StepInfo{GTRID: tx.gtrid, Branch: -1})
 		return nil
 	}
@@ -339,6 +396,9 @@ func (tx *Tx) phase2(ctx context.Context, voters []*txBranch, dec decisionKind, 
 	case <-ctx.Done():
 		why = context.Cause(ctx)
 	}
+	tx.handedOff.Store(true)
+	c.logger.Warn("phase 2 is taking longer than the caller waits; finishing it in the background",
+		"gtrid", tx.gtrid.String(), "decision_durable", logged, "err", why)
 	c.hook(StepPhase2Handoff, StepInfo{GTRID: tx.gtrid, Branch: -1, Err: why})
 	if logged {
 		return tx.errorf(CommitPending, "commit", "", why)
@@ -359,9 +419,11 @@ func (tx *Tx) commitOnce(ctx context.Context, voters []*txBranch) []*txBranch {
 	failed := make([]bool, len(voters))
 	parallel(len(voters), func(i int) {
 		tb := voters[i]
+		c.hook(StepCommitting, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num})
 		if err := tb.b.Commit(actx); err != nil {
 			c.logger.Debug("phase 2 attempt failed; retrying in the background", "gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "err", err)
 			failed[i] = true
+			c.hook(StepCommitFailed, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num, Err: err})
 			return
 		}
 		tx.closeBranch(tb)

@@ -158,8 +158,8 @@ func first(vals ...string) string {
 	return ""
 }
 
-// openResources opens every configured resource. Opening does not connect;
-// unreachable servers show up as scan errors.
+// openResources opens every configured resource. MySQL resources connect
+// (and fail) at open; PostgreSQL ones at first use, as scan errors.
 func (r *resolved) openResources(ctx context.Context) ([]drivers.Resource, func(), error) {
 	var res []drivers.Resource
 	var closers []io.Closer

@@ -16,6 +16,8 @@ import (
 
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
+	"github.com/xabridge/xabridge/metrics"
+	"github.com/xabridge/xabridge/recovery"
 	"github.com/xabridge/xabridge/xa"
 )
 
@@ -30,6 +32,8 @@ type demoOpts struct {
 	baseline     bool
 	reset        bool
 	prefix       string
+	metricsAddr  string
+	recoverEvery time.Duration
 }
 
 func newDemoCmd() *cobra.Command {
@@ -84,7 +88,8 @@ func newDemoTransferCmd() *cobra.Command {
 		Short: "Move money between PostgreSQL and MySQL accounts, atomically, and check the invariants",
 		Example: `  eval "$(scripts/devdb env)"
   xabridge demo transfer --count 10000 --concurrency 16
-  xabridge demo transfer --count 2000 --baseline   # also time the same transfers without atomicity`,
+  xabridge demo transfer --count 2000 --baseline   # also time the same transfers without atomicity
+  xabridge demo transfer --count 1000000 --metrics-addr 127.0.0.1:9464   # a long run to watch in Prometheus`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.checkURLs(); err != nil {
@@ -92,6 +97,12 @@ func newDemoTransferCmd() *cobra.Command {
 			}
 			if o.count < 0 || o.concurrency < 1 || o.accounts < 1 || o.balance < 0 {
 				return usagef("--count must be >= 0, --concurrency and --accounts >= 1, --balance >= 0")
+			}
+			if o.recoverEvery <= 0 {
+				return usagef("--recover-interval must be positive")
+			}
+			if err := checkMetricsAddr(o.metricsAddr); err != nil {
+				return err
 			}
 			return runDemoTransfer(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), o)
 		},
@@ -106,6 +117,8 @@ func newDemoTransferCmd() *cobra.Command {
 	f.StringVar(&o.nodeID, "node-id", envOr("XABRIDGE_NODE_ID", "demo"), "coordinator node id, [a-z0-9-]{1,24} (env XABRIDGE_NODE_ID)")
 	f.BoolVar(&o.baseline, "baseline", false, "also run the same transfers as two independent local commits (not atomic) and compare")
 	f.BoolVar(&o.reset, "reset", true, "recreate the demo tables first (--reset=false continues on the existing ones)")
+	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics while the demo runs, and run a recovery loop next to the coordinator (host:port; an empty host means 127.0.0.1)")
+	f.DurationVar(&o.recoverEvery, "recover-interval", 10*time.Second, "with --metrics-addr: time between the in-process recovery passes")
 	return cmd
 }
 
@@ -255,16 +268,32 @@ func runDemoTransfer(ctx context.Context, out, errw io.Writer, o *demoOpts) erro
 	}
 	defer b.Close()
 	logger := slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var obs *observer
+	var hook func(xa.Step, xa.StepInfo)
+	if o.metricsAddr != "" {
+		if obs, err = newObserver(o.nodeID); err != nil {
+			return err
+		}
+		hook = obs.m.Hook
+	}
 	coord, err := xa.New(ctx, xa.Config{
 		NodeID:    o.nodeID,
 		LogDir:    o.logDir,
 		Resources: []drivers.Resource{b.PG, b.My},
 		Logger:    logger,
+		Hook:      hook,
 	})
 	if err != nil {
 		return err
 	}
 	defer coord.Close()
+	if obs != nil {
+		stop, err := observeDemo(ctx, errw, o, obs, coord, logger)
+		if err != nil {
+			return err
+		}
+		defer stop() // before coord.Close: the recovery loop uses its log
+	}
 
 	if o.reset {
 		if n, err := inDoubtBranches(ctx, b, o.nodeID); err != nil {
@@ -315,6 +344,33 @@ func runDemoTransfer(ctx context.Context, out, errw io.Writer, o *demoOpts) erro
 		return err
 	}
 	return printState(out, after, before.Total())
+}
+
+// observeDemo serves the demo's metrics and runs a recovery loop next to its
+// coordinator (Active: coord.Active leaves its running transactions alone),
+// so that the recovery gauges are live. stop ends both.
+func observeDemo(ctx context.Context, errw io.Writer, o *demoOpts, obs *observer, coord *xa.Coordinator, logger *slog.Logger) (stop func(), err error) {
+	if fl, ok := coord.Log().(*xa.FileLog); ok {
+		obs.labeled.MustRegister(metrics.NewFileLogCollector(fl))
+	}
+	rec, err := recovery.New(recovery.Config{
+		NodeID: o.nodeID, Log: coord.Log(), Resources: coord.Resources(), Active: coord.Active,
+		Logger: logger, OnReport: obs.m.ObserveReport,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := obs.serve(o.metricsAddr, errw); err != nil {
+		return nil, err
+	}
+	loopCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = rec.Loop(loopCtx, o.recoverEvery, nil) })
+	return func() {
+		cancel()
+		wg.Wait()
+		obs.close()
+	}, nil
 }
 
 // inDoubtBranches counts prepared branches of node on the demo's databases.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"sort"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/metrics"
 	"github.com/xabridge/xabridge/recovery"
 	"github.com/xabridge/xabridge/xa"
 )
@@ -160,8 +162,9 @@ func remainingErr(rep *recovery.Report) error {
 	return nil
 }
 
-// newRecoverer opens resources and the log and builds a Recoverer.
-func newRecoverer(ctx context.Context, r *resolved, write bool, minAge *time.Duration) (*recovery.Recoverer, *xa.FileLog, func(), error) {
+// newRecoverer opens resources and the log and builds a Recoverer; mod, if
+// set, completes its configuration.
+func newRecoverer(ctx context.Context, r *resolved, write bool, minAge *time.Duration, mod func(*recovery.Config)) (*recovery.Recoverer, *xa.FileLog, func(), error) {
 	res, closeRes, err := r.openResources(ctx)
 	if err != nil {
 		return nil, nil, nil, err
@@ -171,8 +174,12 @@ func newRecoverer(ctx context.Context, r *resolved, write bool, minAge *time.Dur
 		closeRes()
 		return nil, nil, nil, err
 	}
-	rec, err := recovery.New(recovery.Config{NodeID: r.nodeID, Log: l, Resources: res, MinAge: minAge, Actor: actor(),
-		DecisionResource: envOr("XABRIDGE_DECISION_RESOURCE", "")})
+	cfg := recovery.Config{NodeID: r.nodeID, Log: l, Resources: res, MinAge: minAge, Actor: actor(),
+		DecisionResource: envOr("XABRIDGE_DECISION_RESOURCE", "")}
+	if mod != nil {
+		mod(&cfg)
+	}
+	rec, err := recovery.New(cfg)
 	if err != nil {
 		closeRes()
 		l.Close()
@@ -205,7 +212,7 @@ are listed but do not count).`,
 			if err != nil {
 				return err
 			}
-			rec, _, closeAll, err := newRecoverer(cmd.Context(), r, false, nil)
+			rec, _, closeAll, err := newRecoverer(cmd.Context(), r, false, nil, nil)
 			if err != nil {
 				return err
 			}
@@ -320,7 +327,7 @@ func newShowCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			rec, l, closeAll, err := newRecoverer(cmd.Context(), r, false, nil)
+			rec, l, closeAll, err := newRecoverer(cmd.Context(), r, false, nil, nil)
 			if err != nil {
 				return err
 			}
@@ -408,7 +415,7 @@ holds the log.`,
 			if err != nil {
 				return err
 			}
-			rec, _, closeAll, err := newRecoverer(cmd.Context(), r, true, nil)
+			rec, _, closeAll, err := newRecoverer(cmd.Context(), r, true, nil, nil)
 			if err != nil {
 				return err
 			}
@@ -447,7 +454,7 @@ func newRecoverCmd() *cobra.Command {
 	o := &opsConfig{}
 	var dryRun, watch bool
 	var interval time.Duration
-	var minAge string
+	var minAge, metricsAddr, logLevel string
 	cmd := &cobra.Command{
 		Use:   "recover",
 		Short: "Run recovery: commit what the log decided, roll back orphans, leave the rest alone",
@@ -460,13 +467,16 @@ first). Live, foreign and other nodes' branches are never touched.
 One run does two scans, so orphans are resolved in one command. --min-age
 overrides the fence for operators who know the coordinator is dead (e.g.
 --min-age 0s right after a kill -9). --watch keeps running, one pass per
---interval, until interrupted.
+--interval, until interrupted; it serves Prometheus metrics at
+http://--metrics-addr/metrics (loopback by default; --metrics-addr '' for
+none) and logs each state change on stderr (--log-level).
 
 It needs the decision log for writing, so it refuses while a coordinator
 holds the log. Exit code 3 when branches of this node remain in doubt.`,
 		Example: `  xabridge recover --dry-run
   xabridge recover --min-age 0s
-  xabridge recover --watch --interval 30s`,
+  xabridge recover --watch --interval 30s
+  xabridge recover --watch --metrics-addr 0.0.0.0:9464 --log-level debug`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r, err := o.resolve()
@@ -484,11 +494,44 @@ holds the log. Exit code 3 when branches of this node remain in doubt.`,
 			if interval <= 0 {
 				return usagef("--interval must be positive")
 			}
-			rec, _, closeAll, err := newRecoverer(cmd.Context(), r, !dryRun, ma)
+			f := cmd.Flags()
+			if !watch && (f.Changed("metrics-addr") || f.Changed("log-level")) {
+				return usagef("--metrics-addr and --log-level go with --watch")
+			}
+			var obs *observer
+			var logger *slog.Logger
+			if watch {
+				lvl, err := parseLogLevel(logLevel)
+				if err != nil {
+					return err
+				}
+				if err := checkMetricsAddr(metricsAddr); err != nil {
+					return err
+				}
+				logger = newLogger(cmd.ErrOrStderr(), lvl)
+				if metricsAddr != "" {
+					if obs, err = newObserver(r.nodeID); err != nil {
+						return err
+					}
+				}
+			}
+			rec, l, closeAll, err := newRecoverer(cmd.Context(), r, !dryRun, ma, func(c *recovery.Config) {
+				c.Logger = logger
+				if obs != nil {
+					c.OnReport = obs.m.ObserveReport
+				}
+			})
 			if err != nil {
 				return err
 			}
 			defer closeAll()
+			if obs != nil {
+				obs.labeled.MustRegister(metrics.NewFileLogCollector(l))
+				if err := obs.serve(metricsAddr, cmd.ErrOrStderr()); err != nil {
+					return err
+				}
+				defer obs.close()
+			}
 			ctx := cmd.Context()
 			out := cmd.OutOrStdout()
 			print := func(rep *recovery.Report) error {
@@ -555,6 +598,8 @@ holds the log. Exit code 3 when branches of this node remain in doubt.`,
 	f.BoolVar(&watch, "watch", false, "keep running one pass per --interval until interrupted")
 	f.DurationVar(&interval, "interval", 30*time.Second, "time between passes with --watch")
 	f.StringVar(&minAge, "min-age", "", "treat branches of transactions older than this as past their fence (overrides the deadline)")
+	f.StringVar(&metricsAddr, "metrics-addr", metrics.DefaultAddr, "with --watch: serve Prometheus metrics at http://ADDR/metrics (host:port; an empty host means 127.0.0.1; '' serves none)")
+	f.StringVar(&logLevel, "log-level", "info", "with --watch: "+logLevelHelp)
 	return cmd
 }
 
@@ -578,7 +623,7 @@ func sortBranches(bs []recovery.Branch) {
 // second sighting.
 func needsSecondScan(rep *recovery.Report) bool {
 	for _, b := range rep.Branches {
-		if b.Action == recovery.ActionWait || b.Result == "busy: retry later" {
+		if b.Action == recovery.ActionWait || b.Result == recovery.ResultBusy {
 			return true
 		}
 	}

@@ -1,0 +1,142 @@
+package recovery
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/fakeres"
+	"github.com/xabridge/xabridge/xa"
+)
+
+// Every Scan, Pass and Resolve hands its report, marked with its kind, to
+// OnReport.
+func TestOnReportSeesEveryReport(t *testing.T) {
+	var got []*Report
+	e := newEnv(t, func(c *Config) { c.OnReport = func(r *Report) { got = append(got, r) } })
+	ctx := context.Background()
+	g := gid("n1", time.Hour, -time.Minute)
+	e.a.AddPrepared(x(g, 0))
+
+	scan := e.rec.Scan(ctx)
+	dry := e.rec.Pass(ctx, true)
+	pass := e.rec.Pass(ctx, false)
+	res, err := e.rec.Resolve(ctx, g, false, false, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		rep  *Report
+		kind ReportKind
+	}{{scan, KindScan}, {dry, KindDryRun}, {pass, KindPass}, {res, KindResolve}}
+	if len(got) != len(want) {
+		t.Fatalf("OnReport saw %d reports, want %d", len(got), len(want))
+	}
+	for i, w := range want {
+		if got[i] != w.rep || got[i].Kind != w.kind {
+			t.Errorf("report %d: kind %q (same report: %v), want %q", i, got[i].Kind, got[i] == w.rep, w.kind)
+		}
+		if strings.Join(got[i].Resources, ",") != "a,b" || got[i].Duration <= 0 {
+			t.Errorf("report %d: resources %v, duration %v", i, got[i].Resources, got[i].Duration)
+		}
+	}
+}
+
+// A pass logs an in-doubt branch of its node once, when it first sees it
+// (a heuristic one at error level), and each action it takes; live
+// branches and other nodes' are not its to report.
+func TestPassLogsStateChangesOnce(t *testing.T) {
+	var buf bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	e := newEnv(t, func(c *Config) { c.Logger = logger })
+	ctx := context.Background()
+	orphan := gid("n1", time.Hour, -time.Minute)
+	live := gid("n1", time.Second, time.Hour)
+	other := gid("n2", time.Hour, -time.Minute)
+	done := gid("n1", time.Minute, time.Minute)
+	e.a.AddPrepared(x(orphan, 0))
+	e.a.AddPrepared(x(live, 0))
+	e.b.AddPrepared(x(other, 0))
+	if err := e.log.Commit(ctx, xa.Decision{GTRID: done, Participants: []xa.Participant{{Resource: "b"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.log.End(done); err != nil {
+		t.Fatal(err)
+	}
+	e.b.AddPrepared(x(done, 0))
+
+	e.rec.Pass(ctx, false)
+	e.rec.Pass(ctx, false)
+	e.rec.Pass(ctx, false)
+	logs := buf.String()
+	count := func(s string) int { return strings.Count(logs, s) }
+	if n := count(`msg="in-doubt branch found"`); n != 1 || !strings.Contains(logs, "gtrid="+orphan.String()) {
+		t.Errorf("%d in-doubt events, want 1 (the orphan):\n%s", n, logs)
+	}
+	if n := count(`level=ERROR msg="heuristic branch`); n != 1 {
+		t.Errorf("%d heuristic errors, want 1:\n%s", n, logs)
+	}
+	if n := count(`msg="recovery resolved a branch"`); n != 2 {
+		t.Errorf("%d resolutions logged, want 2 (the orphan, the heuristic one):\n%s", n, logs)
+	}
+	if strings.Contains(logs, live.String()) || strings.Contains(logs, other.String()) {
+		t.Errorf("live or other nodes' branches logged:\n%s", logs)
+	}
+}
+
+// racingRes is a resource whose coordinator finishes a transaction right
+// after recovery listed its branch: it commits the branch and ends the
+// transaction in the log once the listing is taken.
+type racingRes struct {
+	*fakeres.Resource
+	log   xa.Log
+	xid   drivers.XID
+	armed bool
+}
+
+func (r *racingRes) Recover(ctx context.Context) ([]drivers.Prepared, error) {
+	ps, err := r.Resource.Recover(ctx)
+	if r.armed {
+		r.armed = false
+		_ = r.Resource.CommitPrepared(ctx, r.xid)
+		_ = r.log.End(r.xid.Global)
+	}
+	return ps, err
+}
+
+// A branch its coordinator commits while recovery scans is no heuristic
+// outcome, though the log says "done" by the time recovery reads it.
+func TestBranchFinishedDuringTheScanIsNoHeuristic(t *testing.T) {
+	var buf bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&buf, nil))
+	l, err := xa.OpenFileLog(t.TempDir(), xa.FileLogOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx := context.Background()
+	g := gid("n1", time.Second, time.Minute)
+	if err := l.Commit(ctx, xa.Decision{GTRID: g, Participants: []xa.Participant{{Resource: "a"}}}); err != nil {
+		t.Fatal(err)
+	}
+	a := &racingRes{Resource: fakeres.New("a"), log: l, xid: x(g, 0), armed: true}
+	a.AddPrepared(x(g, 0))
+	rec, err := New(Config{NodeID: "n1", Log: l, Resources: []drivers.Resource{a}, Settle: -1, Logger: logger,
+		Active: func(drivers.GlobalID) bool { return false }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := rec.Pass(ctx, false)
+	for _, b := range rep.Branches {
+		if b.Class == Heuristic {
+			t.Errorf("branch %s reported heuristic: %s", b.ID, b.Reason)
+		}
+	}
+	if strings.Contains(buf.String(), "heuristic") {
+		t.Errorf("a heuristic outcome was logged:\n%s", buf.String())
+	}
+}

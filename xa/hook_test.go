@@ -1,0 +1,314 @@
+package xa
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/xabridge/xabridge/drivers"
+)
+
+// stepLog records hook calls.
+type stepLog struct {
+	mu    sync.Mutex
+	steps []Step
+	infos []StepInfo
+}
+
+func (l *stepLog) hook(s Step, info StepInfo) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.steps = append(l.steps, s)
+	l.infos = append(l.infos, info)
+}
+
+func (l *stepLog) get(s Step) []StepInfo {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []StepInfo
+	for i, st := range l.steps {
+		if st == s {
+			out = append(out, l.infos[i])
+		}
+	}
+	return out
+}
+
+// sequence is the steps without per-branch duplicates' order (branches
+// run in parallel): each step with how many times it came, in first-seen
+// order.
+func (l *stepLog) sequence() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var order []Step
+	n := map[Step]int{}
+	for _, s := range l.steps {
+		if n[s] == 0 {
+			order = append(order, s)
+		}
+		n[s]++
+	}
+	var parts []string
+	for _, s := range order {
+		if n[s] > 1 {
+			parts = append(parts, fmt.Sprintf("%s*%d", s, n[s]))
+		} else {
+			parts = append(parts, string(s))
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// TestStepsAndFinished checks the steps a transaction reports, in order,
+// for each way it ends, and that StepFinished carries what the caller got.
+func TestStepsAndFinished(t *testing.T) {
+	userErr := errors.New("no")
+	tests := []struct {
+		name    string
+		setup   func(e *testEnv)
+		fn      func(ctx context.Context, tx *Tx, e *testEnv) error
+		want    string
+		outcome Outcome
+		reason  Reason
+	}{
+		{
+			name:    "two-phase commit",
+			want:    "begin enlisted*2 work-done preparing*2 prepared*2 all-prepared deciding decided committing*2 committed*2 all-committed ended finished",
+			outcome: Committed, reason: ReasonNone,
+		},
+		{
+			name: "one-phase commit",
+			fn: func(ctx context.Context, tx *Tx, e *testEnv) error {
+				_, err := tx.Enlist(ctx, e.a)
+				return err
+			},
+			want:    "begin enlisted work-done committing one-phase-commit finished",
+			outcome: Committed, reason: ReasonNone,
+		},
+		{
+			name:    "callback error",
+			fn:      func(ctx context.Context, tx *Tx, e *testEnv) error { _, _, _ = both(ctx, tx, e.a, e.b); return userErr },
+			want:    "begin enlisted*2 rolled-back*2 finished",
+			outcome: Aborted, reason: ReasonUserError,
+		},
+		{
+			name:    "prepare refused",
+			setup:   func(e *testEnv) { e.b.FailNext("prepare", drivers.ErrRefused) },
+			want:    "begin enlisted*2 work-done preparing*2 prepared prepare-failed rolled-back*2 finished",
+			outcome: Aborted, reason: ReasonPrepareRefused,
+		},
+		{
+			name:    "decision log failed",
+			setup:   func(e *testEnv) { e.log.failErr = errors.New("disk gone") },
+			want:    "begin enlisted*2 work-done preparing*2 prepared*2 all-prepared deciding finished",
+			outcome: Unknown, reason: ReasonLogFailed,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var l stepLog
+			e := newTestEnv(t, func(c *Config) { c.Hook = l.hook })
+			if tc.setup != nil {
+				tc.setup(e)
+			}
+			fn := tc.fn
+			if fn == nil {
+				fn = func(ctx context.Context, tx *Tx, e *testEnv) error { _, _, err := both(ctx, tx, e.a, e.b); return err }
+			}
+			err := e.c.Run(context.Background(), func(ctx context.Context, tx *Tx) error { return fn(ctx, tx, e) })
+			// The parallel branches report in either order; compare counts.
+			got := l.sequence()
+			if norm(got) != norm(tc.want) {
+				t.Fatalf("steps:\n  %s\nwant\n  %s", got, tc.want)
+			}
+			fin := l.get(StepFinished)
+			if len(fin) != 1 {
+				t.Fatalf("%d finished steps, want 1", len(fin))
+			}
+			f := fin[0]
+			if f.Outcome != tc.outcome || f.Outcome != OutcomeOf(err) || ReasonOf(f.Err) != tc.reason {
+				t.Errorf("finished: outcome %v reason %v (err %v); Run returned %v; want %v %v", f.Outcome, ReasonOf(f.Err), f.Err, err, tc.outcome, tc.reason)
+			}
+			if f.Elapsed <= 0 || f.Branch != -1 {
+				t.Errorf("finished: elapsed %v, branch %d", f.Elapsed, f.Branch)
+			}
+			// Phases are timed, and fit in the whole.
+			var phases time.Duration
+			for _, s := range []Step{StepWorkDone, StepAllPrepared, StepDecided, StepAllCommitted, StepOnePhaseCommit} {
+				for _, info := range l.get(s) {
+					if info.Elapsed <= 0 {
+						t.Errorf("%s: elapsed %v", s, info.Elapsed)
+					}
+					phases += info.Elapsed
+				}
+			}
+			if phases > f.Elapsed+f.Elapsed { // work-done counts from begin, so phases overlap it once
+				t.Errorf("phases add up to %v, more than twice the transaction's %v", phases, f.Elapsed)
+			}
+			if b := l.get(StepBegin); len(b) != 1 || b[0].Context == nil {
+				t.Errorf("begin step without the caller's context: %+v", b)
+			}
+		})
+	}
+}
+
+// norm sorts a sequence's per-branch steps that may come in either order.
+func norm(s string) string {
+	parts := strings.Fields(s)
+	// prepared and prepare-failed race with each other.
+	for i := 0; i+1 < len(parts); i++ {
+		if strings.HasPrefix(parts[i], "prepare-failed") && strings.HasPrefix(parts[i+1], "prepared") {
+			parts[i], parts[i+1] = parts[i+1], parts[i]
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+func TestRollbackReportsFinished(t *testing.T) {
+	var l stepLog
+	e := newTestEnv(t, func(c *Config) { c.Hook = l.hook })
+	tx, err := e.c.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := both(context.Background(), tx, e.a, e.b); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_ = tx.Rollback(context.Background()) // a second call reports nothing
+	fin := l.get(StepFinished)
+	if len(fin) != 1 || fin[0].Outcome != Aborted || ReasonOf(fin[0].Err) != ReasonRollback || fin[0].Branches != 2 {
+		t.Fatalf("finished steps %+v, want one aborted by rollback with 2 branches", fin)
+	}
+}
+
+func TestHooks(t *testing.T) {
+	if Hooks() != nil || Hooks(nil, nil) != nil {
+		t.Fatal("Hooks of no hook is not nil (an unset hook must stay free)")
+	}
+	var calls []string
+	h := func(name string) func(Step, StepInfo) {
+		return func(s Step, _ StepInfo) { calls = append(calls, name+":"+string(s)) }
+	}
+	Hooks(nil, h("a"))(StepBegin, StepInfo{})
+	Hooks(h("a"), nil, h("b"))(StepEnded, StepInfo{})
+	if want := []string{"a:begin", "a:ended", "b:ended"}; !slices.Equal(calls, want) {
+		t.Fatalf("calls %v, want %v", calls, want)
+	}
+}
+
+func TestReasonOf(t *testing.T) {
+	g := "n.1.2.3"
+	e := func(o Outcome, op string, err error) error { return &Error{GTRID: g, Outcome: o, Op: op, Err: err} }
+	tests := []struct {
+		err  error
+		want Reason
+	}{
+		{nil, ReasonNone},
+		{errors.New("not ours"), ReasonOther},
+		{e(Aborted, "work", errors.New("no funds")), ReasonUserError},
+		{fmt.Errorf("wrapped: %w", e(Aborted, "work", errors.New("no funds"))), ReasonUserError},
+		{e(Aborted, "work", context.DeadlineExceeded), ReasonTimeout},
+		{e(Aborted, "work", fmt.Errorf("query: %w", context.Canceled)), ReasonCanceled},
+		{e(Aborted, "rollback", nil), ReasonRollback},
+		{e(Aborted, "panic", errors.New("boom")), ReasonPanic},
+		{e(Aborted, "prepare", &drivers.Error{Kind: drivers.ErrRefused, Err: errors.New("23505")}), ReasonPrepareRefused},
+		{e(Aborted, "prepare", &drivers.Error{Kind: drivers.ErrInDoubt, Err: errors.New("EOF")}), ReasonPrepareInDoubt},
+		{e(Aborted, "decide", fmt.Errorf("late: %w", ErrFenced)), ReasonFenced},
+		{e(Aborted, "decide", &drivers.Error{Kind: drivers.ErrRefused}), ReasonDecisionRefused},
+		{e(Unknown, "decide", fmt.Errorf("%w: fsync", ErrLogFailed)), ReasonLogFailed},
+		{e(Unknown, "decide", &drivers.Error{Kind: drivers.ErrInDoubt}), ReasonDecisionInDoubt},
+		{e(Aborted, "commit-one-phase", &drivers.Error{Kind: drivers.ErrRefused}), ReasonCommitRefused},
+		{e(Unknown, "commit-one-phase", &drivers.Error{Kind: drivers.ErrInDoubt}), ReasonCommitInDoubt},
+		{e(CommitPending, "commit", errors.New("phase 2 did not finish within the phase 2 timeout")), ReasonPhase2Timeout},
+		{e(CommitPending, "commit", context.Canceled), ReasonCanceled},
+		{e(Aborted, "begin", errors.New("coordinator is closed")), ReasonOther},
+	}
+	for _, tt := range tests {
+		if got := ReasonOf(tt.err); got != tt.want {
+			t.Errorf("ReasonOf(%v) = %s, want %s", tt.err, got, tt.want)
+		}
+		if !slices.Contains(Reasons, ReasonOf(tt.err)) {
+			t.Errorf("ReasonOf(%v) = %s is not in Reasons", tt.err, ReasonOf(tt.err))
+		}
+	}
+}
+
+// Without a hook the coordinator reads no clock for it and reports
+// nothing: the zero stamp makes every duration 0.
+func TestNoHookNoStamp(t *testing.T) {
+	e := newTestEnv(t, nil)
+	tx, err := e.c.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !tx.began.IsZero() {
+		t.Error("Begin read the clock with no hook set")
+	}
+	if err := tx.Commit(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBatchBucket(t *testing.T) {
+	for _, tt := range []struct {
+		n    int64
+		want int
+	}{{1, 0}, {2, 1}, {3, 2}, {4, 2}, {5, 3}, {8, 3}, {9, 4}, {1024, 10}, {1025, 11}, {1 << 20, 11}} {
+		if got := batchBucket(tt.n); got != tt.want {
+			t.Errorf("batchBucket(%d) = %d, want %d", tt.n, got, tt.want)
+		}
+	}
+}
+
+// The batch-size histogram of FileLogStats agrees with the other counters:
+// one entry per fsynced batch, its sizes adding up to the records written
+// in them.
+func TestFileLogBatchSizes(t *testing.T) {
+	l, err := OpenFileLog(t.TempDir(), FileLogOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx := context.Background()
+	now := time.Now()
+	decide := func(seq uint32) error {
+		g := drivers.GlobalID{Node: "n", Begin: now.Truncate(time.Millisecond), Seq: seq, Deadline: now.Add(time.Minute).Truncate(time.Millisecond)}
+		return l.Commit(ctx, Decision{GTRID: g, Participants: []Participant{{Resource: "a"}, {Resource: "b", Branch: 1}}})
+	}
+	// One at a time: every batch holds one record.
+	for i := range 5 {
+		if err := decide(uint32(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := l.Stats()
+	if s.BatchSizes[0] != 5 || s.BatchRecords != 5 || s.Batches != 5 {
+		t.Fatalf("after 5 lone decisions: sizes %v, records %d, batches %d", s.BatchSizes, s.BatchRecords, s.Batches)
+	}
+	// Concurrently: batches share fsyncs; the histogram still adds up.
+	var wg sync.WaitGroup
+	for i := range 64 {
+		wg.Go(func() {
+			if err := decide(uint32(100 + i)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	s = l.Stats()
+	var n int64
+	for _, c := range s.BatchSizes {
+		n += c
+	}
+	if n != s.Batches || s.BatchRecords != 69 || s.Failed {
+		t.Fatalf("histogram counts %d batches of %d, records %d (want 69), failed %v", n, s.Batches, s.BatchRecords, s.Failed)
+	}
+}
