@@ -55,6 +55,23 @@ type DecisionKeeper interface {
 	ListDecisions(ctx context.Context) ([]KeptDecision, error)
 }
 
+// KeptBeginner is an optional interface of a DecisionKeeper whose keeper
+// branch differs from an ordinary branch from its very first statement
+// (the MySQL/MariaDB adapter runs it as a plain local transaction, where
+// an ordinary branch starts with XA START). A coordinator begins the branch
+// on its decision keeper with BeginKept instead of Resource.Begin.
+//
+// A kept branch never prepares: it ends with CommitWithDecision,
+// CommitOnePhase (when it is the only branch with writes) or Rollback.
+// Prepare refuses it (ErrRefused, rolled back).
+type KeptBeginner interface {
+	DecisionKeeper
+
+	// BeginKept starts the keeper's branch with the given XID, with the
+	// error classes of Resource.Begin.
+	BeginKept(ctx context.Context, xid XID) (Branch, error)
+}
+
 // KeptParticipant is a branch named in a kept commit decision.
 type KeptParticipant struct {
 	Resource string `json:"r"`

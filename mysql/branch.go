@@ -35,6 +35,7 @@ const (
 	outCommitted outcome = iota + 1
 	outRolledBack
 	outReadOnly
+	outInDoubt // a keeper's local COMMIT whose answer was lost (its decision row settles it)
 )
 
 // branch implements drivers.Branch for one XA transaction on one pinned
@@ -45,6 +46,9 @@ type branch struct {
 	xidSQL string  // xid.MySQL(), validated at Begin
 	owner  uint64  // the pinned session's server connection id
 	user   *Branch // the typed handle Enlist returns
+	// local: a decision keeper's branch (BeginKept), a plain local
+	// transaction on the pinned session instead of an XA transaction.
+	local bool
 
 	mu      sync.Mutex
 	conn    *sql.Conn // nil once released to the pool or discarded
@@ -111,6 +115,13 @@ func (b *branch) finish(o outcome) {
 func (b *branch) rollbackSession(ctx context.Context, needEnd bool) (clean bool) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
+	if b.local {
+		if _, err := b.conn.ExecContext(ctx, "ROLLBACK"); err != nil {
+			b.drop()
+			return false
+		}
+		return true
+	}
 	if needEnd {
 		// From ROLLBACK ONLY (after a deadlock) MariaDB answers XA END with
 		// 1399, yet accepts XA ROLLBACK; so go on after a server error.
@@ -148,6 +159,9 @@ func (b *branch) refused(op string, err error) error {
 func (b *branch) Prepare(ctx context.Context) (drivers.Vote, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.local {
+		return 0, b.prepareLocal(ctx)
+	}
 	switch b.state {
 	case stPrepared:
 		return drivers.VoteCommit, nil
@@ -329,6 +343,9 @@ func (b *branch) CommitOnePhase(ctx context.Context) error {
 		b.state, b.out = stDone, outRolledBack
 		return b.refused(op, errors.New("the branch's session was lost; the server rolled it back"))
 	}
+	if b.local {
+		return b.commitLocalOnePhase(ctx)
+	}
 	if err := b.exec(ctx, "XA END", ""); err != nil {
 		if isServerErr(err) {
 			if b.rollbackSession(ctx, false) {
@@ -408,6 +425,8 @@ func (o outcome) String() string {
 		return "rolled back"
 	case outReadOnly:
 		return "finished (read-only)"
+	case outInDoubt:
+		return "in doubt"
 	}
 	return "unknown"
 }
@@ -423,6 +442,10 @@ func (o outcome) String() string {
 // errors.As. After a deadlock the server has rolled back the whole branch:
 // its Prepare will be refused. Close Rows before the transaction commits: an
 // open result set holds the session.
+//
+// On a decision keeper's branch (BeginKept: a local transaction, not XA) a
+// deadlock ends the transaction at once, so every later statement on the
+// handle fails with ErrFailed and the decision is refused.
 type Branch struct {
 	b *branch
 }
@@ -437,6 +460,8 @@ func (b *branch) errNotActive(op string) error {
 	switch {
 	case b.state == stPrepared || b.state == stDetached:
 		what = "prepared"
+	case b.state == stActive && b.conn != nil:
+		what = "rolled back by the server (a decision keeper's local transaction cannot go on: MariaDB would run the next statements outside it)"
 	case b.state == stActive:
 		what = "broken (its session was lost)"
 	}
@@ -445,7 +470,7 @@ func (b *branch) errNotActive(op string) error {
 
 // active reports whether a user statement may run, and marks the branch used.
 func (b *branch) active() bool {
-	if b.state != stActive || b.conn == nil {
+	if b.state != stActive || b.conn == nil || b.local && b.rbCause != nil {
 		return false
 	}
 	b.used = true
@@ -517,5 +542,11 @@ func (h *Branch) QueryRowContext(ctx context.Context, query string, args ...any)
 	if !b.active() {
 		return errRow(ctx, b.errNotActive("query"))
 	}
-	return b.conn.QueryRowContext(ctx, query, args...)
+	row := b.conn.QueryRowContext(ctx, query, args...)
+	if b.local {
+		// A keeper's branch must learn of a deadlock now: MariaDB has
+		// ended its local transaction. (Err does not consume the row.)
+		_ = b.userErr("query", row.Err())
+	}
+	return row
 }

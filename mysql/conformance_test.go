@@ -87,6 +87,18 @@ func rollbackForeign(t *testing.T, e *env, f foreignXID) {
 // cycle, the victim is chosen by weight.
 // It returns the branch's error for the deadlocked statement.
 func deadlock(ctx context.Context, e *env, b *branch, table string, base int64) (branchErr, err error) {
+	berr, err := deadlockWith(ctx, e, b, table, base, func(q string) error {
+		_, err := b.user.ExecContext(ctx, q)
+		return err
+	})
+	if err == nil && !errors.Is(berr, drivers.ErrRetryable) {
+		return berr, fmt.Errorf("branch update: want a retryable deadlock error, got %v", berr)
+	}
+	return berr, err
+}
+
+// deadlockWith is deadlock with the branch's crossing UPDATE run by cross.
+func deadlockWith(ctx context.Context, e *env, b *branch, table string, base int64, cross func(q string) error) (branchErr, err error) {
 	other, err := e.admin.Conn(ctx)
 	if err != nil {
 		return nil, err
@@ -115,12 +127,9 @@ func deadlock(ctx context.Context, e *env, b *branch, table string, base int64) 
 		_, err := other.ExecContext(ctx, fmt.Sprintf("UPDATE %s SET v = 1 WHERE id = %d", table, a))
 		done <- err
 	}()
-	_, berr := b.user.ExecContext(ctx, fmt.Sprintf("UPDATE %s SET v = 2 WHERE id = %d", table, c))
+	berr := cross(fmt.Sprintf("UPDATE %s SET v = 2 WHERE id = %d", table, c))
 	if oerr := <-done; oerr != nil {
 		return berr, fmt.Errorf("the other session's update failed (was it the victim?): %w", oerr)
-	}
-	if !errors.Is(berr, drivers.ErrRetryable) {
-		return berr, fmt.Errorf("branch update: want a retryable deadlock error, got %v", berr)
 	}
 	return berr, nil
 }

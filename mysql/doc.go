@@ -40,6 +40,23 @@
 // session itself, so the grace period is skipped; and before 8.0.30
 // XA PREPARE is not crash-safe with respect to the binary log.
 //
+// # Decision keeper
+//
+// A Resource on MariaDB can keep a coordinator's commit decisions
+// (xa.Config.DecisionResource; drivers.DecisionKeeper). Its branch is then
+// not an XA transaction at all: BeginKept starts a plain local transaction
+// (BEGIN), and CommitWithDecision inserts the decision row into
+// DecisionTable and commits (in one query when the DSN has
+// multiStatements=true, else in two round trips). Because MariaDB runs the
+// statements after a deadlock (or after DDL, which commits implicitly)
+// outside the transaction BEGIN started, the decision INSERT writes its row
+// only while @@in_transaction is 1, and the adapter refuses further
+// statements once it has seen a deadlock. MySQL has no @@in_transaction, so
+// BeginKept refuses MySQL servers (ErrUnsupported); use a PostgreSQL or
+// MariaDB keeper there. Do not run statements that end a transaction (DDL,
+// COMMIT, ROLLBACK, LOCK TABLES) on a keeper's branch: the decision is then
+// refused, but what they committed stays committed.
+//
 // All XA statements are sent as literal text without arguments, so
 // go-sql-driver uses COM_QUERY: XA statements cannot be server-side prepared.
 // The XID is written as hex literals (drivers.XID.MySQL), validated first.

@@ -190,7 +190,8 @@ type proxy struct {
 	target string
 
 	mu      sync.Mutex
-	trigger []byte // statement text whose reply is lost (once); nil = none
+	trigger []byte   // statement text whose reply is lost (once); nil = none
+	cmds    []string // the commands clients sent, in order (see commands)
 	cuts    atomic.Int32
 	wg      sync.WaitGroup
 	conns   []net.Conn
@@ -210,6 +211,48 @@ func newProxy(t *testing.T, target string) *proxy {
 }
 
 func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+// record parses the client's whole packets in b into p.cmds and returns
+// the incomplete rest; p.mu is held. Each command a client sends is one
+// packet with sequence number 0 (the login packets have others), named
+// "query: TEXT", "prepare: TEXT", "execute", "close" or "cmd 0xNN". Every
+// command but close waits for an answer: one round trip.
+func (p *proxy) record(b []byte) []byte {
+	for len(b) >= 4 {
+		n := int(b[0]) | int(b[1])<<8 | int(b[2])<<16
+		if len(b) < 4+n {
+			break
+		}
+		seq, body := b[3], b[4:4+n]
+		b = b[4+n:]
+		if seq != 0 || len(body) == 0 {
+			continue
+		}
+		switch body[0] {
+		case 0x03:
+			p.cmds = append(p.cmds, "query: "+string(body[1:]))
+		case 0x16:
+			p.cmds = append(p.cmds, "prepare: "+string(body[1:]))
+		case 0x17:
+			p.cmds = append(p.cmds, "execute")
+		case 0x19:
+			p.cmds = append(p.cmds, "close")
+		default:
+			p.cmds = append(p.cmds, fmt.Sprintf("cmd 0x%02x", body[0]))
+		}
+	}
+	return b
+}
+
+// commands returns the commands clients sent through the proxy since the
+// last call.
+func (p *proxy) commands() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := p.cmds
+	p.cmds = nil
+	return out
+}
 
 // loseReplyTo arms the proxy: the reply to the next statement containing
 // stmt is lost and that connection cut.
@@ -249,10 +292,12 @@ func (p *proxy) accept() {
 		go func() { // client → server
 			defer p.wg.Done()
 			buf := make([]byte, 64<<10)
+			var pending []byte // client bytes not yet parsed into whole packets
 			for {
 				n, err := client.Read(buf)
 				if n > 0 {
 					p.mu.Lock()
+					pending = p.record(append(pending, buf[:n]...))
 					if p.trigger != nil && bytes.Contains(buf[:n], p.trigger) {
 						p.trigger = nil
 						cut.Store(true) // before forwarding: the reply cannot precede it

@@ -47,6 +47,7 @@ type Resource struct {
 	detached map[drivers.XID]uint64 // branches this process detached → their owner's connection id
 	gone     map[uint64]time.Time   // owner connection id → when first seen out of the processlist
 	idBoot   map[uint64]float64     // connection id → the server's boot time (Unix seconds, ±1s) when we learned it
+	keep     keeperState            // decision keeping (decision.go)
 }
 
 var _ drivers.Resource = (*Resource)(nil)

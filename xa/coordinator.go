@@ -62,7 +62,9 @@ type Config struct {
 	AsyncPhase2 bool
 
 	// DecisionResource, if set, names one of Resources whose adapter
-	// implements drivers.DecisionKeeper (postgres.Resource does). A
+	// implements drivers.DecisionKeeper (postgres.Resource does, and
+	// mysql.Resource on MariaDB, whose keeper branch is a plain local
+	// transaction: drivers.KeptBeginner). A
 	// transaction that enlists it keeps its commit decision there instead
 	// of in Log: its other branches prepare, then the keeper's branch
 	// inserts the decision row into its own transaction and commits in one

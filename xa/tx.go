@@ -68,7 +68,13 @@ func (tx *Tx) Enlist(ctx context.Context, r drivers.Resource) (drivers.Branch, e
 	}
 	num := len(tx.branches)
 	xid := drivers.XID{Global: tx.gtrid, Branch: uint8(num)}
-	b, err := r.Begin(ctx, xid)
+	begin := r.Begin
+	if kb, ok := r.(drivers.KeptBeginner); ok && drivers.Resource(tx.c.keeper) == r {
+		// The keeper's branch never prepares; its adapter may begin it
+		// as a plain local transaction.
+		begin = kb.BeginKept
+	}
+	b, err := begin(ctx, xid)
 	if err != nil {
 		return nil, err
 	}

@@ -32,9 +32,11 @@ import (
 type benchMode struct {
 	Name  string
 	About string
-	// atomic: through a coordinator; dip: with the decision kept in the
-	// PostgreSQL participant; async: AsyncPhase2.
-	atomic, dip, async bool
+	// atomic: through a coordinator; async: AsyncPhase2.
+	atomic, async bool
+	// keeper names the participant that keeps the decision ("pg" or
+	// "mysql"), or is empty for the file log.
+	keeper string
 }
 
 // benchModes are all the modes, in the order they run at each level.
@@ -42,8 +44,10 @@ var benchModes = []benchMode{
 	{Name: "baseline", About: "the same statements as two independent local commits (not atomic)"},
 	{Name: "xa", About: "two-phase commit, file decision log with group commit", atomic: true},
 	{Name: "xa-async", About: "xa, answering once the decision is durable; phase 2 in the background", atomic: true, async: true},
-	{Name: "xa-dip", About: "decision in the PostgreSQL participant's own commit: it never prepares, no log fsync", atomic: true, dip: true},
-	{Name: "xa-dip-async", About: "xa-dip with asynchronous phase 2", atomic: true, dip: true, async: true},
+	{Name: "xa-dip", About: "decision in the PostgreSQL participant's own commit: it never prepares, no log fsync", atomic: true, keeper: "pg"},
+	{Name: "xa-dip-async", About: "xa-dip with asynchronous phase 2", atomic: true, keeper: "pg", async: true},
+	{Name: "xa-dipmy", About: "decision in the MySQL/MariaDB participant's own local commit: it runs no XA, no log fsync", atomic: true, keeper: "mysql"},
+	{Name: "xa-dipmy-async", About: "xa-dipmy with asynchronous phase 2", atomic: true, keeper: "mysql", async: true},
 }
 
 func benchModeNames() []string {
@@ -120,15 +124,19 @@ coordinator node ids (NODE-MODE) and decision logs (LOG-DIR/MODE).`,
 	f.IntVar(&o.rounds, "rounds", 5, "split each measurement into this many rounds, the modes taking turns, so that load from elsewhere hits all modes alike")
 	f.IntVar(&o.hotRows, "hot-rows", 0, "if > 0, every transfer picks its accounts among the first N (contention); 0: each client has its own")
 	f.DurationVar(&o.commitDelay, "commit-delay", 0, "decision log group-commit delay (xa.FileLogOptions.CommitDelay)")
-	f.BoolVar(&o.progress, "progress", true, "show a progress bar on stderr")
+	f.BoolVar(&o.progress, "progress", true, "show a progress bar on stderr when it is a terminal")
 	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a pprof CPU profile of the whole run to this file")
 	return cmd
 }
 
 func benchModesHelp() string {
 	var b strings.Builder
+	width := 0
 	for _, m := range benchModes {
-		fmt.Fprintf(&b, "  %-13s %s\n", m.Name, m.About)
+		width = max(width, len(m.Name))
+	}
+	for _, m := range benchModes {
+		fmt.Fprintf(&b, "  %-*s  %s\n", width, m.Name, m.About)
 	}
 	return b.String()
 }
@@ -316,8 +324,11 @@ func runBench(ctx context.Context, out, errw io.Writer, o *benchOpts, command st
 			AsyncPhase2: m.async,
 			Logger:      logger,
 		}
-		if m.dip {
+		switch m.keeper {
+		case "pg":
 			cfg.DecisionResource = b.PG.Name()
+		case "mysql":
+			cfg.DecisionResource = b.My.Name()
 		}
 		c, err := xa.New(ctx, cfg)
 		if err != nil {
@@ -350,7 +361,7 @@ func runBench(ctx context.Context, out, errw io.Writer, o *benchOpts, command st
 	}
 
 	total := len(o.clients) * len(modes) * o.rounds
-	if o.progress {
+	if o.progress && isTerminal(errw) {
 		env.bar = progressbar.NewOptions(total*1000,
 			progressbar.OptionSetWriter(errw),
 			progressbar.OptionSetWidth(30),
@@ -365,7 +376,7 @@ func runBench(ctx context.Context, out, errw io.Writer, o *benchOpts, command st
 		for round := range o.rounds {
 			for i, m := range modes {
 				if env.bar != nil {
-					env.bar.Describe(fmt.Sprintf("%3d clients %-13s round %d/%d", n, m.Name, round+1, o.rounds))
+					env.bar.Describe(fmt.Sprintf("%3d clients %-14s round %d/%d", n, m.Name, round+1, o.rounds))
 				}
 				warm := min(o.warmup, benchRewarm)
 				if round == 0 {
@@ -692,13 +703,15 @@ func (e *benchEnv) checkInvariants(ctx context.Context, inv *benchInvariants) er
 		}
 		delete(e.coords, m)
 	}
-	kept, err := e.b.PG.ListDecisions(ctx)
-	if err != nil {
-		return err
-	}
-	for _, k := range kept {
-		if strings.HasPrefix(k.GTRID.Node, e.o.nodeID+"-") {
-			inv.DecisionRowsLeft++
+	for _, keeper := range []drivers.DecisionKeeper{e.b.PG, e.b.My} {
+		kept, err := keeper.ListDecisions(ctx)
+		if err != nil {
+			return err
+		}
+		for _, k := range kept {
+			if strings.HasPrefix(k.GTRID.Node, e.o.nodeID+"-") {
+				inv.DecisionRowsLeft++
+			}
 		}
 	}
 	inv.OK = inv.MoneyAfter == inv.MoneyBefore && st.NetPG == st.NetMy && st.Violations() == 0 && len(left) == 0

@@ -98,9 +98,9 @@ func TestBenchRunsEveryModeAndChecksInvariants(t *testing.T) {
 			if r.RatioTPS != 1 || r.LogFsyncs != 0 {
 				t.Errorf("baseline: ratio %v, fsyncs %d", r.RatioTPS, r.LogFsyncs)
 			}
-		case m.dip:
+		case m.keeper != "":
 			if r.LogFsyncs != 0 {
-				t.Errorf("%s: %d log fsyncs; the decision is in PostgreSQL", r.Mode, r.LogFsyncs)
+				t.Errorf("%s: %d log fsyncs; the decision is in the %s participant", r.Mode, r.LogFsyncs, m.keeper)
 			}
 		default:
 			if r.LogFsyncs == 0 {
