@@ -71,3 +71,67 @@ func enginesFor(o chaos.Order) string {
 	}
 	return fmt.Sprint(o)
 }
+
+// TestChaosCoordinatorCrashKeeper is the crash matrix with the commit
+// decision kept in a participant (xa.Config.DecisionResource) instead of
+// the log: in PostgreSQL, then in MariaDB, each in both enlist orders. The
+// keeper's branch never prepares, so "after-prepare" of its branch number
+// is not a step of the protocol and is left out; "after-decision" is the
+// moment its local commit returned. After recovery (configured with the
+// same keeper) no commit decision of the node may be left in a decision
+// table.
+func TestChaosCoordinatorCrashKeeper(t *testing.T) {
+	e := getEnv(t)
+	loads := []struct {
+		name         string
+		workers, nth int
+	}{{"light", 2, 3}, {"busy", 4, 12}}
+	for ki, keeper := range []chaos.Keeper{chaos.KeeperPG, chaos.KeeperMy} {
+		for oi, order := range []chaos.Order{chaos.PGFirst, chaos.MyFirst} {
+			kb := 0 // the keeper's branch number
+			if (keeper == chaos.KeeperPG) != (order == chaos.PGFirst) {
+				kb = 1
+			}
+			for pi, point := range chaos.MatrixPoints() {
+				if point == fmt.Sprintf("after-prepare:%d", kb) {
+					continue
+				}
+				load := loads[(pi+oi+ki)%2]
+				t.Run(string(keeper)+"/"+string(order)+"/"+point, func(t *testing.T) {
+					t.Parallel()
+					s := e.newScenario(t, 4)
+					s.keeper = keeper
+					r := s.runChild(order, point, load.nth+pi%4, load.workers, 60, 0, uint64(1000+ki*100+oi*10+pi))
+					if !r.killed || !r.crashed {
+						t.Fatalf("crash app was not killed at %s (killed %v, crash point reached %v, exit %d); stderr:\n%s",
+							point, r.killed, r.crashed, r.exitCode, r.stderr)
+					}
+					recoveryOnly := (ki+oi+pi)%2 == 1
+					res := s.recoverAndCheckWith(r.journal, recoveryOnly)
+					cp, err := chaos.ParseCrashPoint(point)
+					if err != nil {
+						t.Fatal(err)
+					}
+					s.wantPresent(r.victim, cp.Decided())
+					how := "coordinator restarted"
+					if recoveryOnly {
+						how = "recovery alone"
+					}
+					results.add("coordinator SIGKILL at "+point+", decision kept in "+keeperName(keeper), enginesFor(order)+"; "+how, 1, len(r.journal), res)
+					t.Logf("transfers begun %d, outcomes %v; after recovery %d committed", len(r.journal), r.journal.Count(), res.Transfers)
+				})
+			}
+		}
+	}
+}
+
+// keeperName names a decision keeper for the report.
+func keeperName(k chaos.Keeper) string {
+	switch k {
+	case chaos.KeeperPG:
+		return "postgres"
+	case chaos.KeeperMy:
+		return "mariadb"
+	}
+	return "the log"
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -168,6 +169,9 @@ type scenario struct {
 	node   string
 	logDir string
 	total  int64
+	// keeper is where the crash app and recovery keep commit decisions
+	// (the log unless a test sets it).
+	keeper chaos.Keeper
 }
 
 func (e *chaosEnv) newScenario(t *testing.T, conns int) *scenario {
@@ -214,7 +218,7 @@ func (s *scenario) runChild(order chaos.Order, crash string, nth, workers, count
 		"-pg", s.env.pair.PGURL(), "-mysql", s.env.pair.MyURL(), "-prefix", s.prefix,
 		"-log-dir", s.logDir, "-node", s.node, "-order", string(order),
 		"-workers", fmt.Sprint(workers), "-count", fmt.Sprint(count), "-accounts", fmt.Sprint(chaosAccounts),
-		"-seed", fmt.Sprint(seed))
+		"-seed", fmt.Sprint(seed), "-keeper", string(s.keeper))
 	cmd.Env = append(os.Environ(), chaos.EnvCrashPoint+"="+crash, chaos.EnvCrashNth+"="+fmt.Sprint(nth))
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -273,11 +277,23 @@ func (s *scenario) recoverAndCheckWith(j chaos.Journal, recoveryOnly bool) chaos
 	if err := fresh.SetPrefix(s.prefix); err != nil {
 		s.t.Fatal(err)
 	}
-	rr, err := chaos.RecoverAfterCrash(ctx, chaos.RecoverConfig{Bank: fresh, LogDir: s.logDir, Node: s.node, Timeout: 90 * time.Second, RecoveryOnly: recoveryOnly})
+	rr, err := chaos.RecoverAfterCrash(ctx, chaos.RecoverConfig{Bank: fresh, LogDir: s.logDir, Node: s.node, Timeout: 90 * time.Second,
+		RecoveryOnly: recoveryOnly, Keeper: s.keeper, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		s.t.Errorf("recovery: %v", err)
 	}
-	return s.check(j, rr.Entries, rr.Compacted)
+	entries := rr.Entries
+	if s.keeper != chaos.KeeperNone {
+		// The decisions were in a participant's table, not in the log
+		// (recovery deletes them once their branches are done).
+		entries = nil
+	}
+	res := s.check(j, entries, rr.Compacted)
+	if rr.KeptLeft != 0 {
+		res.Violations = append(res.Violations, fmt.Sprintf("%d commit decisions of node %s left in a decision table after recovery", rr.KeptLeft, s.node))
+		s.t.Errorf("violation: %s", res.Violations[len(res.Violations)-1])
+	}
+	return res
 }
 
 func (s *scenario) check(j chaos.Journal, entries []xa.Entry, compacted bool) chaos.Result {

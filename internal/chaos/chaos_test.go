@@ -142,11 +142,28 @@ func TestChildConfigValidate(t *testing.T) {
 		"no workers":  func(c *ChildConfig) { c.Workers = 0 },
 		"no accounts": func(c *ChildConfig) { c.Accounts = 0 },
 		"minus count": func(c *ChildConfig) { c.Count = -1 },
+		"bad keeper":  func(c *ChildConfig) { c.Keeper = "oracle" },
 	} {
 		c := ok
 		mod(&c)
 		if err := c.Validate(); err == nil {
 			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestParseKeeper(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Keeper
+		ok   bool
+	}{
+		{"", KeeperNone, true}, {"log", KeeperNone, true}, {"pg", KeeperPG, true}, {"mysql", KeeperMy, true},
+		{"postgres", "", false}, {"PG", "", false}, {"oracle", "", false},
+	} {
+		got, err := ParseKeeper(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("ParseKeeper(%q) = %q, %v; want %q, ok %v", tc.in, got, err, tc.want, tc.ok)
 		}
 	}
 }

@@ -25,6 +25,9 @@ type ChildConfig struct {
 	Accounts     int
 	Seed         uint64
 	Timeout      time.Duration // per global transaction (xa.Config.Timeout; default 5s)
+	// Keeper, if set, keeps the commit decisions in a participant instead
+	// of the log (xa.Config.DecisionResource): KeeperPG or KeeperMy.
+	Keeper Keeper
 	// Crash, if set, kills the process with SIGKILL at the CrashNth event
 	// of that protocol step.
 	Crash    *CrashPoint
@@ -47,6 +50,9 @@ func (c *ChildConfig) Validate() error {
 		return errors.New("chaos: count must not be negative")
 	}
 	if _, err := ParseOrder(string(c.Order)); err != nil {
+		return err
+	}
+	if _, err := ParseKeeper(string(c.Keeper)); err != nil {
 		return err
 	}
 	return drivers.ValidateNodeID(c.Node)
@@ -78,6 +84,8 @@ func RunChild(ctx context.Context, cfg ChildConfig, out io.Writer) error {
 		Resources: []drivers.Resource{b.PG, b.My},
 		Timeout:   cfg.Timeout,
 		Logger:    cfg.Logger,
+
+		DecisionResource: cfg.Keeper.resource(b),
 	}
 	if cfg.Crash != nil {
 		xcfg.Hook = cfg.Crash.Hook(cfg.CrashNth, func(s xa.Step, info xa.StepInfo) {
@@ -94,4 +102,37 @@ func RunChild(ctx context.Context, cfg ChildConfig, out io.Writer) error {
 	st := w.Run(ctx)
 	j.line("stats " + st.String() + "\n")
 	return coord.Close()
+}
+
+// Keeper names the participant that keeps the commit decisions, if any.
+type Keeper string
+
+// Decision keepers.
+const (
+	KeeperNone Keeper = ""      // the decision log
+	KeeperPG   Keeper = "pg"    // the PostgreSQL participant
+	KeeperMy   Keeper = "mysql" // the MariaDB participant
+)
+
+// ParseKeeper checks a decision keeper name ("" or "log" for none).
+func ParseKeeper(s string) (Keeper, error) {
+	switch k := Keeper(s); k {
+	case KeeperNone, KeeperPG, KeeperMy:
+		return k, nil
+	case "log":
+		return KeeperNone, nil
+	}
+	return "", fmt.Errorf("chaos: decision keeper %q: want log, pg or mysql", s)
+}
+
+// resource returns the name of b's resource that keeps the decisions, or
+// "" for the log.
+func (k Keeper) resource(b *bank.Bank) string {
+	switch k {
+	case KeeperPG:
+		return b.PG.Name()
+	case KeeperMy:
+		return b.My.Name()
+	}
+	return ""
 }

@@ -29,7 +29,10 @@ type RecoverConfig struct {
 	// `xabridge recover --min-age 0s` does, without restarting a
 	// coordinator (which would finish logged decisions itself).
 	RecoveryOnly bool
-	Logger       *slog.Logger
+	// Keeper is where the dead coordinator kept its commit decisions; the
+	// restarted coordinator and recovery are configured with it.
+	Keeper Keeper
+	Logger *slog.Logger
 }
 
 // RecoverResult is what recovery after a crash did.
@@ -41,7 +44,10 @@ type RecoverResult struct {
 	// log was ever compacted (finished transactions dropped).
 	Entries   []xa.Entry
 	Compacted bool
-	Elapsed   time.Duration
+	// KeptLeft counts the node's commit decisions still in a decision
+	// table afterwards (recovery deletes them once every branch is done).
+	KeptLeft int
+	Elapsed  time.Duration
 }
 
 // ErrNotSettled is returned when recovery could not finish every branch of
@@ -77,7 +83,8 @@ func RecoverAfterCrash(ctx context.Context, cfg RecoverConfig) (RecoverResult, e
 		}
 		log, closeAll = fl, fl.Close
 	} else {
-		coord, err := xa.New(ctx, xa.Config{NodeID: cfg.Node, LogDir: cfg.LogDir, Resources: resources, Logger: cfg.Logger})
+		coord, err := xa.New(ctx, xa.Config{NodeID: cfg.Node, LogDir: cfg.LogDir, Resources: resources, Logger: cfg.Logger,
+			DecisionResource: cfg.Keeper.resource(cfg.Bank)})
 		if err != nil {
 			return res, fmt.Errorf("restarting the coordinator: %w", err)
 		}
@@ -93,6 +100,7 @@ func RecoverAfterCrash(ctx context.Context, cfg RecoverConfig) (RecoverResult, e
 	rec, err := recovery.New(recovery.Config{
 		NodeID: cfg.Node, Log: log, Resources: resources, Active: active,
 		MinAge: &zero, Settle: cfg.Settle, Logger: cfg.Logger,
+		DecisionResource: cfg.Keeper.resource(cfg.Bank),
 	})
 	if err != nil {
 		return res, err
@@ -123,13 +131,19 @@ func RecoverAfterCrash(ctx context.Context, cfg RecoverConfig) (RecoverResult, e
 				pending++
 			}
 		}
-		if len(rep.ScanErrors) == 0 && ours == 0 && pending == 0 {
+		kept, err := keptCommits(ctx, cfg)
+		if err != nil {
+			return res, err
+		}
+		if len(rep.ScanErrors) == 0 && ours == 0 && pending == 0 && kept == 0 {
 			break
 		}
 		if len(rep.ScanErrors) > 0 {
 			last = fmt.Sprintf("scan error on %s: %v", rep.ScanErrors[0].Resource, rep.ScanErrors[0].Err)
-		} else if ours == 0 {
+		} else if ours == 0 && pending > 0 {
 			last = fmt.Sprintf("%d commit decisions still pending", pending)
+		} else if ours == 0 {
+			last = fmt.Sprintf("%d commit decisions still in a decision table", kept)
 		}
 		select {
 		case <-ctx.Done():
@@ -143,5 +157,32 @@ func RecoverAfterCrash(ctx context.Context, cfg RecoverConfig) (RecoverResult, e
 	}
 	res.Elapsed = time.Since(start)
 	closed = true
-	return res, closeAll()
+	if err := closeAll(); err != nil {
+		return res, err
+	}
+	// Counted again once the restarted coordinator is closed: closing
+	// must not leave (or bring back) a decision row.
+	if res.KeptLeft, err = keptCommits(ctx, cfg); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// keptCommits counts the commit decisions of cfg.Node in the decision
+// tables of both databases. Until recovery (or the restarted coordinator)
+// has deleted them, the rows of finished transactions count too.
+func keptCommits(ctx context.Context, cfg RecoverConfig) (int, error) {
+	n := 0
+	for _, k := range []drivers.DecisionKeeper{cfg.Bank.PG, cfg.Bank.My} {
+		kept, err := k.ListDecisions(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("listing the decisions kept in %s: %w", k.Name(), err)
+		}
+		for _, d := range kept {
+			if d.Commit && d.GTRID.Node == cfg.Node {
+				n++
+			}
+		}
+	}
+	return n, nil
 }

@@ -23,9 +23,9 @@ func main() {
 	}
 }
 
-func run() error {
+func run() (err error) {
 	var cfg chaos.ChildConfig
-	var order string
+	var order, keeper string
 	var seed uint64
 	flag.StringVar(&cfg.PGURL, "pg", "", "PostgreSQL URL")
 	flag.StringVar(&cfg.MyURL, "mysql", "", "MySQL/MariaDB URL")
@@ -36,6 +36,7 @@ func run() error {
 	flag.IntVar(&cfg.Workers, "workers", 2, "concurrent transfers")
 	flag.IntVar(&cfg.Count, "count", 20, "transfers in all (0: until killed)")
 	flag.IntVar(&cfg.Accounts, "accounts", 10, "accounts on each database")
+	flag.StringVar(&keeper, "keeper", "log", "where commit decisions are kept: log, pg or mysql")
 	flag.Uint64Var(&seed, "seed", 1, "random seed")
 	flag.DurationVar(&cfg.Timeout, "timeout", 5*time.Second, "global transaction timeout")
 	flag.Parse()
@@ -43,6 +44,9 @@ func run() error {
 		return fmt.Errorf("unexpected argument %q", flag.Arg(0))
 	}
 	cfg.Order = chaos.Order(order)
+	if cfg.Keeper, err = chaos.ParseKeeper(keeper); err != nil {
+		return err
+	}
 	cfg.Seed = seed
 	cp, nth, armed, err := chaos.CrashFromEnv()
 	if err != nil {
