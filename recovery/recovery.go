@@ -190,7 +190,10 @@ type Config struct {
 	// orphan there (an abort marker) before presuming it aborted. Decisions
 	// are read from every resource that implements drivers.DecisionKeeper
 	// whether or not this is set, so a forgotten setting cannot make
-	// recovery roll back a transaction a keeper committed.
+	// recovery roll back a transaction whose decision a keeper had
+	// committed before the scan; but only the marker excludes a decision
+	// committing at that very moment (without it, the transaction's
+	// deadline plus Skew is the only margin), so set it.
 	DecisionResource string
 }
 
