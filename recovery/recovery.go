@@ -77,6 +77,11 @@ type Branch struct {
 	Result string
 	// Err is the action's error, if it failed.
 	Err error `json:"-"`
+
+	// unconfirmed: classified heuristic, but the second listing that
+	// tells a real heuristic from a branch its coordinator finished during
+	// the scan failed; judged again at the next pass.
+	unconfirmed bool
 }
 
 // ResourceError is a resource that could not be scanned. Recovery never
@@ -343,7 +348,7 @@ func (r *Recoverer) Pass(ctx context.Context, dryRun bool) *Report {
 	// Remember when each branch was first seen (the two-scan rule).
 	next := map[drivers.XID]time.Time{}
 	for _, b := range rep.Branches {
-		if b.Ours {
+		if b.Ours && !b.unconfirmed {
 			if t, ok := r.firstSeen[b.XID]; ok {
 				next[b.XID] = t
 			} else {
@@ -379,9 +384,11 @@ func (r *Recoverer) recheckDone(ctx context.Context, rep *Report) {
 		return
 	}
 	still := map[string]map[drivers.XID]bool{}
+	failed := map[string]error{}
 	for name := range suspect {
 		ps, err := r.res[name].Recover(ctx)
 		if err != nil {
+			failed[name] = err
 			continue
 		}
 		still[name] = map[drivers.XID]bool{}
@@ -393,8 +400,15 @@ func (r *Recoverer) recheckDone(ctx context.Context, rep *Report) {
 	}
 	kept := rep.Branches[:0]
 	for _, b := range rep.Branches {
-		if b.Class == Heuristic && b.LogState == xa.StateDone && still[b.Resource] != nil && !still[b.Resource][b.XID] {
-			continue // committed by its coordinator during the scan
+		if b.Class == Heuristic && b.LogState == xa.StateDone {
+			if err := failed[b.Resource]; err != nil {
+				// Not confirmed: no alarm and no action on one listing
+				// (a pass cut short by shutdown sees exactly this).
+				b.unconfirmed, b.Action = true, ActionWait
+				b.Reason += fmt.Sprintf("; not confirmed (listing %s again failed: %v): looking again at the next pass", b.Resource, err)
+			} else if !still[b.Resource][b.XID] {
+				continue // committed by its coordinator during the scan
+			}
 		}
 		kept = append(kept, b)
 	}

@@ -3,6 +3,7 @@ package recovery
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -138,5 +139,71 @@ func TestBranchFinishedDuringTheScanIsNoHeuristic(t *testing.T) {
 	}
 	if strings.Contains(buf.String(), "heuristic") {
 		t.Errorf("a heuristic outcome was logged:\n%s", buf.String())
+	}
+}
+
+// recheckFails is a resource whose second listing fails: the re-listing
+// the first pass does to confirm a heuristic branch.
+type recheckFails struct {
+	*fakeres.Resource
+	n int
+}
+
+func (r *recheckFails) Recover(ctx context.Context) ([]drivers.Prepared, error) {
+	r.n++
+	if r.n == 2 {
+		return nil, drivers.NewError(r.Name(), "recover", drivers.XID{}, drivers.ErrRetryable, context.Canceled)
+	}
+	return r.Resource.Recover(ctx)
+}
+
+// A heuristic suspect that cannot be listed again (a pass cut short at
+// shutdown) is neither reported nor acted on; the next pass judges it
+// afresh: a branch that is gone was finished by its coordinator, one still
+// there is a heuristic, reported once.
+func TestUnconfirmedHeuristicWaitsForTheNextPass(t *testing.T) {
+	for _, stillThere := range []bool{false, true} {
+		t.Run(fmt.Sprintf("still prepared at the next pass=%v", stillThere), func(t *testing.T) {
+			var buf bytes.Buffer
+			logger := slog.New(slog.NewTextHandler(&buf, nil))
+			l, err := xa.OpenFileLog(t.TempDir(), xa.FileLogOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			ctx := context.Background()
+			g := gid("n1", time.Second, time.Minute)
+			if err := l.Commit(ctx, xa.Decision{GTRID: g, Participants: []xa.Participant{{Resource: "a"}}}); err != nil {
+				t.Fatal(err)
+			}
+			if err := l.End(g); err != nil {
+				t.Fatal(err)
+			}
+			a := &recheckFails{Resource: fakeres.New("a")}
+			a.AddPrepared(x(g, 0))
+			rec, err := New(Config{NodeID: "n1", Log: l, Resources: []drivers.Resource{a}, Settle: -1, Logger: logger,
+				Active: func(drivers.GlobalID) bool { return false }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep := rec.Pass(ctx, false)
+			if len(rep.Branches) != 1 || rep.Branches[0].Action != ActionWait || rep.Branches[0].Result != "" {
+				t.Fatalf("first pass: %+v, want the branch waiting, untouched", rep.Branches)
+			}
+			if strings.Contains(buf.String(), "heuristic") || a.Count("commit-prepared") != 0 {
+				t.Fatalf("unconfirmed suspect reported or acted on:\n%s", buf.String())
+			}
+			if !stillThere {
+				// Its coordinator finished it meanwhile.
+				if err := a.CommitPrepared(ctx, x(g, 0)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rec.Pass(ctx, false)
+			n := strings.Count(buf.String(), `level=ERROR msg="heuristic branch`)
+			if want := map[bool]int{false: 0, true: 1}[stillThere]; n != want {
+				t.Errorf("%d heuristic errors after the second pass, want %d:\n%s", n, want, buf.String())
+			}
+		})
 	}
 }
