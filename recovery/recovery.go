@@ -284,7 +284,7 @@ func (r *Recoverer) readKept(ctx context.Context, rep *Report) map[drivers.Globa
 		ds, err := k.ListDecisions(ctx)
 		if err != nil {
 			rep.ScanErrors = append(rep.ScanErrors, ResourceError{k.Name(), fmt.Errorf("reading its decision table: %w", err)})
-			r.logger.Error("recovery cannot read a decision table", "resource", k.Name(), "err", err)
+			r.logger.Log(ctx, errLevel(ctx), "recovery cannot read a decision table", "resource", k.Name(), "err", err)
 			continue
 		}
 		for _, d := range ds {
@@ -429,6 +429,15 @@ func (r *Recoverer) logFound(b Branch) {
 	}
 }
 
+// errLevel is the level of a scan failure: an error, unless the caller's
+// context ended (a pass cut short at shutdown is no incident).
+func errLevel(ctx context.Context) slog.Level {
+	if ctx.Err() != nil {
+		return slog.LevelDebug
+	}
+	return slog.LevelError
+}
+
 func (r *Recoverer) scanBranches(ctx context.Context, rep *Report) {
 	type result struct {
 		name string
@@ -449,7 +458,7 @@ func (r *Recoverer) scanBranches(ctx context.Context, rep *Report) {
 	for _, res := range results {
 		if res.err != nil {
 			rep.ScanErrors = append(rep.ScanErrors, ResourceError{res.name, res.err})
-			r.logger.Error("recovery scan failed", "resource", res.name, "err", res.err)
+			r.logger.Log(ctx, errLevel(ctx), "recovery scan failed", "resource", res.name, "err", res.err)
 			continue
 		}
 		for _, p := range res.p {
