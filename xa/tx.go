@@ -350,8 +350,10 @@ func (tx *Tx) phase2(ctx context.Context, voters []*txBranch, dec decisionKind, 
 	async := logged && c.cfg.AsyncPhase2
 	done := make(chan struct{})
 	c.goBackground(func() {
-		defer c.untrack(tx.gtrid)
+		// Untracked before done is closed (defers run last first): once
+		// Commit returns nil, Active no longer reports the transaction.
 		defer close(done)
+		defer c.untrack(tx.gtrid)
 		ok := make([]bool, len(voters))
 		parallel(len(voters), func(i int) {
 			tb := voters[i]
