@@ -34,6 +34,8 @@ type demoOpts struct {
 	prefix       string
 	metricsAddr  string
 	recoverEvery time.Duration
+	keeper       string        // "", "pg" or "mysql": xa.Config.DecisionResource
+	commitDelay  time.Duration // xa.FileLogOptions.CommitDelay
 }
 
 func newDemoCmd() *cobra.Command {
@@ -89,7 +91,8 @@ func newDemoTransferCmd() *cobra.Command {
 		Example: `  eval "$(scripts/devdb env)"
   xabridge demo transfer --count 10000 --concurrency 16
   xabridge demo transfer --count 2000 --baseline   # also time the same transfers without atomicity
-  xabridge demo transfer --count 1000000 --metrics-addr 127.0.0.1:9464   # a long run to watch in Prometheus`,
+  xabridge demo transfer --count 1000000 --metrics-addr 127.0.0.1:9464   # a long run to watch in Prometheus
+  xabridge demo transfer --count 10000 --concurrency 32 --decision-resource pg --baseline   # decision kept in PostgreSQL`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.checkURLs(); err != nil {
@@ -100,6 +103,14 @@ func newDemoTransferCmd() *cobra.Command {
 			}
 			if o.recoverEvery <= 0 {
 				return usagef("--recover-interval must be positive")
+			}
+			switch o.keeper {
+			case "", "pg", "mysql":
+			default:
+				return usagef("--decision-resource %q: want pg, mysql or empty (the decision log)", o.keeper)
+			}
+			if o.commitDelay < 0 || o.commitDelay > time.Second {
+				return usagef("--commit-delay must be between 0 and 1s")
 			}
 			if err := checkMetricsAddr(o.metricsAddr); err != nil {
 				return err
@@ -119,6 +130,8 @@ func newDemoTransferCmd() *cobra.Command {
 	f.BoolVar(&o.reset, "reset", true, "recreate the demo tables first (--reset=false continues on the existing ones)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics while the demo runs, and run a recovery loop next to the coordinator (host:port; an empty host means 127.0.0.1)")
 	f.DurationVar(&o.recoverEvery, "recover-interval", 10*time.Second, "with --metrics-addr: time between the in-process recovery passes")
+	f.StringVar(&o.keeper, "decision-resource", "", "keep the commit decisions in a participant instead of the log: pg or mysql (MariaDB only); see docs/PERFORMANCE.md")
+	f.DurationVar(&o.commitDelay, "commit-delay", 0, "hold a decision-log group commit open this long for more decisions to share its fsync (e.g. 2ms)")
 	return cmd
 }
 
@@ -276,12 +289,18 @@ func runDemoTransfer(ctx context.Context, out, errw io.Writer, o *demoOpts) erro
 		}
 		hook = obs.m.Hook
 	}
+	fl, err := xa.OpenFileLog(o.logDir, xa.FileLogOptions{CommitDelay: o.commitDelay})
+	if err != nil {
+		return err
+	}
+	defer fl.Close() // after coord.Close
 	coord, err := xa.New(ctx, xa.Config{
-		NodeID:    o.nodeID,
-		LogDir:    o.logDir,
-		Resources: []drivers.Resource{b.PG, b.My},
-		Logger:    logger,
-		Hook:      hook,
+		NodeID:           o.nodeID,
+		Log:              fl,
+		Resources:        []drivers.Resource{b.PG, b.My},
+		DecisionResource: o.keeper,
+		Logger:           logger,
+		Hook:             hook,
 	})
 	if err != nil {
 		return err
@@ -317,7 +336,11 @@ func runDemoTransfer(ctx context.Context, out, errw io.Writer, o *demoOpts) erro
 		_, err := b.Do(ctx, coord, randomTransfer(rng, o.accounts))
 		return err
 	}, &xs)
-	fmt.Fprintln(out, xs.line("atomic (two-phase commit)"))
+	label := "atomic (two-phase commit)"
+	if o.keeper != "" {
+		label = "atomic (decision in " + o.keeper + ")"
+	}
+	fmt.Fprintln(out, xs.line(label))
 	if fl, ok := coord.Log().(*xa.FileLog); ok && xs.committed.Load() > 0 {
 		s := fl.Stats()
 		fmt.Fprintf(out, "%-26s %d fsyncs for %d records (%.3f per committed transfer)\n", "decision log", s.Syncs, s.Appends,
@@ -355,7 +378,7 @@ func observeDemo(ctx context.Context, errw io.Writer, o *demoOpts, obs *observer
 	}
 	rec, err := recovery.New(recovery.Config{
 		NodeID: o.nodeID, Log: coord.Log(), Resources: coord.Resources(), Active: coord.Active,
-		Logger: logger, OnReport: obs.m.ObserveReport,
+		DecisionResource: o.keeper, Logger: logger, OnReport: obs.m.ObserveReport,
 	})
 	if err != nil {
 		return nil, err

@@ -257,6 +257,8 @@ func TestRecoverMetricsFlagsBadInput(t *testing.T) {
 		{"bad demo metrics address", []string{"demo", "transfer", "--pg", pg, "--mysql", "mysql://x@127.0.0.1:1/x", "--metrics-addr", "9464"}, exitUsage, "--metrics-addr"},
 		{"bad log level", append(base, "recover", "--watch", "--log-level", "loud"), exitUsage, "--log-level"},
 		{"bad recover interval for the demo", []string{"demo", "transfer", "--pg", pg, "--mysql", "mysql://x@127.0.0.1:1/x", "--recover-interval", "0s"}, exitUsage, "--recover-interval"},
+		{"bad decision resource for the demo", []string{"demo", "transfer", "--pg", pg, "--mysql", "mysql://x@127.0.0.1:1/x", "--decision-resource", "ledger"}, exitUsage, "--decision-resource"},
+		{"bad commit delay for the demo", []string{"demo", "transfer", "--pg", pg, "--mysql", "mysql://x@127.0.0.1:1/x", "--commit-delay", "-1ms"}, exitUsage, "--commit-delay"},
 	}
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
