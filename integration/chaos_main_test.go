@@ -172,6 +172,9 @@ type scenario struct {
 	// keeper is where the crash app and recovery keep commit decisions
 	// (the log unless a test sets it).
 	keeper chaos.Keeper
+	// kept are the transfers begun by runs with a keeper: their decisions
+	// are not in the log.
+	kept map[string]bool
 }
 
 func (e *chaosEnv) newScenario(t *testing.T, conns int) *scenario {
@@ -282,13 +285,17 @@ func (s *scenario) recoverAndCheckWith(j chaos.Journal, recoveryOnly bool) chaos
 	if err != nil {
 		s.t.Errorf("recovery: %v", err)
 	}
-	entries := rr.Entries
 	if s.keeper != chaos.KeeperNone {
-		// The decisions were in a participant's table, not in the log
+		// Their decisions were in a participant's table, not in the log
 		// (recovery deletes them once their branches are done).
-		entries = nil
+		if s.kept == nil {
+			s.kept = map[string]bool{}
+		}
+		for id := range j {
+			s.kept[id] = true
+		}
 	}
-	res := s.check(j, entries, rr.Compacted)
+	res := s.check(j, rr.Entries, rr.Compacted)
 	if rr.KeptLeft != 0 {
 		res.Violations = append(res.Violations, fmt.Sprintf("%d commit decisions of node %s left in a decision table after recovery", rr.KeptLeft, s.node))
 		s.t.Errorf("violation: %s", res.Violations[len(res.Violations)-1])
@@ -299,7 +306,7 @@ func (s *scenario) recoverAndCheckWith(j chaos.Journal, recoveryOnly bool) chaos
 func (s *scenario) check(j chaos.Journal, entries []xa.Entry, compacted bool) chaos.Result {
 	s.t.Helper()
 	res, err := chaos.Check(context.Background(), s.bank, chaos.Expect{
-		Node: s.node, Total: s.total, Journal: j, Entries: entries, LogCompacted: compacted, Foreign: s.env.foreign,
+		Node: s.node, Total: s.total, Journal: j, Entries: entries, LogCompacted: compacted, Kept: s.kept, Foreign: s.env.foreign,
 	})
 	if err != nil {
 		s.t.Fatalf("invariant check: %v", err)
