@@ -372,6 +372,7 @@ func TestBadInput(t *testing.T) {
 		{"unknown flag", append(base, "list", "--frobnicate"), exitUsage, "unknown flag"},
 		{"unknown command", []string{"frobnicate"}, exitUsage, "unknown command"},
 		{"bad output format", append(base, "list", "-o", "yaml"), exitUsage, "--output"},
+		{"decision resource not among the resources", append(base, "recover", "--decision-resource", "ledger"), exitUsage, `--decision-resource "ledger" is not one of the resources (pg)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

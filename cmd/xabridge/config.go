@@ -27,21 +27,24 @@ type opsConfig struct {
 	configFile string
 	resources  []string // NAME=URL
 	output     string   // table | json
+	keeper     string   // --decision-resource
 }
 
 // fileConfig is the JSON config file (--config).
 type fileConfig struct {
-	NodeID    string            `json:"node_id"`
-	LogDir    string            `json:"log_dir"`
-	Resources map[string]string `json:"resources"`
+	NodeID           string            `json:"node_id"`
+	LogDir           string            `json:"log_dir"`
+	Resources        map[string]string `json:"resources"`
+	DecisionResource string            `json:"decision_resource"`
 }
 
 func addOpsFlags(cmd *cobra.Command, o *opsConfig, withOutput bool) {
 	f := cmd.Flags()
 	f.StringVar(&o.nodeID, "node-id", "", "coordinator node id whose transactions to act on (env XABRIDGE_NODE_ID; default demo)")
 	f.StringVar(&o.logDir, "log-dir", "", "that node's decision log directory (env XABRIDGE_LOG_DIR; default .xabridge/log)")
-	f.StringVar(&o.configFile, "config", "", `JSON config file: {"node_id": "...", "log_dir": "...", "resources": {"NAME": "URL"}} (env XABRIDGE_CONFIG)`)
+	f.StringVar(&o.configFile, "config", "", `JSON config file: {"node_id": "...", "log_dir": "...", "resources": {"NAME": "URL"}, "decision_resource": "NAME"} (env XABRIDGE_CONFIG)`)
 	f.StringArrayVar(&o.resources, "resource", nil, "a database as NAME=URL, repeatable (env XABRIDGE_RESOURCES, comma separated; default pg=$XABRIDGE_PG and mysql=$XABRIDGE_MYSQL)")
+	f.StringVar(&o.keeper, "decision-resource", "", "the resource NAME the coordinator keeps its commit decisions in (xa.Config.DecisionResource), so that recovery fences orphans there (env XABRIDGE_DECISION_RESOURCE)")
 	if withOutput {
 		f.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 	}
@@ -53,6 +56,7 @@ type resolved struct {
 	logDir    string
 	resources []namedURL
 	output    string
+	keeper    string // recovery.Config.DecisionResource
 }
 
 type namedURL struct{ name, url string }
@@ -134,7 +138,20 @@ func (o *opsConfig) resolve() (*resolved, error) {
 		seen[name] = true
 		r.resources = append(r.resources, namedURL{name, u})
 	}
+	r.keeper = first(o.keeper, os.Getenv("XABRIDGE_DECISION_RESOURCE"), fc.DecisionResource)
+	if r.keeper != "" && !seen[r.keeper] {
+		return nil, usagef("--decision-resource %q is not one of the resources (%s)", r.keeper, strings.Join(sortedNames(seen), ", "))
+	}
 	return r, nil
+}
+
+func sortedNames(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for n := range m {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func validResourceName(s string) bool {

@@ -175,7 +175,7 @@ func newRecoverer(ctx context.Context, r *resolved, write bool, minAge *time.Dur
 		return nil, nil, nil, err
 	}
 	cfg := recovery.Config{NodeID: r.nodeID, Log: l, Resources: res, MinAge: minAge, Actor: actor(),
-		DecisionResource: envOr("XABRIDGE_DECISION_RESOURCE", "")}
+		DecisionResource: r.keeper}
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// Flags win over the environment, the environment over the config file,
+// the file over the defaults; the decision resource must name a resource.
+func TestOpsConfigPrecedence(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "xabridge.json")
+	if err := os.WriteFile(file, []byte(`{"node_id": "file-node", "log_dir": "/file/log",
+		"resources": {"ledger": "postgres://l@h/db", "wallet": "mysql://w@h/db"}, "decision_resource": "ledger"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{"XABRIDGE_NODE_ID", "XABRIDGE_LOG_DIR", "XABRIDGE_RESOURCES", "XABRIDGE_DECISION_RESOURCE", "XABRIDGE_CONFIG", "XABRIDGE_PG", "XABRIDGE_MYSQL"} {
+		t.Setenv(v, "")
+	}
+	tests := []struct {
+		name string
+		o    opsConfig
+		env  map[string]string
+		want resolved
+		err  string
+	}{
+		{"file only", opsConfig{configFile: file}, nil, resolved{nodeID: "file-node", logDir: "/file/log", output: "table", keeper: "ledger",
+			resources: []namedURL{{"ledger", "postgres://l@h/db"}, {"wallet", "mysql://w@h/db"}}}, ""},
+		{"env over file", opsConfig{configFile: file}, map[string]string{"XABRIDGE_NODE_ID": "env-node", "XABRIDGE_DECISION_RESOURCE": "wallet"},
+			resolved{nodeID: "env-node", logDir: "/file/log", output: "table", keeper: "wallet",
+				resources: []namedURL{{"ledger", "postgres://l@h/db"}, {"wallet", "mysql://w@h/db"}}}, ""},
+		{"flags over env", opsConfig{configFile: file, nodeID: "flag-node", keeper: "ledger", resources: []string{"ledger=postgres://x@h/db"}},
+			map[string]string{"XABRIDGE_NODE_ID": "env-node", "XABRIDGE_DECISION_RESOURCE": "wallet"},
+			resolved{nodeID: "flag-node", logDir: "/file/log", output: "table", keeper: "ledger", resources: []namedURL{{"ledger", "postgres://x@h/db"}}}, ""},
+		{"defaults", opsConfig{}, map[string]string{"XABRIDGE_PG": "postgres://p@h/db"},
+			resolved{nodeID: "demo", logDir: ".xabridge/log", output: "table", resources: []namedURL{{"pg", "postgres://p@h/db"}}}, ""},
+		{"decision resource not a resource", opsConfig{configFile: file, resources: []string{"wallet=mysql://w@h/db"}}, nil,
+			resolved{}, `--decision-resource "ledger" is not one of the resources (wallet)`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			got, err := tt.o.resolve()
+			if tt.err != "" {
+				if err == nil || err.Error() != tt.err {
+					t.Fatalf("err = %v, want %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, *got, cmp.AllowUnexported(resolved{}, namedURL{})); diff != "" {
+				t.Errorf("resolved (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
