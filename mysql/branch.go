@@ -491,9 +491,12 @@ func (b *branch) userErr(op string, err error) error {
 			return b.errorf(op, drivers.ErrRetryable, err)
 		case erLockWaitTimeout:
 			// Only the statement was rolled back (unless the server runs
-			// with innodb_rollback_on_timeout=ON, which XA END reveals).
+			// with innodb_rollback_on_timeout=ON, which XA END reveals,
+			// and endedUnder for a keeper's local branch).
+			b.endedUnder(err)
 			return b.errorf(op, drivers.ErrRetryable, err)
 		}
+		b.endedUnder(err)
 		return err
 	}
 	// Not a server answer: the connection broke, or the context ended
@@ -502,6 +505,29 @@ func (b *branch) userErr(op string, err error) error {
 	// unprepared branch dies with it and Prepare will refuse.
 	b.drop()
 	return err
+}
+
+// endedUnder checks, after a server error on a decision keeper's local
+// branch, whether MariaDB ended the transaction BEGIN started (a lock wait
+// timeout with innodb_rollback_on_timeout=ON; a failing DDL statement,
+// which commits implicitly before it fails): the session would then run
+// the next statements in autocommit, outside the branch, so the branch
+// refuses them and its decision. An XA branch needs no check: its server
+// refuses what would end it. b.mu is held.
+func (b *branch) endedUnder(cause error) {
+	if !b.local || b.rbCause != nil || b.conn == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	var in int
+	if err := b.conn.QueryRowContext(ctx, "SELECT @@in_transaction").Scan(&in); err != nil {
+		b.drop() // the session's state is unknown: it goes, and the transaction with it
+		return
+	}
+	if in == 0 {
+		b.rbCause = fmt.Errorf("the transaction ended under the statement that failed: %w", cause)
+	}
 }
 
 // ExecContext executes a statement inside the branch (database/sql's

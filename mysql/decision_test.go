@@ -374,7 +374,7 @@ func TestKeeperCutOffWhileWaiting(t *testing.T) {
 // the guard in the decision INSERT (@@in_transaction) or before the
 // one-phase COMMIT.
 func TestKeeperTransactionEndedUnderIt(t *testing.T) {
-	for _, how := range []string{"deadlock", "deadlock seen by QueryRow", "ROLLBACK statement"} {
+	for _, how := range []string{"deadlock", "deadlock seen by QueryRow", "failing DDL", "ROLLBACK statement"} {
 		for _, commit := range []string{"CommitWithDecision", "CommitOnePhase"} {
 			t.Run(how+"/"+commit, func(t *testing.T) {
 				e, _ := keeperEnv(t, false, 2)
@@ -398,6 +398,12 @@ func TestKeeperTransactionEndedUnderIt(t *testing.T) {
 						t.Fatal(err)
 					}
 					wantNumber(t, "the deadlocked query", berr, erLockDeadlock)
+				case "failing DDL":
+					// MariaDB commits the transaction before it finds the
+					// table exists: row 60 is committed (the application's
+					// doing), but nothing after it may commit on its own.
+					_, err := b.user.ExecContext(ctx, "CREATE TABLE "+tbl+" (id INT)")
+					wantNumber(t, "CREATE TABLE of an existing table", err, 1050)
 				case "ROLLBACK statement":
 					if _, err := b.user.ExecContext(ctx, "ROLLBACK"); err != nil {
 						t.Fatal(err)
@@ -405,10 +411,10 @@ func TestKeeperTransactionEndedUnderIt(t *testing.T) {
 				}
 				if how != "ROLLBACK statement" {
 					_, err := b.user.ExecContext(ctx, "INSERT INTO "+tbl+" VALUES (61, 0)")
-					wantKind(t, "a statement after the deadlock", err, drivers.ErrFailed)
+					wantKind(t, "a statement after "+how, err, drivers.ErrFailed)
 					var x int
 					err = b.user.QueryRowContext(ctx, "SELECT 1").Scan(&x)
-					wantKind(t, "a query after the deadlock", err, drivers.ErrFailed)
+					wantKind(t, "a query after "+how, err, drivers.ErrFailed)
 				}
 				var err error
 				if commit == "CommitWithDecision" {
@@ -417,7 +423,7 @@ func TestKeeperTransactionEndedUnderIt(t *testing.T) {
 					err = b.CommitOnePhase(ctx)
 				}
 				wantKind(t, commit, err, drivers.ErrRefused)
-				if how != "ROLLBACK statement" && !errors.Is(err, drivers.ErrRetryable) {
+				if strings.HasPrefix(how, "deadlock") && !errors.Is(err, drivers.ErrRetryable) {
 					t.Errorf("refusal after a deadlock is not marked retryable: %v", err)
 				}
 				if how == "ROLLBACK statement" && commit == "CommitWithDecision" {
@@ -426,7 +432,11 @@ func TestKeeperTransactionEndedUnderIt(t *testing.T) {
 				if _, ok := e.row(g); ok {
 					t.Fatal("a decision row was written")
 				}
-				if e.rows(tbl, 60)+e.rows(tbl, 61) != 0 {
+				if how == "failing DDL" {
+					if e.rows(tbl, 60) != 1 || e.rows(tbl, 61) != 0 {
+						t.Fatal("want row 60 committed by the DDL's implicit commit, row 61 refused")
+					}
+				} else if e.rows(tbl, 60)+e.rows(tbl, 61) != 0 {
 					t.Fatal("the branch's writes committed")
 				}
 				wantCleanPool(t, e.db, 2)

@@ -51,7 +51,10 @@
 // statements after a deadlock (or after DDL, which commits implicitly)
 // outside the transaction BEGIN started, the decision INSERT writes its row
 // only while @@in_transaction is 1, and the adapter refuses further
-// statements once it has seen a deadlock. MySQL has no @@in_transaction, so
+// statements once it has seen a deadlock (or, after any other server
+// error, finds @@in_transaction 0: a failing DDL statement has committed
+// implicitly, or innodb_rollback_on_timeout=ON rolled back on a lock wait
+// timeout), so that nothing runs in autocommit outside the branch. MySQL has no @@in_transaction, so
 // BeginKept refuses MySQL servers (ErrUnsupported); use a PostgreSQL or
 // MariaDB keeper there. Do not run statements that end a transaction (DDL,
 // COMMIT, ROLLBACK, LOCK TABLES) on a keeper's branch: the decision is then
