@@ -349,6 +349,7 @@ func (tx *Tx) phase2(ctx context.Context, voters []*txBranch, dec decisionKind, 
 	*untrack = false // the background goroutine untracks when phase 2 ends
 	async := logged && c.cfg.AsyncPhase2
 	done := make(chan struct{})
+	var allCommitted atomic.Bool // set before done is closed
 	c.goBackground(func() {
 		// Untracked before done is closed (defers run last first): once
 		// Commit returns nil, Active no longer reports the transaction.
@@ -387,6 +388,7 @@ func (tx *Tx) phase2(ctx context.Context, voters []*txBranch, dec decisionKind, 
 		}
 		c.hook(StepAllCommitted, StepInfo{GTRID: tx.gtrid, Branch: -1, Elapsed: since(p2start)})
 		c.endDecision(tx.gtrid, dec)
+		allCommitted.Store(true)
 	})
 
 	if async {
@@ -398,14 +400,19 @@ func (tx *Tx) phase2(ctx context.Context, voters []*txBranch, dec decisionKind, 
 	var why error
 	select {
 	case <-done:
-		return nil
+		if allCommitted.Load() {
+			return nil
+		}
+		// Phase 2 stopped before every branch committed: Close stopped
+		// the retries. The branches left prepared are recovery's now.
+		why = errors.New("phase 2 stopped before every branch committed (the coordinator is closing)")
 	case <-t.C:
 		why = errors.New("phase 2 did not finish within the phase 2 timeout")
 	case <-ctx.Done():
 		why = context.Cause(ctx)
 	}
 	tx.handedOff.Store(true)
-	c.logger.Warn("phase 2 is taking longer than the caller waits; finishing it in the background",
+	c.logger.Warn("phase 2 unfinished when Commit returns; the branches still prepared are finished in the background or by recovery",
 		"gtrid", tx.gtrid.String(), "decision_durable", logged, "err", why)
 	c.hook(StepPhase2Handoff, StepInfo{GTRID: tx.gtrid, Branch: -1, Err: why})
 	if logged {

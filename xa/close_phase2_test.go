@@ -1,0 +1,57 @@
+package xa
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+)
+
+// Close during phase 2 stops the retries; Commit must then not report
+// success for a branch still prepared. With one writing branch (the other
+// read-only) there is no decision record, so the outcome is unknown; with
+// a logged decision it is commit-pending.
+func TestCloseDuringPhase2IsNotReportedCommitted(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		readOnly bool // b votes read-only: a alone commits, with no decision
+		want     error
+	}{
+		{"single voter, no decision", true, ErrOutcomeUnknown},
+		{"two voters, logged decision", false, ErrCommitPending},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var closing sync.Once
+			var e *testEnv
+			e = newTestEnv(t, func(c *Config) {
+				c.Hook = func(s Step, info StepInfo) {
+					if s == StepCommitting && info.Resource == "a" {
+						// A graceful shutdown while a's commit is in flight.
+						closing.Do(func() { go func() { _ = e.c.Close() }() })
+					}
+				}
+			})
+			e.b.ReadOnly = tt.readOnly
+			e.a.Block("commit")
+			ctx := context.Background()
+			tx, err := e.c.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			xa, _, err := both(ctx, tx, e.a, e.b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = tx.Commit(ctx)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("Commit = %v, want %v", err, tt.want)
+			}
+			if got := e.a.State(xa); got != "prepared" {
+				t.Fatalf("branch a is %s, want prepared (left to recovery)", got)
+			}
+			if _, logged := e.log.Lookup(tx.GlobalID()); logged == tt.readOnly {
+				t.Errorf("decision logged = %v, want %v", logged, !tt.readOnly)
+			}
+		})
+	}
+}
