@@ -99,7 +99,8 @@ type Branch interface {
 
 // Prepared is one prepared transaction found on a resource.
 type Prepared struct {
-	// XID is the decoded XID; set only when Ours is true.
+	// XID is the decoded XID: set when Ours is true, and for an entry in
+	// xabridge's format that this resource may not finish (Note says why).
 	XID XID
 	// Ours reports whether xabridge created this branch and it can be
 	// finished through this resource.

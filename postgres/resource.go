@@ -277,13 +277,16 @@ func (r *Resource) Recover(ctx context.Context) ([]drivers.Prepared, error) {
 			return nil, drivers.NewError(r.name, "recover", drivers.XID{}, drivers.ErrFailed, err)
 		}
 		if xid, ok := drivers.ParseGID(p.ID); ok {
+			// Ours or not to finish, the XID is reported: recovery keeps
+			// the transaction's decision while any branch of it is listed.
+			p.XID = xid
 			switch {
 			case !sameDB:
 				p.Note = "other database (finish it from a resource on database " + p.Database + ")"
 			case !mayDoIt:
 				p.Note = "prepared by role " + p.Owner + " (finish it as that role or a superuser)"
 			default:
-				p.XID, p.Ours = xid, true
+				p.Ours = true
 			}
 		}
 		out = append(out, p)

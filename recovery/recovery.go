@@ -11,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -119,7 +121,8 @@ type Report struct {
 	// ended in the log, or deleted from a decision keeper's table.
 	Ended []string
 
-	kept map[drivers.GlobalID]kept // the keepers' decisions, read before the scan
+	kept       map[drivers.GlobalID]kept // the keepers' decisions, read before the scan
+	keptFailed []drivers.DecisionKeeper  // keepers whose decisions could not be read
 }
 
 // Remaining counts this node's branches still prepared after the pass:
@@ -281,9 +284,12 @@ type kept struct {
 func (r *Recoverer) readKept(ctx context.Context, rep *Report) map[drivers.GlobalID]kept {
 	out := map[drivers.GlobalID]kept{}
 	for _, k := range r.keepers {
-		ds, err := k.ListDecisions(ctx)
+		lctx, cancel := context.WithTimeout(ctx, opTimeout)
+		ds, err := k.ListDecisions(lctx)
+		cancel()
 		if err != nil {
 			rep.ScanErrors = append(rep.ScanErrors, ResourceError{k.Name(), fmt.Errorf("reading its decision table: %w", err)})
+			rep.keptFailed = append(rep.keptFailed, k)
 			r.logger.Log(ctx, errLevel(ctx), "recovery cannot read a decision table", "resource", k.Name(), "err", err)
 			continue
 		}
@@ -450,7 +456,9 @@ func (r *Recoverer) scanBranches(ctx context.Context, rep *Report) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p, err := res.Recover(ctx)
+			rctx, cancel := context.WithTimeout(ctx, opTimeout)
+			defer cancel()
+			p, err := res.Recover(rctx)
 			results[i] = result{res.Name(), p, err}
 		}()
 	}
@@ -532,6 +540,10 @@ func (r *Recoverer) classify(rep *Report, firstSeen map[drivers.XID]time.Time) {
 			// on the branch's own session): finishing it from here would
 			// only race that coordinator.
 			b.Class, b.Reason = Live, "running in this coordinator"
+		case ok && forced(entry):
+			// Before the log's decision: the operator overrode it, and a
+			// pass that went on by the decision would undo half of that.
+			b.Class, b.Reason = Heuristic, "an operator forced an outcome for this transaction; resolve it by hand (xabridge resolve --force)"
 		case !logCommitted && kok && k.Commit:
 			b.LogState = xa.StateCommitted
 			b.Class, b.Action, b.Reason = CommitPending, ActionCommit, "commit decision kept in "+k.keeper.Name()
@@ -558,6 +570,11 @@ func (r *Recoverer) classify(rep *Report, firstSeen map[drivers.XID]time.Time) {
 				continue
 			}
 			b.Class, b.Action, b.Reason = Orphan, ActionRollback, "no commit decision, past its fence, seen in two scans: presumed abort"
+			if r.keptUnknown(rep) {
+				// The decision may be in a table that could not be read.
+				b.Action = ActionWait
+				b.Reason = "no commit decision found, but a decision table could not be read: not presumed aborted until it can"
+			}
 		}
 		if firstSeen != nil && (b.Action == ActionCommit || b.Action == ActionRollback) {
 			if t, ok := firstSeen[b.XID]; !ok || now.Sub(t) < r.settle() {
@@ -607,6 +624,8 @@ func (r *Recoverer) act(ctx context.Context, b *Branch) {
 	if b.Action != ActionCommit && b.Action != ActionRollback {
 		return
 	}
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
 	res := r.res[b.Resource]
 	g := b.XID.Global
 	if b.Action == ActionRollback && b.Class == Orphan {
@@ -679,6 +698,34 @@ func (r *Recoverer) act(ctx context.Context, b *Branch) {
 	}
 }
 
+// opTimeout bounds each call recovery makes to a database (a listing, a
+// fence, a commit or rollback), so that one unreachable resource cannot
+// stall a pass, and the Loop with it, until TCP gives up.
+const opTimeout = 30 * time.Second
+
+// keptUnknown reports whether a keeper whose decisions could not be read
+// may hold a decision that no fence would find: any but the configured
+// fence (its FenceAbort finds a decision, or excludes one, atomically).
+func (r *Recoverer) keptUnknown(rep *Report) bool {
+	for _, k := range rep.keptFailed {
+		if k != r.fence {
+			return true
+		}
+	}
+	return false
+}
+
+// forced reports whether an operator forced an outcome for the entry's
+// transaction (xabridge resolve --force).
+func forced(e xa.Entry) bool {
+	for _, a := range e.Actions {
+		if a.Heuristic && strings.HasPrefix(a.Op, "forced-") {
+			return true
+		}
+	}
+	return false
+}
+
 // fenceKeeper writes the abort marker for g in the decision keeper, if one
 // is configured, and reports whether the keeper holds a commit decision
 // instead.
@@ -727,6 +774,23 @@ func (r *Recoverer) forgetKept(ctx context.Context, rep *Report, still map[drive
 	}
 }
 
+// stillPrepared returns the transactions with a branch the report leaves
+// prepared: ours not finished by an action, and ours a resource listed as
+// not ours to finish (prepared by another role, say): their decisions are
+// still needed.
+func stillPrepared(rep *Report) map[drivers.GlobalID]bool {
+	still := map[drivers.GlobalID]bool{}
+	for _, b := range rep.Branches {
+		if b.XID.Global.IsZero() {
+			continue
+		}
+		if !b.Ours || b.Result == "" || b.Err != nil || b.Result == ResultBusy {
+			still[b.XID.Global] = true
+		}
+	}
+	return still
+}
+
 // endFinished marks commit decisions ended when no resource lists any of
 // their branches any more. It only does so when every resource was scanned:
 // a resource that could not be scanned may still hold a branch.
@@ -734,13 +798,8 @@ func (r *Recoverer) endFinished(ctx context.Context, rep *Report) {
 	if len(rep.ScanErrors) > 0 {
 		return
 	}
-	still := map[drivers.GlobalID]bool{}
-	for _, b := range rep.Branches {
-		if b.Ours && (b.Result == "" || b.Err != nil || b.Result == ResultBusy) {
-			still[b.XID.Global] = true
-		}
-	}
-	r.forgetKept(ctx, rep, still)
+	r.forgetKept(ctx, rep, stillPrepared(rep))
+	still := stillPrepared(rep)
 	for _, d := range r.cfg.Log.Pending() {
 		if d.GTRID.Node != r.cfg.NodeID || still[d.GTRID] {
 			continue
@@ -821,7 +880,8 @@ func (r *Recoverer) Resolve(ctx context.Context, g drivers.GlobalID, commit, for
 	// Two scans Settle apart: act only on branches present in both, so no
 	// owner session can still be closing (see Config.Settle).
 	first := map[drivers.XID]bool{}
-	for _, b := range r.scan(ctx).Branches {
+	firstRep := r.scan(ctx)
+	for _, b := range firstRep.Branches {
 		if b.Ours && b.XID.Global == g {
 			first[b.XID] = true
 		}
@@ -837,10 +897,26 @@ func (r *Recoverer) Resolve(ctx context.Context, g drivers.GlobalID, commit, for
 	}
 	rep := r.scan(ctx)
 	defer r.report(rep, KindResolve, start)
-	var mine []Branch
+	// A resource the first scan missed may hold a branch seen only once:
+	// it is reported, waiting, and the transaction is not ended.
+	for _, e := range firstRep.ScanErrors {
+		if !slices.ContainsFunc(rep.ScanErrors, func(x ResourceError) bool { return x.Resource == e.Resource }) {
+			rep.ScanErrors = append(rep.ScanErrors, e)
+		}
+	}
+	var mine, waiting []Branch
 	for _, b := range rep.Branches {
-		if b.Ours && b.XID.Global == g && first[b.XID] {
+		if !b.Ours && b.XID.Global == g {
+			waiting = append(waiting, b) // ours, but this resource may not finish it (another role)
+			continue
+		}
+		if b.Ours && b.XID.Global == g {
 			b.Age = rep.At.Sub(g.Begin)
+			if !first[b.XID] {
+				b.Class, b.Action, b.Reason = Live, ActionWait, "listed by one of the two scans only; run resolve again"
+				waiting = append(waiting, b)
+				continue
+			}
 			mine = append(mine, b)
 		}
 	}
@@ -907,8 +983,34 @@ func (r *Recoverer) Resolve(ctx context.Context, g drivers.GlobalID, commit, for
 		}
 		r.act(ctx, b)
 	}
-	if commit && !heuristic {
-		r.endFinished(ctx, rep)
+	if commit && !heuristic && len(waiting) == 0 {
+		r.endOne(ctx, rep, g)
 	}
+	rep.Branches = append(rep.Branches, waiting...)
 	return rep, nil
+}
+
+// endOne marks g's commit decision ended (or deletes it from its keeper)
+// after Resolve committed its branches: only g, and only when every
+// resource was listed in both scans and every branch of g found is
+// finished. (A pass's endFinished looks at every decision; Resolve's
+// report holds g's branches alone, so it must not.)
+func (r *Recoverer) endOne(ctx context.Context, rep *Report, g drivers.GlobalID) {
+	if len(rep.ScanErrors) > 0 || stillPrepared(rep)[g] || r.cfg.Active != nil && r.cfg.Active(g) {
+		return
+	}
+	if k, ok := rep.kept[g]; ok && k.Commit {
+		d := xa.Decision{GTRID: g}
+		for _, p := range k.Participants {
+			d.Participants = append(d.Participants, xa.Participant(p))
+		}
+		if r.coversAll(d) && k.keeper.ForgetDecisions(ctx, []drivers.GlobalID{g}) == nil {
+			rep.Ended = append(rep.Ended, g.String())
+		}
+	}
+	for _, d := range r.cfg.Log.Pending() {
+		if d.GTRID == g && r.coversAll(d) && r.cfg.Log.End(g) == nil && !slices.Contains(rep.Ended, g.String()) {
+			rep.Ended = append(rep.Ended, g.String())
+		}
+	}
 }

@@ -33,9 +33,10 @@ type Resource struct {
 	// closed or the context ends (then it returns ErrInDoubt).
 	block map[string]chan struct{}
 	// readOnly makes Prepare vote read-only.
-	ReadOnly bool
-	calls    map[string]int
-	foreign  []string
+	ReadOnly    bool
+	calls       map[string]int
+	foreign     []string
+	foreignXIDs []drivers.Prepared // AddForeignXID
 }
 
 func New(name string) *Resource {
@@ -173,6 +174,7 @@ func (r *Resource) Recover(ctx context.Context) ([]drivers.Prepared, error) {
 	for _, id := range r.foreign {
 		out = append(out, drivers.Prepared{ID: id})
 	}
+	out = append(out, r.foreignXIDs...)
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
 }
@@ -268,6 +270,15 @@ func (r *Resource) AddForeign(id string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.foreign = append(r.foreign, id)
+}
+
+// AddForeignXID adds a prepared transaction in xabridge's format that the
+// resource may not finish (as PostgreSQL lists one prepared by another
+// role): listed with its XID and note, never Ours.
+func (r *Resource) AddForeignXID(xid drivers.XID, note string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.foreignXIDs = append(r.foreignXIDs, drivers.Prepared{XID: xid, ID: xid.GID(), Note: note})
 }
 
 // Foreign lists the foreign prepared transactions (never touched by anyone).
