@@ -582,6 +582,11 @@ holds the log. Exit code 3 when branches of this node remain in doubt.`,
 				delete(acted, b.Resource+" "+b.ID)
 			}
 			for _, b := range acted {
+				if b.Err != nil || b.Result == recovery.ResultBusy {
+					// It answered busy or failed then, and is gone now:
+					// finished since, so not in doubt any more.
+					b.Err, b.Result = nil, recovery.ResultAlreadyFinished
+				}
 				rep.Branches = append(rep.Branches, b)
 			}
 			sortBranches(rep.Branches)
