@@ -56,6 +56,10 @@ type branch struct {
 	out     outcome
 	used    bool  // a statement ran (or was attempted): not read-only
 	rbCause error // set when the server rolled the branch back under a statement (deadlock)
+	// unverified: a keeper's branch handed a result set to the
+	// application, whose rows may have reported a deadlock the adapter
+	// never saw; verify checks before anything else runs.
+	unverified bool
 }
 
 var _ drivers.Branch = (*branch)(nil)
@@ -445,7 +449,15 @@ func (o outcome) String() string {
 //
 // On a decision keeper's branch (BeginKept: a local transaction, not XA) a
 // deadlock ends the transaction at once, so every later statement on the
-// handle fails with ErrFailed and the decision is refused.
+// handle fails with ErrFailed and the decision is refused; that includes a
+// deadlock reported only while reading rows (Rows.Next, Rows.Err, Row.Scan),
+// which the adapter asks the server about, in one round trip, before the
+// next statement after a query. Statements that commit implicitly (START
+// TRANSACTION or BEGIN, which also start a new transaction no check can tell
+// from the branch's; DDL; LOCK TABLES; ANALYZE or OPTIMIZE TABLE; SET
+// autocommit) must never be run on a keeper's branch: MariaDB commits the
+// branch's earlier work at once and no check can undo that (an XA branch
+// refuses them; a keeper's branch cannot).
 type Branch struct {
 	b *branch
 }
@@ -469,7 +481,10 @@ func (b *branch) errNotActive(op string) error {
 }
 
 // active reports whether a user statement may run, and marks the branch used.
+// A keeper's branch first checks that its transaction outlived the result
+// set it last handed out (verify).
 func (b *branch) active() bool {
+	b.verify()
 	if b.state != stActive || b.conn == nil || b.local && b.rbCause != nil {
 		return false
 	}
@@ -507,28 +522,60 @@ func (b *branch) userErr(op string, err error) error {
 	return err
 }
 
-// endedUnder checks, after a server error on a decision keeper's local
-// branch, whether MariaDB ended the transaction BEGIN started (a lock wait
-// timeout with innodb_rollback_on_timeout=ON; a failing DDL statement,
-// which commits implicitly before it fails): the session would then run
-// the next statements in autocommit, outside the branch, so the branch
-// refuses them and its decision. An XA branch needs no check: its server
+// ended reports whether MariaDB has ended, under a decision keeper's local
+// branch, the transaction BEGIN started (@@in_transaction is 0): the
+// session would then run the next statements in autocommit, outside the
+// branch, so the caller sets rbCause and the branch refuses them and its
+// decision. If the question fails, the session's state is unknown: it is
+// dropped, which ends the transaction too (the branch is then refused as
+// broken), and ended reports false. An XA branch is never asked: its server
 // refuses what would end it. b.mu is held.
-func (b *branch) endedUnder(cause error) {
+func (b *branch) ended() bool {
 	if !b.local || b.rbCause != nil || b.conn == nil {
-		return
+		return false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
 	var in int
 	if err := b.conn.QueryRowContext(ctx, "SELECT @@in_transaction").Scan(&in); err != nil {
-		b.drop() // the session's state is unknown: it goes, and the transaction with it
-		return
+		b.drop()
+		return false
 	}
-	if in == 0 {
+	return in == 0
+}
+
+// endedUnder checks, after a server error on a keeper's branch, whether
+// the statement ended the transaction (a lock wait timeout with
+// innodb_rollback_on_timeout=ON; a failing DDL statement, which commits
+// implicitly before it fails). b.mu is held.
+func (b *branch) endedUnder(cause error) {
+	if b.ended() {
 		b.rbCause = fmt.Errorf("the transaction ended under the statement that failed: %w", cause)
 	}
 }
+
+// verify checks, on a keeper's branch that has handed a result set to the
+// application since its last check, that the transaction is still open.
+// MariaDB may send a result set's header before InnoDB waits for a lock
+// (a range locking read: SELECT … WHERE id BETWEEN … FOR UPDATE), so a
+// deadlock there reaches only the application, at Rows.Next, Rows.Err or
+// Row.Scan, yet ends the transaction all the same. It runs before the next
+// statement or the commit, by which time the application has closed its
+// rows; if it has not, database/sql holds the session until they close (or
+// their context ends), then the check fails and the session is dropped,
+// just as the application's own statement would have been. b.mu is held.
+func (b *branch) verify() {
+	if !b.unverified {
+		return
+	}
+	b.unverified = false
+	if b.ended() {
+		b.rbCause = errEndedReading
+	}
+}
+
+// errEndedReading is the rbCause verify finds.
+var errEndedReading = errors.New("the transaction ended while the application read a result set (a deadlock reported by Rows.Next, Rows.Err or Row.Scan)")
 
 // ExecContext executes a statement inside the branch (database/sql's
 // (*sql.Conn).ExecContext).
@@ -553,6 +600,9 @@ func (h *Branch) QueryContext(ctx context.Context, query string, args ...any) (*
 		return nil, b.errNotActive("query")
 	}
 	rows, err := b.conn.QueryContext(ctx, query, args...)
+	if err == nil && b.local {
+		b.unverified = true // the rows may still report a deadlock: see verify
+	}
 	return rows, b.userErr("query", err)
 }
 
@@ -560,7 +610,8 @@ func (h *Branch) QueryContext(ctx context.Context, query string, args ...any) (*
 // branch (database/sql's (*sql.Conn).QueryRowContext). Its errors are
 // deferred to Scan, so the adapter does not see them: a deadlock reported
 // there still makes Prepare refuse the branch, but the error is not marked
-// retryable.
+// retryable (on a keeper's branch, the next statement or commit checks for
+// it: see verify).
 func (h *Branch) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
 	b := h.b
 	b.mu.Lock()
@@ -572,7 +623,12 @@ func (h *Branch) QueryRowContext(ctx context.Context, query string, args ...any)
 	if b.local {
 		// A keeper's branch must learn of a deadlock now: MariaDB has
 		// ended its local transaction. (Err does not consume the row.)
-		_ = b.userErr("query", row.Err())
+		// One that only Scan will report is checked for later.
+		if err := row.Err(); err != nil {
+			_ = b.userErr("query", err)
+		} else {
+			b.unverified = true
+		}
 	}
 	return row
 }

@@ -225,6 +225,10 @@ func (r *Resource) CommitWithDecision(ctx context.Context, db drivers.Branch, g 
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	// A deadlock that only the application's rows reported: refuse as
+	// after one the adapter saw (retryable, saying why) rather than leave
+	// it to the INSERT's guard. One round trip, only after a query.
+	b.verify()
 	switch {
 	case !b.local:
 		return b.errorf(op, drivers.ErrFailed, errors.New("the branch is an XA branch (Begin); a decision keeper's branch comes from BeginKept"))
@@ -356,7 +360,8 @@ func (b *branch) commitLocalOnePhase(ctx context.Context) error {
 		return b.refuseLocal(ctx, op, fmt.Errorf("COMMIT not sent: %w", cerr))
 	}
 	// As the decision INSERT's guard does: a transaction MariaDB ended
-	// under the branch must not be reported committed.
+	// under the branch must not be reported committed. This check also
+	// does verify's work, so verify is not run first.
 	var in int
 	if err := b.conn.QueryRowContext(ctx, "SELECT @@in_transaction").Scan(&in); err != nil {
 		if isServerErr(err) {
@@ -367,6 +372,9 @@ func (b *branch) commitLocalOnePhase(ctx context.Context) error {
 		return b.refused(op, err)
 	}
 	if in == 0 {
+		if b.unverified {
+			b.rbCause = errEndedReading // refused as verify would have it
+		}
 		return b.refuseLocal(ctx, op, errors.New("the local transaction had already ended (a deadlock or lock wait timeout rolled it back, or a statement such as DDL or COMMIT ended it)"))
 	}
 	_, err := b.conn.ExecContext(ctx, "COMMIT")

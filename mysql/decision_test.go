@@ -369,12 +369,16 @@ func TestKeeperCutOffWhileWaiting(t *testing.T) {
 
 // When MariaDB ends the keeper's local transaction under it, the session
 // goes on in autocommit, so neither a decision nor a one-phase commit may
-// follow. A deadlock the adapter sees stops the branch at once; one it
-// cannot see (here: a ROLLBACK the application ran itself) is caught by
-// the guard in the decision INSERT (@@in_transaction) or before the
-// one-phase COMMIT.
+// follow. A deadlock the adapter sees stops the branch at once; one that
+// only the application's rows report is found (@@in_transaction) before
+// the next statement or the commit; one it cannot see (here: a ROLLBACK the
+// application ran itself) is caught by the guard in the decision INSERT
+// (@@in_transaction) or before the one-phase COMMIT.
 func TestKeeperTransactionEndedUnderIt(t *testing.T) {
-	for _, how := range []string{"deadlock", "deadlock seen by QueryRow", "failing DDL", "ROLLBACK statement"} {
+	for _, how := range []string{
+		"deadlock", "deadlock seen by QueryRow", "failing DDL", "ROLLBACK statement",
+		"deadlock of a range read, at Row.Scan", "deadlock of a range read, at Rows.Next", "deadlock of a range read, at Rows.Next, then commit",
+	} {
 		for _, commit := range []string{"CommitWithDecision", "CommitOnePhase"} {
 			t.Run(how+"/"+commit, func(t *testing.T) {
 				e, _ := keeperEnv(t, false, 2)
@@ -398,6 +402,33 @@ func TestKeeperTransactionEndedUnderIt(t *testing.T) {
 						t.Fatal(err)
 					}
 					wantNumber(t, "the deadlocked query", berr, erLockDeadlock)
+				case "deadlock of a range read, at Row.Scan", "deadlock of a range read, at Rows.Next", "deadlock of a range read, at Rows.Next, then commit":
+					// A range locking read, up to row 71 that the other
+					// session holds: MariaDB sends the result set's header
+					// before InnoDB waits, so the deadlock comes after the
+					// adapter has handed the rows to the application.
+					berr, err := deadlockWith(ctx, e, b, tbl, 70, func(string) error {
+						sel := "SELECT id FROM " + tbl + " WHERE id BETWEEN 1 AND 71 ORDER BY id FOR UPDATE"
+						if how == "deadlock of a range read, at Row.Scan" {
+							var id int64
+							return b.user.QueryRowContext(ctx, sel).Scan(&id)
+						}
+						rows, err := b.user.QueryContext(ctx, sel)
+						if err != nil {
+							return fmt.Errorf("at QueryContext: %w", err)
+						}
+						defer rows.Close()
+						for rows.Next() {
+						}
+						return rows.Err()
+					})
+					if err != nil {
+						t.Fatal(err)
+					}
+					wantNumber(t, "the deadlocked read", berr, erLockDeadlock)
+					if b.rbCause != nil {
+						t.Fatalf("the adapter saw the deadlock when it sent the query (%v), not only the application", b.rbCause)
+					}
 				case "failing DDL":
 					// MariaDB commits the transaction before it finds the
 					// table exists: row 60 is committed (the application's
@@ -409,7 +440,7 @@ func TestKeeperTransactionEndedUnderIt(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				if how != "ROLLBACK statement" {
+				if how != "ROLLBACK statement" && !strings.HasSuffix(how, "then commit") {
 					_, err := b.user.ExecContext(ctx, "INSERT INTO "+tbl+" VALUES (61, 0)")
 					wantKind(t, "a statement after "+how, err, drivers.ErrFailed)
 					var x int
@@ -443,6 +474,92 @@ func TestKeeperTransactionEndedUnderIt(t *testing.T) {
 			})
 		}
 	}
+}
+
+// A keeper's branch asks @@in_transaction once after it has handed a
+// result set to the application, before its next statement or its
+// decision (the one-phase commit's own check does for it); a statement
+// that follows a statement costs nothing extra, and neither does anything
+// on an XA branch.
+func TestKeeperCheckAfterQuery(t *testing.T) {
+	e, p := keeperEnv(t, false, 2)
+	tbl := e.table("keepcheck")
+	ctx := ctxT(t)
+	const check = "query: SELECT @@in_transaction"
+	var (
+		query    = "SELECT id FROM " + tbl + " ORDER BY id"
+		queryRow = "SELECT v FROM " + tbl + " WHERE id = 1"
+		update1  = "UPDATE " + tbl + " SET v = v + 1 WHERE id = 1"
+		update2  = "UPDATE " + tbl + " SET v = v + 1 WHERE id = 2"
+	)
+	statements := func(h *Branch) {
+		t.Helper()
+		rows, err := h.QueryContext(ctx, query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+		}
+		if err := rows.Close(); err != nil {
+			t.Fatal(err)
+		}
+		var v int64
+		if err := h.QueryRowContext(ctx, queryRow).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range []string{update1, update2} {
+			if _, err := h.ExecContext(ctx, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := h.QueryRowContext(ctx, queryRow).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantSent := func(what string, want ...string) {
+		t.Helper()
+		if got := p.commands(); !slices.Equal(got, want) {
+			t.Fatalf("%s sent\n  %s\nwant\n  %s", what, strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+		}
+	}
+
+	one := e.beginKept(ctx)
+	p.commands()
+	statements(one.user)
+	if err := one.CommitOnePhase(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantSent("a keeper committing in one phase",
+		"query: "+query, check, "query: "+queryRow, check, "query: "+update1, "query: "+update2,
+		"query: "+queryRow, check, "query: COMMIT")
+
+	kept := e.beginKept(ctx)
+	p.commands()
+	statements(kept.user)
+	if err := e.r.CommitWithDecision(ctx, kept, kept.xid.Global, keptParts); err != nil {
+		t.Fatal(err)
+	}
+	got := p.commands()
+	if n := len(got); n < 3 || got[n-3] != check || !strings.HasPrefix(got[n-2], "query: INSERT INTO "+DecisionTable) {
+		t.Fatalf("a keeper committing with its decision after a query sent\n  %s\nwant the check before the decision INSERT", strings.Join(got, "\n  "))
+	}
+
+	xb := e.begin(ctx)
+	p.commands()
+	statements(xb.user)
+	if _, err := xb.Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := xb.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.commands(); slices.Contains(got, check) {
+		t.Fatalf("an XA branch asked @@in_transaction:\n  %s", strings.Join(got, "\n  "))
+	}
+	if v := e.queryInt("SELECT v FROM " + tbl + " WHERE id = 2"); v != 3 {
+		t.Fatalf("row 2 has v = %d, want 3 (all three branches committed)", v)
+	}
+	wantCleanPool(t, e.db, 2)
 }
 
 // What else a keeper branch does: one-phase commit without a decision,

@@ -54,11 +54,19 @@
 // statements once it has seen a deadlock (or, after any other server
 // error, finds @@in_transaction 0: a failing DDL statement has committed
 // implicitly, or innodb_rollback_on_timeout=ON rolled back on a lock wait
-// timeout), so that nothing runs in autocommit outside the branch. MySQL has no @@in_transaction, so
-// BeginKept refuses MySQL servers (ErrUnsupported); use a PostgreSQL or
-// MariaDB keeper there. Do not run statements that end a transaction (DDL,
-// COMMIT, ROLLBACK, LOCK TABLES) on a keeper's branch: the decision is then
-// refused, but what they committed stays committed.
+// timeout; or, before the statement or commit that follows a query, finds
+// it 0: a deadlock reported only to the application, by Rows.Next,
+// Rows.Err or Row.Scan), so that nothing runs in autocommit outside the
+// branch. MySQL has no @@in_transaction, so BeginKept refuses MySQL servers
+// (ErrUnsupported); use a PostgreSQL or MariaDB keeper there. Do not run
+// COMMIT or ROLLBACK on a keeper's branch: the decision is then refused,
+// but what they committed stays committed. Statements that commit
+// implicitly (START TRANSACTION or BEGIN, which also start a new
+// transaction no check can tell from the branch's; DDL; LOCK TABLES;
+// ANALYZE or OPTIMIZE TABLE; SET autocommit) must never be run on a
+// keeper's branch: MariaDB commits the branch's earlier work at once and
+// no check can undo that (an XA branch refuses them; a keeper's branch
+// cannot).
 //
 // All XA statements are sent as literal text without arguments, so
 // go-sql-driver uses COM_QUERY: XA statements cannot be server-side prepared.
