@@ -43,6 +43,19 @@ func openMy(t *testing.T, url string, conns int) *sql.DB {
 // must still finish the branch (it must not wait forever for a "still
 // attached" owner that is in fact a stranger).
 func TestMariaDBPhase2AfterRestartWithReusedConnectionID(t *testing.T) {
+	// The stranger with the owner's id comes from another pool, or from
+	// the branch's own Resource, which then learns that id anew (so the
+	// owner's boot time must be the one kept with the branch).
+	for _, viaResource := range []bool{false, true} {
+		name := "stranger from another pool"
+		if viaResource {
+			name = "stranger begun by the same resource"
+		}
+		t.Run(name, func(t *testing.T) { phase2AfterRestart(t, viaResource) })
+	}
+}
+
+func phase2AfterRestart(t *testing.T, viaResource bool) {
 	e := getEnv(t)
 	ctx := context.Background()
 	db := openMy(t, e.pair.MyURL(), 4)
@@ -99,20 +112,42 @@ func TestMariaDBPhase2AfterRestartWithReusedConnectionID(t *testing.T) {
 			c.Close()
 		}
 	}()
-	for reused := false; !reused; {
-		if len(held) > 250 {
-			t.Fatalf("no new session got connection id %d", owner)
+	want := owner // the id the last held session must have
+	if viaResource {
+		want = owner - 1 // and the resource's next session gets the owner's
+	}
+	for last := int64(0); last != want && want > 0; {
+		if len(held) > 250 || last > want {
+			t.Fatalf("no new session got connection id %d (last %d)", want, last)
 		}
 		c, err := other.Conn(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		held = append(held, c)
-		var id int64
-		if err := c.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
+		if err := c.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&last); err != nil {
 			t.Fatal(err)
 		}
-		reused = id == owner
+	}
+	if viaResource {
+		now := time.Now()
+		x2 := drivers.XID{Global: drivers.GlobalID{Node: "reuse", Begin: now.Truncate(time.Millisecond), Seq: 2, Deadline: now.Add(time.Hour).Truncate(time.Millisecond)}}
+		b2, err := r.Begin(ctx, x2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = b2.Rollback(context.Background()); _ = b2.Close() }()
+		h2, err := r.Enlist(ctx, &oneBranch{b2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var id int64
+		if err := h2.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		if id != owner {
+			t.Fatalf("the resource's new session got id %d, want the owner's %d", id, owner)
+		}
 	}
 
 	// Phase 2, as the coordinator drives it: retried while busy or in doubt.

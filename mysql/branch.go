@@ -41,11 +41,12 @@ const (
 // branch implements drivers.Branch for one XA transaction on one pinned
 // session. Its methods serialize on mu; the user handle (Branch) shares it.
 type branch struct {
-	r      *Resource
-	xid    drivers.XID
-	xidSQL string  // xid.MySQL(), validated at Begin
-	owner  uint64  // the pinned session's server connection id
-	user   *Branch // the typed handle Enlist returns
+	r         *Resource
+	xid       drivers.XID
+	xidSQL    string  // xid.MySQL(), validated at Begin
+	owner     uint64  // the pinned session's server connection id
+	ownerBoot float64 // the server's boot time when owner was read (see session)
+	user      *Branch // the typed handle Enlist returns
 	// local: a decision keeper's branch (BeginKept), a plain local
 	// transaction on the pinned session instead of an XA transaction.
 	local bool
@@ -101,7 +102,7 @@ func (b *branch) drop() {
 func (b *branch) detach() {
 	b.drop()
 	b.state = stDetached
-	b.r.rememberDetached(b.xid, b.owner)
+	b.r.rememberDetached(b.xid, session{b.owner, b.ownerBoot})
 }
 
 // finish records the outcome and returns the session to the pool.
@@ -318,7 +319,7 @@ func (b *branch) phase2(ctx context.Context, commit bool) error {
 		b.detach()
 	}
 	// stDetached: finish by XID, after the preparing session has left.
-	err := b.r.finishByXID(ctx, op, b.xid, commit, b.owner)
+	err := b.r.finishByXID(ctx, op, b.xid, commit, session{b.owner, b.ownerBoot})
 	if err == nil || errors.Is(err, drivers.ErrNotFound) {
 		// Not prepared anywhere any more: phase 2 is idempotent.
 		b.state, b.out = stDone, want

@@ -180,7 +180,7 @@ func (r *Resource) BeginKept(ctx context.Context, xid drivers.XID) (drivers.Bran
 		discard(conn)
 		return nil, r.errorf(op, xid, classifyPlain(err), fmt.Errorf("reading CONNECTION_ID(): %w", err))
 	}
-	b := &branch{r: r, xid: xid, xidSQL: xid.MySQL(), conn: conn, owner: owner, state: stActive, local: true}
+	b := &branch{r: r, xid: xid, xidSQL: xid.MySQL(), conn: conn, owner: owner.id, ownerBoot: owner.boot, state: stActive, local: true}
 	b.user = &Branch{b: b}
 	if _, err := conn.ExecContext(ctx, "BEGIN"); err != nil {
 		discard(conn) // whatever BEGIN did dies with the session

@@ -43,10 +43,9 @@ type Resource struct {
 
 	mu       sync.Mutex
 	fl       *flavour               // detected on first use; nil until then
-	ids      map[any]uint64         // driver connection → server connection id
-	detached map[drivers.XID]uint64 // branches this process detached → their owner's connection id
+	ids      map[any]session        // driver connection → its server session
+	detached map[drivers.XID]session // branches this process detached → the session that prepared them
 	gone     map[uint64]time.Time   // owner connection id → when first seen out of the processlist
-	idBoot   map[uint64]float64     // connection id → the server's boot time (Unix seconds, ±1s) when we learned it
 	keep     keeperState            // decision keeping (decision.go)
 }
 
@@ -56,7 +55,7 @@ var _ drivers.Resource = (*Resource)(nil)
 // written into the decision log) on the server db connects to. db must come
 // from github.com/go-sql-driver/mysql; the application keeps owning it.
 func New(name string, db *sql.DB) *Resource {
-	return &Resource{name: name, db: db, ids: map[any]uint64{}, detached: map[drivers.XID]uint64{}, gone: map[uint64]time.Time{}, idBoot: map[uint64]float64{}}
+	return &Resource{name: name, db: db, ids: map[any]session{}, detached: map[drivers.XID]session{}, gone: map[uint64]time.Time{}}
 }
 
 // Name returns the resource's name.
@@ -107,7 +106,7 @@ func (r *Resource) Begin(ctx context.Context, xid drivers.XID) (drivers.Branch, 
 		discard(conn)
 		return nil, r.errorf("begin", xid, classifyPlain(err), fmt.Errorf("reading CONNECTION_ID(): %w", err))
 	}
-	b := &branch{r: r, xid: xid, xidSQL: xid.MySQL(), conn: conn, owner: owner, state: stActive}
+	b := &branch{r: r, xid: xid, xidSQL: xid.MySQL(), conn: conn, owner: owner.id, ownerBoot: owner.boot, state: stActive}
 	b.user = &Branch{b: b}
 	if _, err := conn.ExecContext(ctx, "XA START "+b.xidSQL); err != nil {
 		// Whatever the session did, dropping it ends any XA transaction it
@@ -148,30 +147,34 @@ func discard(conn *sql.Conn) {
 // a key is never reused by another connection. The map is emptied when it
 // grows past maxSessionIDs, which bounds the memory held by closed
 // connections.
-func (r *Resource) sessionID(ctx context.Context, conn *sql.Conn) (uint64, error) {
+func (r *Resource) sessionID(ctx context.Context, conn *sql.Conn) (session, error) {
 	var key any
 	if err := conn.Raw(func(dc any) error { key = dc; return nil }); err != nil {
-		return 0, err
+		return session{}, err
 	}
 	r.mu.Lock()
-	id, ok := r.ids[key]
+	s, ok := r.ids[key]
 	r.mu.Unlock()
 	if ok {
-		return id, nil
+		return s, nil
 	}
-	var boot float64
-	if err := conn.QueryRowContext(ctx, bootQuery("CONNECTION_ID(), ")).Scan(&id, &boot); err != nil {
-		return 0, err
+	if err := conn.QueryRowContext(ctx, bootQuery("CONNECTION_ID(), ")).Scan(&s.id, &s.boot); err != nil {
+		return session{}, err
 	}
 	r.mu.Lock()
 	if len(r.ids) >= maxSessionIDs {
 		clear(r.ids)
-		clear(r.idBoot)
 	}
-	r.ids[key] = id
-	r.idBoot[id] = boot
+	r.ids[key] = s
 	r.mu.Unlock()
-	return id, nil
+	return s, nil
+}
+
+// session identifies a server session across restarts: connection ids
+// restart at 1 when the server does, so the id alone is not enough.
+type session struct {
+	id   uint64
+	boot float64 // the server's boot time when id was read (Unix seconds, ±1s); 0: not known
 }
 
 // CommitPrepared commits a prepared branch from a fresh session (recovery).
@@ -179,20 +182,20 @@ func (r *Resource) sessionID(ctx context.Context, conn *sql.Conn) (uint64, error
 // still holds it, or is still detaching from it (see finishByXID); try
 // again later.
 func (r *Resource) CommitPrepared(ctx context.Context, xid drivers.XID) error {
-	return r.finishByXID(ctx, "commit-prepared", xid, true, 0)
+	return r.finishByXID(ctx, "commit-prepared", xid, true, session{})
 }
 
 // RollbackPrepared rolls back a prepared branch from a fresh session, with
 // the same error classes as CommitPrepared.
 func (r *Resource) RollbackPrepared(ctx context.Context, xid drivers.XID) error {
-	return r.finishByXID(ctx, "rollback-prepared", xid, false, 0)
+	return r.finishByXID(ctx, "rollback-prepared", xid, false, session{})
 }
 
 // rememberDetached records the owner of a branch whose session this process
 // dropped while the branch was (or may have been) prepared, so that
 // CommitPrepared/RollbackPrepared in this process can wait for exactly that
 // session, not just for any.
-func (r *Resource) rememberDetached(xid drivers.XID, owner uint64) {
+func (r *Resource) rememberDetached(xid drivers.XID, owner session) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.detached) >= maxDetached {
@@ -201,7 +204,7 @@ func (r *Resource) rememberDetached(xid drivers.XID, owner uint64) {
 	r.detached[xid] = owner
 }
 
-func (r *Resource) detachedOwner(xid drivers.XID) uint64 {
+func (r *Resource) detachedOwner(xid drivers.XID) session {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.detached[xid]
@@ -246,7 +249,7 @@ func (r *Resource) forgetDetached(xid drivers.XID) {
 // Then: XAER_NOTA proves nothing while XA RECOVER still lists the XID (the
 // owner holds it): ErrBusy. Only when it is no longer listed is the branch
 // gone: ErrNotFound.
-func (r *Resource) finishByXID(ctx context.Context, op string, xid drivers.XID, commit bool, owner uint64) error {
+func (r *Resource) finishByXID(ctx context.Context, op string, xid drivers.XID, commit bool, owner session) error {
 	if err := xid.Validate(); err != nil {
 		return r.errorf(op, drivers.XID{}, drivers.ErrFailed, err)
 	}
@@ -269,7 +272,7 @@ func (r *Resource) finishByXID(ctx context.Context, op string, xid drivers.XID, 
 		ok = isServerErr(err)
 		return r.errorf(op, xid, classifyPlain(err), fmt.Errorf("detecting the server flavour: %w", err))
 	}
-	if owner == 0 {
+	if owner.id == 0 {
 		owner = r.detachedOwner(xid)
 	}
 	busy, err := r.ownerAttached(ctx, conn, fl, owner)
@@ -332,7 +335,8 @@ func (r *Resource) finishByXID(ctx context.Context, op string, xid drivers.XID, 
 // ownerAttached returns why a branch whose preparing session was owner
 // cannot be finished by XID yet (see finishByXID), or "" when it can.
 // owner 0 (unknown) always returns "".
-func (r *Resource) ownerAttached(ctx context.Context, conn *sql.Conn, fl *flavour, owner uint64) (string, error) {
+func (r *Resource) ownerAttached(ctx context.Context, conn *sql.Conn, fl *flavour, os session) (string, error) {
+	owner := os.id
 	if owner == 0 {
 		return "", nil
 	}
@@ -344,7 +348,10 @@ func (r *Resource) ownerAttached(ctx context.Context, conn *sql.Conn, fl *flavou
 	defer r.mu.Unlock()
 	if _, ok := listed[owner]; ok {
 		_, seenGone := r.gone[owner]
-		bootThen, known := r.idBoot[owner]
+		// The boot time kept with the branch, not one looked up by id: after
+		// a restart a new session may have taken the owner's id (and would
+		// then look like the owner itself).
+		bootThen, known := os.boot, os.boot != 0
 		r.mu.Unlock()
 		restarted := false
 		if known && !seenGone {
