@@ -42,11 +42,11 @@ type Resource struct {
 	db   *sql.DB
 
 	mu       sync.Mutex
-	fl       *flavour               // detected on first use; nil until then
-	ids      map[any]session        // driver connection → its server session
+	fl       *flavour                // detected on first use; nil until then
+	ids      map[any]session         // driver connection → its server session
 	detached map[drivers.XID]session // branches this process detached → the session that prepared them
-	gone     map[uint64]time.Time   // owner connection id → when first seen out of the processlist
-	keep     keeperState            // decision keeping (decision.go)
+	gone     map[uint64]time.Time    // owner connection id → when first seen out of the processlist
+	keep     keeperState             // decision keeping (decision.go)
 }
 
 var _ drivers.Resource = (*Resource)(nil)
