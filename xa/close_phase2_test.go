@@ -5,6 +5,9 @@ import (
 	"errors"
 	"sync"
 	"testing"
+
+	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/fakeres"
 )
 
 // Close during phase 2 stops the retries; Commit must then not report
@@ -53,5 +56,37 @@ func TestCloseDuringPhase2IsNotReportedCommitted(t *testing.T) {
 				t.Errorf("decision logged = %v, want %v", logged, !tt.readOnly)
 			}
 		})
+	}
+}
+
+// Concurrent Close calls each return only once the coordinator is closed,
+// its owned log included (so another process may open it at once).
+func TestConcurrentClose(t *testing.T) {
+	dir := t.TempDir()
+	c, err := New(context.Background(), Config{NodeID: "test", LogDir: dir, Resources: []drivers.Resource{fakeres.New("a")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 3)
+	var opening sync.Mutex // the checks' own opens must not meet
+	for range 3 {
+		go func() {
+			if err := c.Close(); err != nil {
+				errs <- err
+				return
+			}
+			opening.Lock()
+			defer opening.Unlock()
+			l, err := OpenFileLog(dir, FileLogOptions{})
+			if err == nil {
+				err = l.Close()
+			}
+			errs <- err
+		}()
+	}
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Errorf("after Close returned: %v", err)
+		}
 	}
 }

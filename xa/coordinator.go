@@ -185,6 +185,9 @@ type Coordinator struct {
 	mu     sync.Mutex
 	active map[drivers.GlobalID]struct{} // begun and not finished (phase 2 included)
 	closed bool
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // New validates cfg, opens the decision log if needed, and starts finishing
@@ -314,11 +317,14 @@ func (c *Coordinator) Active(g drivers.GlobalID) bool {
 // to recovery; their decisions stay in the log), waits for it, and closes
 // the log if the coordinator opened it.
 func (c *Coordinator) Close() error {
+	// Every call returns once the coordinator is closed, with the same
+	// error: a second, concurrent Close waits for the first.
+	c.closeOnce.Do(func() { c.closeErr = c.close() })
+	return c.closeErr
+}
+
+func (c *Coordinator) close() error {
 	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return nil
-	}
 	c.closed = true
 	c.mu.Unlock()
 	c.bgCancel()

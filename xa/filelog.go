@@ -342,7 +342,7 @@ func (l *FileLog) openReadOnly() error {
 }
 
 func (l *FileLog) openWritable() (err error) {
-	if err := os.MkdirAll(l.dir, 0o700); err != nil {
+	if err := l.mkdirDurable(); err != nil {
 		return fmt.Errorf("xa: create decision log directory: %w", err)
 	}
 	lock, err := lockDir(l.dir)
@@ -372,8 +372,11 @@ func (l *FileLog) openWritable() (err error) {
 		return fmt.Errorf("xa: read decision log %s: %w", l.path, err)
 	}
 	switch {
-	case len(data) < len(logMagic) && strings.HasPrefix(logMagic, string(data)):
-		// New, or a crash interrupted its creation.
+	case len(data) < len(logMagic) && strings.HasPrefix(logMagic, string(data)),
+		len(data) <= len(logMagic) && !bytes.ContainsFunc(data, func(r rune) bool { return r != 0 }):
+		// New, or a crash interrupted its creation (its size reached the
+		// disk, its header did not: zeros). No record can have been
+		// acknowledged before the header was fsynced.
 		if err := f.Truncate(0); err != nil {
 			return fmt.Errorf("xa: initialise decision log %s: %w", l.path, err)
 		}
@@ -402,15 +405,49 @@ func (l *FileLog) openWritable() (err error) {
 			if err := f.Truncate(int64(end)); err != nil {
 				return fmt.Errorf("xa: cut torn tail of %s (%s): %w", l.path, torn, err)
 			}
-			if err := l.syncFile(f); err != nil {
-				return fmt.Errorf("xa: cut torn tail of %s (%s): %w", l.path, torn, err)
-			}
 			l.truncated.Store(int64(len(data) - end))
+		}
+		// What was just read may be in the page cache only: a process
+		// killed between its write and its fsync leaves records no caller
+		// was told are durable. Make them durable before anything acts on
+		// them (the coordinator resumes their phase 2), as a power loss
+		// could otherwise take back a decision whose branches committed.
+		// The directory too: a crash may have come before its first fsync.
+		if err := l.syncFile(f); err != nil {
+			return fmt.Errorf("xa: make decision log %s durable: %w", l.path, err)
+		}
+		if err := l.syncDir(); err != nil {
+			return fmt.Errorf("xa: make decision log %s durable: %w", l.path, err)
 		}
 		l.size = int64(end)
 	}
 	l.file = l.wrapFile(f)
 	l.lockFile = lock
+	return nil
+}
+
+// mkdirDurable creates the log directory and any missing parents, and makes
+// each new directory entry durable (fsync of its parent), so that a power
+// loss cannot take the directory, and the decisions in it, away.
+func (l *FileLog) mkdirDurable() error {
+	var missing []string
+	for d := filepath.Clean(l.dir); ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil || !errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		missing = append(missing, d)
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	if err := os.MkdirAll(l.dir, 0o700); err != nil {
+		return err
+	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		if err := l.syncDirFn(filepath.Dir(missing[i])); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
