@@ -12,7 +12,12 @@ import (
 // Branch is the application's handle on a branch: it runs statements inside
 // the branch's transaction with the usual pgx signatures. It deliberately
 // has no way to commit, roll back or prepare: the coordinator ends the
-// transaction, on every resource at once.
+// transaction, on every resource at once. Transaction control sent as SQL
+// anyway (COMMIT, ROLLBACK, their AND CHAIN forms, BEGIN, PREPARE
+// TRANSACTION) is detected after Exec, by the session's state or by the
+// command tag, and ends the branch with an ErrFailed error; what such a
+// statement committed stays committed. (Hidden inside a multi-statement
+// string before other statements, or in a batch, it cannot be seen: don't.)
 //
 // Statements run only while the branch is active; afterwards every method
 // returns an ErrFailed *drivers.Error, so a statement can never run on a
@@ -59,7 +64,7 @@ func (h *Branch) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comm
 		}
 		tag, err = b.conn.Exec(ctx, sql, args...)
 	}
-	if err == nil && b.escaped() {
+	if err == nil && (b.escaped() || b.escapedByTag(ctx, tag)) {
 		return tag, b.errEscaped("exec")
 	}
 	return tag, b.userErr("exec", err)

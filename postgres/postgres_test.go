@@ -557,25 +557,39 @@ func TestHandleIsSealed(t *testing.T) {
 		t.Errorf("rows: %d, want 3", n)
 	}
 
-	// COMMIT sent through the handle escapes the global transaction.
-	b3, h3 := e.begin(ctx)
-	if _, err := h3.Exec(ctx, "INSERT INTO "+tbl+" VALUES (20)"); err != nil {
-		t.Fatal(err)
+	// Transaction control sent through the handle escapes the global
+	// transaction: reported at once, and nothing after it runs, whether the
+	// session is left idle (COMMIT) or inside a new transaction (AND CHAIN,
+	// "COMMIT; BEGIN"), so that no later work commits or prepares apart
+	// from what the statement itself already did.
+	for i, stmt := range []string{"COMMIT", "COMMIT AND CHAIN", "ROLLBACK AND CHAIN", "COMMIT; BEGIN", "BEGIN"} {
+		first, after := 20+2*i, 21+2*i
+		b3, h3 := e.begin(ctx)
+		if _, err := h3.Exec(ctx, fmt.Sprintf("INSERT INTO %s VALUES (%d)", tbl, first)); err != nil {
+			t.Fatal(err)
+		}
+		_, err = h3.Exec(ctx, stmt)
+		wantClass(t, "Exec("+stmt+")", err, drivers.ErrFailed)
+		_, err = h3.Exec(ctx, fmt.Sprintf("INSERT INTO %s VALUES (%d)", tbl, after))
+		wantClass(t, "Exec after "+stmt, err, drivers.ErrFailed)
+		_, err = b3.Prepare(ctx)
+		wantClass(t, "Prepare after "+stmt, err, drivers.ErrFailed)
+		if err := b3.Rollback(ctx); err != nil {
+			t.Error(err)
+		}
+		_ = b3.Close()
+		if n := e.queryInt(fmt.Sprintf("SELECT COUNT(*) FROM %s WHERE id = %d", tbl, after)); n != 0 {
+			t.Errorf("%s: a statement after the escape committed", stmt)
+		}
+		if stmt == "BEGIN" {
+			// Inside the branch's transaction a BEGIN changes nothing; it
+			// is refused all the same, and the branch rolled back.
+			if n := e.queryInt(fmt.Sprintf("SELECT COUNT(*) FROM %s WHERE id = %d", tbl, first)); n != 0 {
+				t.Errorf("BEGIN: the branch's earlier work committed")
+			}
+		}
+		e.assertPoolClean()
 	}
-	_, err = h3.Exec(ctx, "COMMIT")
-	wantClass(t, "Exec(COMMIT)", err, drivers.ErrFailed)
-	_, err = h3.Exec(ctx, "INSERT INTO "+tbl+" VALUES (21)")
-	wantClass(t, "Exec after an escape", err, drivers.ErrFailed)
-	_, err = b3.Prepare(ctx)
-	wantClass(t, "Prepare after an escape", err, drivers.ErrFailed)
-	if err := b3.Rollback(ctx); err != nil {
-		t.Error(err)
-	}
-	_ = b3.Close()
-	if n := e.queryInt("SELECT COUNT(*) FROM " + tbl + " WHERE id = 21"); n != 0 {
-		t.Error("a statement ran in autocommit after the escape")
-	}
-	e.assertPoolClean()
 }
 
 // Lock timeouts, deadlocks and serialization failures in application
