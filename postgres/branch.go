@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -519,15 +521,36 @@ func (b *branch) begin(ctx context.Context) error {
 	if b.begun {
 		return nil
 	}
-	tag, err := execSimple(ctx, b.conn, b.r.beginSQL)
-	if err == nil {
-		err = checkTag(tag, "BEGIN")
+	results, err := b.conn.Conn().PgConn().Exec(ctx,
+		b.r.beginSQL+"; SET LOCAL idle_in_transaction_session_timeout = "+strconv.FormatInt(idleTimeoutMS(b.xid), 10)).ReadAll()
+	if err == nil && (len(results) != 2 || results[0].CommandTag.String() != "BEGIN" || results[1].CommandTag.String() != "SET") {
+		err = fmt.Errorf("%w: %d results for BEGIN and SET", errBadTag, len(results))
 	}
 	if err != nil {
 		return b.wrap("begin", noEffectKind(err), err)
 	}
 	b.begun = true
 	return nil
+}
+
+// setIdleTimeoutSQL sets, for the branch's transaction only, how long its
+// session may sit idle inside it (see idleTimeoutMS). A constant text with
+// a parameter, so a connection's statement cache prepares it once.
+const setIdleTimeoutSQL = "SELECT set_config('idle_in_transaction_session_timeout', $1, true)"
+
+// idleTimeoutMS is how long a branch's session may sit idle inside its
+// transaction: until the global transaction's deadline, and a second more.
+// Past it the coordinator refuses to decide, so no legitimate statement is
+// still to come; but bytes held in the network (a partition that heals
+// after many minutes, TCP still retransmitting) could otherwise reach the
+// server then and act on a transaction recovery has long settled: a late
+// PREPARE TRANSACTION after its rollback, or a decision keeper's INSERT and
+// COMMIT after recovery fenced the transaction and, 10 minutes on, deleted
+// its abort marker. PostgreSQL ends such a session instead, rolling the
+// transaction back.
+func idleTimeoutMS(xid drivers.XID) int64 {
+	d := time.Until(xid.Global.Deadline) + time.Second
+	return min(max(d.Milliseconds(), 1000), math.MaxInt32)
 }
 
 // execBegin runs the branch's first statement, if it is an Exec with
@@ -539,9 +562,13 @@ func (b *branch) execBegin(ctx context.Context, sql string, args []any) (pgconn.
 	for attempt := 0; ; attempt++ {
 		batch := &pgx.Batch{}
 		batch.Queue(b.r.beginSQL)
+		batch.Queue(setIdleTimeoutSQL, strconv.FormatInt(idleTimeoutMS(b.xid), 10))
 		batch.Queue(sql, args...)
 		br := b.conn.SendBatch(ctx, batch)
 		btag, berr := br.Exec()
+		if _, serr := br.Exec(); berr == nil && serr != nil {
+			berr = serr
+		}
 		tag, err := br.Exec()
 		cerr := br.Close()
 		if berr == nil && btag.String() == "BEGIN" {
