@@ -196,10 +196,14 @@ func (r *Resource) BeginKept(ctx context.Context, xid drivers.XID) (drivers.Bran
 // they take two round trips.
 //
 // The INSERT writes the row only inside a transaction (state is
-// IF(@@in_transaction, 'C', NULL), NOT NULL): if MariaDB ended the
+// IF(@@in_transaction AND ..., 'C', NULL), NOT NULL): if MariaDB ended the
 // transaction BEGIN started (a deadlock rolls it back and the session
 // goes on in autocommit; DDL commits it implicitly), the decision is
-// refused rather than committed with only part of the branch's work.
+// refused rather than committed with only part of the branch's work. It
+// is refused too once the database's clock is lateDecision past the
+// transaction's deadline: bytes held in a partition for many minutes must
+// not commit a decision after recovery fenced the transaction and, 10
+// minutes past its deadline, deleted the abort marker.
 //
 // ErrRefused: nothing committed (an abort marker for g exists, the
 // transaction had ended, the server refused, or the COMMIT was never sent:
@@ -244,7 +248,8 @@ func (r *Resource) CommitWithDecision(ctx context.Context, db drivers.Branch, g 
 		return b.refuseLocal(ctx, op, fmt.Errorf("INSERT and COMMIT not sent: %w", cerr))
 	}
 	insert := "INSERT INTO " + DecisionTable + " (gtrid, state, participants, decided_at) VALUES (" +
-		lit + ", IF(@@in_transaction, 'C', NULL), X'" + hex.EncodeToString(parts) + "', UTC_TIMESTAMP(6))"
+		lit + ", IF(@@in_transaction AND UTC_TIMESTAMP(6) < '" + g.Deadline.Add(lateDecision).UTC().Format(decidedAtLayout) +
+		"', 'C', NULL), X'" + hex.EncodeToString(parts) + "', UTC_TIMESTAMP(6))"
 
 	r.mu.Lock()
 	multi := r.keep.multi == 2
@@ -286,13 +291,21 @@ func (r *Resource) CommitWithDecision(ctx context.Context, db drivers.Branch, g 
 	return b.errorf(op, drivers.ErrInDoubt, err)
 }
 
+// lateDecision is how long past a transaction's deadline, by the database's
+// clock, its decision may still be inserted: well under the 10 minutes
+// recovery keeps an abort marker, well over the coordinator's own deadline
+// check (so a coordinator clock up to this much behind the database's
+// costs no refusals).
+const lateDecision = 5 * time.Minute
+
 // decisionRefusal explains a server error of the decision INSERT.
 func decisionRefusal(g drivers.GlobalID, err error) error {
 	switch {
 	case isNumber(err, erDupEntry):
 		return fmt.Errorf("recovery fenced the transaction out (an abort marker for %s is in %s): %w", g, DecisionTable, err)
 	case isNumber(err, erBadNull):
-		return fmt.Errorf("the keeper's local transaction had already ended (a deadlock or lock wait timeout rolled it back, or a statement such as DDL or COMMIT ended it): %w", err)
+		return fmt.Errorf("the keeper's local transaction had already ended (a deadlock or lock wait timeout rolled it back, or a statement such as DDL or COMMIT ended it), or the database's clock was %v past the transaction's deadline %s: %w",
+			lateDecision, g.Deadline.UTC().Format(time.RFC3339), err)
 	}
 	return err
 }

@@ -108,8 +108,8 @@ func TestKeeperCommitWithDecision(t *testing.T) {
 			if err := e.r.CommitWithDecision(ctx, b, g, keptParts); err != nil {
 				t.Fatal(err)
 			}
-			decision := fmt.Sprintf("query: INSERT INTO %s (gtrid, state, participants, decided_at) VALUES ('%s', IF(@@in_transaction, 'C', NULL), X'%x', UTC_TIMESTAMP(6))",
-				DecisionTable, g, `[{"r":"pg","b":0}]`)
+			decision := fmt.Sprintf("query: INSERT INTO %s (gtrid, state, participants, decided_at) VALUES ('%s', IF(@@in_transaction AND UTC_TIMESTAMP(6) < '%s', 'C', NULL), X'%x', UTC_TIMESTAMP(6))",
+				DecisionTable, g, g.Deadline.Add(lateDecision).UTC().Format(decidedAtLayout), `[{"r":"pg","b":0}]`)
 			want := []string{"query: BEGIN", "query: " + ins, decision, "query: COMMIT"}
 			if m.multi {
 				want = []string{"query: BEGIN", "query: " + ins, decision + "; COMMIT"}
@@ -682,5 +682,39 @@ func TestKeeperMissingTableAndForeignRows(t *testing.T) {
 	var n int
 	if err := e.admin.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+dbName+"."+DecisionTable).Scan(&n); err != nil || n != 2 {
 		t.Fatalf("%d rows (%v); a refused ForgetDecisions must delete nothing", n, err)
+	}
+}
+
+// A decision arriving more than lateDecision past its transaction's
+// deadline by the database's clock (bytes held in a long partition) is
+// refused, and nothing of the keeper's branch commits: recovery may by then
+// have rolled the other branches back and deleted its abort marker.
+func TestKeeperRefusesALateDecision(t *testing.T) {
+	for _, m := range keeperModes {
+		t.Run(m.name, func(t *testing.T) {
+			e, _ := keeperEnv(t, m.multi, 1)
+			tbl := e.table("keeplate")
+			ctx := ctxT(t)
+			now := time.Now()
+			xid := drivers.XID{Global: drivers.GlobalID{Node: drivertest.NodeID, Begin: now.Add(-time.Hour).UTC().Truncate(time.Millisecond),
+				Seq: rand.Uint32(), Deadline: now.Add(-lateDecision - time.Minute).UTC().Truncate(time.Millisecond)}}
+			db, err := e.r.BeginKept(ctx, xid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := db.(*branch)
+			defer func() { _ = b.Rollback(context.Background()); _ = b.Close() }()
+			e.insert(ctx, b, tbl, 80)
+			err = e.r.CommitWithDecision(ctx, b, xid.Global, keptParts)
+			wantKind(t, "a late decision", err, drivers.ErrRefused)
+			wantNumber(t, "the guard", err, erBadNull)
+			if _, ok := e.row(xid.Global); ok {
+				t.Fatal("a decision row was written")
+			}
+			if e.rows(tbl, 80) != 0 {
+				t.Fatal("the keeper's write committed")
+			}
+			wantCleanPool(t, e.db, 1)
+		})
 	}
 }
