@@ -100,9 +100,11 @@ func (b *branch) drop() {
 // detach drops the session of a branch that is, or may be, prepared: from
 // now on it is finished by XID, after its owner session has gone.
 func (b *branch) detach() {
+	// Remembered before the session is dropped: a CommitPrepared of this
+	// process in between must already wait for this owner to go.
+	b.r.rememberDetached(b.xid, session{b.owner, b.ownerBoot})
 	b.drop()
 	b.state = stDetached
-	b.r.rememberDetached(b.xid, session{b.owner, b.ownerBoot})
 }
 
 // finish records the outcome and returns the session to the pool.
@@ -175,6 +177,9 @@ func (b *branch) Prepare(ctx context.Context) (drivers.Vote, error) {
 	case stDone:
 		if b.out == outReadOnly {
 			return drivers.VoteReadOnly, nil
+		}
+		if b.out == outInDoubt {
+			return 0, b.errorf("prepare", drivers.ErrInDoubt, errors.New("the branch's commit had its answer lost"))
 		}
 		return 0, b.errorf("prepare", drivers.ErrFailed, fmt.Errorf("the branch is already %s", b.out))
 	}
@@ -295,6 +300,9 @@ func (b *branch) phase2(ctx context.Context, commit bool) error {
 		if b.out == want || b.out == outReadOnly {
 			return nil
 		}
+		if b.out == outInDoubt {
+			return b.errorf(op, drivers.ErrInDoubt, errors.New("the branch's commit had its answer lost; its outcome cannot be learned by XID"))
+		}
 		return b.errorf(op, drivers.ErrFailed, fmt.Errorf("the branch is already %s", b.out))
 	case stPrepared:
 		if cerr := context.Cause(ctx); cerr != nil {
@@ -339,6 +347,9 @@ func (b *branch) CommitOnePhase(ctx context.Context) error {
 	case stDone:
 		if b.out == outCommitted || b.out == outReadOnly {
 			return nil
+		}
+		if b.out == outInDoubt {
+			return b.errorf(op, drivers.ErrInDoubt, errors.New("the branch's commit had its answer lost"))
 		}
 		return b.errorf(op, drivers.ErrFailed, fmt.Errorf("the branch is already %s", b.out))
 	case stPrepared, stDetached:
@@ -397,9 +408,11 @@ func (b *branch) CommitOnePhase(ctx context.Context) error {
 		err = fmt.Errorf("%w; then %w", err, rerr)
 	}
 	// A one-phase branch is never prepared, so nothing is left to recover:
-	// committed or rolled back, nobody can tell from XA RECOVER.
+	// committed or rolled back, nobody can tell from XA RECOVER. It stays
+	// in doubt: a later Commit or Rollback by XID would find nothing and
+	// report an outcome it never saw.
 	b.drop()
-	b.state = stDetached
+	b.state, b.out = stDone, outInDoubt
 	return b.errorf(op, drivers.ErrInDoubt, err)
 }
 

@@ -26,7 +26,8 @@ const (
 	// statement ran. The server did answer, but the statement's effect is as
 	// unknown as after a lost connection, so they are treated like one.
 	erServerShutdown    = 1053 // ER_SERVER_SHUTDOWN
-	erQueryInterrupted  = 1317 // ER_QUERY_INTERRUPTED (KILL QUERY, max_statement_time)
+	erQueryInterrupted  = 1317 // ER_QUERY_INTERRUPTED (KILL QUERY)
+	erStatementTimeout  = 1969 // ER_STATEMENT_TIMEOUT (MariaDB max_statement_time: the same kill)
 	erConnectionKilled  = 1927 // ER_CONNECTION_KILLED (MariaDB)
 	erSessionWasKilled  = 3169 // ER_SESSION_WAS_KILLED (MySQL)
 	erClientInterrupted = 4031 // ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8.0.24+: idle session closed)
@@ -42,7 +43,7 @@ func serverError(err error) (*mysqldriver.MySQLError, bool) {
 		return nil, false
 	}
 	switch me.Number {
-	case erServerShutdown, erQueryInterrupted, erConnectionKilled, erSessionWasKilled, erClientInterrupted:
+	case erServerShutdown, erQueryInterrupted, erStatementTimeout, erConnectionKilled, erSessionWasKilled, erClientInterrupted:
 		return me, false
 	}
 	return me, true

@@ -255,6 +255,13 @@ func TestCommitReplyLost(t *testing.T) {
 	if e.rows(tbl, 31) != 1 {
 		t.Fatal("one-phase branch not committed by the server")
 	}
+	// Nothing can tell its outcome now (it was never prepared, so XA
+	// RECOVER cannot list it): every later call says so, none guesses.
+	wantKind(t, "Rollback after the lost one-phase commit", b2.Rollback(ctx), drivers.ErrInDoubt)
+	wantKind(t, "Commit after the lost one-phase commit", b2.Commit(ctx), drivers.ErrInDoubt)
+	_, err = b2.Prepare(ctx)
+	wantKind(t, "Prepare after the lost one-phase commit", err, drivers.ErrInDoubt)
+	wantKind(t, "CommitOnePhase again", b2.CommitOnePhase(ctx), drivers.ErrInDoubt)
 	wantCleanPool(t, db, 2)
 }
 
@@ -596,4 +603,59 @@ func TestBeginAndFlavour(t *testing.T) {
 	// The same XID twice is refused by the server (XAER_DUPID) as ErrFailed.
 	_, err = e.r.Begin(ctx, b.xid)
 	wantKind(t, "Begin(duplicate XID)", err, drivers.ErrFailed)
+}
+
+// A branch of a session from before a server restart (another boot, same
+// connection id) must not teach the Resource that a live session of this
+// boot with that id is gone: a branch prepared on it later still waits for
+// its owner to leave, and then for the detach grace, before it is finished
+// by XID (else XA COMMIT may answer OK and commit nothing).
+func TestOwnerGuardIsPerBoot(t *testing.T) {
+	e := newEnv(t, 1) // one connection: both branches get the same session
+	tbl := e.table("perboot")
+	ctx := ctxT(t)
+	conn, err := e.db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := e.r.sessionID(ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.Close()
+	// A's owner had this id in an earlier boot; finishing A (unknown XID)
+	// finds that session "gone".
+	_ = e.r.finishByXID(ctx, "commit", drivertest.NewXID(), true, session{id: s.id, boot: s.boot - 100})
+
+	b := e.begin(ctx)
+	if b.owner != s.id {
+		t.Fatalf("B got session %d, want %d", b.owner, s.id)
+	}
+	e.insert(ctx, b, tbl, 5)
+	if _, err := b.Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	adm, err := e.admin.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	fl, err := e.r.flavour(ctx, adm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner := session{b.owner, b.ownerBoot}
+	if why, err := e.r.ownerAttached(ctx, adm, fl, owner); err != nil || why == "" {
+		t.Fatalf("while B's session is open: guard %q, %v; want busy", why, err)
+	}
+	_ = b.Close() // the session disconnects: B detaches
+	if why, err := e.r.ownerAttached(ctx, adm, fl, owner); err != nil || why == "" {
+		t.Fatalf("right after B's session closed: guard %q, %v; want the detach grace", why, err)
+	}
+	if err := retryLater(t, "Commit", func() error { return b.Commit(ctx) }); err != nil {
+		t.Fatal(err)
+	}
+	if e.rows(tbl, 5) != 1 {
+		t.Fatal("B not committed")
+	}
 }

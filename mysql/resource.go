@@ -45,7 +45,7 @@ type Resource struct {
 	fl       *flavour                // detected on first use; nil until then
 	ids      map[any]session         // driver connection → its server session
 	detached map[drivers.XID]session // branches this process detached → the session that prepared them
-	gone     map[uint64]time.Time    // owner connection id → when first seen out of the processlist
+	gone     map[session]time.Time   // owner session (id and boot: ids restart with the server) → when first seen out of the processlist
 	keep     keeperState             // decision keeping (decision.go)
 }
 
@@ -55,7 +55,7 @@ var _ drivers.Resource = (*Resource)(nil)
 // written into the decision log) on the server db connects to. db must come
 // from github.com/go-sql-driver/mysql; the application keeps owning it.
 func New(name string, db *sql.DB) *Resource {
-	return &Resource{name: name, db: db, ids: map[any]session{}, detached: map[drivers.XID]session{}, gone: map[uint64]time.Time{}}
+	return &Resource{name: name, db: db, ids: map[any]session{}, detached: map[drivers.XID]session{}, gone: map[session]time.Time{}}
 }
 
 // Name returns the resource's name.
@@ -347,7 +347,7 @@ func (r *Resource) ownerAttached(ctx context.Context, conn *sql.Conn, fl *flavou
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, ok := listed[owner]; ok {
-		_, seenGone := r.gone[owner]
+		_, seenGone := r.gone[os]
 		// The boot time kept with the branch, not one looked up by id: after
 		// a restart a new session may have taken the owner's id (and would
 		// then look like the owner itself).
@@ -375,7 +375,7 @@ func (r *Resource) ownerAttached(ctx context.Context, conn *sql.Conn, fl *flavou
 		}
 		// A session that once left never comes back: the id is reused.
 		if !seenGone {
-			r.gone[owner] = time.Now().Add(-detachGrace) // the restart killed it long enough ago
+			r.gone[os] = time.Now().Add(-detachGrace) // the restart killed it long enough ago
 		}
 	}
 	if !fl.mariaDB {
@@ -385,13 +385,13 @@ func (r *Resource) ownerAttached(ctx context.Context, conn *sql.Conn, fl *flavou
 		// its session at XA PREPARE.
 		return "", nil
 	}
-	since, ok := r.gone[owner]
+	since, ok := r.gone[os]
 	if !ok {
 		if len(r.gone) >= maxDetached {
 			clear(r.gone)
 		}
 		since = time.Now()
-		r.gone[owner] = since
+		r.gone[os] = since
 	}
 	if wait := detachGrace - time.Since(since); wait > 0 {
 		return fmt.Sprintf("the session that prepared the branch (connection id %d) left the processlist %v ago; MariaDB may still hold its InnoDB transaction: retry in %v",
