@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/fakeres"
@@ -88,5 +89,58 @@ func TestConcurrentClose(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Errorf("after Close returned: %v", err)
 		}
+	}
+}
+
+// New resumes a logged decision's phase 2 only after ResumeDelay (a dead
+// process's MariaDB sessions may still be detaching), and Close during
+// that wait attempts nothing, leaving the branches to the next start.
+func TestResumeWaitsResumeDelay(t *testing.T) {
+	ctx := context.Background()
+	log := newMemLog(func() int64 { return time.Now().UnixMilli() })
+	a := fakeres.New("a")
+	g := drivers.GlobalID{Node: "test", Begin: time.Now().UTC().Truncate(time.Millisecond), Seq: 1, Deadline: time.Now().Add(time.Minute).UTC().Truncate(time.Millisecond)}
+	a.AddPrepared(drivers.XID{Global: g})
+	if err := log.Commit(ctx, Decision{GTRID: g, Participants: []Participant{{Resource: "a"}}}); err != nil {
+		t.Fatal(err)
+	}
+	const delay = 200 * time.Millisecond
+	committing := make(chan time.Time, 1)
+	start := time.Now()
+	c, err := New(ctx, Config{NodeID: "test", Log: log, Resources: []drivers.Resource{a}, ResumeDelay: delay,
+		Hook: func(s Step, info StepInfo) {
+			if s == StepCommitting {
+				committing <- time.Now()
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at := <-committing; at.Sub(start) < delay {
+		t.Errorf("phase 2 resumed after %v, before ResumeDelay %v", at.Sub(start), delay)
+	}
+	_ = c.Close()
+
+	// Closed during the wait: no attempt, the decision stays pending.
+	g2 := g
+	g2.Seq = 2
+	if err := log.Commit(ctx, Decision{GTRID: g2, Participants: []Participant{{Resource: "a"}}}); err != nil {
+		t.Fatal(err)
+	}
+	b := fakeres.New("a")
+	b.AddPrepared(drivers.XID{Global: g2})
+	c2, err := New(ctx, Config{NodeID: "test", Log: log, Resources: []drivers.Resource{b}, ResumeDelay: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c2.Active(g2) {
+		t.Fatal("the resumed decision is not tracked while it waits")
+	}
+	_ = c2.Close()
+	if n := b.Count("commit-prepared"); n != 0 {
+		t.Errorf("%d commit attempts after Close during the resume delay", n)
+	}
+	if len(log.Pending()) != 1 {
+		t.Errorf("pending decisions %v, want g2's", log.Pending())
 	}
 }

@@ -53,6 +53,14 @@ type Config struct {
 	// ErrCommitPending and finishing in the background (default 10s).
 	Phase2Timeout time.Duration
 
+	// ResumeDelay is how long New waits before it resumes phase 2 of the
+	// commit decisions it finds (default 1s; negative: no wait). Right
+	// after a crash the dead process's MariaDB sessions may still be
+	// detaching from their prepared branches, and a commit by XID in that
+	// moment can answer OK yet commit nothing; recovery waits the same way
+	// (recovery.Config.Settle).
+	ResumeDelay time.Duration
+
 	// AsyncPhase2 makes Commit return nil as soon as the commit decision is
 	// durable; phase 2 finishes in the background (and through recovery
 	// after a crash). The transaction is committed, but other readers may
@@ -200,6 +208,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 30 * time.Second
+	}
+	if cfg.ResumeDelay == 0 {
+		cfg.ResumeDelay = time.Second
 	}
 	if cfg.Phase2Timeout <= 0 {
 		cfg.Phase2Timeout = 10 * time.Second
@@ -434,6 +445,15 @@ func (c *Coordinator) resume(d Decision, where decisionKind) {
 	c.logger.Info("resuming phase 2 of a logged commit decision", "gtrid", d.GTRID.String(), "branches", len(d.Participants))
 	c.goBackground(func() {
 		defer c.untrack(d.GTRID)
+		if c.cfg.ResumeDelay > 0 {
+			t := time.NewTimer(c.cfg.ResumeDelay)
+			select {
+			case <-t.C:
+			case <-c.bgCtx.Done():
+				t.Stop()
+				return // Close: recovery or the next start finishes it
+			}
+		}
 		start := c.stamp()
 		var wg sync.WaitGroup
 		var mu sync.Mutex
