@@ -304,6 +304,10 @@ func (r *Resource) finishByXID(ctx context.Context, op string, xid drivers.XID, 
 		listed, rerr := recoverHas(ctx, conn, xid)
 		if rerr != nil {
 			ok = isServerErr(rerr)
+			if isNumber(rerr, erAccessDenied) {
+				// Retrying cannot help: only a grant can.
+				return r.errorf(op, xid, drivers.ErrFailed, fmt.Errorf("%w, and XA RECOVER is denied to this account, so whether the branch is gone cannot be told; grant it XA_RECOVER_ADMIN (MySQL 8): %w", err, rerr))
+			}
 			return r.errorf(op, xid, drivers.ErrBusy, fmt.Errorf("%w (and XA RECOVER failed: %w)", err, rerr))
 		}
 		if listed {
