@@ -426,6 +426,13 @@ func (l *FileLog) openWritable() (err error) {
 	return nil
 }
 
+// LogExists reports whether dir holds a decision log (a FileLog was ever
+// opened writable there).
+func LogExists(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, logFileName))
+	return err == nil
+}
+
 // mkdirDurable creates the log directory and any missing parents, and makes
 // each new directory entry durable (fsync of its parent), so that a power
 // loss cannot take the directory, and the decisions in it, away.

@@ -38,6 +38,21 @@ func cli(t *testing.T, args ...string) (string, string, int) {
 	return out.String(), errb.String(), code
 }
 
+// newLogDir returns a directory holding an empty decision log, as a
+// coordinator's first start leaves it (the CLI never creates one).
+func newLogDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	l, err := xa.OpenFileLog(dir, xa.FileLogOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 func randHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
@@ -340,7 +355,7 @@ func TestRecover(t *testing.T) {
 
 func TestBadInput(t *testing.T) {
 	pg, my := dbtest.PG(t), dbtest.MySQL(t)
-	logDir := t.TempDir()
+	logDir := newLogDir(t)
 	locked := t.TempDir()
 	l, err := xa.OpenFileLog(locked, xa.FileLogOptions{})
 	if err != nil {
@@ -368,10 +383,16 @@ func TestBadInput(t *testing.T) {
 		{"unreachable server", []string{"--log-dir", logDir, "--resource", "pg=postgres://u:s3cretpw@127.0.0.1:1/db?connect_timeout=2", "list"}, exitError, "could not be scanned"},
 		{"locked log", []string{"--log-dir", locked, "--resource", "pg=" + pg, "recover"}, exitError, "locked"},
 		{"missing log for a read", []string{"--log-dir", filepath.Join(logDir, "nope"), "--resource", "pg=" + pg, "list"}, exitError, "no decision log"},
+		{"missing log for recovery (never created)", []string{"--log-dir", filepath.Join(logDir, "typo"), "--resource", "pg=" + pg, "recover"}, exitError, "no decision log"},
+		{"missing log for compaction", []string{"log", "compact", "--log-dir", filepath.Join(logDir, "typo2")}, exitError, "no decision log"},
 		{"bad min-age", append(base, "recover", "--min-age", "yesterday"), exitUsage, "--min-age"},
 		{"unknown flag", append(base, "list", "--frobnicate"), exitUsage, "unknown flag"},
 		{"unknown command", []string{"frobnicate"}, exitUsage, "unknown command"},
 		{"bad output format", append(base, "list", "-o", "yaml"), exitUsage, "--output"},
+		{"unknown log subcommand", []string{"log", "nope"}, exitUsage, `unknown command "nope" for "xabridge log"`},
+		{"unknown demo subcommand", []string{"demo", "nope"}, exitUsage, `unknown command "nope" for "xabridge demo"`},
+		{"empty node id", []string{"--node-id", "", "--log-dir", logDir, "--resource", "pg=" + pg, "list"}, exitUsage, "--node-id is empty"},
+		{"watch with dry-run", append(base, "recover", "--watch", "--dry-run"), exitUsage, "--dry-run"},
 		{"decision resource not among the resources", append(base, "recover", "--decision-resource", "ledger"), exitUsage, `--decision-resource "ledger" is not one of the resources (pg)`},
 	}
 	for _, tt := range tests {

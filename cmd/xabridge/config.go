@@ -28,6 +28,7 @@ type opsConfig struct {
 	resources  []string // NAME=URL
 	output     string   // table | json
 	keeper     string   // --decision-resource
+	nodeIDSet  bool     // --node-id was given (possibly empty)
 }
 
 // fileConfig is the JSON config file (--config).
@@ -40,7 +41,7 @@ type fileConfig struct {
 
 func addOpsFlags(cmd *cobra.Command, o *opsConfig, withOutput bool) {
 	f := cmd.Flags()
-	f.StringVar(&o.nodeID, "node-id", "", "coordinator node id whose transactions to act on (env XABRIDGE_NODE_ID; default demo)")
+	f.Var(&setString{&o.nodeID, &o.nodeIDSet}, "node-id", "coordinator node id whose transactions to act on (env XABRIDGE_NODE_ID; default demo)")
 	f.StringVar(&o.logDir, "log-dir", "", "that node's decision log directory (env XABRIDGE_LOG_DIR; default .xabridge/log)")
 	f.StringVar(&o.configFile, "config", "", `JSON config file: {"node_id": "...", "log_dir": "...", "resources": {"NAME": "URL"}, "decision_resource": "NAME"} (env XABRIDGE_CONFIG)`)
 	f.StringArrayVar(&o.resources, "resource", nil, "a database as NAME=URL, repeatable (env XABRIDGE_RESOURCES, comma separated; default pg=$XABRIDGE_PG and mysql=$XABRIDGE_MYSQL)")
@@ -48,6 +49,19 @@ func addOpsFlags(cmd *cobra.Command, o *opsConfig, withOutput bool) {
 	if withOutput {
 		f.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 	}
+}
+
+// setString is a string flag that remembers it was given, even empty.
+type setString struct {
+	p   *string
+	set *bool
+}
+
+func (s *setString) String() string { return *s.p }
+func (s *setString) Type() string   { return "string" }
+func (s *setString) Set(v string) error {
+	*s.p, *s.set = v, true
+	return nil
 }
 
 // resolved is the effective configuration.
@@ -85,6 +99,10 @@ func (o *opsConfig) resolve() (*resolved, error) {
 		if err := dec.Decode(&fc); err != nil {
 			return nil, fmt.Errorf("config file %s: %v", cfgPath, err)
 		}
+	}
+	if o.nodeIDSet && o.nodeID == "" {
+		// An unset shell variable must not silently mean node "demo".
+		return nil, usagef("--node-id is empty")
 	}
 	r.nodeID = first(o.nodeID, os.Getenv("XABRIDGE_NODE_ID"), fc.NodeID, "demo")
 	if err := drivers.ValidateNodeID(r.nodeID); err != nil {
@@ -200,10 +218,11 @@ func (r *resolved) openResources(ctx context.Context) ([]drivers.Resource, func(
 // openLog opens the decision log: for writing (taking its lock) when the
 // command acts, read-only otherwise.
 func (r *resolved) openLog(write bool) (*xa.FileLog, error) {
-	if !write {
-		if _, err := os.Stat(r.logDir); errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("no decision log at %s (give the node's --log-dir)", r.logDir)
-		}
+	// Never create one: recovery on an empty log (a mistyped --log-dir)
+	// would find no commit decisions and presume the node's committed
+	// transactions aborted. Only a coordinator (xa.New) starts a log.
+	if !xa.LogExists(r.logDir) {
+		return nil, fmt.Errorf("no decision log at %s (give the node's --log-dir; acting without its log would presume its committed transactions aborted)", r.logDir)
 	}
 	l, err := xa.OpenFileLog(r.logDir, xa.FileLogOptions{ReadOnly: !write})
 	if err != nil {

@@ -42,6 +42,8 @@ func newDemoCmd() *cobra.Command {
 	demo := &cobra.Command{
 		Use:   "demo",
 		Short: "Run the bank-transfer demo across PostgreSQL and MySQL/MariaDB",
+		Args:  cobra.ArbitraryArgs,
+		RunE:  unknownSubcommand,
 		Long: `The demo moves money between accounts held in a PostgreSQL table and a
 MySQL/MariaDB table, each transfer one atomic global transaction.
 

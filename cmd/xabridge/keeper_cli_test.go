@@ -46,7 +46,7 @@ func TestRecoverFencesInTheDecisionResource(t *testing.T) {
 			if err := strand.Prepare(ctx, other, xid, "UPDATE "+b.Table("accounts")+" SET balance = balance + 1 WHERE id = 1"); err != nil {
 				t.Fatal(err)
 			}
-			out, errOut, code := cli(t, "--node-id", node, "--log-dir", t.TempDir(), "--resource", "pg="+pg, "--resource", "mysql="+my,
+			out, errOut, code := cli(t, "--node-id", node, "--log-dir", newLogDir(t), "--resource", "pg="+pg, "--resource", "mysql="+my,
 				"--decision-resource", keeper, "recover", "--min-age", "0s")
 			if code != exitOK {
 				t.Fatalf("recover: exit %d\n%s%s", code, out, errOut)

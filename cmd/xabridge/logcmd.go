@@ -14,6 +14,8 @@ func newLogCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "log",
 		Short: "Inspect the decision log: dump, stats, compact",
+		Args:  cobra.ArbitraryArgs,
+		RunE:  unknownSubcommand,
 	}
 	cmd.AddCommand(newLogDumpCmd(), newLogStatsCmd(), newLogCompactCmd())
 	return cmd

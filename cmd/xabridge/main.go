@@ -114,6 +114,15 @@ func newVersionCmd() *cobra.Command {
 }
 
 // noArgs is cobra.NoArgs with a usage error.
+// unknownSubcommand is the RunE of a command that only groups others: a
+// word it does not know is a usage error (exit 2), none shows the help.
+func unknownSubcommand(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usagef("unknown command %q for %q", args[0], cmd.CommandPath())
+	}
+	return cmd.Help()
+}
+
 func noArgs(cmd *cobra.Command, args []string) error {
 	if len(args) > 0 {
 		return usagef("%s takes no arguments, got %q", cmd.CommandPath(), args[0])

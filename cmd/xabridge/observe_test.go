@@ -169,7 +169,7 @@ func TestRecoverWatchMetricsShowOrphanThenRecovery(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = b.Drop(context.Background()); b.Close() })
 	node := "ow-" + randHex(3)
-	logDir := t.TempDir()
+	logDir := newLogDir(t)
 
 	// The dead coordinator's branches: prepared, no decision anywhere.
 	g := strand.GlobalID(node, time.Now().Add(-time.Minute), time.Now().Add(time.Hour), 1)
@@ -244,7 +244,7 @@ func TestRecoverWatchMetricsShowOrphanThenRecovery(t *testing.T) {
 
 func TestRecoverMetricsFlagsBadInput(t *testing.T) {
 	pg := dbtest.PG(t)
-	base := []string{"--node-id", "mb", "--log-dir", t.TempDir(), "--resource", "pg=" + pg}
+	base := []string{"--node-id", "mb", "--log-dir", newLogDir(t), "--resource", "pg=" + pg}
 	tests := []struct {
 		name string
 		args []string
@@ -342,7 +342,7 @@ func TestDemoServesMetrics(t *testing.T) {
 // scan errors are logged and counted, and neither the log nor /metrics
 // shows the password.
 func TestRecoverWatchNeverShowsPasswords(t *testing.T) {
-	bg := startCLI("--node-id", "pw", "--log-dir", t.TempDir(),
+	bg := startCLI("--node-id", "pw", "--log-dir", newLogDir(t),
 		"--resource", "pg=postgres://u:s3cretpw@127.0.0.1:1/db?connect_timeout=2",
 		"--resource", "mysql="+dbtest.MySQL(t),
 		"recover", "--watch", "--interval", "200ms", "--metrics-addr", "127.0.0.1:0")

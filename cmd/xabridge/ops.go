@@ -498,6 +498,9 @@ holds the log. Exit code 3 when branches of this node remain in doubt.`,
 			if !watch && (f.Changed("metrics-addr") || f.Changed("log-level")) {
 				return usagef("--metrics-addr and --log-level go with --watch")
 			}
+			if watch && dryRun {
+				return usagef("--dry-run prints one plan; it does not go with --watch")
+			}
 			var obs *observer
 			var logger *slog.Logger
 			if watch {
