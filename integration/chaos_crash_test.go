@@ -17,48 +17,69 @@ import (
 // prepared, foreign prepared transactions untouched.
 func TestChaosCoordinatorCrash(t *testing.T) {
 	e := getEnv(t)
-	// Light load (2 workers, the 3rd-6th time the step is reached) and
-	// heavier load (4 workers, later): earlier transfers have finished,
-	// others are in flight at random steps when the process dies.
-	loads := []struct {
-		name         string
-		workers, nth int
-	}{{"light", 2, 3}, {"busy", 4, 12}}
 	for oi, order := range []chaos.Order{chaos.PGFirst, chaos.MyFirst} {
 		for pi, point := range chaos.MatrixPoints() {
-			for li, load := range loads {
+			for li, load := range crashLoads {
 				t.Run(string(order)+"/"+point+"/"+load.name, func(t *testing.T) {
 					t.Parallel()
-					s := e.newScenario(t, 4)
-					nth := load.nth + pi%4
-					r := s.runChild(order, point, nth, load.workers, 60, 0, uint64(oi*100+pi*10+li))
-					if !r.killed || !r.crashed {
-						t.Fatalf("crash app was not killed at %s (killed %v, crash point reached %v, exit %d); stderr:\n%s",
-							point, r.killed, r.crashed, r.exitCode, r.stderr)
-					}
 					// Half the runs restart a coordinator (it finishes logged
 					// decisions itself), half run recovery alone: each crash
 					// point gets both, in each order.
-					recoveryOnly := (oi+pi+li)%2 == 1
-					res := s.recoverAndCheckWith(r.journal, recoveryOnly)
-					// The transfer killed at the crash point: committed
-					// everywhere once its decision was durable, aborted
-					// everywhere before.
-					cp, err := chaos.ParseCrashPoint(point)
-					if err != nil {
-						t.Fatal(err)
-					}
-					s.wantPresent(r.victim, cp.Decided())
-					how := "coordinator restarted"
-					if recoveryOnly {
-						how = "recovery alone"
-					}
-					results.add("coordinator SIGKILL at "+point, enginesFor(order)+"; "+how, 1, len(r.journal), res)
-					t.Logf("transfers begun %d, outcomes %v; after recovery %d committed", len(r.journal), r.journal.Count(), res.Transfers)
+					e.crashAndCheck(t, crashRun{order: order, point: point, nth: load.nth + pi%4, workers: load.workers,
+						seed: uint64(oi*100 + pi*10 + li), recoveryOnly: (oi+pi+li)%2 == 1})
 				})
 			}
 		}
 	}
+}
+
+// crashLoads are the crash matrix's loads: light (2 workers, the 3rd-6th
+// time the step is reached) and heavier (4 workers, later): earlier
+// transfers have finished, others are in flight at random steps when the
+// process dies.
+var crashLoads = []struct {
+	name         string
+	workers, nth int
+}{{"light", 2, 3}, {"busy", 4, 12}}
+
+// crashRun is one run of the crash matrix.
+type crashRun struct {
+	keeper       chaos.Keeper
+	order        chaos.Order
+	point        string
+	nth, workers int
+	seed         uint64
+	recoveryOnly bool
+}
+
+// crashAndCheck runs the crash app until it kills itself at the run's
+// crash point, recovers (a restarted coordinator, or recovery alone),
+// checks every invariant, and checks the transaction killed at the point:
+// committed everywhere once its decision was durable, aborted everywhere
+// before.
+func (e *chaosEnv) crashAndCheck(t *testing.T, c crashRun) {
+	s := e.newScenario(t, 4)
+	s.keeper = c.keeper
+	r := s.runChild(c.order, c.point, c.nth, c.workers, 60, 0, c.seed)
+	if !r.killed || !r.crashed {
+		t.Fatalf("crash app was not killed at %s (killed %v, crash point reached %v, exit %d); stderr:\n%s",
+			c.point, r.killed, r.crashed, r.exitCode, r.stderr)
+	}
+	res := s.recoverAndCheckWith(r.journal, c.recoveryOnly)
+	cp, err := chaos.ParseCrashPoint(c.point)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.wantPresent(r.victim, cp.Decided())
+	scenario, how := "coordinator SIGKILL at "+c.point, "coordinator restarted"
+	if c.keeper != chaos.KeeperNone {
+		scenario += ", decision kept in " + keeperName(c.keeper)
+	}
+	if c.recoveryOnly {
+		how = "recovery alone"
+	}
+	results.add(scenario, enginesFor(c.order)+"; "+how, 1, len(r.journal), res)
+	t.Logf("transfers begun %d, outcomes %v; after recovery %d committed", len(r.journal), r.journal.Count(), res.Transfers)
 }
 
 // enginesFor names the branch order for the report.
@@ -82,10 +103,6 @@ func enginesFor(o chaos.Order) string {
 // table.
 func TestChaosCoordinatorCrashKeeper(t *testing.T) {
 	e := getEnv(t)
-	loads := []struct {
-		name         string
-		workers, nth int
-	}{{"light", 2, 3}, {"busy", 4, 12}}
 	for ki, keeper := range []chaos.Keeper{chaos.KeeperPG, chaos.KeeperMy} {
 		for oi, order := range []chaos.Order{chaos.PGFirst, chaos.MyFirst} {
 			kb := 0 // the keeper's branch number
@@ -96,29 +113,11 @@ func TestChaosCoordinatorCrashKeeper(t *testing.T) {
 				if point == fmt.Sprintf("after-prepare:%d", kb) {
 					continue
 				}
-				load := loads[(pi+oi+ki)%2]
+				load := crashLoads[(pi+oi+ki)%2]
 				t.Run(string(keeper)+"/"+string(order)+"/"+point, func(t *testing.T) {
 					t.Parallel()
-					s := e.newScenario(t, 4)
-					s.keeper = keeper
-					r := s.runChild(order, point, load.nth+pi%4, load.workers, 60, 0, uint64(1000+ki*100+oi*10+pi))
-					if !r.killed || !r.crashed {
-						t.Fatalf("crash app was not killed at %s (killed %v, crash point reached %v, exit %d); stderr:\n%s",
-							point, r.killed, r.crashed, r.exitCode, r.stderr)
-					}
-					recoveryOnly := (ki+oi+pi)%2 == 1
-					res := s.recoverAndCheckWith(r.journal, recoveryOnly)
-					cp, err := chaos.ParseCrashPoint(point)
-					if err != nil {
-						t.Fatal(err)
-					}
-					s.wantPresent(r.victim, cp.Decided())
-					how := "coordinator restarted"
-					if recoveryOnly {
-						how = "recovery alone"
-					}
-					results.add("coordinator SIGKILL at "+point+", decision kept in "+keeperName(keeper), enginesFor(order)+"; "+how, 1, len(r.journal), res)
-					t.Logf("transfers begun %d, outcomes %v; after recovery %d committed", len(r.journal), r.journal.Count(), res.Transfers)
+					e.crashAndCheck(t, crashRun{keeper: keeper, order: order, point: point, nth: load.nth + pi%4, workers: load.workers,
+						seed: uint64(1000 + ki*100 + oi*10 + pi), recoveryOnly: (ki+oi+pi)%2 == 1})
 				})
 			}
 		}
