@@ -389,16 +389,8 @@ func (b *branch) CommitOnePhase(ctx context.Context) error {
 	}
 	tag, err := execSimple(ctx, b.conn, "COMMIT")
 	if err == nil {
-		switch tag.String() {
-		case "COMMIT":
-			release(b.takeConn())
-			b.state = stCommitted
-			return nil
-		case "ROLLBACK":
-			release(b.takeConn())
-			b.state = stRolledBack
-			return b.errorf("commit-one-phase", drivers.ErrRefused,
-				"the transaction block was aborted by an earlier error, so COMMIT rolled it back")
+		if done, err := b.endByCommitTag("commit-one-phase", tag); done {
+			return err
 		}
 		err = checkTag(tag, "COMMIT")
 	}
@@ -603,4 +595,23 @@ func pipelinable(args []any) bool {
 	}
 	_, mode := args[0].(pgx.QueryExecMode)
 	return !mode
+}
+
+// endByCommitTag finishes the branch by the command tag of its local
+// COMMIT: "COMMIT" committed it; "ROLLBACK" means the transaction block had
+// failed and was rolled back (refused). done is false for any other tag,
+// which the caller treats as an unknown answer.
+func (b *branch) endByCommitTag(op string, tag pgconn.CommandTag) (done bool, err error) {
+	switch tag.String() {
+	case "COMMIT":
+		release(b.takeConn())
+		b.state = stCommitted
+		return true, nil
+	case "ROLLBACK":
+		release(b.takeConn())
+		b.state = stRolledBack
+		return true, b.errorf(op, drivers.ErrRefused,
+			"the transaction block was aborted by an earlier error, so COMMIT rolled it back")
+	}
+	return false, nil
 }

@@ -137,19 +137,10 @@ func (r *Resource) CommitWithDecision(ctx context.Context, db drivers.Branch, g 
 		err = cerr
 	}
 	if err == nil {
-		switch tag.String() {
-		case "COMMIT":
-			release(b.takeConn())
-			b.state = stCommitted
-			return nil
-		case "ROLLBACK":
-			release(b.takeConn())
-			b.state = stRolledBack
-			return b.errorf("commit-with-decision", drivers.ErrRefused,
-				"the transaction block was aborted by an earlier error, so COMMIT rolled it back")
-		default:
-			err = fmt.Errorf("%w: server answered %q, want \"COMMIT\"", errBadTag, tag.String())
+		if done, err := b.endByCommitTag("commit-with-decision", tag); done {
+			return err
 		}
+		err = checkTag(tag, "COMMIT")
 	}
 	f, pe := fateOf(err)
 	switch {
