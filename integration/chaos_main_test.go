@@ -21,11 +21,11 @@ import (
 
 	mysqldriver "github.com/go-sql-driver/mysql"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/chaos"
 	"github.com/xabridge/xabridge/internal/dbproc"
 	"github.com/xabridge/xabridge/internal/dbtest"
-	"github.com/xabridge/xabridge/xa"
 )
 
 // The chaos tests run against one private PostgreSQL + MariaDB pair per
@@ -303,7 +303,7 @@ func (s *scenario) recoverAndCheckWith(j chaos.Journal, recoveryOnly bool) chaos
 	return res
 }
 
-func (s *scenario) check(j chaos.Journal, entries []xa.Entry, compacted bool) chaos.Result {
+func (s *scenario) check(j chaos.Journal, entries []decisionlog.Entry, compacted bool) chaos.Result {
 	s.t.Helper()
 	res, err := chaos.Check(context.Background(), s.bank, chaos.Expect{
 		Node: s.node, Total: s.total, Journal: j, Entries: entries, LogCompacted: compacted, Kept: s.kept, Foreign: s.env.foreign,

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/chaos"
@@ -169,11 +170,11 @@ func TestChaosDuplicateDelivery(t *testing.T) {
 			if !tc.commit {
 				// Rolling back agrees with the log only once the abort is
 				// recorded (the fence), as recovery does.
-				l, err := xa.OpenFileLog(s.logDir, xa.FileLogOptions{})
+				l, err := decisionlog.OpenFileLog(s.logDir, decisionlog.FileLogOptions{})
 				if err != nil {
 					t.Fatal(err)
 				}
-				if err := l.Abort(ctx, xa.Action{GTRID: g, Op: "presume-abort", Actor: "test", At: time.Now()}); err != nil {
+				if err := l.Abort(ctx, decisionlog.Action{GTRID: g, Op: "presume-abort", Actor: "test", At: time.Now()}); err != nil {
 					t.Fatal(err)
 				}
 				if err := l.Close(); err != nil {
@@ -332,7 +333,7 @@ func TestChaosClockSkew(t *testing.T) {
 				t.Errorf("live transaction: %v", err)
 			}
 			if !tc.commits {
-				if acted == 0 || !errors.Is(err, xa.ErrFenced) {
+				if acted == 0 || !errors.Is(err, decisionlog.ErrFenced) {
 					t.Errorf("recovery acted %d times; transaction error %v, want it fenced", acted, err)
 				}
 			}
@@ -365,7 +366,7 @@ func TestChaosCheckDetectsViolations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries := coord.Log().(*xa.FileLog).Entries()
+	entries := coord.Log().(*decisionlog.FileLog).Entries()
 	if err := coord.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/dbtest"
@@ -133,7 +134,7 @@ func TestCommitAcrossEngines(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e, ok := c.Log().Lookup(g); !ok || e.State != xa.StateDone {
+	if e, ok := c.Log().Lookup(g); !ok || e.State != decisionlog.StateDone {
 		t.Fatalf("log has %v for %s, want done", e.State, id)
 	}
 }
@@ -370,7 +371,7 @@ func TestReadOnlyBranchSkipsTheDecision(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := c.Log().(*xa.FileLog).Stats(); s.Appends != 0 {
+	if s := c.Log().(*decisionlog.FileLog).Stats(); s.Appends != 0 {
 		t.Fatalf("read-only branch still logged %d records", s.Appends)
 	}
 	assertInvariants(t, b, c.NodeID())

@@ -11,6 +11,7 @@ import (
 
 	mysqldriver "github.com/go-sql-driver/mysql"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/dbtest"
@@ -38,7 +39,7 @@ var keeperKinds = []keeperKind{
 // setup returns b's resource that keeps the decisions, with its table
 // created, and the other participant. For multi it swaps the bank's
 // MariaDB resource for one (of the same name) on a multi-statement pool.
-func (k keeperKind) setup(t *testing.T, b *bank.Bank) (drivers.DecisionKeeper, drivers.Resource) {
+func (k keeperKind) setup(t *testing.T, b *bank.Bank) (decisionlog.Keeper, drivers.Resource) {
 	t.Helper()
 	ctx := context.Background()
 	if k.pg {
@@ -69,7 +70,7 @@ func (k keeperKind) setup(t *testing.T, b *bank.Bank) (drivers.DecisionKeeper, d
 }
 
 // keptRows counts the decision rows of node in the keeper's table.
-func keptRows(t *testing.T, k drivers.DecisionKeeper, node string) (commits, aborts int) {
+func keptRows(t *testing.T, k decisionlog.Keeper, node string) (commits, aborts int) {
 	t.Helper()
 	ds, err := k.ListDecisions(context.Background())
 	if err != nil {
@@ -79,7 +80,7 @@ func keptRows(t *testing.T, k drivers.DecisionKeeper, node string) (commits, abo
 		if d.GTRID.Node != node {
 			continue
 		}
-		if d.Commit {
+		if !d.Abort {
 			commits++
 		} else {
 			aborts++
@@ -119,7 +120,7 @@ func TestDecisionInParticipantCommitsAndCleansUp(t *testing.T) {
 			b := newBank(t, 8)
 			keeper, _ := k.setup(t, b)
 			var keeperPrepared atomic.Int64
-			fl, err := xa.OpenFileLog(t.TempDir(), xa.FileLogOptions{})
+			fl, err := decisionlog.OpenFileLog(t.TempDir(), decisionlog.FileLogOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -387,7 +388,7 @@ func TestDecisionInParticipantKeeperKilled(t *testing.T) {
 				if xa.OutcomeOf(err) != xa.Aborted {
 					t.Fatalf("Run = %v, want aborted (the keeper's COMMIT was never sent)", err)
 				}
-				if d, ok, err := keeper.LookupDecision(ctx, g); err != nil || ok && d.Commit {
+				if d, ok, err := keeper.LookupDecision(ctx, g); err != nil || ok && !d.Abort {
 					t.Fatalf("decision row %+v %v %v: want none", d, ok, err)
 				}
 			} else {
@@ -405,7 +406,7 @@ func TestDecisionInParticipantKeeperKilled(t *testing.T) {
 				}
 				recoverAll(t, rec, c.NodeID())
 				d, ok, err := keeper.LookupDecision(ctx, g)
-				if err != nil || !ok || d.Commit {
+				if err != nil || !ok || !d.Abort {
 					t.Fatalf("decision row %+v %v %v: want recovery's abort marker", d, ok, err)
 				}
 			}
@@ -442,7 +443,7 @@ func TestRecoveryCommitsFromKeeperTable(t *testing.T) {
 			}
 			_ = ob.Close() // the coordinator dies: its session goes
 			begin := keeper.Begin
-			if kb, ok := keeper.(drivers.KeptBeginner); ok {
+			if kb, ok := keeper.(decisionlog.KeptBeginner); ok {
 				begin = kb.BeginKept
 			}
 			kb, err := begin(ctx, drivers.XID{Global: g})
@@ -450,12 +451,12 @@ func TestRecoveryCommitsFromKeeperTable(t *testing.T) {
 				t.Fatal(err)
 			}
 			update(t, b, kb, -9)
-			if err := keeper.CommitWithDecision(ctx, kb, g, []drivers.KeptParticipant{{Resource: other.Name(), Branch: xo.Branch}}); err != nil {
+			if err := keeper.CommitWithDecision(ctx, kb, g, []decisionlog.Participant{{Resource: other.Name(), Branch: xo.Branch}}); err != nil {
 				t.Fatal(err)
 			}
 			_ = kb.Close()
 
-			fl, err := xa.OpenFileLog(t.TempDir(), xa.FileLogOptions{})
+			fl, err := decisionlog.OpenFileLog(t.TempDir(), decisionlog.FileLogOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -13,6 +13,7 @@ import (
 
 	"pgregory.net/rapid"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/chaos"
 	"github.com/xabridge/xabridge/internal/fakeres"
@@ -199,27 +200,27 @@ func (b *modelBranch2) CommitOnePhase(ctx context.Context) error {
 // modelLog is the decision log of a process that may die: once dead, writes
 // fail without effect.
 type modelLog struct {
-	*xa.FileLog
+	*decisionlog.FileLog
 	dead *crashSwitch
 }
 
-func (l *modelLog) Commit(ctx context.Context, d xa.Decision) error {
+func (l *modelLog) Commit(ctx context.Context, d decisionlog.Decision) error {
 	if l.dead.Load() {
-		return fmt.Errorf("%w: %w", xa.ErrLogFailed, errDead)
+		return fmt.Errorf("%w: %w", decisionlog.ErrLogFailed, errDead)
 	}
 	return l.FileLog.Commit(ctx, d)
 }
 
-func (l *modelLog) Abort(ctx context.Context, a xa.Action) error {
+func (l *modelLog) Abort(ctx context.Context, a decisionlog.Action) error {
 	if l.dead.Load() {
-		return fmt.Errorf("%w: %w", xa.ErrLogFailed, errDead)
+		return fmt.Errorf("%w: %w", decisionlog.ErrLogFailed, errDead)
 	}
 	return l.FileLog.Abort(ctx, a)
 }
 
-func (l *modelLog) Record(ctx context.Context, a xa.Action) error {
+func (l *modelLog) Record(ctx context.Context, a decisionlog.Action) error {
 	if l.dead.Load() {
-		return fmt.Errorf("%w: %w", xa.ErrLogFailed, errDead)
+		return fmt.Errorf("%w: %w", decisionlog.ErrLogFailed, errDead)
 	}
 	return l.FileLog.Record(ctx, a)
 }
@@ -256,7 +257,7 @@ func runModel(rt *rapid.T) (crashed bool, began int) {
 	crashTx := rapid.IntRange(0, ntx-1).Draw(rt, "crash transaction")
 	crashBranch := rapid.IntRange(-1, nres-1).Draw(rt, "crash branch")
 
-	fl, err := xa.OpenFileLog(dir, xa.FileLogOptions{})
+	fl, err := decisionlog.OpenFileLog(dir, decisionlog.FileLogOptions{})
 	if err != nil {
 		rt.Fatal(err)
 	}
@@ -367,7 +368,7 @@ func runModel(rt *rapid.T) (crashed bool, began int) {
 	for i, r := range fakes {
 		plain[i] = r
 	}
-	fl2, err := xa.OpenFileLog(dir, xa.FileLogOptions{})
+	fl2, err := decisionlog.OpenFileLog(dir, decisionlog.FileLogOptions{})
 	if err != nil {
 		rt.Fatal(err)
 	}
@@ -437,11 +438,11 @@ func runModel(rt *rapid.T) (crashed bool, began int) {
 		}
 		if e, ok := fl2.Lookup(m.gtrid); ok {
 			switch e.State {
-			case xa.StateCommitted, xa.StateDone:
+			case decisionlog.StateCommitted, decisionlog.StateDone:
 				if committed != writers {
 					rt.Fatalf("tx%d: log says %s, %d of %d branches committed", i, e.State, committed, writers)
 				}
-			case xa.StateAborted:
+			case decisionlog.StateAborted:
 				if committed != 0 {
 					rt.Fatalf("tx%d: log says aborted, %d branches committed", i, committed)
 				}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/dbtest"
@@ -184,10 +185,10 @@ func TestFenceRefusesALateDecision(t *testing.T) {
 	}
 	close(resume)
 	err = <-done
-	if !errors.Is(err, xa.ErrAborted) || !errors.Is(err, xa.ErrFenced) {
+	if !errors.Is(err, xa.ErrAborted) || !errors.Is(err, decisionlog.ErrFenced) {
 		t.Fatalf("late decision: %v, want an abort by the fence", err)
 	}
-	if e, _ := c.Log().Lookup(g); e.State != xa.StateAborted {
+	if e, _ := c.Log().Lookup(g); e.State != decisionlog.StateAborted {
 		t.Fatalf("log state %v, want aborted", e.State)
 	}
 	assertInvariants(t, b, c.NodeID())

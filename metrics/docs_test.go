@@ -17,6 +17,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/metrics"
 	"github.com/xabridge/xabridge/recovery"
@@ -34,14 +35,14 @@ func populated(t *testing.T) *prometheus.Registry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fl, err := xa.OpenFileLog(t.TempDir(), xa.FileLogOptions{})
+	fl, err := decisionlog.OpenFileLog(t.TempDir(), decisionlog.FileLogOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { fl.Close() })
 	labeled.MustRegister(metrics.NewFileLogCollector(fl))
 	g := drivers.GlobalID{Node: "n1", Begin: time.Now(), Seq: 1, Deadline: time.Now().Add(time.Minute)}
-	if err := fl.Commit(context.Background(), xa.Decision{GTRID: g, Participants: []xa.Participant{{Resource: "a"}, {Resource: "b", Branch: 1}}}); err != nil {
+	if err := fl.Commit(context.Background(), decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "a"}, {Resource: "b", Branch: 1}}}); err != nil {
 		t.Fatal(err)
 	}
 

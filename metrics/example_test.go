@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/metrics"
 	"github.com/xabridge/xabridge/recovery"
@@ -32,7 +33,7 @@ func ExampleNew() {
 		log.Fatal(err)
 	}
 	defer coord.Close()
-	reg.MustRegister(metrics.NewFileLogCollector(coord.Log().(*xa.FileLog)))
+	reg.MustRegister(metrics.NewFileLogCollector(coord.Log().(*decisionlog.FileLog)))
 
 	rec, err := recovery.New(recovery.Config{NodeID: "payments-1", Log: coord.Log(), Resources: resources,
 		Active: coord.Active, OnReport: m.ObserveReport})

@@ -2,13 +2,12 @@ package metrics
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/xabridge/xabridge/xa"
+	"github.com/xabridge/xabridge/decisionlog"
 )
 
-// FileLogStatser is what the decision-log collector reads: *xa.FileLog.
+// FileLogStatser is what the decision-log collector reads: *decisionlog.FileLog.
 type FileLogStatser interface {
-	Stats() xa.FileLogStats
+	Stats() decisionlog.FileLogStats
 }
 
 // fileLogCollector reads a FileLog's counters at each scrape: no goroutine
@@ -73,11 +72,11 @@ func (c *fileLogCollector) Collect(ch chan<- prometheus.Metric) {
 
 	// BatchSizes holds per-bucket counts with bounds 1, 2, 4, ...; a
 	// Prometheus histogram wants cumulative counts by upper bound.
-	buckets := make(map[float64]uint64, xa.BatchSizeBuckets-1)
+	buckets := make(map[float64]uint64, decisionlog.BatchSizeBuckets-1)
 	var cum, total uint64
 	for i, n := range s.BatchSizes {
 		total += uint64(n)
-		if i < xa.BatchSizeBuckets-1 {
+		if i < decisionlog.BatchSizeBuckets-1 {
 			cum += uint64(n)
 			buckets[float64(int64(1)<<i)] = cum
 		}

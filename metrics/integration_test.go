@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/dbtest"
@@ -54,7 +55,7 @@ func TestRealServerScenarios(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fl, err := xa.OpenFileLog(t.TempDir(), xa.FileLogOptions{})
+	fl, err := decisionlog.OpenFileLog(t.TempDir(), decisionlog.FileLogOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +179,7 @@ func TestRealServerScenarios(t *testing.T) {
 	if err := strand.Prepare(ctx, b.My, drivers.XID{Global: g, Branch: 1}, myUpd); err != nil {
 		t.Fatal(err)
 	}
-	deadLog, err := xa.OpenFileLog(t.TempDir(), xa.FileLogOptions{})
+	deadLog, err := decisionlog.OpenFileLog(t.TempDir(), decisionlog.FileLogOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

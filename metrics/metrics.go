@@ -1,13 +1,13 @@
 // Package metrics exposes what xabridge does as Prometheus metrics: the
 // coordinator's transactions (from xa.Config.Hook), recovery's passes and
 // the prepared branches it found (from recovery.Config.OnReport), and the
-// decision log's counters (a Collector over xa.FileLog.Stats). Nothing is
+// decision log's counters (a Collector over decisionlog.FileLog.Stats). Nothing is
 // registered globally: the caller passes the registry.
 //
 //	reg := prometheus.NewRegistry()
 //	m, err := metrics.New(reg)
 //	coord, err := xa.New(ctx, xa.Config{..., Hook: m.Hook})
-//	reg.MustRegister(metrics.NewFileLogCollector(coord.Log().(*xa.FileLog)))
+//	reg.MustRegister(metrics.NewFileLogCollector(coord.Log().(*decisionlog.FileLog)))
 //	rec, err := recovery.New(recovery.Config{..., Active: coord.Active, OnReport: m.ObserveReport})
 //	go rec.Loop(ctx, 30*time.Second, nil)
 //

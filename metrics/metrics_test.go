@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/fakeres"
 	"github.com/xabridge/xabridge/metrics"
@@ -20,11 +21,11 @@ import (
 
 // failingLog is a decision log whose Commit fails with err when it is set.
 type failingLog struct {
-	xa.Log
+	decisionlog.Log
 	err error
 }
 
-func (l *failingLog) Commit(ctx context.Context, d xa.Decision) error {
+func (l *failingLog) Commit(ctx context.Context, d decisionlog.Decision) error {
 	if l.err != nil {
 		return l.err
 	}
@@ -47,7 +48,7 @@ func newCoordEnv(t *testing.T, keeper bool, mod func(*xa.Config)) *coordEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fl, err := xa.OpenFileLog(t.TempDir(), xa.FileLogOptions{})
+	fl, err := decisionlog.OpenFileLog(t.TempDir(), decisionlog.FileLogOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,13 +137,13 @@ func TestCoordinatorOutcomes(t *testing.T) {
 		},
 		{
 			name:    "decision fenced",
-			setup:   func(e *coordEnv) { e.log.err = fmt.Errorf("too late: %w", xa.ErrFenced) },
+			setup:   func(e *coordEnv) { e.log.err = fmt.Errorf("too late: %w", decisionlog.ErrFenced) },
 			outcome: "aborted", reason: "fenced",
 			phases: &phases{work: 1, prepare: 1}, branches: 2,
 		},
 		{
 			name:    "decision log failed",
-			setup:   func(e *coordEnv) { e.log.err = fmt.Errorf("%w: disk gone", xa.ErrLogFailed) },
+			setup:   func(e *coordEnv) { e.log.err = fmt.Errorf("%w: disk gone", decisionlog.ErrLogFailed) },
 			outcome: "in-doubt", reason: "log-failed",
 			phases: &phases{work: 1, prepare: 1}, branches: 2,
 		},
@@ -339,7 +340,7 @@ func TestNewNeedsARegistererAndRefusesDuplicates(t *testing.T) {
 // recEnv is a recoverer over in-memory resources feeding the metrics.
 type recEnv struct {
 	reg  *prometheus.Registry
-	log  *xa.FileLog
+	log  *decisionlog.FileLog
 	a, b *fakeres.Resource
 	rec  *recovery.Recoverer
 }
@@ -351,7 +352,7 @@ func newRecEnv(t *testing.T) *recEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := xa.OpenFileLog(t.TempDir(), xa.FileLogOptions{})
+	l, err := decisionlog.OpenFileLog(t.TempDir(), decisionlog.FileLogOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,7 +396,7 @@ func TestRecoveryReports(t *testing.T) {
 	e.a.AddPrepared(drivers.XID{Global: other, Branch: 0})
 	e.b.AddPrepared(drivers.XID{Global: live, Branch: 0})
 	e.b.AddForeign("someone-elses")
-	if err := e.log.Commit(ctx, xa.Decision{GTRID: committed, Participants: []xa.Participant{{Resource: "a", Branch: 0}}}); err != nil {
+	if err := e.log.Commit(ctx, decisionlog.Decision{GTRID: committed, Participants: []decisionlog.Participant{{Resource: "a", Branch: 0}}}); err != nil {
 		t.Fatal(err)
 	}
 	g := e.reg
@@ -482,7 +483,7 @@ func TestRecoveryReports(t *testing.T) {
 	// prepared (recovery commits it), and an operator forces a commit the
 	// log contradicts.
 	done := gid("n1", time.Minute, time.Minute)
-	if err := e.log.Commit(ctx, xa.Decision{GTRID: done, Participants: []xa.Participant{{Resource: "a", Branch: 0}}}); err != nil {
+	if err := e.log.Commit(ctx, decisionlog.Decision{GTRID: done, Participants: []decisionlog.Participant{{Resource: "a", Branch: 0}}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.log.End(done); err != nil {

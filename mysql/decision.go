@@ -4,12 +4,12 @@ import (
 	"context"
 	"database/sql"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 )
 
@@ -46,7 +46,7 @@ const (
 	decidedAtLayout = "2006-01-02 15:04:05.000000"
 )
 
-var _ drivers.KeptBeginner = (*Resource)(nil)
+var _ decisionlog.KeptBeginner = (*Resource)(nil)
 
 // keeperState is what a Resource learns once about keeping decisions.
 type keeperState struct {
@@ -210,7 +210,7 @@ func (r *Resource) BeginKept(ctx context.Context, xid drivers.XID) (drivers.Bran
 // the session is then dropped and the server rolls back). ErrInDoubt: the
 // COMMIT was sent and its answer lost; LookupDecision or FenceAbort settles
 // it.
-func (r *Resource) CommitWithDecision(ctx context.Context, db drivers.Branch, g drivers.GlobalID, participants []drivers.KeptParticipant) error {
+func (r *Resource) CommitWithDecision(ctx context.Context, db drivers.Branch, g drivers.GlobalID, participants []decisionlog.Participant) error {
 	const op = "commit-with-decision"
 	b, ok := db.(*branch)
 	if !ok || b.r != r {
@@ -223,7 +223,7 @@ func (r *Resource) CommitWithDecision(ctx context.Context, db drivers.Branch, g 
 	if err != nil {
 		return b.errorf(op, drivers.ErrFailed, err)
 	}
-	parts, err := json.Marshal(participants)
+	parts, err := decisionlog.EncodeParticipants(participants)
 	if err != nil {
 		return b.errorf(op, drivers.ErrFailed, err)
 	}
@@ -409,11 +409,11 @@ func (b *branch) commitLocalOnePhase(ctx context.Context) error {
 
 // LookupDecision reads g's row of DecisionTable. A missing table holds
 // nothing.
-func (r *Resource) LookupDecision(ctx context.Context, g drivers.GlobalID) (drivers.KeptDecision, bool, error) {
+func (r *Resource) LookupDecision(ctx context.Context, g drivers.GlobalID) (decisionlog.Decision, bool, error) {
 	const op = "lookup-decision"
 	lit, err := gtridLiteral(g)
 	if err != nil {
-		return drivers.KeptDecision{}, false, r.errorf(op, drivers.XID{}, drivers.ErrFailed, err)
+		return decisionlog.Decision{}, false, r.errorf(op, drivers.XID{}, drivers.ErrFailed, err)
 	}
 	var (
 		state, at string
@@ -423,13 +423,13 @@ func (r *Resource) LookupDecision(ctx context.Context, g drivers.GlobalID) (driv
 		Scan(&state, &parts, &at)
 	if err != nil {
 		if errors.Is(err, sql.ErrNoRows) || isNumber(err, erNoSuchTable) {
-			return drivers.KeptDecision{}, false, nil
+			return decisionlog.Decision{}, false, nil
 		}
-		return drivers.KeptDecision{}, false, r.errorf(op, drivers.XID{Global: g}, classifyPlain(err), err)
+		return decisionlog.Decision{}, false, r.errorf(op, drivers.XID{Global: g}, classifyPlain(err), err)
 	}
-	d := drivers.KeptDecision{GTRID: g}
+	d := decisionlog.Decision{GTRID: g}
 	if err := decodeKept(&d, state, parts, at); err != nil {
-		return drivers.KeptDecision{}, false, r.errorf(op, drivers.XID{Global: g}, drivers.ErrFailed, err)
+		return decisionlog.Decision{}, false, r.errorf(op, drivers.XID{Global: g}, drivers.ErrFailed, err)
 	}
 	return d, true, nil
 }
@@ -522,7 +522,7 @@ func (r *Resource) ForgetDecisions(ctx context.Context, gs []drivers.GlobalID) e
 
 // ListDecisions returns every row of DecisionTable whose gtrid decodes,
 // oldest first. A missing table holds nothing.
-func (r *Resource) ListDecisions(ctx context.Context) ([]drivers.KeptDecision, error) {
+func (r *Resource) ListDecisions(ctx context.Context) ([]decisionlog.Decision, error) {
 	const op = "list-decisions"
 	rows, err := r.db.QueryContext(ctx, "SELECT gtrid, state, participants, "+decidedAtSQL+" FROM "+DecisionTable+" ORDER BY decided_at, gtrid")
 	if err != nil {
@@ -532,7 +532,7 @@ func (r *Resource) ListDecisions(ctx context.Context) ([]drivers.KeptDecision, e
 		return nil, r.errorf(op, drivers.XID{}, classifyPlain(err), err)
 	}
 	defer rows.Close()
-	var out []drivers.KeptDecision
+	var out []decisionlog.Decision
 	for rows.Next() {
 		var (
 			id, parts []byte
@@ -545,7 +545,7 @@ func (r *Resource) ListDecisions(ctx context.Context) ([]drivers.KeptDecision, e
 		if err != nil {
 			continue // not written by xabridge: never ours to act on
 		}
-		d := drivers.KeptDecision{GTRID: g}
+		d := decisionlog.Decision{GTRID: g}
 		if err := decodeKept(&d, state, parts, at); err != nil {
 			return nil, r.errorf(op, drivers.XID{Global: g}, drivers.ErrFailed, err)
 		}
@@ -557,21 +557,17 @@ func (r *Resource) ListDecisions(ctx context.Context) ([]drivers.KeptDecision, e
 	return out, nil
 }
 
-func decodeKept(d *drivers.KeptDecision, state string, parts []byte, at string) error {
+// decodeKept fills d from a decision row's state, participants and time.
+func decodeKept(d *decisionlog.Decision, state string, parts []byte, at string) error {
 	t, err := time.ParseInLocation(decidedAtLayout, at, time.UTC)
 	if err != nil {
 		return fmt.Errorf("%s: decided_at of %s: %w", DecisionTable, d.GTRID, err)
 	}
-	d.At = t
-	switch state {
-	case "C":
-		d.Commit = true
-		if err := json.Unmarshal(parts, &d.Participants); err != nil {
-			return fmt.Errorf("%s: participants of %s: %w", DecisionTable, d.GTRID, err)
-		}
-	case "A":
-	default:
-		return fmt.Errorf("%s: unknown state %q for %s", DecisionTable, state, d.GTRID)
+	dec, err := decisionlog.DecodeRow(DecisionTable, d.GTRID, state, parts)
+	if err != nil {
+		return err
 	}
+	dec.At = t
+	*d = dec
 	return nil
 }

@@ -12,11 +12,12 @@ import (
 
 	mysqldriver "github.com/go-sql-driver/mysql"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/drivers/drivertest"
 )
 
-var keptParts = []drivers.KeptParticipant{{Resource: "pg", Branch: 0}}
+var keptParts = []decisionlog.Participant{{Resource: "pg", Branch: 0}}
 
 // keeperModes are the two ways CommitWithDecision talks to the server:
 // INSERT and COMMIT in two round trips, or in one multi-statement query
@@ -60,7 +61,7 @@ func (e *env) beginKept(ctx context.Context) *branch {
 }
 
 // row reads g's decision row through the resource.
-func (e *env) row(g drivers.GlobalID) (drivers.KeptDecision, bool) {
+func (e *env) row(g drivers.GlobalID) (decisionlog.Decision, bool) {
 	e.t.Helper()
 	ctx, cancel := bg()
 	defer cancel()
@@ -121,20 +122,20 @@ func TestKeeperCommitWithDecision(t *testing.T) {
 				t.Fatal("the branch's write is not committed")
 			}
 			d, ok := e.row(g)
-			if !ok || !d.Commit || d.GTRID != g || !slices.Equal(d.Participants, keptParts) || time.Since(d.At).Abs() > time.Minute {
+			if !ok || d.Abort || d.GTRID != g || !slices.Equal(d.Participants, keptParts) || time.Since(d.At).Abs() > time.Minute {
 				t.Fatalf("row = %+v, %v; want the commit decision naming %v, written now", d, ok, keptParts)
 			}
 			list, err := e.r.ListDecisions(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !slices.ContainsFunc(list, func(k drivers.KeptDecision) bool { return k.GTRID == g && k.Commit }) {
+			if !slices.ContainsFunc(list, func(k decisionlog.Decision) bool { return k.GTRID == g && !k.Abort }) {
 				t.Fatalf("ListDecisions does not list %s", g)
 			}
 			if committed, err := e.r.FenceAbort(ctx, g); err != nil || !committed {
 				t.Fatalf("FenceAbort = %v, %v; want committed", committed, err)
 			}
-			if d, _ := e.row(g); !d.Commit {
+			if d, _ := e.row(g); d.Abort {
 				t.Fatal("FenceAbort overwrote the commit decision")
 			}
 			if err := e.r.ForgetDecisions(ctx, []drivers.GlobalID{g, first.xid.Global}); err != nil {
@@ -170,7 +171,7 @@ func TestKeeperFenceFirstRefusesDecision(t *testing.T) {
 			if e.rows(tbl, 20) != 0 {
 				t.Fatal("the keeper's write committed although the decision was refused")
 			}
-			if d, ok := e.row(g); !ok || d.Commit {
+			if d, ok := e.row(g); !ok || !d.Abort {
 				t.Fatalf("row = %+v, %v; want the abort marker", d, ok)
 			}
 			wantCleanPool(t, e.db, 2)
@@ -269,7 +270,7 @@ func TestKeeperFenceAndDecisionWaitForEachOther(t *testing.T) {
 					t.Fatal("the refused keeper's write committed")
 				}
 			}
-			if d, ok := e.row(g); !ok || d.Commit != tc.wantCommitted {
+			if d, ok := e.row(g); !ok || d.Abort == tc.wantCommitted {
 				t.Fatalf("row = %+v, %v; want commit = %v", d, ok, tc.wantCommitted)
 			}
 		})
@@ -297,7 +298,7 @@ func TestKeeperCommitReplyLost(t *testing.T) {
 			}
 			eventually(t, 10*time.Second, "the keeper's session to end", func() bool { return !e.sessionListed(b.owner) })
 			d, ok := e.row(g)
-			if !ok || !d.Commit || e.rows(tbl, 40) != 1 {
+			if !ok || d.Abort || e.rows(tbl, 40) != 1 {
 				t.Fatalf("row %+v %v, write %d: want both committed", d, ok, e.rows(tbl, 40))
 			}
 			if committed, err := e.r.FenceAbort(ctx, g); err != nil || !committed {
@@ -352,7 +353,7 @@ func TestKeeperCutOffWhileWaiting(t *testing.T) {
 			eventually(t, 10*time.Second, "the keeper's session to end", func() bool { return !e.sessionListed(b.owner) })
 			d, decided := e.row(g)
 			written := e.rows(tbl, 50) == 1
-			if decided != written || decided && !d.Commit {
+			if decided != written || decided && d.Abort {
 				t.Fatalf("decision row %v (%+v) but branch write committed %v: not all or nothing", decided, d, written)
 			}
 			if !m.multi && decided {
@@ -583,7 +584,7 @@ func TestKeeperBranchLifecycle(t *testing.T) {
 	if err := e.r.CommitWithDecision(ctx, empty, empty.xid.Global, nil); err != nil {
 		t.Fatal(err)
 	}
-	if d, ok := e.row(empty.xid.Global); !ok || !d.Commit || len(d.Participants) != 0 {
+	if d, ok := e.row(empty.xid.Global); !ok || d.Abort || len(d.Participants) != 0 {
 		t.Fatalf("decision of an empty keeper branch: %+v %v", d, ok)
 	}
 
@@ -672,7 +673,7 @@ func TestKeeperMissingTableAndForeignRows(t *testing.T) {
 		t.Fatalf("FenceAbort: %v %v", committed, err)
 	}
 	ds, err := r.ListDecisions(ctx)
-	if err != nil || len(ds) != 1 || ds[0].GTRID != g || ds[0].Commit {
+	if err != nil || len(ds) != 1 || ds[0].GTRID != g || !ds[0].Abort {
 		t.Fatalf("ListDecisions = %+v, %v; want only the abort marker of %s", ds, err, g)
 	}
 	_, _, err = r.LookupDecision(ctx, drivers.GlobalID{Node: "Bad Node"})

@@ -43,7 +43,7 @@
 // # Decision keeper
 //
 // A Resource on MariaDB can keep a coordinator's commit decisions
-// (xa.Config.DecisionResource; drivers.DecisionKeeper). Its branch is then
+// (xa.Config.DecisionResource; decisionlog.Keeper). Its branch is then
 // not an XA transaction at all: BeginKept starts a plain local transaction
 // (BEGIN), and CommitWithDecision inserts the decision row into
 // DecisionTable and commits (in one query when the DSN has

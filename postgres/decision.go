@@ -2,13 +2,13 @@ package postgres
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 )
 
@@ -36,7 +36,7 @@ const (
 	codeDuplicateTable  = "42P07"
 )
 
-var _ drivers.DecisionKeeper = (*Resource)(nil)
+var _ decisionlog.Keeper = (*Resource)(nil)
 
 // decisionTable remembers that DecisionTable exists, so it is created once
 // per Resource.
@@ -71,7 +71,7 @@ func (r *Resource) EnsureDecisionTable(ctx context.Context) error {
 // and the COMMIT are pipelined; the server skips the COMMIT if the INSERT
 // fails). An abort marker for g makes the INSERT fail with a unique
 // violation: the branch rolls back and the error is ErrRefused.
-func (r *Resource) CommitWithDecision(ctx context.Context, db drivers.Branch, g drivers.GlobalID, participants []drivers.KeptParticipant) error {
+func (r *Resource) CommitWithDecision(ctx context.Context, db drivers.Branch, g drivers.GlobalID, participants []decisionlog.Participant) error {
 	b, ok := db.(*branch)
 	if !ok || b.r != r {
 		return drivers.NewError(r.name, "commit-with-decision", db.XID(), drivers.ErrFailed,
@@ -83,7 +83,7 @@ func (r *Resource) CommitWithDecision(ctx context.Context, db drivers.Branch, g 
 	if err := g.Validate(); err != nil {
 		return b.wrap("commit-with-decision", drivers.ErrFailed, err)
 	}
-	parts, err := json.Marshal(participants)
+	parts, err := decisionlog.EncodeParticipants(participants)
 	if err != nil {
 		return b.wrap("commit-with-decision", drivers.ErrFailed, err)
 	}
@@ -168,22 +168,22 @@ func (r *Resource) CommitWithDecision(ctx context.Context, db drivers.Branch, g 
 
 // LookupDecision reads g's row of DecisionTable. A missing table holds
 // nothing.
-func (r *Resource) LookupDecision(ctx context.Context, g drivers.GlobalID) (drivers.KeptDecision, bool, error) {
+func (r *Resource) LookupDecision(ctx context.Context, g drivers.GlobalID) (decisionlog.Decision, bool, error) {
 	var (
 		state, parts string
-		d            drivers.KeptDecision
+		d            decisionlog.Decision
 	)
 	err := r.pool.QueryRow(ctx, `SELECT state, participants, decided_at FROM `+DecisionTable+` WHERE gtrid = $1`,
 		g.String()).Scan(&state, &parts, &d.At)
 	if err != nil {
 		if errors.Is(err, pgx.ErrNoRows) || isUndefinedTable(err) {
-			return drivers.KeptDecision{}, false, nil
+			return decisionlog.Decision{}, false, nil
 		}
-		return drivers.KeptDecision{}, false, drivers.NewError(r.name, "lookup-decision", drivers.XID{Global: g}, noEffectKind(err), err)
+		return decisionlog.Decision{}, false, drivers.NewError(r.name, "lookup-decision", drivers.XID{Global: g}, noEffectKind(err), err)
 	}
 	d.GTRID = g
 	if err := decodeKept(&d, state, parts); err != nil {
-		return drivers.KeptDecision{}, false, drivers.NewError(r.name, "lookup-decision", drivers.XID{Global: g}, drivers.ErrFailed, err)
+		return decisionlog.Decision{}, false, drivers.NewError(r.name, "lookup-decision", drivers.XID{Global: g}, drivers.ErrFailed, err)
 	}
 	return d, true, nil
 }
@@ -239,7 +239,7 @@ func (r *Resource) ForgetDecisions(ctx context.Context, gs []drivers.GlobalID) e
 
 // ListDecisions returns every row of DecisionTable whose gtrid decodes,
 // oldest first. A missing table holds nothing.
-func (r *Resource) ListDecisions(ctx context.Context) ([]drivers.KeptDecision, error) {
+func (r *Resource) ListDecisions(ctx context.Context) ([]decisionlog.Decision, error) {
 	rows, err := r.pool.Query(ctx, `SELECT gtrid, state, participants, decided_at FROM `+DecisionTable+` ORDER BY decided_at, gtrid`)
 	if err != nil {
 		if isUndefinedTable(err) {
@@ -248,11 +248,11 @@ func (r *Resource) ListDecisions(ctx context.Context) ([]drivers.KeptDecision, e
 		return nil, drivers.NewError(r.name, "list-decisions", drivers.XID{}, noEffectKind(err), err)
 	}
 	defer rows.Close()
-	var out []drivers.KeptDecision
+	var out []decisionlog.Decision
 	for rows.Next() {
 		var (
 			id, state, parts string
-			d                drivers.KeptDecision
+			d                decisionlog.Decision
 		)
 		if err := rows.Scan(&id, &state, &parts, &d.At); err != nil {
 			return nil, drivers.NewError(r.name, "list-decisions", drivers.XID{}, drivers.ErrFailed, err)
@@ -276,17 +276,14 @@ func (r *Resource) ListDecisions(ctx context.Context) ([]drivers.KeptDecision, e
 	return out, nil
 }
 
-func decodeKept(d *drivers.KeptDecision, state, parts string) error {
-	switch state {
-	case "C":
-		d.Commit = true
-		if err := json.Unmarshal([]byte(parts), &d.Participants); err != nil {
-			return fmt.Errorf("%s: participants of %s: %w", DecisionTable, d.GTRID, err)
-		}
-	case "A":
-	default:
-		return fmt.Errorf("%s: unknown state %q for %s", DecisionTable, state, d.GTRID)
+// decodeKept fills d from a decision row's state and participants.
+func decodeKept(d *decisionlog.Decision, state, parts string) error {
+	dec, err := decisionlog.DecodeRow(DecisionTable, d.GTRID, state, []byte(parts))
+	if err != nil {
+		return err
 	}
+	dec.At = d.At
+	*d = dec
 	return nil
 }
 

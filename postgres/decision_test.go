@@ -7,14 +7,15 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/postgres"
 )
 
-var parts = []drivers.KeptParticipant{{Resource: "mysql", Branch: 1}}
+var parts = []decisionlog.Participant{{Resource: "mysql", Branch: 1}}
 
 // keeperRow reads g's decision row through the resource.
-func keeperRow(ctx context.Context, t *testing.T, r *postgres.Resource, g drivers.GlobalID) (drivers.KeptDecision, bool) {
+func keeperRow(ctx context.Context, t *testing.T, r *postgres.Resource, g drivers.GlobalID) (decisionlog.Decision, bool) {
 	t.Helper()
 	d, ok, err := r.LookupDecision(ctx, g)
 	if err != nil {
@@ -41,14 +42,14 @@ func TestKeeperCommitWithDecision(t *testing.T) {
 		t.Fatalf("%d rows, want the branch's write committed", n)
 	}
 	d, ok := keeperRow(ctx, t, e.r, g)
-	if !ok || !d.Commit || !slices.Equal(d.Participants, parts) || d.GTRID != g {
+	if !ok || d.Abort || !slices.Equal(d.Participants, parts) || d.GTRID != g {
 		t.Fatalf("row = %+v, %v; want the commit decision naming %v", d, ok, parts)
 	}
 	list, err := e.r.ListDecisions(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.ContainsFunc(list, func(k drivers.KeptDecision) bool { return k.GTRID == g && k.Commit }) {
+	if !slices.ContainsFunc(list, func(k decisionlog.Decision) bool { return k.GTRID == g && !k.Abort }) {
 		t.Fatalf("ListDecisions does not list %s", g)
 	}
 	// Recovery's fence finds the decision and reports it instead.
@@ -56,7 +57,7 @@ func TestKeeperCommitWithDecision(t *testing.T) {
 	if err != nil || !committed {
 		t.Fatalf("FenceAbort = %v, %v; want committed", committed, err)
 	}
-	if d, _ := keeperRow(ctx, t, e.r, g); !d.Commit {
+	if d, _ := keeperRow(ctx, t, e.r, g); d.Abort {
 		t.Fatal("FenceAbort overwrote the commit decision")
 	}
 	if err := e.r.ForgetDecisions(ctx, []drivers.GlobalID{g}); err != nil {
@@ -90,7 +91,7 @@ func TestKeeperFenceFirstRefusesDecision(t *testing.T) {
 	if n := e.queryInt("SELECT COUNT(*) FROM " + tbl); n != 0 {
 		t.Fatal("the keeper's write committed although the decision was refused")
 	}
-	if d, ok := keeperRow(ctx, t, e.r, g); !ok || d.Commit {
+	if d, ok := keeperRow(ctx, t, e.r, g); !ok || !d.Abort {
 		t.Fatalf("row = %+v, %v; want the abort marker", d, ok)
 	}
 	_ = e.r.ForgetDecisions(ctx, []drivers.GlobalID{g})
@@ -148,7 +149,7 @@ func TestKeeperFenceWaitsForUncommittedDecision(t *testing.T) {
 			if r.err != nil || r.committed != commit {
 				t.Fatalf("FenceAbort = %v, %v; want committed = %v", r.committed, r.err, commit)
 			}
-			if d, ok := keeperRow(ctx, t, e.r, g); !ok || d.Commit != commit {
+			if d, ok := keeperRow(ctx, t, e.r, g); !ok || d.Abort == commit {
 				t.Fatalf("row = %+v, %v", d, ok)
 			}
 			_ = e.r.ForgetDecisions(ctx, []drivers.GlobalID{g})
@@ -195,7 +196,7 @@ func TestKeeperInDoubtSettledByTable(t *testing.T) {
 	})
 	d, decided := keeperRow(ctx, t, e.r, g)
 	written := e.queryInt("SELECT COUNT(*) FROM "+tbl) == 1
-	if decided != written || decided && !d.Commit {
+	if decided != written || decided && d.Abort {
 		t.Fatalf("decision row %v (%+v) but branch write committed %v: not all or nothing", decided, d, written)
 	}
 	committed, err := e.r.FenceAbort(ctx, g)
@@ -216,7 +217,7 @@ func TestKeeperWithoutStatements(t *testing.T) {
 	if err := e.r.CommitWithDecision(ctx, b, g, parts); err != nil {
 		t.Fatal(err)
 	}
-	if d, ok := keeperRow(ctx, t, e.r, g); !ok || !d.Commit {
+	if d, ok := keeperRow(ctx, t, e.r, g); !ok || d.Abort {
 		t.Fatalf("row = %+v, %v", d, ok)
 	}
 	_ = e.r.ForgetDecisions(ctx, []drivers.GlobalID{g})

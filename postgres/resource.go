@@ -20,7 +20,7 @@
 //		return err
 //	})
 //
-// A Resource is also a drivers.DecisionKeeper: named as a coordinator's
+// A Resource is also a decisionlog.Keeper: named as a coordinator's
 // xa.Config.DecisionResource, it keeps commit decisions as rows of
 // DecisionTable, committed in its own branch's transaction (which then never
 // prepares). The branch's BEGIN is sent together with its first Exec, and the

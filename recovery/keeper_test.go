@@ -5,14 +5,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/fakeres"
-	"github.com/xabridge/xabridge/xa"
 )
 
 // keeperEnv is env with a decision keeper "k" next to resource "b".
 type keeperEnv struct {
-	log *xa.FileLog
+	log *decisionlog.FileLog
 	k   *fakeres.Keeper
 	b   *fakeres.Resource
 	rec *Recoverer
@@ -20,7 +20,7 @@ type keeperEnv struct {
 
 func newKeeperEnv(t *testing.T, fence bool) *keeperEnv {
 	t.Helper()
-	l, err := xa.OpenFileLog(t.TempDir(), xa.FileLogOptions{})
+	l, err := decisionlog.OpenFileLog(t.TempDir(), decisionlog.FileLogOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,8 +37,8 @@ func newKeeperEnv(t *testing.T, fence bool) *keeperEnv {
 	return e
 }
 
-func keptCommit(g drivers.GlobalID) drivers.KeptDecision {
-	return drivers.KeptDecision{GTRID: g, Commit: true, Participants: []drivers.KeptParticipant{{Resource: "b", Branch: 1}}, At: time.Now()}
+func keptCommit(g drivers.GlobalID) decisionlog.Decision {
+	return decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "b", Branch: 1}}, At: time.Now()}
 }
 
 // twoPasses runs the two passes the two-scan rule needs and returns the
@@ -57,7 +57,7 @@ func TestKeeperDecisions(t *testing.T) {
 		wantClass Class
 		wantState string // of the branch on b after two passes
 		wantRow   string // "commit", "abort" or "" after two passes
-		wantLog   xa.State
+		wantLog   decisionlog.State
 	}{
 		{
 			name: "kept commit decision commits the branch and is deleted",
@@ -66,7 +66,7 @@ func TestKeeperDecisions(t *testing.T) {
 				e.k.PutDecision(keptCommit(g))
 				return g
 			},
-			wantClass: CommitPending, wantState: "committed", wantRow: "", wantLog: xa.StateNone,
+			wantClass: CommitPending, wantState: "committed", wantRow: "", wantLog: decisionlog.StateNone,
 		},
 		{
 			name:  "orphan is fenced in the keeper, then rolled back",
@@ -74,7 +74,7 @@ func TestKeeperDecisions(t *testing.T) {
 			setup: func(e *keeperEnv) drivers.GlobalID {
 				return gid("n1", time.Minute, -30*time.Second)
 			},
-			wantClass: Orphan, wantState: "rolled-back", wantRow: "abort", wantLog: xa.StateAborted,
+			wantClass: Orphan, wantState: "rolled-back", wantRow: "abort", wantLog: decisionlog.StateAborted,
 		},
 		{
 			name:  "abort marker rolls back",
@@ -86,7 +86,7 @@ func TestKeeperDecisions(t *testing.T) {
 				}
 				return g
 			},
-			wantClass: AbortPending, wantState: "rolled-back", wantRow: "abort", wantLog: xa.StateNone,
+			wantClass: AbortPending, wantState: "rolled-back", wantRow: "abort", wantLog: decisionlog.StateNone,
 		},
 		{
 			name:  "decision unreadable at the scan, found by the fence: committed, no abort in the log",
@@ -98,7 +98,7 @@ func TestKeeperDecisions(t *testing.T) {
 				e.k.FailNext("list-decisions", drivers.ErrRetryable)
 				return g
 			},
-			wantClass: CommitPending, wantState: "committed", wantRow: "commit", wantLog: xa.StateNone,
+			wantClass: CommitPending, wantState: "committed", wantRow: "commit", wantLog: decisionlog.StateNone,
 		},
 		{
 			name:  "within its fence: left alone",
@@ -106,7 +106,7 @@ func TestKeeperDecisions(t *testing.T) {
 			setup: func(e *keeperEnv) drivers.GlobalID {
 				return gid("n1", time.Second, time.Minute)
 			},
-			wantClass: Live, wantState: "prepared", wantRow: "", wantLog: xa.StateNone,
+			wantClass: Live, wantState: "prepared", wantRow: "", wantLog: decisionlog.StateNone,
 		},
 	}
 	for _, tc := range tests {
@@ -130,7 +130,7 @@ func TestKeeperDecisions(t *testing.T) {
 			row, ok := e.k.Rows()[g]
 			r := ""
 			switch {
-			case ok && row.Commit:
+			case ok && !row.Abort:
 				r = "commit"
 			case ok:
 				r = "abort"
@@ -165,7 +165,7 @@ func TestKeeperResolve(t *testing.T) {
 	if _, err := e.rec.Resolve(ctx, orphan, false, false, "op"); err != nil {
 		t.Fatal(err)
 	}
-	if row, ok := e.k.Rows()[orphan]; !ok || row.Commit {
+	if row, ok := e.k.Rows()[orphan]; !ok || !row.Abort {
 		t.Fatalf("keeper row %+v %v after a rollback resolve, want the abort marker", row, ok)
 	}
 	if s := e.b.State(x(orphan, 1)); s != "rolled-back" {

@@ -17,8 +17,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
-	"github.com/xabridge/xabridge/xa"
 )
 
 // Class is what recovery concluded about one prepared branch.
@@ -73,7 +73,7 @@ type Branch struct {
 	// since the database prepared it for foreign entries when known.
 	Age time.Duration
 	// LogState is what the decision log says about the transaction.
-	LogState xa.State
+	LogState decisionlog.State
 	// Result is the outcome of the action when one was taken: one of the
 	// Result constants, or an error message (Err set).
 	Result string
@@ -122,7 +122,7 @@ type Report struct {
 	Ended []string
 
 	kept       map[drivers.GlobalID]kept // the keepers' decisions, read before the scan
-	keptFailed []drivers.DecisionKeeper  // keepers whose decisions could not be read
+	keptFailed []decisionlog.Keeper      // keepers whose decisions could not be read
 }
 
 // Remaining counts this node's branches still prepared after the pass:
@@ -157,7 +157,7 @@ type Config struct {
 	NodeID string
 	// Log is the decision log of NodeID. Acting (Pass, Resolve) needs it open
 	// for writing.
-	Log xa.Log
+	Log decisionlog.Log
 	// Resources are the databases to scan.
 	Resources []drivers.Resource
 	// Active reports whether a transaction is running in a live
@@ -194,9 +194,9 @@ type Config struct {
 	OnReport func(*Report)
 	// DecisionResource names the resource that keeps commit decisions in
 	// its own table (xa.Config.DecisionResource); it must be one of
-	// Resources and implement drivers.DecisionKeeper. Recovery fences an
+	// Resources and implement decisionlog.Keeper. Recovery fences an
 	// orphan there (an abort marker) before presuming it aborted. Decisions
-	// are read from every resource that implements drivers.DecisionKeeper
+	// are read from every resource that implements decisionlog.Keeper
 	// whether or not this is set, so a forgotten setting cannot make
 	// recovery roll back a transaction whose decision a keeper had
 	// committed before the scan; but only the marker excludes a decision
@@ -215,8 +215,8 @@ type Recoverer struct {
 	mu        sync.Mutex                // serialises passes
 	firstSeen map[drivers.XID]time.Time // when each branch of ours was first seen by a pass
 	res       map[string]drivers.Resource
-	keepers   []drivers.DecisionKeeper // every resource that can keep decisions
-	fence     drivers.DecisionKeeper   // Config.DecisionResource, or nil
+	keepers   []decisionlog.Keeper // every resource that can keep decisions
+	fence     decisionlog.Keeper   // Config.DecisionResource, or nil
 }
 
 // New returns a Recoverer for cfg.
@@ -252,7 +252,7 @@ func New(cfg Config) (*Recoverer, error) {
 	}
 	rc := &Recoverer{cfg: cfg, logger: logger.With("node", cfg.NodeID), firstSeen: map[drivers.XID]time.Time{}, res: res}
 	for _, r := range cfg.Resources {
-		if k, ok := r.(drivers.DecisionKeeper); ok {
+		if k, ok := r.(decisionlog.Keeper); ok {
 			rc.keepers = append(rc.keepers, k)
 		}
 	}
@@ -261,7 +261,7 @@ func New(cfg Config) (*Recoverer, error) {
 		if !ok {
 			return nil, fmt.Errorf("recovery: DecisionResource %q is not one of the resources", cfg.DecisionResource)
 		}
-		k, ok := r.(drivers.DecisionKeeper)
+		k, ok := r.(decisionlog.Keeper)
 		if !ok {
 			return nil, fmt.Errorf("recovery: DecisionResource %q (%T) cannot keep decisions", cfg.DecisionResource, r)
 		}
@@ -272,8 +272,8 @@ func New(cfg Config) (*Recoverer, error) {
 
 // kept is one decision a keeper holds, and which keeper.
 type kept struct {
-	drivers.KeptDecision
-	keeper drivers.DecisionKeeper
+	decisionlog.Decision
+	keeper decisionlog.Keeper
 }
 
 // readKept reads the decisions every keeper holds. It runs before the
@@ -294,7 +294,7 @@ func (r *Recoverer) readKept(ctx context.Context, rep *Report) map[drivers.Globa
 			continue
 		}
 		for _, d := range ds {
-			if prev, ok := out[d.GTRID]; ok && prev.Commit {
+			if prev, ok := out[d.GTRID]; ok && !prev.Abort {
 				continue
 			}
 			out[d.GTRID] = kept{d, k}
@@ -382,7 +382,7 @@ func (r *Recoverer) Pass(ctx context.Context, dryRun bool) *Report {
 func (r *Recoverer) recheckDone(ctx context.Context, rep *Report) {
 	suspect := map[string]bool{}
 	for _, b := range rep.Branches {
-		if b.Class == Heuristic && b.LogState == xa.StateDone {
+		if b.Class == Heuristic && b.LogState == decisionlog.StateDone {
 			suspect[b.Resource] = true
 		}
 	}
@@ -406,7 +406,7 @@ func (r *Recoverer) recheckDone(ctx context.Context, rep *Report) {
 	}
 	kept := rep.Branches[:0]
 	for _, b := range rep.Branches {
-		if b.Class == Heuristic && b.LogState == xa.StateDone {
+		if b.Class == Heuristic && b.LogState == decisionlog.StateDone {
 			if err := failed[b.Resource]; err != nil {
 				// Not confirmed: no alarm and no action on one listing
 				// (a pass cut short by shutdown sees exactly this).
@@ -533,7 +533,7 @@ func (r *Recoverer) classify(rep *Report, firstSeen map[drivers.XID]time.Time) {
 			b.LogState = entry.State
 		}
 		k, kok := rep.kept[g]
-		logCommitted := ok && (entry.State == xa.StateCommitted || entry.State == xa.StateDone)
+		logCommitted := ok && (entry.State == decisionlog.StateCommitted || entry.State == decisionlog.StateDone)
 		switch {
 		case r.cfg.Active != nil && r.cfg.Active(g):
 			// Its coordinator is still driving it (work, phase 1, or phase 2
@@ -544,22 +544,22 @@ func (r *Recoverer) classify(rep *Report, firstSeen map[drivers.XID]time.Time) {
 			// Before the log's decision: the operator overrode it, and a
 			// pass that went on by the decision would undo half of that.
 			b.Class, b.Reason = Heuristic, "an operator forced an outcome for this transaction; resolve it by hand (xabridge resolve --force)"
-		case !logCommitted && kok && k.Commit:
-			b.LogState = xa.StateCommitted
+		case !logCommitted && kok && !k.Abort:
+			b.LogState = decisionlog.StateCommitted
 			b.Class, b.Action, b.Reason = CommitPending, ActionCommit, "commit decision kept in "+k.keeper.Name()
-			if !inKept(k.Participants, b.Resource, b.XID.Branch) {
+			if !inDecision(&k.Decision, b.Resource, b.XID.Branch) {
 				b.Class, b.Reason = Heuristic, "commit decision kept in "+k.keeper.Name()+" does not name this branch; committing with its transaction"
 			}
-		case !logCommitted && kok && !(ok && entry.State == xa.StateAborted):
+		case !logCommitted && kok && !(ok && entry.State == decisionlog.StateAborted):
 			b.Class, b.Action, b.Reason = AbortPending, ActionRollback, "abort marker in "+k.keeper.Name()
-		case ok && entry.State == xa.StateCommitted:
+		case ok && entry.State == decisionlog.StateCommitted:
 			b.Class, b.Action, b.Reason = CommitPending, ActionCommit, "commit decision in the log"
 			if !inDecision(entry.Decision, b.Resource, b.XID.Branch) {
 				b.Class, b.Reason = Heuristic, "commit decision in the log does not name this branch; committing with its transaction"
 			}
-		case ok && entry.State == xa.StateDone:
+		case ok && entry.State == decisionlog.StateDone:
 			b.Class, b.Action, b.Reason = Heuristic, ActionCommit, "log says every branch committed, yet this one is prepared; committing"
-		case ok && entry.State == xa.StateAborted:
+		case ok && entry.State == decisionlog.StateAborted:
 			b.Class, b.Action, b.Reason = AbortPending, ActionRollback, "abort recorded in the log"
 		case ok && entry.Heuristic():
 			b.Class, b.Reason = Heuristic, "an operator forced an outcome for this transaction; resolve it by hand"
@@ -592,15 +592,8 @@ func (r *Recoverer) settle() time.Duration {
 	return r.cfg.Settle
 }
 
-func inKept(ps []drivers.KeptParticipant, resource string, branch uint8) bool {
-	d := &xa.Decision{}
-	for _, p := range ps {
-		d.Participants = append(d.Participants, xa.Participant(p))
-	}
-	return inDecision(d, resource, branch)
-}
 
-func inDecision(d *xa.Decision, resource string, branch uint8) bool {
+func inDecision(d *decisionlog.Decision, resource string, branch uint8) bool {
 	if d == nil {
 		return false
 	}
@@ -642,14 +635,14 @@ func (r *Recoverer) act(ctx context.Context, b *Branch) {
 			b.Class, b.Action, b.Reason = CommitPending, ActionCommit, "commit decision kept in "+r.fence.Name()+" (found while fencing)"
 		}
 	}
-	if e, ok := r.cfg.Log.Lookup(g); b.Action == ActionRollback && b.Class == Orphan && !(ok && e.State == xa.StateAborted) {
+	if e, ok := r.cfg.Log.Lookup(g); b.Action == ActionRollback && b.Class == Orphan && !(ok && e.State == decisionlog.StateAborted) {
 		// The fence: record the abort before touching the branch. Once it is
 		// durable, the coordinator can no longer write a commit decision
 		// for this transaction (the log refuses it), so rolling back is safe.
-		err := r.cfg.Log.Abort(ctx, xa.Action{GTRID: g, Op: "presume-abort", Reason: b.Reason, Actor: r.cfg.Actor, At: r.cfg.Now()})
+		err := r.cfg.Log.Abort(ctx, decisionlog.Action{GTRID: g, Op: "presume-abort", Reason: b.Reason, Actor: r.cfg.Actor, At: r.cfg.Now()})
 		if err != nil {
 			// A decision may have raced in: look again.
-			if e, ok := r.cfg.Log.Lookup(g); ok && (e.State == xa.StateCommitted || e.State == xa.StateDone) {
+			if e, ok := r.cfg.Log.Lookup(g); ok && (e.State == decisionlog.StateCommitted || e.State == decisionlog.StateDone) {
 				b.Class, b.Action, b.Reason = CommitPending, ActionCommit, "commit decision written during the scan"
 			} else {
 				b.Err, b.Result = err, "not rolled back: "+err.Error()
@@ -662,7 +655,7 @@ func (r *Recoverer) act(ctx context.Context, b *Branch) {
 	if b.Action == ActionRollback {
 		op = "rollback"
 	}
-	if err := r.cfg.Log.Record(ctx, xa.Action{
+	if err := r.cfg.Log.Record(ctx, decisionlog.Action{
 		GTRID: g, Resource: b.Resource, Branch: b.XID.Branch, Op: op, Reason: b.Reason, Actor: r.cfg.Actor, At: r.cfg.Now(),
 		Heuristic: b.Class == Heuristic,
 	}); err != nil {
@@ -717,7 +710,7 @@ func (r *Recoverer) keptUnknown(rep *Report) bool {
 
 // forced reports whether an operator forced an outcome for the entry's
 // transaction (xabridge resolve --force).
-func forced(e xa.Entry) bool {
+func forced(e decisionlog.Entry) bool {
 	for _, a := range e.Actions {
 		if a.Heuristic && strings.HasPrefix(a.Op, "forced-") {
 			return true
@@ -743,17 +736,13 @@ const keptRetention = 10 * time.Minute
 // forgetKept deletes from the keepers the commit decisions none of whose
 // branches is still prepared, and abort markers past their retention.
 func (r *Recoverer) forgetKept(ctx context.Context, rep *Report, still map[drivers.GlobalID]bool) {
-	byKeeper := map[drivers.DecisionKeeper][]drivers.GlobalID{}
+	byKeeper := map[decisionlog.Keeper][]drivers.GlobalID{}
 	for g, k := range rep.kept {
 		if g.Node != r.cfg.NodeID || still[g] || (r.cfg.Active != nil && r.cfg.Active(g)) {
 			continue
 		}
-		if k.Commit {
-			d := xa.Decision{GTRID: g}
-			for _, p := range k.Participants {
-				d.Participants = append(d.Participants, xa.Participant(p))
-			}
-			if !r.coversAll(d) {
+		if !k.Abort {
+			if !r.coversAll(k.Decision) {
 				continue
 			}
 		} else if rep.At.Before(g.Deadline.Add(r.cfg.Skew + keptRetention)) {
@@ -767,7 +756,7 @@ func (r *Recoverer) forgetKept(ctx context.Context, rep *Report, still map[drive
 			continue
 		}
 		for _, g := range gs {
-			if rep.kept[g].Commit {
+			if !rep.kept[g].Abort {
 				rep.Ended = append(rep.Ended, g.String())
 			}
 		}
@@ -818,7 +807,7 @@ func (r *Recoverer) endFinished(ctx context.Context, rep *Report) {
 
 // coversAll reports whether every participant of d is a configured resource,
 // so "not listed anywhere" really means finished.
-func (r *Recoverer) coversAll(d xa.Decision) bool {
+func (r *Recoverer) coversAll(d decisionlog.Decision) bool {
 	for _, p := range d.Participants {
 		if _, ok := r.res[p.Resource]; !ok {
 			return false
@@ -929,7 +918,7 @@ func (r *Recoverer) Resolve(ctx context.Context, g drivers.GlobalID, commit, for
 		return rep, ErrUnknownTransaction
 	}
 	k, kok := rep.kept[g]
-	decided := logged && (entry.State == xa.StateCommitted || entry.State == xa.StateDone) || kok && k.Commit
+	decided := logged && (entry.State == decisionlog.StateCommitted || entry.State == decisionlog.StateDone) || kok && !k.Abort
 	if !commit && !decided {
 		// Agrees with presumed abort, unless the keeper committed meanwhile:
 		// fence it there first.
@@ -953,7 +942,7 @@ func (r *Recoverer) Resolve(ctx context.Context, g drivers.GlobalID, commit, for
 		heuristic = true
 	case !commit:
 		// Agrees with presumed abort. Record it first: the fence.
-		if err := r.cfg.Log.Abort(ctx, xa.Action{GTRID: g, Op: "rollback", Reason: "operator resolve", Actor: actor, At: r.cfg.Now()}); err != nil {
+		if err := r.cfg.Log.Abort(ctx, decisionlog.Action{GTRID: g, Op: "rollback", Reason: "operator resolve", Actor: actor, At: r.cfg.Now()}); err != nil {
 			return rep, fmt.Errorf("recording the abort: %w", err)
 		}
 	}
@@ -962,7 +951,7 @@ func (r *Recoverer) Resolve(ctx context.Context, g drivers.GlobalID, commit, for
 		op, action = "rollback", ActionRollback
 	}
 	if heuristic {
-		if err := r.cfg.Log.Record(ctx, xa.Action{
+		if err := r.cfg.Log.Record(ctx, decisionlog.Action{
 			GTRID: g, Op: "forced-" + op, Reason: "operator forced an outcome that contradicts the log", Actor: actor, At: r.cfg.Now(), Heuristic: true,
 		}); err != nil {
 			return rep, fmt.Errorf("recording the heuristic outcome: %w", err)
@@ -999,12 +988,8 @@ func (r *Recoverer) endOne(ctx context.Context, rep *Report, g drivers.GlobalID)
 	if len(rep.ScanErrors) > 0 || stillPrepared(rep)[g] || r.cfg.Active != nil && r.cfg.Active(g) {
 		return
 	}
-	if k, ok := rep.kept[g]; ok && k.Commit {
-		d := xa.Decision{GTRID: g}
-		for _, p := range k.Participants {
-			d.Participants = append(d.Participants, xa.Participant(p))
-		}
-		if r.coversAll(d) && k.keeper.ForgetDecisions(ctx, []drivers.GlobalID{g}) == nil {
+	if k, ok := rep.kept[g]; ok && !k.Abort {
+		if r.coversAll(k.Decision) && k.keeper.ForgetDecisions(ctx, []drivers.GlobalID{g}) == nil {
 			rep.Ended = append(rep.Ended, g.String())
 		}
 	}

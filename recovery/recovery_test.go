@@ -6,20 +6,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/fakeres"
-	"github.com/xabridge/xabridge/xa"
 )
 
 type env struct {
-	log  *xa.FileLog
+	log  *decisionlog.FileLog
 	a, b *fakeres.Resource
 	rec  *Recoverer
 }
 
 func newEnv(t *testing.T, mod func(*Config)) *env {
 	t.Helper()
-	l, err := xa.OpenFileLog(t.TempDir(), xa.FileLogOptions{})
+	l, err := decisionlog.OpenFileLog(t.TempDir(), decisionlog.FileLogOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +71,7 @@ func TestCommitPendingIsCommittedAndEnded(t *testing.T) {
 	g2 := gid("n1", time.Second, time.Minute)
 	e.a.AddPrepared(x(g2, 0))
 	e.b.AddPrepared(x(g2, 1))
-	if err := e.log.Commit(context.Background(), xa.Decision{GTRID: g2, Participants: []xa.Participant{{Resource: "a", Branch: 0}, {Resource: "b", Branch: 1}}}); err != nil {
+	if err := e.log.Commit(context.Background(), decisionlog.Decision{GTRID: g2, Participants: []decisionlog.Participant{{Resource: "a", Branch: 0}, {Resource: "b", Branch: 1}}}); err != nil {
 		t.Fatal(err)
 	}
 	// The first pass only notes the branches (the two-scan rule).
@@ -116,11 +116,11 @@ func TestOrphanNeedsTwoScansThenIsFenced(t *testing.T) {
 	}
 	// The fence: the presumed abort is in the log, so a late commit
 	// decision for the same transaction is refused.
-	if en, _ := e.log.Lookup(g); en.State != xa.StateAborted {
+	if en, _ := e.log.Lookup(g); en.State != decisionlog.StateAborted {
 		t.Fatalf("log state %v, want aborted", en.State)
 	}
-	err := e.log.Commit(context.Background(), xa.Decision{GTRID: g, Participants: []xa.Participant{{Resource: "a"}}})
-	if !errors.Is(err, xa.ErrFenced) {
+	err := e.log.Commit(context.Background(), decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "a"}}})
+	if !errors.Is(err, decisionlog.ErrFenced) {
 		t.Fatalf("late commit decision: %v, want ErrFenced", err)
 	}
 }
@@ -195,7 +195,7 @@ func TestBusyIsRetriedOnTheNextPass(t *testing.T) {
 	g := gid("n1", time.Second, time.Minute)
 	e.a.AddPrepared(x(g, 0))
 	e.b.AddPrepared(x(g, 1))
-	if err := e.log.Commit(context.Background(), xa.Decision{GTRID: g, Participants: []xa.Participant{{Resource: "a", Branch: 0}, {Resource: "b", Branch: 1}}}); err != nil {
+	if err := e.log.Commit(context.Background(), decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "a", Branch: 0}, {Resource: "b", Branch: 1}}}); err != nil {
 		t.Fatal(err)
 	}
 	e.rec.Pass(context.Background(), false) // first sighting
@@ -217,7 +217,7 @@ func TestScanErrorIsReportedAndBlocksEnd(t *testing.T) {
 	e := newEnv(t, nil)
 	g := gid("n1", time.Second, time.Minute)
 	e.a.AddPrepared(x(g, 0))
-	if err := e.log.Commit(context.Background(), xa.Decision{GTRID: g, Participants: []xa.Participant{{Resource: "a", Branch: 0}, {Resource: "b", Branch: 1}}}); err != nil {
+	if err := e.log.Commit(context.Background(), decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "a", Branch: 0}, {Resource: "b", Branch: 1}}}); err != nil {
 		t.Fatal(err)
 	}
 	e.b.FailNext("recover", drivers.ErrRetryable)
@@ -257,7 +257,7 @@ func TestResolve(t *testing.T) {
 		e := newEnv(t, nil)
 		g := gid("n1", time.Second, time.Minute)
 		e.a.AddPrepared(x(g, 0))
-		if err := e.log.Commit(ctx, xa.Decision{GTRID: g, Participants: []xa.Participant{{Resource: "a"}}}); err != nil {
+		if err := e.log.Commit(ctx, decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "a"}}}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := e.rec.Resolve(ctx, g, false, false, "op"); !errors.Is(err, ErrContradictsLog) {
@@ -280,7 +280,7 @@ func TestResolve(t *testing.T) {
 		if e.a.State(x(g, 0)) != "rolled-back" {
 			t.Fatal("not rolled back")
 		}
-		if err := e.log.Commit(ctx, xa.Decision{GTRID: g, Participants: []xa.Participant{{Resource: "a"}}}); !errors.Is(err, xa.ErrFenced) {
+		if err := e.log.Commit(ctx, decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "a"}}}); !errors.Is(err, decisionlog.ErrFenced) {
 			t.Fatalf("commit after resolve --rollback: %v", err)
 		}
 	})
@@ -299,7 +299,7 @@ func TestSettleDelaysEveryAction(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.Settle = time.Hour })
 	g := gid("n1", time.Second, time.Minute)
 	e.a.AddPrepared(x(g, 0))
-	if err := e.log.Commit(context.Background(), xa.Decision{GTRID: g, Participants: []xa.Participant{{Resource: "a"}}}); err != nil {
+	if err := e.log.Commit(context.Background(), decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "a"}}}); err != nil {
 		t.Fatal(err)
 	}
 	orphan := gid("n1", time.Hour, -time.Minute)

@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/fakeres"
-	"github.com/xabridge/xabridge/xa"
 )
 
 // Every Scan, Pass and Resolve hands its report, marked with its kind, to
@@ -62,7 +62,7 @@ func TestPassLogsStateChangesOnce(t *testing.T) {
 	e.a.AddPrepared(x(orphan, 0))
 	e.a.AddPrepared(x(live, 0))
 	e.b.AddPrepared(x(other, 0))
-	if err := e.log.Commit(ctx, xa.Decision{GTRID: done, Participants: []xa.Participant{{Resource: "b"}}}); err != nil {
+	if err := e.log.Commit(ctx, decisionlog.Decision{GTRID: done, Participants: []decisionlog.Participant{{Resource: "b"}}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.log.End(done); err != nil {
@@ -94,7 +94,7 @@ func TestPassLogsStateChangesOnce(t *testing.T) {
 // transaction in the log once the listing is taken.
 type racingRes struct {
 	*fakeres.Resource
-	log   xa.Log
+	log   decisionlog.Log
 	xid   drivers.XID
 	armed bool
 }
@@ -114,14 +114,14 @@ func (r *racingRes) Recover(ctx context.Context) ([]drivers.Prepared, error) {
 func TestBranchFinishedDuringTheScanIsNoHeuristic(t *testing.T) {
 	var buf bytes.Buffer
 	logger := slog.New(slog.NewTextHandler(&buf, nil))
-	l, err := xa.OpenFileLog(t.TempDir(), xa.FileLogOptions{})
+	l, err := decisionlog.OpenFileLog(t.TempDir(), decisionlog.FileLogOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
 	ctx := context.Background()
 	g := gid("n1", time.Second, time.Minute)
-	if err := l.Commit(ctx, xa.Decision{GTRID: g, Participants: []xa.Participant{{Resource: "a"}}}); err != nil {
+	if err := l.Commit(ctx, decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "a"}}}); err != nil {
 		t.Fatal(err)
 	}
 	a := &racingRes{Resource: fakeres.New("a"), log: l, xid: x(g, 0), armed: true}
@@ -166,14 +166,14 @@ func TestUnconfirmedHeuristicWaitsForTheNextPass(t *testing.T) {
 		t.Run(fmt.Sprintf("still prepared at the next pass=%v", stillThere), func(t *testing.T) {
 			var buf bytes.Buffer
 			logger := slog.New(slog.NewTextHandler(&buf, nil))
-			l, err := xa.OpenFileLog(t.TempDir(), xa.FileLogOptions{})
+			l, err := decisionlog.OpenFileLog(t.TempDir(), decisionlog.FileLogOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer l.Close()
 			ctx := context.Background()
 			g := gid("n1", time.Second, time.Minute)
-			if err := l.Commit(ctx, xa.Decision{GTRID: g, Participants: []xa.Participant{{Resource: "a"}}}); err != nil {
+			if err := l.Commit(ctx, decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "a"}}}); err != nil {
 				t.Fatal(err)
 			}
 			if err := l.End(g); err != nil {

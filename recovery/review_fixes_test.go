@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
-	"github.com/xabridge/xabridge/xa"
 )
 
 // bothLogged prepares g on a (branch 0) and b (branch 1) with a commit
@@ -15,7 +15,7 @@ func (e *env) bothLogged(t *testing.T, g drivers.GlobalID) {
 	t.Helper()
 	e.a.AddPrepared(x(g, 0))
 	e.b.AddPrepared(x(g, 1))
-	if err := e.log.Commit(context.Background(), xa.Decision{GTRID: g, Participants: []xa.Participant{{Resource: "a", Branch: 0}, {Resource: "b", Branch: 1}}}); err != nil {
+	if err := e.log.Commit(context.Background(), decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "a", Branch: 0}, {Resource: "b", Branch: 1}}}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -41,7 +41,7 @@ func TestResolveEndsOnlyItsOwnTransaction(t *testing.T) {
 		if len(rep.Ended) != 1 || rep.Ended[0] != g1.String() {
 			t.Errorf("ended %v, want only %s", rep.Ended, g1)
 		}
-		if en, _ := e.log.Lookup(g2); en.State != xa.StateCommitted {
+		if en, _ := e.log.Lookup(g2); en.State != decisionlog.StateCommitted {
 			t.Fatalf("g2's log state is %v after resolving g1, want committed", en.State)
 		}
 		if err := e.log.Compact(ctx); err != nil {
@@ -95,7 +95,7 @@ func TestResolveAfterAFailedFirstScan(t *testing.T) {
 	if s := e.b.State(x(g, 1)); s != "prepared" {
 		t.Fatalf("b's branch is %s; it was seen in one scan only", s)
 	}
-	if en, _ := e.log.Lookup(g); en.State != xa.StateCommitted {
+	if en, _ := e.log.Lookup(g); en.State != decisionlog.StateCommitted {
 		t.Errorf("log state %v, want committed (not ended while b's branch is prepared)", en.State)
 	}
 	if _, err := e.rec.Resolve(ctx, g, true, false, "op"); err != nil {
@@ -139,12 +139,12 @@ func TestListedButNotOursKeepsTheDecision(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t, nil)
 	g := gid("n1", time.Second, time.Minute)
-	if err := e.log.Commit(ctx, xa.Decision{GTRID: g, Participants: []xa.Participant{{Resource: "a", Branch: 0}}}); err != nil {
+	if err := e.log.Commit(ctx, decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "a", Branch: 0}}}); err != nil {
 		t.Fatal(err)
 	}
 	e.a.AddForeignXID(x(g, 0), "prepared by role other (finish it as that role or a superuser)")
 	e.rec.Pass(ctx, false)
-	if en, _ := e.log.Lookup(g); en.State != xa.StateCommitted {
+	if en, _ := e.log.Lookup(g); en.State != decisionlog.StateCommitted {
 		t.Errorf("log state %v, want committed: the branch is still prepared", en.State)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/fakeres"
 	"github.com/xabridge/xabridge/tracing"
@@ -32,11 +33,11 @@ type env struct {
 
 // failingLog is a decision log whose Commit fails with err when it is set.
 type failingLog struct {
-	xa.Log
+	decisionlog.Log
 	err error
 }
 
-func (l *failingLog) Commit(ctx context.Context, d xa.Decision) error {
+func (l *failingLog) Commit(ctx context.Context, d decisionlog.Decision) error {
 	if l.err != nil {
 		return l.err
 	}
@@ -48,7 +49,7 @@ func newEnv(t *testing.T, mod func(*xa.Config)) *env {
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
-	fl, err := xa.OpenFileLog(t.TempDir(), xa.FileLogOptions{})
+	fl, err := decisionlog.OpenFileLog(t.TempDir(), decisionlog.FileLogOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,13 +191,13 @@ func TestSpans(t *testing.T) {
 		},
 		{
 			name:    "decision log failed",
-			setup:   func(e *env) { e.log.err = fmt.Errorf("%w: disk gone", xa.ErrLogFailed) },
+			setup:   func(e *env) { e.log.err = fmt.Errorf("%w: disk gone", decisionlog.ErrLogFailed) },
 			tree:    []string{T, D, P, PB + "[a/0]", PB + "[b/1]", W},
 			outcome: "in-doubt", reason: "log-failed", status: codes.Error,
 		},
 		{
 			name:    "fenced",
-			setup:   func(e *env) { e.log.err = fmt.Errorf("late: %w", xa.ErrFenced) },
+			setup:   func(e *env) { e.log.err = fmt.Errorf("late: %w", decisionlog.ErrFenced) },
 			tree:    []string{T, D, P, PB + "[a/0]", PB + "[b/1]", W},
 			outcome: "aborted", reason: "fenced", status: codes.Error, failed: D,
 		},

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/fakeres"
 )
@@ -78,7 +79,7 @@ func TestConcurrentClose(t *testing.T) {
 			}
 			opening.Lock()
 			defer opening.Unlock()
-			l, err := OpenFileLog(dir, FileLogOptions{})
+			l, err := decisionlog.OpenFileLog(dir, decisionlog.FileLogOptions{})
 			if err == nil {
 				err = l.Close()
 			}
@@ -97,11 +98,11 @@ func TestConcurrentClose(t *testing.T) {
 // that wait attempts nothing, leaving the branches to the next start.
 func TestResumeWaitsResumeDelay(t *testing.T) {
 	ctx := context.Background()
-	log := newMemLog(func() int64 { return time.Now().UnixMilli() })
+	log := decisionlog.NewMemLog(nil)
 	a := fakeres.New("a")
 	g := drivers.GlobalID{Node: "test", Begin: time.Now().UTC().Truncate(time.Millisecond), Seq: 1, Deadline: time.Now().Add(time.Minute).UTC().Truncate(time.Millisecond)}
 	a.AddPrepared(drivers.XID{Global: g})
-	if err := log.Commit(ctx, Decision{GTRID: g, Participants: []Participant{{Resource: "a"}}}); err != nil {
+	if err := log.Commit(ctx, decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "a"}}}); err != nil {
 		t.Fatal(err)
 	}
 	const delay = 200 * time.Millisecond
@@ -124,7 +125,7 @@ func TestResumeWaitsResumeDelay(t *testing.T) {
 	// Closed during the wait: no attempt, the decision stays pending.
 	g2 := g
 	g2.Seq = 2
-	if err := log.Commit(ctx, Decision{GTRID: g2, Participants: []Participant{{Resource: "a"}}}); err != nil {
+	if err := log.Commit(ctx, decisionlog.Decision{GTRID: g2, Participants: []decisionlog.Participant{{Resource: "a"}}}); err != nil {
 		t.Fatal(err)
 	}
 	b := fakeres.New("a")

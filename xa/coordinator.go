@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 )
 
@@ -35,7 +36,7 @@ type Config struct {
 
 	// Log is the decision log. If nil, a FileLog is opened in LogDir and
 	// closed by Close.
-	Log Log
+	Log decisionlog.Log
 	// LogDir is where the default file log lives when Log is nil.
 	LogDir string
 
@@ -70,9 +71,9 @@ type Config struct {
 	AsyncPhase2 bool
 
 	// DecisionResource, if set, names one of Resources whose adapter
-	// implements drivers.DecisionKeeper (postgres.Resource does, and
+	// implements decisionlog.Keeper (postgres.Resource does, and
 	// mysql.Resource on MariaDB, whose keeper branch is a plain local
-	// transaction: drivers.KeptBeginner). A
+	// transaction: decisionlog.KeptBeginner). A
 	// transaction that enlists it keeps its commit decision there instead
 	// of in Log: its other branches prepare, then the keeper's branch
 	// inserts the decision row into its own transaction and commits in one
@@ -177,13 +178,13 @@ func Hooks(hooks ...func(Step, StepInfo)) func(Step, StepInfo) {
 // one Coordinator (one node id, one decision log) per process.
 type Coordinator struct {
 	cfg       Config
-	log       Log
+	log       decisionlog.Log
 	ownsLog   bool
 	ids       *idGen
 	logger    *slog.Logger
 	resources map[string]drivers.Resource
-	keeper    drivers.DecisionKeeper // Config.DecisionResource, or nil
-	forget    *forgetter             // batched deletes of finished kept decisions
+	keeper    decisionlog.Keeper // Config.DecisionResource, or nil
+	forget    *forgetter         // batched deletes of finished kept decisions
 
 	// bg owns every goroutine that outlives a call: background phase 2.
 	bgCtx    context.Context
@@ -250,7 +251,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		if cfg.LogDir == "" {
 			return nil, errors.New("xa: config: neither Log nor LogDir is set")
 		}
-		fl, err := OpenFileLog(cfg.LogDir, FileLogOptions{Now: cfg.Now})
+		fl, err := decisionlog.OpenFileLog(cfg.LogDir, decisionlog.FileLogOptions{Now: cfg.Now})
 		if err != nil {
 			return nil, fmt.Errorf("xa: %w", err)
 		}
@@ -262,10 +263,10 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 			c.closeOwnedLog()
 			return nil, fmt.Errorf("xa: config: DecisionResource %q is not one of the resources", cfg.DecisionResource)
 		}
-		k, ok := r.(drivers.DecisionKeeper)
+		k, ok := r.(decisionlog.Keeper)
 		if !ok {
 			c.closeOwnedLog()
-			return nil, fmt.Errorf("xa: config: DecisionResource %q (%T) cannot keep decisions (it does not implement drivers.DecisionKeeper)", cfg.DecisionResource, r)
+			return nil, fmt.Errorf("xa: config: DecisionResource %q (%T) cannot keep decisions (it does not implement decisionlog.Keeper)", cfg.DecisionResource, r)
 		}
 		c.keeper = k
 	}
@@ -301,7 +302,7 @@ func (c *Coordinator) InFlight() int {
 func (c *Coordinator) NodeID() string { return c.cfg.NodeID }
 
 // Log returns the decision log.
-func (c *Coordinator) Log() Log { return c.log }
+func (c *Coordinator) Log() decisionlog.Log { return c.log }
 
 // Resource returns the registered resource with that name.
 func (c *Coordinator) Resource(name string) (drivers.Resource, bool) {
@@ -438,7 +439,7 @@ func since(t time.Time) time.Duration {
 
 // resume drives a commit decision found at start-up (in the log or in the
 // decision keeper, as where says) to completion by XID, in the background.
-func (c *Coordinator) resume(d Decision, where decisionKind) {
+func (c *Coordinator) resume(d decisionlog.Decision, where decisionKind) {
 	c.mu.Lock()
 	c.active[d.GTRID] = struct{}{}
 	c.mu.Unlock()

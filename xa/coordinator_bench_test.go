@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"runtime"
 	"testing"
-	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/fakeres"
 )
@@ -38,11 +38,11 @@ func BenchmarkCoordinatorRun(b *testing.B) {
 		setup func(b *testing.B, cfg *Config) drivers.Resource // returns the first resource to enlist
 	}{
 		{"memlog", func(b *testing.B, cfg *Config) drivers.Resource {
-			cfg.Log = newMemLog(func() int64 { return time.Now().UnixMilli() })
+			cfg.Log = decisionlog.NewMemLog(nil)
 			return fakeres.New("a")
 		}},
 		{"filelog", func(b *testing.B, cfg *Config) drivers.Resource {
-			l, err := OpenFileLog(b.TempDir(), FileLogOptions{})
+			l, err := decisionlog.OpenFileLog(b.TempDir(), decisionlog.FileLogOptions{})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -51,7 +51,7 @@ func BenchmarkCoordinatorRun(b *testing.B) {
 			return fakeres.New("a")
 		}},
 		{"keeper", func(b *testing.B, cfg *Config) drivers.Resource {
-			cfg.Log = newMemLog(func() int64 { return time.Now().UnixMilli() })
+			cfg.Log = decisionlog.NewMemLog(nil)
 			cfg.DecisionResource = "a"
 			return fakeres.NewKeeper("a")
 		}},

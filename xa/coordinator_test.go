@@ -7,20 +7,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/fakeres"
 )
 
 type testEnv struct {
 	c    *Coordinator
-	log  *memLog
+	log  *decisionlog.MemLog
 	a, b *fakeres.Resource
 }
 
 func newTestEnv(t *testing.T, mod func(*Config)) *testEnv {
 	t.Helper()
 	e := &testEnv{a: fakeres.New("a"), b: fakeres.New("b")}
-	e.log = newMemLog(func() int64 { return time.Now().UnixMilli() })
+	e.log = decisionlog.NewMemLog(nil)
 	cfg := Config{
 		NodeID:          "test",
 		Log:             e.log,
@@ -95,8 +96,8 @@ func TestRunOutcomes(t *testing.T) {
 		},
 		{
 			name:    "decision log failure leaves both prepared",
-			setup:   func(e *testEnv) { e.log.failErr = errors.New("disk on fire") },
-			outcome: Unknown, isErr: ErrLogFailed, stateA: "prepared", stateB: "prepared",
+			setup:   func(e *testEnv) { e.log.FailWith(errors.New("disk on fire")) },
+			outcome: Unknown, isErr: decisionlog.ErrLogFailed, stateA: "prepared", stateB: "prepared",
 		},
 		{
 			name:    "begin failure on b rolls back a",
@@ -141,7 +142,7 @@ func TestRunOutcomes(t *testing.T) {
 			if logged := ok && en.Decision != nil; logged != tt.logged {
 				t.Errorf("decision logged = %v, want %v", logged, tt.logged)
 			}
-			if tt.logged && en.State != StateDone {
+			if tt.logged && en.State != decisionlog.StateDone {
 				t.Errorf("log state = %v, want done", en.State)
 			}
 			if e.c.Active(xa.Global) && tt.outcome != CommitPending {
@@ -165,8 +166,8 @@ func TestOnePhaseForSingleBranch(t *testing.T) {
 	if got := e.a.State(x); got != "committed" {
 		t.Fatalf("branch is %s", got)
 	}
-	if e.a.Count("prepare") != 0 || e.log.commits != 0 {
-		t.Fatalf("one-phase commit prepared (%d) or logged (%d)", e.a.Count("prepare"), e.log.commits)
+	if e.a.Count("prepare") != 0 || e.log.Commits() != 0 {
+		t.Fatalf("one-phase commit prepared (%d) or logged (%d)", e.a.Count("prepare"), e.log.Commits())
 	}
 }
 
@@ -192,8 +193,8 @@ func TestReadOnlyBranches(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if e.log.commits != 0 || e.a.Count("commit")+e.b.Count("commit") != 0 {
-			t.Fatalf("read-only transaction logged %d decisions, %d commits", e.log.commits, e.a.Count("commit")+e.b.Count("commit"))
+		if e.log.Commits() != 0 || e.a.Count("commit")+e.b.Count("commit") != 0 {
+			t.Fatalf("read-only transaction logged %d decisions, %d commits", e.log.Commits(), e.a.Count("commit")+e.b.Count("commit"))
 		}
 	})
 	t.Run("one writer: committed without a decision record", func(t *testing.T) {
@@ -207,7 +208,7 @@ func TestReadOnlyBranches(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if e.log.commits != 0 {
+		if e.log.Commits() != 0 {
 			t.Fatalf("logged a decision for a single writer")
 		}
 		if got := e.b.State(xb); got != "committed" {
@@ -277,7 +278,7 @@ func TestFenceRefusesLateDecision(t *testing.T) {
 	if e.a.State(xa) != "rolled-back" || e.b.State(xb) != "rolled-back" {
 		t.Fatalf("branches %s/%s, want rolled back", e.a.State(xa), e.b.State(xb))
 	}
-	if e.log.commits != 0 {
+	if e.log.Commits() != 0 {
 		t.Fatal("a commit decision was written after the fence")
 	}
 }
@@ -293,10 +294,10 @@ func TestFenceRecordedAbortWins(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		return e.log.Abort(ctx, Action{GTRID: tx.GlobalID(), Op: "presume-abort", Actor: "test"})
+		return e.log.Abort(ctx, decisionlog.Action{GTRID: tx.GlobalID(), Op: "presume-abort", Actor: "test"})
 	})
-	if !errors.Is(err, ErrFenced) || !Retryable(err) {
-		t.Fatalf("err = %v, want a retryable ErrFenced abort", err)
+	if !errors.Is(err, decisionlog.ErrFenced) || !Retryable(err) {
+		t.Fatalf("err = %v, want a retryable decisionlog.ErrFenced abort", err)
 	}
 	if e.a.State(xa) != "rolled-back" || e.b.State(xb) != "rolled-back" {
 		t.Fatalf("branches %s/%s, want rolled back", e.a.State(xa), e.b.State(xb))
@@ -330,7 +331,7 @@ func TestPhase2PendingThenFinishes(t *testing.T) {
 	if e.a.State(xa) != "committed" || e.b.State(xb) != "committed" {
 		t.Fatalf("branches %s/%s, want committed", e.a.State(xa), e.b.State(xb))
 	}
-	if en, _ := e.log.Lookup(xa.Global); en.State != StateDone {
+	if en, _ := e.log.Lookup(xa.Global); en.State != decisionlog.StateDone {
 		t.Fatalf("log state %v, want done", en.State)
 	}
 }
@@ -418,10 +419,10 @@ func TestConfigValidation(t *testing.T) {
 		name string
 		cfg  Config
 	}{
-		{"empty node id", Config{Log: newMemLog(nil)}},
-		{"hostile node id", Config{NodeID: "x'; drop", Log: newMemLog(nil)}},
+		{"empty node id", Config{Log: decisionlog.NewMemLog(nil)}},
+		{"hostile node id", Config{NodeID: "x'; drop", Log: decisionlog.NewMemLog(nil)}},
 		{"no log", Config{NodeID: "n"}},
-		{"duplicate resource", Config{NodeID: "n", Log: newMemLog(nil), Resources: []drivers.Resource{a, a}}},
+		{"duplicate resource", Config{NodeID: "n", Log: decisionlog.NewMemLog(nil), Resources: []drivers.Resource{a, a}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -457,8 +458,8 @@ func TestConcurrentTransactions(t *testing.T) {
 	if n := len(e.a.PreparedXIDs()) + len(e.b.PreparedXIDs()); n != 0 {
 		t.Fatalf("%d branches left prepared", n)
 	}
-	if e.log.commits != 64 {
-		t.Fatalf("%d decisions, want 64", e.log.commits)
+	if e.log.Commits() != 64 {
+		t.Fatalf("%d decisions, want 64", e.log.Commits())
 	}
 }
 

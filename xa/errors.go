@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 )
 
@@ -131,7 +132,7 @@ func Retryable(err error) bool {
 	if OutcomeOf(err) != Aborted {
 		return false
 	}
-	return errors.Is(err, drivers.ErrRetryable) || errors.Is(err, ErrFenced)
+	return errors.Is(err, drivers.ErrRetryable) || errors.Is(err, decisionlog.ErrFenced)
 }
 
 // Reason is a short, stable label for why a global transaction ended as it
@@ -198,11 +199,11 @@ func ReasonOf(err error) Reason {
 		return ReasonPrepareRefused
 	case "decide":
 		switch {
-		case errors.Is(e.Err, ErrFenced):
+		case errors.Is(e.Err, decisionlog.ErrFenced):
 			return ReasonFenced
 		case e.Outcome != Unknown:
 			return ReasonDecisionRefused
-		case errors.Is(e.Err, ErrLogFailed):
+		case errors.Is(e.Err, decisionlog.ErrLogFailed):
 			return ReasonLogFailed
 		}
 		return ReasonDecisionInDoubt

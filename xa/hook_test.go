@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 )
 
@@ -104,7 +105,7 @@ func TestStepsAndFinished(t *testing.T) {
 		},
 		{
 			name:    "decision log failed",
-			setup:   func(e *testEnv) { e.log.failErr = errors.New("disk gone") },
+			setup:   func(e *testEnv) { e.log.FailWith(errors.New("disk gone")) },
 			want:    "begin enlisted*2 work-done preparing*2 prepared*2 all-prepared deciding finished",
 			outcome: Unknown, reason: ReasonLogFailed,
 		},
@@ -221,9 +222,9 @@ func TestReasonOf(t *testing.T) {
 		{e(Aborted, "panic", errors.New("boom")), ReasonPanic},
 		{e(Aborted, "prepare", &drivers.Error{Kind: drivers.ErrRefused, Err: errors.New("23505")}), ReasonPrepareRefused},
 		{e(Aborted, "prepare", &drivers.Error{Kind: drivers.ErrInDoubt, Err: errors.New("EOF")}), ReasonPrepareInDoubt},
-		{e(Aborted, "decide", fmt.Errorf("late: %w", ErrFenced)), ReasonFenced},
+		{e(Aborted, "decide", fmt.Errorf("late: %w", decisionlog.ErrFenced)), ReasonFenced},
 		{e(Aborted, "decide", &drivers.Error{Kind: drivers.ErrRefused}), ReasonDecisionRefused},
-		{e(Unknown, "decide", fmt.Errorf("%w: fsync", ErrLogFailed)), ReasonLogFailed},
+		{e(Unknown, "decide", fmt.Errorf("%w: fsync", decisionlog.ErrLogFailed)), ReasonLogFailed},
 		{e(Unknown, "decide", &drivers.Error{Kind: drivers.ErrInDoubt}), ReasonDecisionInDoubt},
 		{e(Aborted, "commit-one-phase", &drivers.Error{Kind: drivers.ErrRefused}), ReasonCommitRefused},
 		{e(Unknown, "commit-one-phase", &drivers.Error{Kind: drivers.ErrInDoubt}), ReasonCommitInDoubt},
@@ -254,61 +255,5 @@ func TestNoHookNoStamp(t *testing.T) {
 	}
 	if err := tx.Commit(context.Background()); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestBatchBucket(t *testing.T) {
-	for _, tt := range []struct {
-		n    int64
-		want int
-	}{{1, 0}, {2, 1}, {3, 2}, {4, 2}, {5, 3}, {8, 3}, {9, 4}, {1024, 10}, {1025, 11}, {1 << 20, 11}} {
-		if got := batchBucket(tt.n); got != tt.want {
-			t.Errorf("batchBucket(%d) = %d, want %d", tt.n, got, tt.want)
-		}
-	}
-}
-
-// The batch-size histogram of FileLogStats agrees with the other counters:
-// one entry per fsynced batch, its sizes adding up to the records written
-// in them.
-func TestFileLogBatchSizes(t *testing.T) {
-	l, err := OpenFileLog(t.TempDir(), FileLogOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	ctx := context.Background()
-	now := time.Now()
-	decide := func(seq uint32) error {
-		g := drivers.GlobalID{Node: "n", Begin: now.Truncate(time.Millisecond), Seq: seq, Deadline: now.Add(time.Minute).Truncate(time.Millisecond)}
-		return l.Commit(ctx, Decision{GTRID: g, Participants: []Participant{{Resource: "a"}, {Resource: "b", Branch: 1}}})
-	}
-	// One at a time: every batch holds one record.
-	for i := range 5 {
-		if err := decide(uint32(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s := l.Stats()
-	if s.BatchSizes[0] != 5 || s.BatchRecords != 5 || s.Batches != 5 {
-		t.Fatalf("after 5 lone decisions: sizes %v, records %d, batches %d", s.BatchSizes, s.BatchRecords, s.Batches)
-	}
-	// Concurrently: batches share fsyncs; the histogram still adds up.
-	var wg sync.WaitGroup
-	for i := range 64 {
-		wg.Go(func() {
-			if err := decide(uint32(100 + i)); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	wg.Wait()
-	s = l.Stats()
-	var n int64
-	for _, c := range s.BatchSizes {
-		n += c
-	}
-	if n != s.Batches || s.BatchRecords != 69 || s.Failed {
-		t.Fatalf("histogram counts %d batches of %d, records %d (want 69), failed %v", n, s.Batches, s.BatchRecords, s.Failed)
 	}
 }

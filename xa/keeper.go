@@ -3,11 +3,11 @@ package xa
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 )
 
@@ -79,17 +79,16 @@ func (tx *Tx) commitWithKeeper(ctx context.Context, branches []*txBranch, kb *tx
 	// recovery's abort marker; this keeps both decision stores alike.)
 	start := c.stamp()
 	c.hook(StepDeciding, StepInfo{GTRID: tx.gtrid, Branch: -1})
-	if now := c.cfg.Now(); !now.Before(tx.gtrid.Deadline) {
-		err := fmt.Errorf("xa: commit %s: deadline %s reached: %w", tx.gtrid, tx.gtrid.Deadline.Format(time.RFC3339Nano), ErrFenced)
+	if _, err := decisionlog.AdmitCommit(tx.gtrid, c.cfg.Now(), decisionlog.StateNone); err != nil {
 		c.logger.Warn("commit decision refused by the fence (the transaction outlived its timeout); aborting",
 			"gtrid", tx.gtrid.String(), "err", err)
 		c.hook(StepDecisionRefused, StepInfo{GTRID: tx.gtrid, Branch: -1, Err: err})
 		_ = tx.rollbackBranches(ctx, branches, "decision fenced")
 		return tx.errorf(Aborted, "decide", "", err)
 	}
-	parts := make([]drivers.KeptParticipant, len(voters))
+	parts := make([]decisionlog.Participant, len(voters))
 	for i, tb := range voters {
-		parts[i] = drivers.KeptParticipant{Resource: tb.res.Name(), Branch: uint8(tb.num)}
+		parts[i] = decisionlog.Participant{Resource: tb.res.Name(), Branch: uint8(tb.num)}
 	}
 	// Like a log write, the decision is not abandoned half way because the
 	// caller gave up: that would turn it into an unknown outcome. It is
@@ -138,14 +137,10 @@ func (c *Coordinator) resumeKept(ctx context.Context) {
 		return
 	}
 	for _, k := range kept {
-		if k.GTRID.Node != c.cfg.NodeID || !k.Commit {
+		if k.GTRID.Node != c.cfg.NodeID || k.Abort {
 			continue
 		}
-		d := Decision{GTRID: k.GTRID, At: k.At}
-		for _, p := range k.Participants {
-			d.Participants = append(d.Participants, Participant(p))
-		}
-		c.resume(d, decidedInKeeper)
+		c.resume(k, decidedInKeeper)
 	}
 }
 

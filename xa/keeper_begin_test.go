@@ -4,8 +4,8 @@ import (
 	"context"
 	"sync/atomic"
 	"testing"
-	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/fakeres"
 )
@@ -46,7 +46,7 @@ func TestKeeperBranchBegunWithBeginKept(t *testing.T) {
 			my := &keptBeginner{Keeper: fakeres.NewKeeper("my")}
 			pg := fakeres.NewKeeper("pg")
 			c, err := New(context.Background(), Config{
-				NodeID: "test", Log: newMemLog(func() int64 { return time.Now().UnixMilli() }), Resources: []drivers.Resource{pg, my}, DecisionResource: tc.keeper,
+				NodeID: "test", Log: decisionlog.NewMemLog(nil), Resources: []drivers.Resource{pg, my}, DecisionResource: tc.keeper,
 			})
 			if err != nil {
 				t.Fatal(err)

@@ -6,13 +6,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/fakeres"
 )
 
 type keeperEnv struct {
 	c    *Coordinator
-	log  *memLog
+	log  *decisionlog.MemLog
 	k    *fakeres.Keeper
 	b, d *fakeres.Resource
 	// forgotten receives the ids of every ForgetDecisions call.
@@ -24,7 +25,7 @@ func newKeeperEnv(t *testing.T, mod func(*Config)) *keeperEnv {
 	e := &keeperEnv{k: fakeres.NewKeeper("pg"), b: fakeres.New("mysql"), d: fakeres.New("other"),
 		forgotten: make(chan []drivers.GlobalID, 100)}
 	e.k.OnForget = func(gs []drivers.GlobalID) { e.forgotten <- gs }
-	e.log = newMemLog(func() int64 { return time.Now().UnixMilli() })
+	e.log = decisionlog.NewMemLog(nil)
 	cfg := Config{
 		NodeID:           "test",
 		Log:              e.log,
@@ -142,8 +143,8 @@ func TestKeeperCommitOutcomes(t *testing.T) {
 			if n := e.k.Count("prepare"); n != 0 {
 				t.Errorf("the keeper prepared %d times; it must never prepare", n)
 			}
-			if e.log.commits != 0 {
-				t.Errorf("%d decisions went to the log; the keeper holds them", e.log.commits)
+			if e.log.Commits() != 0 {
+				t.Errorf("%d decisions went to the log; the keeper holds them", e.log.Commits())
 			}
 			if tc.outcome == Committed && tc.stateB == "committed" {
 				e.waitForgotten(t, xk.Global)
@@ -151,7 +152,7 @@ func TestKeeperCommitOutcomes(t *testing.T) {
 			row, ok := e.k.Rows()[xk.Global]
 			got := ""
 			switch {
-			case ok && row.Commit:
+			case ok && !row.Abort:
 				got = "commit"
 			case ok:
 				got = "abort"
@@ -159,7 +160,7 @@ func TestKeeperCommitOutcomes(t *testing.T) {
 			if got != tc.row {
 				t.Errorf("decision row %q, want %q", got, tc.row)
 			}
-			if got == "commit" && (len(row.Participants) != 1 || row.Participants[0] != (drivers.KeptParticipant{Resource: "mysql", Branch: xb.Branch})) {
+			if got == "commit" && (len(row.Participants) != 1 || row.Participants[0] != (decisionlog.Participant{Resource: "mysql", Branch: xb.Branch})) {
 				t.Errorf("participants %v, want just the mysql branch", row.Participants)
 			}
 		})
@@ -176,8 +177,8 @@ func TestKeeperNotEnlistedUsesLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.log.commits != 1 || len(e.k.Rows()) != 0 {
-		t.Fatalf("log commits %d, keeper rows %d: want the decision in the log", e.log.commits, len(e.k.Rows()))
+	if e.log.Commits() != 1 || len(e.k.Rows()) != 0 {
+		t.Fatalf("log commits %d, keeper rows %d: want the decision in the log", e.log.Commits(), len(e.k.Rows()))
 	}
 }
 
@@ -216,12 +217,12 @@ func TestKeeperResumeAtStart(t *testing.T) {
 	mine := drivers.GlobalID{Node: "test", Begin: now, Seq: 1, Deadline: now.Add(time.Minute)}
 	other := drivers.GlobalID{Node: "other", Begin: now, Seq: 2, Deadline: now.Add(time.Minute)}
 	for _, g := range []drivers.GlobalID{mine, other} {
-		k.PutDecision(drivers.KeptDecision{GTRID: g, Commit: true, Participants: []drivers.KeptParticipant{{Resource: "mysql", Branch: 1}}, At: now})
+		k.PutDecision(decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "mysql", Branch: 1}}, At: now})
 		b.AddPrepared(drivers.XID{Global: g, Branch: 1})
 	}
 	forgotten := make(chan []drivers.GlobalID, 10)
 	k.OnForget = func(gs []drivers.GlobalID) { forgotten <- gs }
-	c, err := New(context.Background(), Config{NodeID: "test", Log: newMemLog(func() int64 { return time.Now().UnixMilli() }),
+	c, err := New(context.Background(), Config{NodeID: "test", Log: decisionlog.NewMemLog(nil),
 		Resources: []drivers.Resource{k, b}, DecisionResource: "pg"})
 	if err != nil {
 		t.Fatal(err)
@@ -252,7 +253,7 @@ func TestKeeperConfig(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := New(context.Background(), Config{NodeID: "test", Log: newMemLog(func() int64 { return 0 }),
+			_, err := New(context.Background(), Config{NodeID: "test", Log: decisionlog.NewMemLog(func() time.Time { return time.Unix(0, 0) }),
 				Resources: []drivers.Resource{fakeres.NewKeeper("pg"), fakeres.New("mysql")}, DecisionResource: tc.keeper})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want one containing %q", err, tc.want)

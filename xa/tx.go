@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 )
 
@@ -69,7 +70,7 @@ func (tx *Tx) Enlist(ctx context.Context, r drivers.Resource) (drivers.Branch, e
 	num := len(tx.branches)
 	xid := drivers.XID{Global: tx.gtrid, Branch: uint8(num)}
 	begin := r.Begin
-	if kb, ok := r.(drivers.KeptBeginner); ok && drivers.Resource(tx.c.keeper) == r {
+	if kb, ok := r.(decisionlog.KeptBeginner); ok && drivers.Resource(tx.c.keeper) == r {
 		// The keeper's branch never prepares; its adapter may begin it
 		// as a plain local transaction.
 		begin = kb.BeginKept
@@ -226,14 +227,14 @@ func (tx *Tx) commit(ctx context.Context, branches []*txBranch) error {
 
 	// The decision. Written with a context the caller cannot cancel: a
 	// write abandoned half way would leave the outcome unknown.
-	d := Decision{GTRID: tx.gtrid, At: c.cfg.Now()}
+	d := decisionlog.Decision{GTRID: tx.gtrid, At: c.cfg.Now()}
 	for _, tb := range voters {
-		d.Participants = append(d.Participants, Participant{Resource: tb.res.Name(), Branch: uint8(tb.num)})
+		d.Participants = append(d.Participants, decisionlog.Participant{Resource: tb.res.Name(), Branch: uint8(tb.num)})
 	}
 	start := c.stamp()
 	c.hook(StepDeciding, StepInfo{GTRID: tx.gtrid, Branch: -1})
 	if err := c.log.Commit(context.WithoutCancel(ctx), d); err != nil {
-		if errors.Is(err, ErrFenced) {
+		if errors.Is(err, decisionlog.ErrFenced) {
 			c.logger.Warn("commit decision refused by the fence (the transaction outlived its timeout); aborting",
 				"gtrid", tx.gtrid.String(), "err", err)
 			c.hook(StepDecisionRefused, StepInfo{GTRID: tx.gtrid, Branch: -1, Err: err})

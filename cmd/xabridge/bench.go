@@ -22,6 +22,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/mysql"
@@ -123,7 +124,7 @@ coordinator node ids (NODE-MODE) and decision logs (LOG-DIR/MODE).`,
 	f.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured time before each mode's first round at each level")
 	f.IntVar(&o.rounds, "rounds", 5, "split each measurement into this many rounds, the modes taking turns, so that load from elsewhere hits all modes alike")
 	f.IntVar(&o.hotRows, "hot-rows", 0, "if > 0, every transfer picks its accounts among the first N (contention); 0: each client has its own")
-	f.DurationVar(&o.commitDelay, "commit-delay", 0, "decision log group-commit delay (xa.FileLogOptions.CommitDelay)")
+	f.DurationVar(&o.commitDelay, "commit-delay", 0, "decision log group-commit delay (decisionlog.FileLogOptions.CommitDelay)")
 	f.BoolVar(&o.progress, "progress", true, "show a progress bar on stderr when it is a terminal")
 	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a pprof CPU profile of the whole run to this file")
 	return cmd
@@ -271,7 +272,7 @@ type benchEnv struct {
 	o      *benchOpts
 	b      *bank.Bank
 	coords map[string]*xa.Coordinator // by mode
-	logs   map[string]*xa.FileLog
+	logs   map[string]*decisionlog.FileLog
 	bar    *progressbar.ProgressBar
 	steps  int // finished mode×level runs, for the bar
 	runID  string
@@ -293,7 +294,7 @@ func runBench(ctx context.Context, out, errw io.Writer, o *benchOpts, command st
 	if err := b.SetPrefix(o.prefix); err != nil {
 		return usageError{err}
 	}
-	env := &benchEnv{o: o, b: b, coords: map[string]*xa.Coordinator{}, logs: map[string]*xa.FileLog{},
+	env := &benchEnv{o: o, b: b, coords: map[string]*xa.Coordinator{}, logs: map[string]*decisionlog.FileLog{},
 		runID: fmt.Sprintf("%x", time.Now().UnixMilli()%0xffffff)}
 	logger := slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: slog.LevelError}))
 	defer func() {
@@ -312,7 +313,7 @@ func runBench(ctx context.Context, out, errw io.Writer, o *benchOpts, command st
 		if !m.atomic {
 			continue
 		}
-		l, err := xa.OpenFileLog(filepath.Join(o.logDir, m.Name), xa.FileLogOptions{CommitDelay: o.commitDelay})
+		l, err := decisionlog.OpenFileLog(filepath.Join(o.logDir, m.Name), decisionlog.FileLogOptions{CommitDelay: o.commitDelay})
 		if err != nil {
 			return err
 		}
@@ -540,13 +541,13 @@ func (e *benchEnv) runSegment(ctx context.Context, m benchMode, n int, warmup, d
 	// The measured window, by the clock: snapshots at its edges.
 	e.waitUntil(ctx, t0, t1, t2)
 	cpu1, mach1, srv1 := processCPU(), machineCPU(), serversCPU(e.servers)
-	var log1 xa.FileLogStats
+	var log1 decisionlog.FileLogStats
 	if l := e.logs[m.Name]; l != nil {
 		log1 = l.Stats()
 	}
 	e.waitUntil(ctx, t0, t2, t2)
 	cpu2, mach2, srv2 := processCPU(), machineCPU(), serversCPU(e.servers)
-	var log2 xa.FileLogStats
+	var log2 decisionlog.FileLogStats
 	if l := e.logs[m.Name]; l != nil {
 		log2 = l.Stats()
 	}
@@ -703,7 +704,7 @@ func (e *benchEnv) checkInvariants(ctx context.Context, inv *benchInvariants) er
 		}
 		delete(e.coords, m)
 	}
-	for _, keeper := range []drivers.DecisionKeeper{e.b.PG, e.b.My} {
+	for _, keeper := range []decisionlog.Keeper{e.b.PG, e.b.My} {
 		kept, err := keeper.ListDecisions(ctx)
 		if err != nil {
 			return err

@@ -21,11 +21,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/dbtest"
 	"github.com/xabridge/xabridge/internal/strand"
-	"github.com/xabridge/xabridge/xa"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -43,7 +43,7 @@ func cli(t *testing.T, args ...string) (string, string, int) {
 func newLogDir(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	l, err := xa.OpenFileLog(dir, xa.FileLogOptions{})
+	l, err := decisionlog.OpenFileLog(dir, decisionlog.FileLogOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,9 +127,9 @@ func newScene(t *testing.T) *scene {
 	must(err)
 	must(fc.Close(ctx)) // the session ends; the prepared transaction stays
 
-	l, err := xa.OpenFileLog(s.logDir, xa.FileLogOptions{})
+	l, err := decisionlog.OpenFileLog(s.logDir, decisionlog.FileLogOptions{})
 	must(err)
-	must(l.Commit(ctx, xa.Decision{GTRID: s.gids["committed"], Participants: []xa.Participant{{Resource: "pg", Branch: 0}, {Resource: "mysql", Branch: 1}}}))
+	must(l.Commit(ctx, decisionlog.Decision{GTRID: s.gids["committed"], Participants: []decisionlog.Participant{{Resource: "pg", Branch: 0}, {Resource: "mysql", Branch: 1}}}))
 	must(l.Close())
 
 	t.Cleanup(func() {
@@ -357,7 +357,7 @@ func TestBadInput(t *testing.T) {
 	pg, my := dbtest.PG(t), dbtest.MySQL(t)
 	logDir := newLogDir(t)
 	locked := t.TempDir()
-	l, err := xa.OpenFileLog(locked, xa.FileLogOptions{})
+	l, err := decisionlog.OpenFileLog(locked, decisionlog.FileLogOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -414,7 +414,7 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 	// Nothing was written to the log by any of them.
-	rl, err := xa.OpenFileLog(logDir, xa.FileLogOptions{ReadOnly: true})
+	rl, err := decisionlog.OpenFileLog(logDir, decisionlog.FileLogOptions{ReadOnly: true})
 	if err == nil {
 		defer rl.Close()
 		if n := len(rl.Entries()); n != 0 {

@@ -13,10 +13,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	_ "github.com/xabridge/xabridge/mysql"    // registers mysql:// and mariadb://
 	_ "github.com/xabridge/xabridge/postgres" // registers postgres:// and postgresql://
-	"github.com/xabridge/xabridge/xa"
 )
 
 // opsConfig is what the operator commands need: who we are (node id, log)
@@ -217,16 +217,16 @@ func (r *resolved) openResources(ctx context.Context) ([]drivers.Resource, func(
 
 // openLog opens the decision log: for writing (taking its lock) when the
 // command acts, read-only otherwise.
-func (r *resolved) openLog(write bool) (*xa.FileLog, error) {
+func (r *resolved) openLog(write bool) (*decisionlog.FileLog, error) {
 	// Never create one: recovery on an empty log (a mistyped --log-dir)
 	// would find no commit decisions and presume the node's committed
 	// transactions aborted. Only a coordinator (xa.New) starts a log.
-	if !xa.LogExists(r.logDir) {
+	if !decisionlog.LogExists(r.logDir) {
 		return nil, fmt.Errorf("no decision log at %s (give the node's --log-dir; acting without its log would presume its committed transactions aborted)", r.logDir)
 	}
-	l, err := xa.OpenFileLog(r.logDir, xa.FileLogOptions{ReadOnly: !write})
+	l, err := decisionlog.OpenFileLog(r.logDir, decisionlog.FileLogOptions{ReadOnly: !write})
 	if err != nil {
-		if errors.Is(err, xa.ErrLogLocked) {
+		if errors.Is(err, decisionlog.ErrLogLocked) {
 			return nil, fmt.Errorf("%w\n(a coordinator is running on this log: stop it first, or let its own recovery resolve its transactions)", err)
 		}
 		return nil, err

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/metrics"
@@ -35,7 +36,7 @@ type demoOpts struct {
 	metricsAddr  string
 	recoverEvery time.Duration
 	keeper       string        // "", "pg" or "mysql": xa.Config.DecisionResource
-	commitDelay  time.Duration // xa.FileLogOptions.CommitDelay
+	commitDelay  time.Duration // decisionlog.FileLogOptions.CommitDelay
 }
 
 func newDemoCmd() *cobra.Command {
@@ -291,7 +292,7 @@ func runDemoTransfer(ctx context.Context, out, errw io.Writer, o *demoOpts) erro
 		}
 		hook = obs.m.Hook
 	}
-	fl, err := xa.OpenFileLog(o.logDir, xa.FileLogOptions{CommitDelay: o.commitDelay})
+	fl, err := decisionlog.OpenFileLog(o.logDir, decisionlog.FileLogOptions{CommitDelay: o.commitDelay})
 	if err != nil {
 		return err
 	}
@@ -343,7 +344,7 @@ func runDemoTransfer(ctx context.Context, out, errw io.Writer, o *demoOpts) erro
 		label = "atomic (decision in " + o.keeper + ")"
 	}
 	fmt.Fprintln(out, xs.line(label))
-	if fl, ok := coord.Log().(*xa.FileLog); ok && xs.committed.Load() > 0 {
+	if fl, ok := coord.Log().(*decisionlog.FileLog); ok && xs.committed.Load() > 0 {
 		s := fl.Stats()
 		fmt.Fprintf(out, "%-26s %d fsyncs for %d records (%.3f per committed transfer)\n", "decision log", s.Syncs, s.Appends,
 			float64(s.Syncs)/float64(xs.committed.Load()))
@@ -375,7 +376,7 @@ func runDemoTransfer(ctx context.Context, out, errw io.Writer, o *demoOpts) erro
 // coordinator (Active: coord.Active leaves its running transactions alone),
 // so that the recovery gauges are live. stop ends both.
 func observeDemo(ctx context.Context, errw io.Writer, o *demoOpts, obs *observer, coord *xa.Coordinator, logger *slog.Logger) (stop func(), err error) {
-	if fl, ok := coord.Log().(*xa.FileLog); ok {
+	if fl, ok := coord.Log().(*decisionlog.FileLog); ok {
 		obs.labeled.MustRegister(metrics.NewFileLogCollector(fl))
 	}
 	rec, err := recovery.New(recovery.Config{

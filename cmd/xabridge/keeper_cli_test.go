@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/dbtest"
@@ -33,7 +34,7 @@ func TestRecoverFencesInTheDecisionResource(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer func() { _ = b.Drop(context.Background()) }()
-			var keep drivers.DecisionKeeper = b.PG
+			var keep decisionlog.Keeper = b.PG
 			var other drivers.Resource = b.My
 			if keeper == "mysql" {
 				keep, other = b.My, b.PG
@@ -61,7 +62,7 @@ func TestRecoverFencesInTheDecisionResource(t *testing.T) {
 				}
 			}
 			d, ok, err := keep.LookupDecision(ctx, g)
-			if err != nil || !ok || d.Commit {
+			if err != nil || !ok || !d.Abort {
 				t.Fatalf("decision table of %s holds %+v (found %v, %v); want the abort marker", keeper, d, ok, err)
 			}
 		})

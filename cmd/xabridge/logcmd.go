@@ -6,8 +6,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
-
-	"github.com/xabridge/xabridge/xa"
+	"github.com/xabridge/xabridge/decisionlog"
 )
 
 func newLogCmd() *cobra.Command {
@@ -33,7 +32,7 @@ func (f *logFlags) add(cmd *cobra.Command, withOutput bool) {
 	}
 }
 
-func (f *logFlags) open(write bool) (*xa.FileLog, string, error) {
+func (f *logFlags) open(write bool) (*decisionlog.FileLog, string, error) {
 	o := &opsConfig{logDir: f.logDir, output: f.output, resources: []string{"unused=unused://"}}
 	r, err := o.resolve()
 	if err != nil {

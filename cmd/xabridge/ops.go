@@ -15,10 +15,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/metrics"
 	"github.com/xabridge/xabridge/recovery"
-	"github.com/xabridge/xabridge/xa"
 )
 
 // branchJSON is one prepared branch in `-o json` output. The field names are
@@ -164,7 +164,7 @@ func remainingErr(rep *recovery.Report) error {
 
 // newRecoverer opens resources and the log and builds a Recoverer; mod, if
 // set, completes its configuration.
-func newRecoverer(ctx context.Context, r *resolved, write bool, minAge *time.Duration, mod func(*recovery.Config)) (*recovery.Recoverer, *xa.FileLog, func(), error) {
+func newRecoverer(ctx context.Context, r *resolved, write bool, minAge *time.Duration, mod func(*recovery.Config)) (*recovery.Recoverer, *decisionlog.FileLog, func(), error) {
 	res, closeRes, err := r.openResources(ctx)
 	if err != nil {
 		return nil, nil, nil, err
@@ -254,7 +254,7 @@ type actionJSON struct {
 	Heuristic bool   `json:"heuristic,omitempty"`
 }
 
-func entryToJSON(e xa.Entry) *entryJSON {
+func entryToJSON(e decisionlog.Entry) *entryJSON {
 	j := &entryJSON{GTRID: e.GTRID.String(), State: e.State.String(), Heuristic: e.Heuristic(), Actions: []actionJSON{}}
 	if e.Decision != nil {
 		j.DecidedAt = e.Decision.At.UTC().Format(time.RFC3339Nano)
@@ -348,7 +348,7 @@ func newShowCmd() *cobra.Command {
 				return fmt.Errorf("%s: %w", g, recovery.ErrUnknownTransaction)
 			}
 			if !logged {
-				entry = xa.Entry{GTRID: g}
+				entry = decisionlog.Entry{GTRID: g}
 			}
 			ej := entryToJSON(entry)
 			if r.output == "json" {

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"sort"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
-	"github.com/xabridge/xabridge/xa"
 )
 
 // Expect is what the invariant check compares the databases against.
@@ -25,7 +25,7 @@ type Expect struct {
 	// both databases, an abort record in neither, and every transfer of
 	// Node in the databases must have a commit decision (unless
 	// LogCompacted: compaction drops finished transactions).
-	Entries      []xa.Entry
+	Entries      []decisionlog.Entry
 	LogCompacted bool
 	// Kept are the transfers whose commit decision, if any, was kept in a
 	// participant's table rather than the log (runs with a keeper): their
@@ -106,7 +106,7 @@ func Check(ctx context.Context, b *bank.Bank, e Expect) (Result, error) {
 	}
 
 	if e.Entries != nil {
-		logged := map[string]xa.State{}
+		logged := map[string]decisionlog.State{}
 		for _, en := range e.Entries {
 			if en.GTRID.Node != e.Node {
 				continue
@@ -117,11 +117,11 @@ func Check(ctx context.Context, b *bank.Bank, e Expect) (Result, error) {
 				bad("log: %s has a heuristic (forced) outcome", id)
 			}
 			switch en.State {
-			case xa.StateCommitted, xa.StateDone:
+			case decisionlog.StateCommitted, decisionlog.StateDone:
 				if !in[id] {
 					bad("log: %s has a commit decision but is not in the databases", id)
 				}
-			case xa.StateAborted:
+			case decisionlog.StateAborted:
 				if in[id] {
 					bad("log: %s was recorded aborted but is in the databases", id)
 				}
@@ -133,7 +133,7 @@ func Check(ctx context.Context, b *bank.Bank, e Expect) (Result, error) {
 				if err != nil || g.Node != e.Node || e.Kept[id] {
 					continue
 				}
-				if s := logged[id]; s != xa.StateCommitted && s != xa.StateDone {
+				if s := logged[id]; s != decisionlog.StateCommitted && s != decisionlog.StateDone {
 					bad("log: %s is in the databases but the log has no commit decision (state %s)", id, s)
 				}
 			}

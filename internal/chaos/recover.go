@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/recovery"
@@ -42,7 +43,7 @@ type RecoverResult struct {
 	RolledBack int // branches recovery rolled back
 	// Entries is the decision log afterwards; Compacted says whether the
 	// log was ever compacted (finished transactions dropped).
-	Entries   []xa.Entry
+	Entries   []decisionlog.Entry
 	Compacted bool
 	// KeptLeft counts the node's commit decisions still in a decision
 	// table afterwards (recovery deletes them once every branch is done).
@@ -73,11 +74,11 @@ func RecoverAfterCrash(ctx context.Context, cfg RecoverConfig) (RecoverResult, e
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	resources := []drivers.Resource{cfg.Bank.PG, cfg.Bank.My}
-	var log xa.Log
+	var log decisionlog.Log
 	var active func(drivers.GlobalID) bool
 	closeAll := func() error { return nil }
 	if cfg.RecoveryOnly {
-		fl, err := xa.OpenFileLog(cfg.LogDir, xa.FileLogOptions{})
+		fl, err := decisionlog.OpenFileLog(cfg.LogDir, decisionlog.FileLogOptions{})
 		if err != nil {
 			return res, fmt.Errorf("opening the decision log: %w", err)
 		}
@@ -151,7 +152,7 @@ func RecoverAfterCrash(ctx context.Context, cfg RecoverConfig) (RecoverResult, e
 		case <-time.After(cfg.Interval):
 		}
 	}
-	if fl, ok := log.(*xa.FileLog); ok {
+	if fl, ok := log.(*decisionlog.FileLog); ok {
 		res.Entries = fl.Entries()
 		res.Compacted = fl.Stats().Compactions > 0
 	}
@@ -173,13 +174,13 @@ func RecoverAfterCrash(ctx context.Context, cfg RecoverConfig) (RecoverResult, e
 // has deleted them, the rows of finished transactions count too.
 func keptCommits(ctx context.Context, cfg RecoverConfig) (int, error) {
 	n := 0
-	for _, k := range []drivers.DecisionKeeper{cfg.Bank.PG, cfg.Bank.My} {
+	for _, k := range []decisionlog.Keeper{cfg.Bank.PG, cfg.Bank.My} {
 		kept, err := k.ListDecisions(ctx)
 		if err != nil {
 			return 0, fmt.Errorf("listing the decisions kept in %s: %w", k.Name(), err)
 		}
 		for _, d := range kept {
-			if d.Commit && d.GTRID.Node == cfg.Node {
+			if !d.Abort && d.GTRID.Node == cfg.Node {
 				n++
 			}
 		}

@@ -7,10 +7,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 )
 
-// Keeper is an in-memory drivers.DecisionKeeper for unit tests: a Resource
+// Keeper is an in-memory decisionlog.Keeper for unit tests: a Resource
 // plus a decision table whose rows for one gtrid exclude each other, as the
 // primary key of the real table makes them. Fault injection uses the
 // Resource's FailNext with the ops "commit-with-decision", "fence-abort",
@@ -19,7 +20,7 @@ type Keeper struct {
 	*Resource
 
 	kmu     sync.Mutex
-	rows    map[drivers.GlobalID]drivers.KeptDecision
+	rows    map[drivers.GlobalID]decisionlog.Decision
 	forgets int
 	// OnForget, if set, is called after each ForgetDecisions with the
 	// deleted ids.
@@ -31,14 +32,14 @@ type Keeper struct {
 
 // NewKeeper returns a Keeper named name.
 func NewKeeper(name string) *Keeper {
-	return &Keeper{Resource: New(name), rows: map[drivers.GlobalID]drivers.KeptDecision{}}
+	return &Keeper{Resource: New(name), rows: map[drivers.GlobalID]decisionlog.Decision{}}
 }
 
-var _ drivers.DecisionKeeper = (*Keeper)(nil)
+var _ decisionlog.Keeper = (*Keeper)(nil)
 
 // CommitWithDecision inserts the commit row and commits b in one phase;
 // an existing row (an abort marker) refuses it and rolls b back.
-func (k *Keeper) CommitWithDecision(ctx context.Context, b drivers.Branch, g drivers.GlobalID, ps []drivers.KeptParticipant) error {
+func (k *Keeper) CommitWithDecision(ctx context.Context, b drivers.Branch, g drivers.GlobalID, ps []decisionlog.Participant) error {
 	xid := b.XID()
 	if err := k.enter(ctx, "commit-with-decision", xid); err != nil {
 		if errors.Is(err, drivers.ErrRefused) {
@@ -52,7 +53,7 @@ func (k *Keeper) CommitWithDecision(ctx context.Context, b drivers.Branch, g dri
 		_ = b.Rollback(ctx)
 		return drivers.NewError(k.name, "commit-with-decision", xid, drivers.ErrRefused, errors.New("duplicate key: abort marker"))
 	}
-	k.rows[g] = drivers.KeptDecision{GTRID: g, Commit: true, Participants: slices.Clone(ps), At: time.Now()}
+	k.rows[g] = decisionlog.Decision{GTRID: g, Participants: slices.Clone(ps), At: time.Now()}
 	lost := k.Lost
 	k.Lost = false
 	k.kmu.Unlock()
@@ -67,7 +68,7 @@ func (k *Keeper) CommitWithDecision(ctx context.Context, b drivers.Branch, g dri
 }
 
 // LookupDecision returns g's row.
-func (k *Keeper) LookupDecision(ctx context.Context, g drivers.GlobalID) (drivers.KeptDecision, bool, error) {
+func (k *Keeper) LookupDecision(ctx context.Context, g drivers.GlobalID) (decisionlog.Decision, bool, error) {
 	k.kmu.Lock()
 	defer k.kmu.Unlock()
 	d, ok := k.rows[g]
@@ -82,9 +83,9 @@ func (k *Keeper) FenceAbort(ctx context.Context, g drivers.GlobalID) (bool, erro
 	k.kmu.Lock()
 	defer k.kmu.Unlock()
 	if d, ok := k.rows[g]; ok {
-		return d.Commit, nil
+		return !d.Abort, nil
 	}
-	k.rows[g] = drivers.KeptDecision{GTRID: g, At: time.Now()}
+	k.rows[g] = decisionlog.Decision{GTRID: g, Abort: true, At: time.Now()}
 	return false, nil
 }
 
@@ -107,25 +108,25 @@ func (k *Keeper) ForgetDecisions(ctx context.Context, gs []drivers.GlobalID) err
 }
 
 // ListDecisions returns every row, oldest first.
-func (k *Keeper) ListDecisions(ctx context.Context) ([]drivers.KeptDecision, error) {
+func (k *Keeper) ListDecisions(ctx context.Context) ([]decisionlog.Decision, error) {
 	if err := k.enter(ctx, "list-decisions", drivers.XID{}); err != nil {
 		return nil, err
 	}
 	k.kmu.Lock()
 	defer k.kmu.Unlock()
-	out := make([]drivers.KeptDecision, 0, len(k.rows))
+	out := make([]decisionlog.Decision, 0, len(k.rows))
 	for _, d := range k.rows {
 		out = append(out, d)
 	}
-	slices.SortFunc(out, func(a, b drivers.KeptDecision) int { return a.At.Compare(b.At) })
+	slices.SortFunc(out, func(a, b decisionlog.Decision) int { return a.At.Compare(b.At) })
 	return out, nil
 }
 
 // Rows returns a copy of the decision table.
-func (k *Keeper) Rows() map[drivers.GlobalID]drivers.KeptDecision {
+func (k *Keeper) Rows() map[drivers.GlobalID]decisionlog.Decision {
 	k.kmu.Lock()
 	defer k.kmu.Unlock()
-	out := make(map[drivers.GlobalID]drivers.KeptDecision, len(k.rows))
+	out := make(map[drivers.GlobalID]decisionlog.Decision, len(k.rows))
 	for g, d := range k.rows {
 		out[g] = d
 	}
@@ -134,7 +135,7 @@ func (k *Keeper) Rows() map[drivers.GlobalID]drivers.KeptDecision {
 
 // PutDecision stores a row directly, as a previous coordinator process
 // would have left it.
-func (k *Keeper) PutDecision(d drivers.KeptDecision) {
+func (k *Keeper) PutDecision(d decisionlog.Decision) {
 	k.kmu.Lock()
 	defer k.kmu.Unlock()
 	k.rows[d.GTRID] = d

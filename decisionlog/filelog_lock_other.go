@@ -1,6 +1,6 @@
 //go:build !unix
 
-package xa
+package decisionlog
 
 import (
 	"fmt"
@@ -11,5 +11,5 @@ import (
 // lockDir refuses: without an exclusive lock two coordinators could append to
 // the same log and break the fence, so a writable log is not offered here.
 func lockDir(dir string) (*os.File, error) {
-	return nil, fmt.Errorf("xa: decision log in %s: exclusive locking is not implemented on %s; open it ReadOnly", dir, runtime.GOOS)
+	return nil, fmt.Errorf("decisionlog: decision log in %s: exclusive locking is not implemented on %s; open it ReadOnly", dir, runtime.GOOS)
 }

@@ -1,4 +1,8 @@
-package xa
+// Package decisionlog holds the coordinator's durable record of what it
+// decided: the Log contract, its one Decision type (also what decision
+// keepers hold), the fence rule, the embedded FileLog and an in-memory Log.
+// Recovery needs this package, not the coordinator.
+package decisionlog
 
 import (
 	"context"
@@ -48,9 +52,13 @@ func (p Participant) XID(g drivers.GlobalID) drivers.XID {
 }
 
 // Decision is a commit decision: once durable, every participant must be
-// driven to commit.
+// driven to commit. A decision keeper also holds abort markers (Abort set,
+// no participants): recovery's fence in the keeper's table.
 type Decision struct {
-	GTRID        drivers.GlobalID
+	GTRID drivers.GlobalID
+	// Abort marks an abort marker of a keeper, not a commit decision. A Log
+	// never returns one: it records aborts as Actions.
+	Abort        bool
 	Participants []Participant
 	At           time.Time
 }

@@ -1,6 +1,6 @@
 //go:build unix
 
-package xa
+package decisionlog
 
 import (
 	"errors"
@@ -20,7 +20,7 @@ func lockDir(dir string) (*os.File, error) {
 	path := filepath.Join(dir, lockFileName)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("xa: decision log lock: %w", err)
+		return nil, fmt.Errorf("decisionlog: decision log lock: %w", err)
 	}
 	for {
 		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
@@ -31,9 +31,9 @@ func lockDir(dir string) (*os.File, error) {
 	if err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("xa: decision log in %s: %w%s", dir, ErrLogLocked, lockHolder(path))
+			return nil, fmt.Errorf("decisionlog: decision log in %s: %w%s", dir, ErrLogLocked, lockHolder(path))
 		}
-		return nil, fmt.Errorf("xa: lock decision log %s: %w", path, err)
+		return nil, fmt.Errorf("decisionlog: lock decision log %s: %w", path, err)
 	}
 	// The pid is only a hint for the error message of the next opener; the
 	// flock is what excludes, so failures here are ignored.

@@ -1,4 +1,4 @@
-package xa
+package decisionlog
 
 import (
 	"bytes"
@@ -1335,7 +1335,7 @@ func flWriterGoroutines() int {
 		if n < len(buf) {
 			var count int
 			for _, g := range strings.Split(string(buf[:n]), "\n\n") {
-				if strings.Contains(g, "xa.(*FileLog).run(") || strings.Contains(g, "xa.OpenFileLog.gowrap") {
+				if strings.Contains(g, "decisionlog.(*FileLog).run(") || strings.Contains(g, "decisionlog.OpenFileLog.gowrap") {
 					count++
 				}
 			}

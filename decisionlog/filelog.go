@@ -1,4 +1,4 @@
-package xa
+package decisionlog
 
 import (
 	"bufio"
@@ -267,7 +267,7 @@ const (
 // or another, has the directory open for writing.
 func OpenFileLog(dir string, opts FileLogOptions) (*FileLog, error) {
 	if dir == "" {
-		return nil, errors.New("xa: decision log directory is empty")
+		return nil, errors.New("decisionlog: decision log directory is empty")
 	}
 	l := &FileLog{
 		dir:          dir,
@@ -320,7 +320,7 @@ func OpenFileLog(dir string, opts FileLogOptions) (*FileLog, error) {
 func (l *FileLog) openReadOnly() error {
 	data, err := os.ReadFile(l.path)
 	if err != nil {
-		return fmt.Errorf("xa: open decision log: %w", err)
+		return fmt.Errorf("decisionlog: open decision log: %w", err)
 	}
 	if len(data) < len(logMagic) && strings.HasPrefix(logMagic, string(data)) {
 		// Being created by a writer right now: an empty log.
@@ -332,7 +332,7 @@ func (l *FileLog) openReadOnly() error {
 	}
 	end, torn, err := scanLog(data, l.apply)
 	if err != nil {
-		return fmt.Errorf("xa: open decision log %s: %w", l.path, err)
+		return fmt.Errorf("decisionlog: open decision log %s: %w", l.path, err)
 	}
 	if torn != "" {
 		l.truncated.Store(int64(len(data) - end))
@@ -343,7 +343,7 @@ func (l *FileLog) openReadOnly() error {
 
 func (l *FileLog) openWritable() (err error) {
 	if err := l.mkdirDurable(); err != nil {
-		return fmt.Errorf("xa: create decision log directory: %w", err)
+		return fmt.Errorf("decisionlog: create decision log directory: %w", err)
 	}
 	lock, err := lockDir(l.dir)
 	if err != nil {
@@ -356,11 +356,11 @@ func (l *FileLog) openWritable() (err error) {
 	}()
 	// A compaction that crashed before its rename left only garbage.
 	if err := os.Remove(filepath.Join(l.dir, compactFileName)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("xa: remove stale compaction file: %w", err)
+		return fmt.Errorf("decisionlog: remove stale compaction file: %w", err)
 	}
 	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
-		return fmt.Errorf("xa: open decision log: %w", err)
+		return fmt.Errorf("decisionlog: open decision log: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -369,7 +369,7 @@ func (l *FileLog) openWritable() (err error) {
 	}()
 	data, err := io.ReadAll(f)
 	if err != nil {
-		return fmt.Errorf("xa: read decision log %s: %w", l.path, err)
+		return fmt.Errorf("decisionlog: read decision log %s: %w", l.path, err)
 	}
 	switch {
 	case len(data) < len(logMagic) && strings.HasPrefix(logMagic, string(data)),
@@ -378,16 +378,16 @@ func (l *FileLog) openWritable() (err error) {
 		// disk, its header did not: zeros). No record can have been
 		// acknowledged before the header was fsynced.
 		if err := f.Truncate(0); err != nil {
-			return fmt.Errorf("xa: initialise decision log %s: %w", l.path, err)
+			return fmt.Errorf("decisionlog: initialise decision log %s: %w", l.path, err)
 		}
 		if _, err := f.Write([]byte(logMagic)); err != nil {
-			return fmt.Errorf("xa: initialise decision log %s: %w", l.path, err)
+			return fmt.Errorf("decisionlog: initialise decision log %s: %w", l.path, err)
 		}
 		if err := l.syncFile(f); err != nil {
-			return fmt.Errorf("xa: initialise decision log %s: %w", l.path, err)
+			return fmt.Errorf("decisionlog: initialise decision log %s: %w", l.path, err)
 		}
 		if err := l.syncDir(); err != nil {
-			return fmt.Errorf("xa: initialise decision log %s: %w", l.path, err)
+			return fmt.Errorf("decisionlog: initialise decision log %s: %w", l.path, err)
 		}
 		l.truncated.Store(int64(len(data)))
 		l.size = int64(len(logMagic))
@@ -397,13 +397,13 @@ func (l *FileLog) openWritable() (err error) {
 		}
 		end, torn, err := scanLog(data, l.apply)
 		if err != nil {
-			return fmt.Errorf("xa: open decision log %s: %w", l.path, err)
+			return fmt.Errorf("decisionlog: open decision log %s: %w", l.path, err)
 		}
 		if torn != "" {
 			// Whatever was being appended when the process died never
 			// completed its fsync, so no caller was told it is durable.
 			if err := f.Truncate(int64(end)); err != nil {
-				return fmt.Errorf("xa: cut torn tail of %s (%s): %w", l.path, torn, err)
+				return fmt.Errorf("decisionlog: cut torn tail of %s (%s): %w", l.path, torn, err)
 			}
 			l.truncated.Store(int64(len(data) - end))
 		}
@@ -414,10 +414,10 @@ func (l *FileLog) openWritable() (err error) {
 		// could otherwise take back a decision whose branches committed.
 		// The directory too: a crash may have come before its first fsync.
 		if err := l.syncFile(f); err != nil {
-			return fmt.Errorf("xa: make decision log %s durable: %w", l.path, err)
+			return fmt.Errorf("decisionlog: make decision log %s durable: %w", l.path, err)
 		}
 		if err := l.syncDir(); err != nil {
-			return fmt.Errorf("xa: make decision log %s durable: %w", l.path, err)
+			return fmt.Errorf("decisionlog: make decision log %s durable: %w", l.path, err)
 		}
 		l.size = int64(end)
 	}
@@ -460,7 +460,7 @@ func (l *FileLog) mkdirDurable() error {
 
 func (l *FileLog) checkHeader(data []byte) error {
 	if !bytes.HasPrefix(data, []byte(logMagic)) {
-		return fmt.Errorf("xa: %s is not a xabridge decision log (header %q, want %q)",
+		return fmt.Errorf("decisionlog: %s is not a xabridge decision log (header %q, want %q)",
 			l.path, data[:min(len(data), len(logMagic))], logMagic)
 	}
 	return nil
@@ -534,10 +534,10 @@ func (l *FileLog) Commit(ctx context.Context, d Decision) error {
 	}
 	g, err := canonicalGTRID(d.GTRID)
 	if err != nil {
-		return fmt.Errorf("xa: commit decision: %w", err)
+		return fmt.Errorf("decisionlog: commit decision: %w", err)
 	}
 	if len(d.Participants) > drivers.MaxBranches {
-		return fmt.Errorf("xa: commit decision for %s names %d participants, more than %d", g, len(d.Participants), drivers.MaxBranches)
+		return fmt.Errorf("decisionlog: commit decision for %s names %d participants, more than %d", g, len(d.Participants), drivers.MaxBranches)
 	}
 	w := wireRecord{Kind: recCommit.String(), GTRID: g.String(), At: l.timeOr(d.At), Participants: d.Participants}
 	return l.submit(ctx, &w, "commit")
@@ -588,13 +588,13 @@ func (l *FileLog) End(gtrid drivers.GlobalID) error {
 	}
 	g, err := canonicalGTRID(gtrid)
 	if err != nil {
-		return fmt.Errorf("xa: end: %w", err)
+		return fmt.Errorf("decisionlog: end: %w", err)
 	}
 	key := g.String()
 	w := wireRecord{Kind: recEnd.String(), GTRID: key, At: l.timeOr(time.Time{})}
 	rec, frame, err := prepareRecord(&w)
 	if err != nil {
-		return fmt.Errorf("xa: end: %w", err)
+		return fmt.Errorf("decisionlog: end: %w", err)
 	}
 	// mu is held across the enqueue so that exactly one end record is
 	// queued per entry and the flag is undone if queueing fails.
@@ -602,13 +602,13 @@ func (l *FileLog) End(gtrid drivers.GlobalID) error {
 	defer l.mu.Unlock()
 	e := l.entries[key]
 	if e == nil || e.decision == nil {
-		return fmt.Errorf("xa: end %s: the log holds no commit decision for it", key)
+		return fmt.Errorf("decisionlog: end %s: the log holds no commit decision for it", key)
 	}
 	if e.ended {
 		return nil
 	}
 	if err := l.enqueue(&request{rec: rec, frame: frame}); err != nil {
-		return fmt.Errorf("xa: end %s: %w", key, err)
+		return fmt.Errorf("decisionlog: end %s: %w", key, err)
 	}
 	e.ended = true
 	return nil
@@ -698,11 +698,11 @@ func (l *FileLog) Compact(ctx context.Context) error {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("xa: compact: %w", err)
+		return fmt.Errorf("decisionlog: compact: %w", err)
 	}
 	r := &request{compact: true, done: make(chan error, 1)}
 	if err := l.enqueue(r); err != nil {
-		return fmt.Errorf("xa: compact: %w", err)
+		return fmt.Errorf("decisionlog: compact: %w", err)
 	}
 	return <-r.done
 }
@@ -726,10 +726,10 @@ func (l *FileLog) Close() error {
 		<-l.writerDone
 		var errs []error
 		if err := l.file.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("xa: close decision log: %w", err))
+			errs = append(errs, fmt.Errorf("decisionlog: close decision log: %w", err))
 		}
 		if err := l.lockFile.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("xa: release decision log lock: %w", err))
+			errs = append(errs, fmt.Errorf("decisionlog: release decision log lock: %w", err))
 		}
 		l.qmu.Lock()
 		if l.failed != nil {
@@ -743,7 +743,7 @@ func (l *FileLog) Close() error {
 
 func (l *FileLog) checkWritable(op string) error {
 	if l.readOnly {
-		return fmt.Errorf("xa: %s: %s: %w", op, l.dir, ErrLogReadOnly)
+		return fmt.Errorf("decisionlog: %s: %s: %w", op, l.dir, ErrLogReadOnly)
 	}
 	return nil
 }
@@ -759,7 +759,7 @@ func (l *FileLog) timeOr(t time.Time) time.Time {
 func (l *FileLog) actionWire(kind recKind, a Action) (*wireRecord, error) {
 	g, err := canonicalGTRID(a.GTRID)
 	if err != nil {
-		return nil, fmt.Errorf("xa: %s: %w", kind, err)
+		return nil, fmt.Errorf("decisionlog: %s: %w", kind, err)
 	}
 	return &wireRecord{
 		Kind:      kind.String(),
@@ -789,14 +789,14 @@ func canonicalGTRID(g drivers.GlobalID) (drivers.GlobalID, error) {
 func (l *FileLog) submit(ctx context.Context, w *wireRecord, op string) error {
 	rec, frame, err := prepareRecord(w)
 	if err != nil {
-		return fmt.Errorf("xa: %s: %w", op, err)
+		return fmt.Errorf("decisionlog: %s: %w", op, err)
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("xa: %s %s: %w", op, rec.key, err)
+		return fmt.Errorf("decisionlog: %s %s: %w", op, rec.key, err)
 	}
 	r := &request{rec: rec, frame: frame, done: make(chan error, 1)}
 	if err := l.enqueue(r); err != nil {
-		return fmt.Errorf("xa: %s %s: %w", op, rec.key, err)
+		return fmt.Errorf("decisionlog: %s %s: %w", op, rec.key, err)
 	}
 	// ctx is deliberately not watched from here on: the record now belongs
 	// to the writer and may become durable at any moment. Returning early
@@ -998,27 +998,29 @@ func (l *FileLog) writeBatch(batch []*request) {
 		case recCommit:
 			// A repeated decision is checked first: once a commit is
 			// decided, answering ErrFenced (meaning abort) would be a lie.
-			switch {
-			case ov&ovCommitted != 0:
+			if ov&ovCommitted != 0 {
 				v.depend = true // same decision earlier in this batch
 				continue
+			}
+			st := StateNone
+			switch {
 			case committed:
-				reply(r, nil) // already durable
-				continue
-			case !now.Before(rec.gtrid.Deadline):
-				l.fenced.Add(1)
-				reply(r, fmt.Errorf("xa: commit %s: deadline %s reached (now %s): %w",
-					rec.key, rec.gtrid.Deadline.Format(time.RFC3339Nano), now.UTC().Format(time.RFC3339Nano), ErrFenced))
-				continue
+				st = StateCommitted
 			case ov&ovAborted != 0 || e != nil && e.aborted:
-				l.fenced.Add(1)
-				reply(r, fmt.Errorf("xa: commit %s: an abort is recorded: %w", rec.key, ErrFenced))
+				st = StateAborted
+			}
+			write, err := AdmitCommit(rec.gtrid, now, st)
+			if !write {
+				if err != nil {
+					l.fenced.Add(1)
+				}
+				reply(r, err) // nil: already durable
 				continue
 			}
 			l.overlay[rec.key] = ov | ovCommitted
 		case recAbort:
 			if committed {
-				err := fmt.Errorf("xa: abort %s: %w", rec.key, ErrAlreadyCommitted)
+				err := fmt.Errorf("decisionlog: abort %s: %w", rec.key, ErrAlreadyCommitted)
 				if ov&ovCommitted != 0 {
 					// If this batch fails the decision is unknown, not
 					// durable, so the answer must wait for the batch.
@@ -1189,7 +1191,7 @@ func (l *FileLog) compact() (err error) {
 	tmp := filepath.Join(l.dir, compactFileName)
 	raw, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
 	if err != nil {
-		return fmt.Errorf("xa: compact %s: %w", l.path, err)
+		return fmt.Errorf("decisionlog: compact %s: %w", l.path, err)
 	}
 	f := l.wrapFile(raw)
 	renamed := false
@@ -1207,20 +1209,20 @@ func (l *FileLog) compact() (err error) {
 		wr := sr.rec.wire()
 		frame, err := encodeFrame(&wr)
 		if err != nil {
-			return fmt.Errorf("xa: compact %s: %w", l.path, err)
+			return fmt.Errorf("decisionlog: compact %s: %w", l.path, err)
 		}
 		w.Write(frame)
 		size += int64(len(frame))
 		bytesOf[owner[sr.rec]] += int64(len(frame))
 	}
 	if err := w.Flush(); err != nil {
-		return fmt.Errorf("xa: compact %s: write: %w", l.path, err)
+		return fmt.Errorf("decisionlog: compact %s: write: %w", l.path, err)
 	}
 	if err := l.syncFile(f); err != nil {
-		return fmt.Errorf("xa: compact %s: fsync: %w", l.path, err)
+		return fmt.Errorf("decisionlog: compact %s: fsync: %w", l.path, err)
 	}
 	if err := os.Rename(tmp, l.path); err != nil {
-		return fmt.Errorf("xa: compact %s: %w", l.path, err)
+		return fmt.Errorf("decisionlog: compact %s: %w", l.path, err)
 	}
 	renamed = true
 	old := l.file

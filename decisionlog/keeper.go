@@ -1,0 +1,106 @@
+package decisionlog
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/xabridge/xabridge/drivers"
+)
+
+// Keeper is an optional interface of a Resource that can hold the commit
+// decisions of global transactions in its own database (the "commit
+// decision inside a participant" optimisation, after Citus, Vitess and
+// Narayana's commit-markable resource).
+//
+// The keeper's branch of a global transaction never prepares. Once every
+// other branch is prepared, CommitWithDecision inserts the decision row in
+// the keeper branch's own transaction and commits it in one phase: that
+// local commit is the commit decision, durable without a separate log
+// write. Recovery reads the decisions back with LookupDecision and
+// ListDecisions.
+//
+// The decision row and an abort marker for the same global id exclude each
+// other (both are the same primary key): FenceAbort, which recovery calls
+// before it presumes a transaction aborted, makes any later
+// CommitWithDecision for it fail, and fails itself (reporting the commit)
+// once the decision is committed.
+//
+// Implementations must be safe for concurrent use.
+type Keeper interface {
+	drivers.Resource
+
+	// CommitWithDecision records the commit decision for g, naming the
+	// other participants, in b's transaction and commits b in one phase.
+	// b must be an active (not prepared) branch of this resource. Errors:
+	// ErrRefused (nothing committed: b rolled back, for example because an
+	// abort marker for g exists), ErrInDoubt (b and with it the decision may
+	// or may not have committed; LookupDecision settles it), ErrFailed.
+	CommitWithDecision(ctx context.Context, b drivers.Branch, g drivers.GlobalID, participants []Participant) error
+
+	// LookupDecision returns what the keeper holds for g (a commit decision,
+	// or an abort marker with Abort set); found is false when it holds
+	// nothing (no decision: presumed abort once g is past its fence and
+	// fenced with FenceAbort).
+	LookupDecision(ctx context.Context, g drivers.GlobalID) (d Decision, found bool, err error)
+
+	// FenceAbort durably records an abort marker for g unless a commit
+	// decision for g is committed. It reports committed = true, and records
+	// nothing, when the decision exists; an abort marker that already exists
+	// is success. After it returns committed = false, no commit decision for
+	// g can ever be committed.
+	FenceAbort(ctx context.Context, g drivers.GlobalID) (committed bool, err error)
+
+	// ForgetDecisions deletes what the keeper holds for the given global ids
+	// (decisions whose phase 2 finished, abort markers past their fence).
+	ForgetDecisions(ctx context.Context, gs []drivers.GlobalID) error
+
+	// ListDecisions returns everything the keeper holds, oldest first.
+	ListDecisions(ctx context.Context) ([]Decision, error)
+}
+
+// KeptBeginner is an optional interface of a Keeper whose keeper branch
+// differs from an ordinary branch from its very first statement (the
+// MySQL/MariaDB adapter runs it as a plain local transaction, where an
+// ordinary branch starts with XA START). A coordinator begins the branch on
+// its decision keeper with BeginKept instead of Resource.Begin.
+//
+// A kept branch never prepares: it ends with CommitWithDecision,
+// CommitOnePhase (when it is the only branch with writes) or Rollback.
+// Prepare refuses it (ErrRefused, rolled back).
+type KeptBeginner interface {
+	Keeper
+
+	// BeginKept starts the keeper's branch with the given XID, with the
+	// error classes of Resource.Begin.
+	BeginKept(ctx context.Context, xid drivers.XID) (drivers.Branch, error)
+}
+
+// The states of a keeper's decision row.
+const (
+	RowCommit = "C" // a commit decision; participants holds the branches
+	RowAbort  = "A" // recovery's abort marker; participants is empty
+)
+
+// EncodeParticipants is the participants column of a keeper's commit row.
+func EncodeParticipants(ps []Participant) ([]byte, error) {
+	return json.Marshal(ps)
+}
+
+// DecodeRow turns one row of a keeper's decision table (its gtrid, state
+// and participants columns) into a Decision; table names the table in
+// errors.
+func DecodeRow(table string, g drivers.GlobalID, state string, parts []byte) (Decision, error) {
+	d := Decision{GTRID: g}
+	switch state {
+	case RowCommit:
+		if err := json.Unmarshal(parts, &d.Participants); err != nil {
+			return Decision{}, fmt.Errorf("%s: participants of %s: %w", table, g, err)
+		}
+	case RowAbort:
+		d.Abort = true
+	default:
+		return Decision{}, fmt.Errorf("%s: unknown state %q for %s", table, state, g)
+	}
+	return d, nil
+}
