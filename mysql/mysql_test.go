@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -657,5 +659,37 @@ func TestOwnerGuardIsPerBoot(t *testing.T) {
 	}
 	if e.rows(tbl, 5) != 1 {
 		t.Fatal("B not committed")
+	}
+}
+
+// MariaDB ignores the formatID when it matches an XID: XA COMMIT of our XID
+// commits a foreign branch prepared with the same gtrid and bqual bytes
+// under formatID 1. Finishing by XID (resume after a restart, recovery, an
+// operator's resolve) must refuse such a twin and leave it prepared.
+func TestForeignTwinRefused(t *testing.T) {
+	e := newEnv(t, 4)
+	ctx := ctxT(t)
+	ours := drivertest.NewXID()
+	gtrid, bqual := ours.Global.String(), ours.BranchQualifier()
+	twin := foreignXID{sql: fmt.Sprintf("X'%x',X'%x',1", gtrid, bqual), gtrid: gtrid, bqual: bqual, formatID: 1}
+	prepareForeign(t, e, twin)
+	t.Cleanup(func() { rollbackForeign(t, e, twin) })
+
+	for _, tc := range []struct {
+		name   string
+		finish func(context.Context, drivers.XID) error
+	}{{"commit", e.r.CommitPrepared}, {"rollback", e.r.RollbackPrepared}} {
+		err := tc.finish(ctx, ours)
+		wantKind(t, tc.name, err, drivers.ErrFailed)
+		if !errors.Is(err, ErrAmbiguousXID) || !strings.Contains(err.Error(), twin.id()) {
+			t.Errorf("%s: %v, want ErrAmbiguousXID naming %s", tc.name, err, twin.id())
+		}
+		ps, rerr := e.r.Recover(ctx)
+		if rerr != nil {
+			t.Fatal(rerr)
+		}
+		if !slices.ContainsFunc(ps, func(p drivers.Prepared) bool { return p.ID == twin.id() }) {
+			t.Fatalf("%s: the foreign twin %s is no longer prepared", tc.name, twin.id())
+		}
 	}
 }

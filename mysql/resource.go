@@ -284,6 +284,19 @@ func (r *Resource) finishByXID(ctx context.Context, op string, xid drivers.XID, 
 		ok = true
 		return r.errorf(op, xid, drivers.ErrBusy, errors.New(busy))
 	}
+	// MariaDB matches an XID in XA COMMIT/ROLLBACK by its gtrid and bqual
+	// bytes and ignores the formatID: with a foreign twin prepared (same
+	// bytes, another formatID), finishing ours by XID could finish theirs.
+	twin, err := foreignTwin(ctx, conn, xid)
+	if err != nil {
+		ok = isServerErr(err)
+		return r.errorf(op, xid, classifyPlain(err), fmt.Errorf("checking XA RECOVER for a foreign twin: %w", err))
+	}
+	if twin != "" {
+		ok = true
+		return r.errorf(op, xid, drivers.ErrFailed, fmt.Errorf("%w: XA RECOVER lists %s, which has this branch's gtrid and bqual under another formatID; "+
+			"the server would not tell them apart, so nothing was finished: settle the other application's branch first", ErrAmbiguousXID, twin))
+	}
 	stmt := "XA ROLLBACK " + xid.MySQL()
 	if commit {
 		stmt = "XA COMMIT " + xid.MySQL()
@@ -458,6 +471,35 @@ func recoverHas(ctx context.Context, conn *sql.Conn, xid drivers.XID) (bool, err
 		}
 	}
 	return found, rows.Err()
+}
+
+// ErrAmbiguousXID: a branch could not be finished by XID because another
+// prepared branch carries the same gtrid and bqual bytes under another
+// formatID (MariaDB does not compare formatIDs).
+var ErrAmbiguousXID = errors.New("mysql: XID is ambiguous on this server")
+
+// foreignTwin returns the id of a prepared branch that has xid's gtrid and
+// bqual bytes but another formatID, or "" when there is none.
+func foreignTwin(ctx context.Context, conn *sql.Conn, xid drivers.XID) (string, error) {
+	gtrid, bqual := xid.Global.String(), xid.BranchQualifier()
+	want := gtrid + bqual
+	rows, err := conn.QueryContext(ctx, "XA RECOVER")
+	if err != nil {
+		return "", err
+	}
+	defer rows.Close()
+	twin := ""
+	for rows.Next() {
+		rec, err := scanRecover(rows)
+		if err != nil {
+			return "", err
+		}
+		if rec.formatID != int64(drivers.FormatID) && rec.gtridLen == int64(len(gtrid)) &&
+			rec.bqualLen == int64(len(bqual)) && string(rec.data) == want {
+			twin = rec.id()
+		}
+	}
+	return twin, rows.Err()
 }
 
 type recoverRow struct {
