@@ -363,6 +363,12 @@ func TestBadInput(t *testing.T) {
 	}
 	defer l.Close()
 	withPassword := strings.Replace(my, "mysql://root@", "mysql://root:s3cretpw@", 1)
+	twoDocs, dupKey := filepath.Join(locked, "two.json"), filepath.Join(locked, "dup.json")
+	for p, body := range map[string]string{twoDocs: `{"log_dir": "` + logDir + `"} {}`, dupKey: `{"log_dir": "` + logDir + `", "log_dir": "/elsewhere"}`} {
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	base := []string{"--node-id", "bad", "--log-dir", logDir, "--resource", "pg=" + pg}
 	tests := []struct {
 		name string
@@ -393,6 +399,10 @@ func TestBadInput(t *testing.T) {
 		{"unknown demo subcommand", []string{"demo", "nope"}, exitUsage, `unknown command "nope" for "xabridge demo"`},
 		{"empty node id", []string{"--node-id", "", "--log-dir", logDir, "--resource", "pg=" + pg, "list"}, exitUsage, "--node-id is empty"},
 		{"watch with dry-run", append(base, "recover", "--watch", "--dry-run"), exitUsage, "--dry-run"},
+		{"empty log dir", []string{"--log-dir", "", "--resource", "pg=" + pg, "list"}, exitUsage, "--log-dir is empty"},
+		{"endless config file", []string{"--config", "/dev/zero", "list"}, exitUsage, "larger than"},
+		{"config file with two documents", []string{"--config", twoDocs, "list"}, exitUsage, "more than one JSON value"},
+		{"config file with a duplicate key", []string{"--config", dupKey, "list"}, exitUsage, `key "log_dir" given twice`},
 		{"decision resource not among the resources", append(base, "recover", "--decision-resource", "ledger"), exitUsage, `--decision-resource "ledger" is not one of the resources (pg)`},
 	}
 	for _, tt := range tests {

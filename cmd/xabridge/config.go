@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +28,7 @@ type opsConfig struct {
 	output     string   // table | json
 	keeper     string   // --decision-resource
 	nodeIDSet  bool     // --node-id was given (possibly empty)
+	logDirSet  bool     // --log-dir was given (possibly empty)
 }
 
 // fileConfig is the JSON config file (--config).
@@ -42,7 +42,7 @@ type fileConfig struct {
 func addOpsFlags(cmd *cobra.Command, o *opsConfig, withOutput bool) {
 	f := cmd.Flags()
 	f.Var(&setString{&o.nodeID, &o.nodeIDSet}, "node-id", "coordinator node id whose transactions to act on (env XABRIDGE_NODE_ID; default demo)")
-	f.StringVar(&o.logDir, "log-dir", "", "that node's decision log directory (env XABRIDGE_LOG_DIR; default .xabridge/log)")
+	f.Var(&setString{&o.logDir, &o.logDirSet}, "log-dir", "that node's decision log directory (env XABRIDGE_LOG_DIR; default .xabridge/log)")
 	f.StringVar(&o.configFile, "config", "", `JSON config file: {"node_id": "...", "log_dir": "...", "resources": {"NAME": "URL"}, "decision_resource": "NAME"} (env XABRIDGE_CONFIG)`)
 	f.StringArrayVar(&o.resources, "resource", nil, "a database as NAME=URL, repeatable (env XABRIDGE_RESOURCES, comma separated; default pg=$XABRIDGE_PG and mysql=$XABRIDGE_MYSQL)")
 	f.StringVar(&o.keeper, "decision-resource", "", "the resource NAME the coordinator keeps its commit decisions in (xa.Config.DecisionResource), so that recovery fences orphans there (env XABRIDGE_DECISION_RESOURCE)")
@@ -90,14 +90,9 @@ func (o *opsConfig) resolve() (*resolved, error) {
 		cfgPath = os.Getenv("XABRIDGE_CONFIG")
 	}
 	if cfgPath != "" {
-		data, err := os.ReadFile(cfgPath)
-		if err != nil {
-			return nil, fmt.Errorf("config file: %w", err)
-		}
-		dec := json.NewDecoder(strings.NewReader(string(data)))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&fc); err != nil {
-			return nil, fmt.Errorf("config file %s: %v", cfgPath, err)
+		var err error
+		if fc, err = readConfigFile(cfgPath); err != nil {
+			return nil, err
 		}
 	}
 	if o.nodeIDSet && o.nodeID == "" {
@@ -107,6 +102,10 @@ func (o *opsConfig) resolve() (*resolved, error) {
 	r.nodeID = first(o.nodeID, os.Getenv("XABRIDGE_NODE_ID"), fc.NodeID, "demo")
 	if err := drivers.ValidateNodeID(r.nodeID); err != nil {
 		return nil, usagef("--node-id: %v", err)
+	}
+	if o.logDirSet && o.logDir == "" {
+		// Like an empty --node-id: never silently the default log.
+		return nil, usagef("--log-dir is empty")
 	}
 	r.logDir = first(o.logDir, os.Getenv("XABRIDGE_LOG_DIR"), fc.LogDir, ".xabridge/log")
 
