@@ -169,24 +169,24 @@ func hideInFlight(rep *recovery.Report) {
 // remainingErr turns "our branches still prepared" and scan errors into
 // the exit codes scripts use.
 func remainingErr(rep *recovery.Report) error {
-	if len(rep.ScanErrors) > 0 {
-		return fmt.Errorf("%d resource(s) could not be scanned", len(rep.ScanErrors))
-	}
-	if n := rep.Remaining(); n > 0 {
-		return fmt.Errorf("%w: %d", errInDoubtRemain, n)
-	}
-	return nil
+	return inDoubtErr(rep, rep.Remaining(), "")
 }
 
 // attentionErr is remainingErr for list: only branches that need
 // attention count, so that list can probe a busy service for stuck
 // transactions.
 func attentionErr(rep *recovery.Report) error {
+	return inDoubtErr(rep, rep.NeedsAttention(), " need attention")
+}
+
+// inDoubtErr is the error of a command that leaves n branches counted
+// (what says how they were counted), or could not scan every resource.
+func inDoubtErr(rep *recovery.Report, n int, what string) error {
 	if len(rep.ScanErrors) > 0 {
 		return fmt.Errorf("%d resource(s) could not be scanned", len(rep.ScanErrors))
 	}
-	if n := rep.NeedsAttention(); n > 0 {
-		return fmt.Errorf("%w: %d need attention", errInDoubtRemain, n)
+	if n > 0 {
+		return fmt.Errorf("%w: %d%s", errInDoubtRemain, n, what)
 	}
 	return nil
 }
