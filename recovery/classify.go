@@ -285,7 +285,10 @@ func (s *snapshot) planResolve(req resolveRequest, first map[drivers.XID]bool) r
 			continue
 		}
 		if !b.Ours {
-			p.waiting = append(p.waiting, b) // ours, but this resource may not finish it (another role)
+			// Ours, but this resource may not finish it (another role): the
+			// operator must, as that role.
+			b.Attention = true
+			p.waiting = append(p.waiting, b)
 			continue
 		}
 		b.Age = s.now.Sub(g.Begin)

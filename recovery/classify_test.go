@@ -357,6 +357,9 @@ func TestPlanResolve(t *testing.T) {
 				if b.Ours && (b.Class != Live || b.Action != ActionWait) {
 					t.Errorf("waiting %s: %s/%s, want live/wait", b.ID, b.Class, b.Action)
 				}
+				if !b.Attention {
+					t.Errorf("waiting %s needs no attention; the operator must come back to it", b.ID)
+				}
 			}
 		})
 	}
