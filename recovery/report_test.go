@@ -3,6 +3,7 @@ package recovery
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -205,5 +206,57 @@ func TestUnconfirmedHeuristicWaitsForTheNextPass(t *testing.T) {
 				t.Errorf("%d heuristic errors after the second pass, want %d:\n%s", n, want, buf.String())
 			}
 		})
+	}
+}
+
+// A busy, healthy service has branches in flight: running in its
+// coordinator, within their fence undecided, or decided and in phase 2.
+// None needs attention; one past its fence with no decision does.
+func TestBusyServiceNeedsNoAttention(t *testing.T) {
+	ctx := context.Background()
+	running := gid("n1", time.Hour, -time.Minute) // past its deadline, still running here
+	e := newEnv(t, func(c *Config) { c.Active = func(g drivers.GlobalID) bool { return g == running } })
+	young, deciding := gid("n1", time.Second, time.Minute), gid("n1", time.Second, time.Minute)
+	e.a.AddPrepared(x(running, 0))
+	e.a.AddPrepared(x(young, 0))
+	e.b.AddPrepared(x(young, 1))
+	e.bothLogged(t, deciding)
+	e.b.AddPrepared(x(gid("n2", time.Hour, -time.Hour), 1)) // another node's: not counted
+	rep := e.rec.Scan(ctx)
+	if rep.NeedsAttention() != 0 || rep.InFlight() != 5 || rep.Remaining() != 5 {
+		t.Fatalf("needs attention %d, in flight %d, remaining %d; want 0, 5, 5", rep.NeedsAttention(), rep.InFlight(), rep.Remaining())
+	}
+	stuck := gid("n1", time.Hour, -time.Minute)
+	e.a.AddPrepared(x(stuck, 0))
+	rep = e.rec.Scan(ctx)
+	if rep.NeedsAttention() != 1 || rep.InFlight() != 5 || rep.Remaining() != 6 {
+		t.Fatalf("needs attention %d, in flight %d, remaining %d; want 1, 5, 6", rep.NeedsAttention(), rep.InFlight(), rep.Remaining())
+	}
+	for _, b := range rep.Branches {
+		if b.Attention != (b.XID.Global == stuck) {
+			t.Errorf("%s (%s): attention %v", b.ID, b.Class, b.Attention)
+		}
+	}
+}
+
+// What a pass finished counts nowhere; what it failed or was told "busy"
+// on still counts, as it did before the pass.
+func TestReportCounts(t *testing.T) {
+	b := func(c Class, a Action, attn bool, result string, err error) Branch {
+		return Branch{Class: c, Action: a, Attention: attn, Result: result, Err: err}
+	}
+	rep := &Report{Branches: []Branch{
+		b(Orphan, ActionRollback, true, ResultRolledBack, nil),           // finished
+		b(CommitPending, ActionCommit, true, ResultAlreadyFinished, nil), // finished
+		b(Orphan, ActionRollback, true, "failed: x", errors.New("x")),    // attention
+		b(CommitPending, ActionCommit, true, ResultBusy, nil),            // attention
+		b(Orphan, ActionWait, true, "", nil),                             // attention
+		b(Live, ActionNone, false, "", nil),                              // in flight
+		b(CommitPending, ActionCommit, false, "", nil),                   // in flight (phase 2 within the fence)
+		b(UnknownOwner, ActionNone, false, "", nil),                      // another node's
+		b(Foreign, ActionNone, false, "", nil),                           // not ours
+	}}
+	if a, f, r := rep.NeedsAttention(), rep.InFlight(), rep.Remaining(); a != 3 || f != 2 || r != 5 {
+		t.Fatalf("needs attention %d, in flight %d, remaining %d; want 3, 2, 5", a, f, r)
 	}
 }

@@ -449,3 +449,109 @@ func TestHelpMentionsEveryCommand(t *testing.T) {
 		t.Fatalf("help does not list %v:\n%s", missing, out)
 	}
 }
+
+// list is a stuck-transaction probe: on a busy, healthy service (branches
+// prepared within their fence, undecided or in phase 2) it exits 0; one
+// branch past its fence with no decision makes it exit 3.
+func TestListCountsOnlyWhatNeedsAttention(t *testing.T) {
+	ctx := context.Background()
+	pgURL, myURL := dbtest.PG(t), dbtest.MySQL(t)
+	b, err := bank.Open(ctx, pgURL, myURL, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetPrefix("xab_cli_" + randHex(3)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Setup(ctx, 10, 100); err != nil {
+		t.Fatal(err)
+	}
+	node, logDir := "busy-"+randHex(3), newLogDir(t)
+	now := time.Now()
+	inFlight := strand.GlobalID(node, now.Add(-time.Second), now.Add(time.Hour), 1) // phase 1 done, deciding
+	deciding := strand.GlobalID(node, now.Add(-time.Second), now.Add(time.Hour), 2) // decided, in phase 2
+	stuck := strand.GlobalID(node, now.Add(-2*time.Hour), now.Add(-time.Hour), 3)   // undecided, past its fence
+	var xids []drivers.XID
+	prepare := func(g drivers.GlobalID, r drivers.Resource, br uint8, id int) {
+		t.Helper()
+		x := drivers.XID{Global: g, Branch: br}
+		if err := strand.Prepare(ctx, r, x, fmt.Sprintf("UPDATE %s SET balance = balance + 1 WHERE id = %d", b.Table("accounts"), id)); err != nil {
+			t.Fatal(err)
+		}
+		xids = append(xids, x)
+	}
+	t.Cleanup(func() {
+		for _, x := range xids {
+			for _, r := range []drivers.Resource{b.PG, b.My} {
+				for i := 0; i < 100; i++ { // a MariaDB branch is busy until its session is gone
+					if err := r.RollbackPrepared(ctx, x); !errors.Is(err, drivers.ErrBusy) {
+						break
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+			}
+		}
+		_ = b.Drop(ctx)
+		b.Close()
+	})
+	prepare(inFlight, b.PG, 0, 1)
+	prepare(inFlight, b.My, 1, 1)
+	prepare(deciding, b.PG, 0, 2)
+	prepare(deciding, b.My, 1, 2)
+	l, err := decisionlog.OpenFileLog(logDir, decisionlog.FileLogOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Commit(ctx, decisionlog.Decision{GTRID: deciding, Participants: []decisionlog.Participant{{Resource: "pg", Branch: 0}, {Resource: "mysql", Branch: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	args := func(extra ...string) []string {
+		return append([]string{"--node-id", node, "--log-dir", logDir, "--resource", "pg=" + pgURL, "--resource", "mysql=" + myURL, "list"}, extra...)
+	}
+	counts := func(out string) (attention, inFlight float64, attn map[string]bool) {
+		t.Helper()
+		var rep struct {
+			Attention float64 `json:"needs_attention"`
+			InFlight  float64 `json:"in_flight"`
+			Branches  []struct {
+				GTRID     string `json:"gtrid"`
+				Attention bool   `json:"attention"`
+			} `json:"branches"`
+		}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatalf("not JSON: %v\n%s", err, out)
+		}
+		attn = map[string]bool{}
+		for _, br := range rep.Branches {
+			attn[br.GTRID] = attn[br.GTRID] || br.Attention
+		}
+		return rep.Attention, rep.InFlight, attn
+	}
+
+	out, errOut, code := cli(t, args()...)
+	if code != exitOK || !strings.Contains(out, "0 branch(es) need attention; 4 in flight") ||
+		!strings.Contains(out, inFlight.String()) || !strings.Contains(out, deciding.String()) {
+		t.Fatalf("busy, healthy service: list exit %d, want 0, listing the branches in flight\n%s%s", code, out, errOut)
+	}
+	out, _, code = cli(t, args("--hide-live")...)
+	if code != exitOK || strings.Contains(out, inFlight.String()) || strings.Contains(out, deciding.String()) || !strings.Contains(out, "4 in flight (hidden)") {
+		t.Fatalf("list --hide-live: exit %d, want 0 and nothing of ours listed\n%s", code, out)
+	}
+	out, _, code = cli(t, args("-o", "json")...)
+	if a, f, attn := counts(out); code != exitOK || a != 0 || f != 4 || attn[inFlight.String()] || attn[deciding.String()] {
+		t.Fatalf("list -o json: exit %d, needs_attention %v, in_flight %v, attention %v\n%s", code, a, f, attn, out)
+	}
+
+	prepare(stuck, b.PG, 0, 3)
+	out, errOut, code = cli(t, args()...)
+	if code != exitInDoubt || !strings.Contains(out, "1 branch(es) need attention; 4 in flight") {
+		t.Fatalf("a branch past its fence, undecided: list exit %d, want %d\n%s%s", code, exitInDoubt, out, errOut)
+	}
+	out, _, code = cli(t, args("--hide-live", "-o", "json")...)
+	if a, f, attn := counts(out); code != exitInDoubt || a != 1 || f != 4 || !attn[stuck.String()] || len(attn) != 1 {
+		t.Fatalf("list --hide-live -o json: exit %d, needs_attention %v, in_flight %v, branches %v\n%s", code, a, f, attn, out)
+	}
+}

@@ -39,6 +39,7 @@ type branchJSON struct {
 	LogState   string  `json:"log_state,omitempty"`
 	Class      string  `json:"class"`
 	Action     string  `json:"action"`
+	Attention  bool    `json:"attention"`
 	Reason     string  `json:"reason"`
 	Result     string  `json:"result,omitempty"`
 }
@@ -49,6 +50,8 @@ type reportJSON struct {
 	Branches   []branchJSON      `json:"branches"`
 	ScanErrors []scanErrorJSON   `json:"scan_errors"`
 	Remaining  int               `json:"remaining"`
+	Attention  int               `json:"needs_attention"`
+	InFlight   int               `json:"in_flight"`
 	Ended      []string          `json:"ended,omitempty"`
 	Log        *entryJSON        `json:"log,omitempty"`
 	Extra      map[string]string `json:"extra,omitempty"`
@@ -60,11 +63,12 @@ type scanErrorJSON struct {
 }
 
 func toJSON(node string, rep *recovery.Report) reportJSON {
-	out := reportJSON{Node: node, At: rep.At.UTC().Format(time.RFC3339), Branches: []branchJSON{}, ScanErrors: []scanErrorJSON{}, Remaining: rep.Remaining(), Ended: rep.Ended}
+	out := reportJSON{Node: node, At: rep.At.UTC().Format(time.RFC3339), Branches: []branchJSON{}, ScanErrors: []scanErrorJSON{},
+		Remaining: rep.Remaining(), Attention: rep.NeedsAttention(), InFlight: rep.InFlight(), Ended: rep.Ended}
 	for _, b := range rep.Branches {
 		j := branchJSON{
 			Resource: b.Resource, XID: b.ID, Ours: b.Ours, AgeSeconds: b.Age.Seconds(),
-			Owner: b.Owner, Database: b.Database, Class: string(b.Class), Action: string(b.Action), Reason: b.Reason, Result: b.Result,
+			Owner: b.Owner, Database: b.Database, Class: string(b.Class), Action: string(b.Action), Attention: b.Attention, Reason: b.Reason, Result: b.Result,
 		}
 		if b.Ours {
 			g := b.XID.Global
@@ -150,14 +154,39 @@ func filterOurs(rep *recovery.Report, all bool) {
 	rep.Branches = kept
 }
 
+// hideInFlight drops the branches of this node that need no attention
+// (recovery.Branch.InFlight).
+func hideInFlight(rep *recovery.Report) {
+	kept := rep.Branches[:0]
+	for _, b := range rep.Branches {
+		if !b.InFlight() {
+			kept = append(kept, b)
+		}
+	}
+	rep.Branches = kept
+}
+
 // remainingErr turns "our branches still prepared" and scan errors into
 // the exit codes scripts use.
 func remainingErr(rep *recovery.Report) error {
+	return inDoubtErr(rep, rep.Remaining(), "")
+}
+
+// attentionErr is remainingErr for list: only branches that need
+// attention count, so that list can probe a busy service for stuck
+// transactions.
+func attentionErr(rep *recovery.Report) error {
+	return inDoubtErr(rep, rep.NeedsAttention(), " need attention")
+}
+
+// inDoubtErr is the error of a command that leaves n branches counted
+// (what says how they were counted), or could not scan every resource.
+func inDoubtErr(rep *recovery.Report, n int, what string) error {
 	if len(rep.ScanErrors) > 0 {
 		return fmt.Errorf("%d resource(s) could not be scanned", len(rep.ScanErrors))
 	}
-	if n := rep.Remaining(); n > 0 {
-		return fmt.Errorf("%w: %d", errInDoubtRemain, n)
+	if n > 0 {
+		return fmt.Errorf("%w: %d%s", errInDoubtRemain, n, what)
 	}
 	return nil
 }
@@ -190,7 +219,7 @@ func newRecoverer(ctx context.Context, r *resolved, write bool, minAge *time.Dur
 
 func newListCmd() *cobra.Command {
 	o := &opsConfig{}
-	var all bool
+	var all, hideLive bool
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List in-doubt branches of ours on every resource, with what the log says and what recovery would do",
@@ -204,8 +233,13 @@ orphan (no decision, past its fence: rolled back once seen in two scans),
 live (may still be running), unknown-owner (another node's), heuristic
 (contradicts the log), foreign (not ours; with --all only).
 
-Exit code 3 when branches of this node are in doubt (other nodes' branches
-are listed but do not count).`,
+Exit code 3 when branches of this node need attention: orphans, heuristic
+branches, aborts to finish, and commit decisions still unfinished past the
+transaction's fence. Branches in flight (live ones, and commit-pending ones
+within their fence, whose coordinator is presumably finishing phase 2) are
+listed but do not count, nor do other nodes' branches: on a busy, healthy
+service list exits 0, so it can serve as a stuck-transaction probe.
+--hide-live leaves the branches in flight out of the listing.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r, err := o.resolve()
@@ -219,18 +253,31 @@ are listed but do not count).`,
 			defer closeAll()
 			rep := rec.Scan(cmd.Context())
 			filterOurs(rep, all)
+			remaining, inFlight := rep.Remaining(), rep.InFlight()
+			if hideLive {
+				hideInFlight(rep)
+			}
 			if r.output == "json" {
-				if err := writeJSON(cmd.OutOrStdout(), toJSON(r.nodeID, rep)); err != nil {
+				j := toJSON(r.nodeID, rep)
+				j.Remaining, j.InFlight = remaining, inFlight // counted before --hide-live
+				if err := writeJSON(cmd.OutOrStdout(), j); err != nil {
 					return err
 				}
 			} else {
-				writeTable(cmd.OutOrStdout(), rep, false)
+				w := cmd.OutOrStdout()
+				writeTable(w, rep, false)
+				fmt.Fprintf(w, "%d branch(es) need attention; %d in flight", rep.NeedsAttention(), inFlight)
+				if hideLive && inFlight > 0 {
+					fmt.Fprint(w, " (hidden)")
+				}
+				fmt.Fprintln(w)
 			}
-			return remainingErr(rep)
+			return attentionErr(rep)
 		},
 	}
 	addOpsFlags(cmd, o, true)
 	cmd.Flags().BoolVar(&all, "all", false, "also list foreign prepared transactions (read-only view)")
+	cmd.Flags().BoolVar(&hideLive, "hide-live", false, "leave out this node's branches in flight (live, or decided within their fence): only what needs attention")
 	return cmd
 }
 

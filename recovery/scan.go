@@ -1,0 +1,195 @@
+package recovery
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/xabridge/xabridge/decisionlog"
+	"github.com/xabridge/xabridge/drivers"
+)
+
+// opTimeout bounds each call recovery makes to a database (a listing, a
+// fence, a commit or rollback), so that one unreachable resource cannot
+// stall a pass, and the Loop with it, until TCP gives up.
+const opTimeout = 30 * time.Second
+
+// kept is one decision a keeper holds, and which keeper.
+type kept struct {
+	decisionlog.Decision
+	keeper decisionlog.Keeper
+}
+
+// scan reads the keepers' decisions, then lists the prepared branches.
+func (r *Recoverer) scan(ctx context.Context) *Report {
+	rep := &Report{At: r.cfg.Now()}
+	for _, res := range r.cfg.Resources {
+		rep.Resources = append(rep.Resources, res.Name())
+	}
+	rep.kept = r.readKept(ctx, rep)
+	r.scanBranches(ctx, rep)
+	return rep
+}
+
+// readKept reads the decisions every keeper holds. It runs before the
+// scan: a commit decision is only written once all its other branches are
+// prepared, so a branch the later scan does not list is finished. A commit
+// decision wins over an abort marker in another keeper (which can only be
+// a leftover fence of a transaction decided elsewhere).
+func (r *Recoverer) readKept(ctx context.Context, rep *Report) map[drivers.GlobalID]kept {
+	out := map[drivers.GlobalID]kept{}
+	for _, k := range r.keepers {
+		lctx, cancel := context.WithTimeout(ctx, opTimeout)
+		ds, err := k.ListDecisions(lctx)
+		cancel()
+		if err != nil {
+			rep.ScanErrors = append(rep.ScanErrors, ResourceError{k.Name(), fmt.Errorf("reading its decision table: %w", err)})
+			rep.keptFailed = append(rep.keptFailed, k)
+			r.logger.Log(ctx, errLevel(ctx), "recovery cannot read a decision table", "resource", k.Name(), "err", err)
+			continue
+		}
+		for _, d := range ds {
+			if prev, ok := out[d.GTRID]; ok && !prev.Abort {
+				continue
+			}
+			out[d.GTRID] = kept{d, k}
+		}
+	}
+	return out
+}
+
+// scanBranches lists every resource in parallel into rep.Branches, ours
+// first, in global id order.
+func (r *Recoverer) scanBranches(ctx context.Context, rep *Report) {
+	type result struct {
+		name string
+		p    []drivers.Prepared
+		err  error
+	}
+	results := make([]result, len(r.cfg.Resources))
+	var wg sync.WaitGroup
+	for i, res := range r.cfg.Resources {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rctx, cancel := context.WithTimeout(ctx, opTimeout)
+			defer cancel()
+			p, err := res.Recover(rctx)
+			results[i] = result{res.Name(), p, err}
+		}()
+	}
+	wg.Wait()
+	for _, res := range results {
+		if res.err != nil {
+			rep.ScanErrors = append(rep.ScanErrors, ResourceError{res.name, res.err})
+			r.logger.Log(ctx, errLevel(ctx), "recovery scan failed", "resource", res.name, "err", res.err)
+			continue
+		}
+		for _, p := range res.p {
+			rep.Branches = append(rep.Branches, Branch{Resource: res.name, Prepared: p})
+		}
+	}
+	sort.SliceStable(rep.Branches, func(i, j int) bool {
+		a, b := rep.Branches[i], rep.Branches[j]
+		if a.Ours != b.Ours {
+			return a.Ours
+		}
+		ka, kb := a.ID, b.ID
+		if a.Ours {
+			ka, kb = a.XID.GID(), b.XID.GID()
+		}
+		if ka != kb {
+			return ka < kb
+		}
+		return a.Resource < b.Resource
+	})
+}
+
+// snapshot gathers what classification needs about the scan in rep: the
+// log entries and liveness of this node's listed transactions and of
+// those in also (Resolve's, which may have no branch left), and the rules.
+// firstSeen is as in snapshot.firstSeen.
+func (r *Recoverer) snapshot(rep *Report, firstSeen map[drivers.XID]time.Time, also ...drivers.GlobalID) *snapshot {
+	s := &snapshot{
+		now: rep.At, node: r.cfg.NodeID, branches: rep.Branches,
+		entries: map[drivers.GlobalID]decisionlog.Entry{}, kept: rep.kept, active: map[drivers.GlobalID]bool{},
+		firstSeen: firstSeen, fenced: map[drivers.GlobalID]bool{}, scanErrors: len(rep.ScanErrors),
+		skew: r.cfg.Skew, minAge: r.cfg.MinAge, settle: r.settle(),
+	}
+	if r.fence != nil {
+		s.fence = r.fence.Name()
+	}
+	for _, k := range rep.keptFailed {
+		if k != r.fence {
+			// The configured fence's FenceAbort finds a decision, or
+			// excludes one, atomically; any other keeper's is unknown.
+			s.keptUnknown = true
+		}
+	}
+	look := func(g drivers.GlobalID) {
+		if g.Node != r.cfg.NodeID {
+			return
+		}
+		if _, ok := s.entries[g]; !ok {
+			if e, ok := r.cfg.Log.Lookup(g); ok {
+				s.entries[g] = e
+			}
+		}
+		if r.cfg.Active != nil && r.cfg.Active(g) {
+			s.active[g] = true
+		}
+	}
+	for _, b := range rep.Branches {
+		if b.Ours {
+			look(b.XID.Global)
+		}
+	}
+	for _, g := range also {
+		look(g)
+	}
+	return s
+}
+
+// recheckDone looks again at the heuristic suspects (see suspect): each
+// such branch's resource is listed once more, and confirmDone drops the
+// branches no longer prepared. Only a recovery running next to a live
+// coordinator can see that race.
+func (r *Recoverer) recheckDone(ctx context.Context, rep *Report) {
+	names := map[string]bool{}
+	for _, b := range rep.Branches {
+		if suspect(b) {
+			names[b.Resource] = true
+		}
+	}
+	if len(names) == 0 {
+		return
+	}
+	still := map[string]map[drivers.XID]bool{}
+	failed := map[string]error{}
+	for name := range names {
+		ps, err := r.res[name].Recover(ctx)
+		if err != nil {
+			failed[name] = err
+			continue
+		}
+		still[name] = map[drivers.XID]bool{}
+		for _, p := range ps {
+			if p.Ours {
+				still[name][p.XID] = true
+			}
+		}
+	}
+	rep.Branches = confirmDone(rep.Branches, still, failed)
+}
+
+// errLevel is the level of a scan failure: an error, unless the caller's
+// context ended (a pass cut short at shutdown is no incident).
+func errLevel(ctx context.Context) slog.Level {
+	if ctx.Err() != nil {
+		return slog.LevelDebug
+	}
+	return slog.LevelError
+}
