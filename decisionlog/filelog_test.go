@@ -326,24 +326,41 @@ func TestFileLogRecordFormat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.HasPrefix(data, []byte("XABLOG1\n")) {
+	if !bytes.HasPrefix(data, []byte("XABLOG2\n")) {
 		t.Fatalf("no magic header: %q", data[:8])
 	}
-	rec := data[8:]
-	n := binary.LittleEndian.Uint32(rec)
-	if int(n) != len(rec)-8 {
-		t.Fatalf("length %d, want %d", n, len(rec)-8)
+	// The header, then one batch: the commit record and its seal.
+	rest := data[8:]
+	var frames []map[string]any
+	var offs []int
+	for len(rest) > 0 {
+		offs = append(offs, len(data)-len(rest))
+		n := binary.LittleEndian.Uint32(rest)
+		if int(n) > len(rest)-8 {
+			t.Fatalf("length %d, only %d bytes left", n, len(rest)-8)
+		}
+		payload := rest[8 : 8+n]
+		if crc := crc32.Checksum(payload, crc32.MakeTable(crc32.Castagnoli)); crc != binary.LittleEndian.Uint32(rest[4:]) {
+			t.Fatalf("CRC-32C mismatch")
+		}
+		var m map[string]any
+		if err := json.Unmarshal(payload, &m); err != nil {
+			t.Fatalf("payload is not JSON: %v", err)
+		}
+		frames = append(frames, m)
+		rest = rest[8+n:]
 	}
-	payload := rec[8:]
-	if crc := crc32.Checksum(payload, crc32.MakeTable(crc32.Castagnoli)); crc != binary.LittleEndian.Uint32(rec[4:]) {
-		t.Fatalf("CRC-32C mismatch")
+	if len(frames) != 3 {
+		t.Fatalf("%d frames, want header, commit, seal: %v", len(frames), frames)
 	}
-	var m map[string]any
-	if err := json.Unmarshal(payload, &m); err != nil {
-		t.Fatalf("payload is not JSON: %v", err)
+	if frames[0]["k"] != "hdr" || frames[0]["v"] != float64(2) {
+		t.Fatalf("header = %v", frames[0])
 	}
-	if m["k"] != "commit" || m["g"] != flG(7).String() {
-		t.Fatalf("payload = %s", payload)
+	if m := frames[1]; m["k"] != "commit" || m["g"] != flG(7).String() {
+		t.Fatalf("payload = %v", m)
+	}
+	if m := frames[2]; m["k"] != "seal" || m["n"] != float64(1) || m["d"] != float64(offs[1]) {
+		t.Fatalf("seal = %v, want batch 1, durable up to the header's end %d", m, offs[1])
 	}
 }
 
@@ -743,14 +760,30 @@ func TestFileLogFailStop(t *testing.T) {
 	})
 }
 
-// flFrameOffsets returns the offset of every frame of a well-formed log.
+// flFrameOffsets returns the offset of every record frame (not the header,
+// not the seals) of a well-formed log.
 func flFrameOffsets(t *testing.T, data []byte) []int {
 	t.Helper()
 	var offs []int
 	for off := len(logMagic); off < len(data); off += frameHeaderLen + int(binary.LittleEndian.Uint32(data[off:])) {
-		offs = append(offs, off)
+		rec, err := decodePayload(data[off+frameHeaderLen : off+frameHeaderLen+int(binary.LittleEndian.Uint32(data[off:]))])
+		if err != nil {
+			t.Fatalf("frame at %d: %v", off, err)
+		}
+		if !rec.kind.meta() {
+			offs = append(offs, off)
+		}
 	}
 	return offs
+}
+
+// flNewLogLen is the size of a new, empty log: the magic and the header.
+func flNewLogLen(t *testing.T) int {
+	t.Helper()
+	dir := t.TempDir()
+	l := openFL(t, dir, newFLClock(flT0), nil)
+	flClose(t, l)
+	return len(flReadLogFile(t, dir))
 }
 
 func flWriteLogFile(t *testing.T, data []byte) string {
@@ -786,6 +819,7 @@ func TestFileLogRecovery(t *testing.T) {
 		t.Fatalf("base log has %d frames", len(offs))
 	}
 	last := offs[2]
+	newLen := flNewLogLen(t)
 
 	flip := func(data []byte, at int) []byte {
 		d := bytes.Clone(data)
@@ -809,23 +843,28 @@ func TestFileLogRecovery(t *testing.T) {
 		wantCut   int    // file length after a writable open; 0: unchanged
 		wantErr   string // substring of the open error; "" for success
 		corrupted bool   // the error wraps errCorruptLog
+		roErr     error  // the read-only open's error (nil: as the writable open)
 	}{
-		{"intact", base, 3, 0, "", false},
-		{"torn frame header", base[:last+5], 2, last, "", false},
-		{"torn payload", base[:len(base)-3], 2, last, "", false},
-		{"bad crc at tail", flip(base, len(base)-4), 2, last, "", false},
-		{"bad length at tail", flip(base, last+1), 2, last, "", false},
-		{"garbage after last record", append(bytes.Clone(base), "some garbage that is not a frame"...), 3, len(base), "", false},
-		{"zeros after last record", append(bytes.Clone(base), make([]byte, 4096)...), 3, len(base), "", false},
-		{"flipped byte mid-file", flip(base, offs[1]+20), 0, 0, fmt.Sprintf("checksum mismatch at offset %d", offs[1]), true},
-		{"flipped byte in first record", flip(base, offs[0]+9), 0, 0, fmt.Sprintf("at offset %d", offs[0]), true},
-		{"invalid length mid-file", hugeLen, 0, 0, fmt.Sprintf("invalid record length %d at offset %d", 1<<30, offs[1]), true},
-		{"length past EOF mid-file", longLen, 0, 0, fmt.Sprintf("runs past the end of the file at offset %d", offs[1]), true},
-		{"valid frame, bad payload", append(bytes.Clone(base), badFrame...), 0, 0, fmt.Sprintf("offset %d: unknown record kind", len(base)), true},
-		{"header mismatch", append([]byte("NOTALOG\n"), base[8:]...), 0, 0, "not a xabridge decision log", false},
-		{"other file", []byte("hello world, this is a text file\n"), 0, 0, "not a xabridge decision log", false},
-		{"empty file", nil, 0, len(logMagic), "", false},
-		{"partial header", []byte("XABL"), 0, len(logMagic), "", false},
+		{"intact", base, 3, 0, "", false, nil},
+		{"torn frame header", base[:last+5], 2, last, "", false, nil},
+		{"torn payload", base[:len(base)-3], 2, last, "", false, nil},
+		{"bad crc at tail", flip(base, len(base)-4), 2, last, "", false, nil},
+		{"bad length at tail", flip(base, last+1), 2, last, "", false, nil},
+		{"garbage after last record", append(bytes.Clone(base), "some garbage that is not a frame"...), 3, len(base), "", false, nil},
+		{"zeros after last record", append(bytes.Clone(base), make([]byte, 4096)...), 3, len(base), "", false, nil},
+		{"flipped byte mid-file", flip(base, offs[1]+20), 0, 0, fmt.Sprintf("checksum mismatch at offset %d", offs[1]), true, nil},
+		{"flipped byte in first record", flip(base, offs[0]+9), 0, 0, fmt.Sprintf("at offset %d", offs[0]), true, nil},
+		{"invalid length mid-file", hugeLen, 0, 0, fmt.Sprintf("invalid record length %d at offset %d", 1<<30, offs[1]), true, nil},
+		{"length past EOF mid-file", longLen, 0, 0, fmt.Sprintf("runs past the end of the file at offset %d", offs[1]), true, nil},
+		{"valid frame, bad payload", append(bytes.Clone(base), badFrame...), 0, 0, fmt.Sprintf("offset %d: unknown record kind", len(base)), true, nil},
+		{"header mismatch", append([]byte("NOTALOG\n"), base[8:]...), 0, 0, "not a xabridge decision log", false, nil},
+		{"other file", []byte("hello world, this is a text file\n"), 0, 0, "not a xabridge decision log", false, nil},
+		// Read-only openers never take a file without a header for an
+		// empty log; a coordinator's writable open starts one in it.
+		{"empty file", nil, 0, newLen, "", false, ErrNoLog},
+		{"partial header", []byte("XABL"), 0, newLen, "", false, ErrNoLog},
+		{"zero-filled", make([]byte, 4096), 0, newLen, "", false, ErrNoLog},
+		{"magic only", []byte(logMagic), 0, newLen, "", false, ErrNoLog},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -833,7 +872,11 @@ func TestFileLogRecovery(t *testing.T) {
 			// the same records (a torn tail is ignored).
 			dir := flWriteLogFile(t, tt.data)
 			ro, err := OpenFileLog(dir, FileLogOptions{ReadOnly: true, Now: clock.Now})
-			if tt.wantErr == "" && err != nil {
+			if tt.roErr != nil {
+				if !errors.Is(err, tt.roErr) {
+					t.Fatalf("read-only open = %v, want %v", err, tt.roErr)
+				}
+			} else if tt.wantErr == "" && err != nil {
 				t.Fatalf("read-only open: %v", err)
 			}
 			if tt.wantErr != "" && err == nil {
@@ -922,7 +965,7 @@ func TestFileLogRecovery(t *testing.T) {
 		if perm := fi.Mode().Perm(); perm != 0o700 {
 			t.Errorf("created dir mode %o, want 700", perm)
 		}
-		if got := flReadLogFile(t, dir); string(got) != logMagic {
+		if got := flReadLogFile(t, dir); !bytes.HasPrefix(got, []byte(logMagic)) || len(got) != flNewLogLen(t) {
 			t.Errorf("new log = %q", got)
 		}
 		flCommit(t, l, flDecision(flG(1), "pg"))

@@ -36,6 +36,9 @@ var (
 	// rollback is recorded with Record and Heuristic set instead.)
 	ErrAlreadyCommitted = errors.New("abort refused: a commit decision is durable")
 
+	// ErrWrongNode: the log belongs to another coordinator node.
+	ErrWrongNode = errors.New("decision log belongs to another node")
+
 	// ErrLogClosed: the log was closed.
 	ErrLogClosed = errors.New("decision log is closed")
 )
