@@ -30,10 +30,10 @@ const abortRetention = 10 * time.Minute
 // FileLogOptions configures OpenFileLog.
 type FileLogOptions struct {
 	// Node is the coordinator node id the log belongs to. A new log records
-	// it in its header; opening a log that belongs to another node fails
-	// with an error wrapping ErrWrongNode. A log created without a node is
-	// bound to the first node that opens it for writing. Empty accepts any
-	// log (for tools that only inspect or repair it).
+	// it in its header (as does the conversion of a version-1 log); opening
+	// a log that belongs to another node fails with an error wrapping
+	// ErrWrongNode. A log created without a node accepts any. Empty accepts
+	// any log (for tools that only inspect or repair it).
 	Node string
 
 	// ReadOnly opens the log without the lock and refuses every write; for
@@ -445,11 +445,10 @@ func (l *FileLog) openWritable() (err error) {
 	l.durable = l.size
 	l.file = l.wrapFile(f)
 	f = nil // l.file owns it now
-	if res.version == 1 || (l.node == "" && l.wantNode != "") {
-		// Convert a version-1 log (keeping it as a backup), or bind an
-		// unbound log to its node: both rewrite the file with a header
-		// naming the node.
-		if err := l.upgrade(res.version); err != nil {
+	if res.version == 1 {
+		// Convert a version-1 log (keeping it as a backup): the new file's
+		// header names the node.
+		if err := l.upgrade(); err != nil {
 			l.file.Close()
 			return err
 		}
@@ -507,10 +506,18 @@ func saveCut(dir string, f *os.File, c *CutRegion) (string, error) {
 		return "", err
 	}
 	path := filepath.Join(dir, fmt.Sprintf("%s.cut-%d-%d", logFileName, c.Offset, time.Now().UnixNano()))
-	if err := os.WriteFile(path, data, 0o600); err != nil {
+	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
 		return "", err
 	}
-	return path, nil
+	_, err = out.Write(data)
+	if serr := out.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return path, err
 }
 
 // LogExists reports whether dir holds a decision log file (it may still be

@@ -12,10 +12,12 @@ import (
 	"time"
 )
 
-// errCorruptLog is wrapped by the error OpenFileLog returns when the log has
-// damage it must not cut: damage to records that were acknowledged, or a
-// frame whose checksum matches but which is not a record.
-var errCorruptLog = errors.New("decision log is corrupt")
+// ErrCorruptLog is wrapped by the error OpenFileLog (and RepairLog) returns
+// when the log has damage it must not cut: damage to records that were
+// acknowledged, or a frame whose checksum matches but which is not a record.
+var ErrCorruptLog = errors.New("decision log is corrupt")
+
+var errCorruptLog = ErrCorruptLog
 
 // ErrNoLog: the directory holds no initialised decision log (no file, or an
 // empty, zero-filled or headerless one). Only a coordinator's writable open

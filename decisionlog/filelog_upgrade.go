@@ -5,32 +5,52 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/xabridge/xabridge/drivers"
 )
 
-// upgrade rewrites a just-opened log with a version-2 header naming the
-// node: a version-1 log (kept first as a backup, xabridge.log.v1), or an
-// unbound log opened by a node. Like a compaction it keeps the live state;
-// the backup keeps a version-1 log's history.
-func (l *FileLog) upgrade(version int) error {
-	if l.node == "" {
-		l.node = l.wantNode
+// upgrade rewrites a just-opened version-1 log (kept first as a backup,
+// xabridge.log.v1) in version 2, with a header naming the node. Unlike a
+// compaction it keeps every transaction (an ended one as a commit and an end
+// record).
+func (l *FileLog) upgrade() error {
+	l.node = l.wantNode
+	backup := filepath.Join(l.dir, v1BackupName)
+	if _, err := os.Stat(backup); err == nil {
+		backup = fmt.Sprintf("%s.%d", backup, time.Now().UnixNano())
 	}
-	if version == 1 {
-		backup := filepath.Join(l.dir, v1BackupName)
-		if _, err := os.Stat(backup); err == nil {
-			backup = fmt.Sprintf("%s.%d", backup, time.Now().UnixNano())
+	if err := os.Link(l.path, backup); err != nil {
+		return fmt.Errorf("decisionlog: keep a backup of version-1 log %s before converting it: %w", l.path, err)
+	}
+	if err := l.syncDir(); err != nil {
+		return fmt.Errorf("decisionlog: keep a backup of version-1 log %s: %w", l.path, err)
+	}
+	var keep []*entry
+	var recs []seqRecord
+	owner := make(map[*logRecord]*entry)
+	for _, e := range l.entries {
+		keep = append(keep, e)
+	}
+	l.done.each(func(g drivers.GlobalID, first uint32) {
+		e := &entry{key: g.String(), gtrid: g, first: uint64(first), decision: &Decision{GTRID: g}, decSeq: uint64(first), ended: true}
+		e.recs = []seqRecord{
+			{seq: uint64(first), rec: &logRecord{kind: recCommit, key: e.key, gtrid: g, decision: e.decision}},
+			{seq: uint64(first), rec: &logRecord{kind: recEnd, key: e.key, gtrid: g}},
 		}
-		if err := os.Link(l.path, backup); err != nil {
-			return fmt.Errorf("decisionlog: keep a backup of version-1 log %s before converting it: %w", l.path, err)
-		}
-		if err := l.syncDir(); err != nil {
-			return fmt.Errorf("decisionlog: keep a backup of version-1 log %s: %w", l.path, err)
+		keep = append(keep, e)
+	})
+	for _, e := range keep {
+		recs = append(recs, e.recs...)
+		for _, sr := range e.recs {
+			owner[sr.rec] = e
 		}
 	}
-	if err := l.compact(); err != nil {
+	slices.SortStableFunc(recs, func(a, b seqRecord) int { return compareSeq(a.seq, b.seq) })
+	if err := l.rewrite(keep, recs, owner); err != nil {
 		return fmt.Errorf("decisionlog: rewrite %s with a version-2 header: %w", l.path, err)
 	}
 	return nil
