@@ -23,10 +23,13 @@ import (
 // every branch is committed. A transaction with a heuristic action is never
 // reduced to this form.
 //
-// Keys are kept in sorted runs whose sizes halve from the first (a binary
-// counter: O(log n) runs, O(n log n) total merging), plus a small unsorted
-// tail. Gtrids end in about the order they began, so most tails append to
-// the last run without a merge.
+// Keys are kept in sorted runs of at most doneRunMax keys, plus a small
+// unsorted tail. Gtrids end in about the order they began, so most tails
+// append to the last run without a merge, and the runs cover disjoint
+// ranges a lookup skips by their ends. Out-of-order tails become runs of
+// their own, merged binary-counter fashion with runs of similar size. No
+// run is larger than a few MB, so growing one never doubles the set's
+// memory for a moment.
 type doneSet struct {
 	nodes   []string
 	nodeIdx map[string]uint32
@@ -52,6 +55,7 @@ type doneKey struct {
 
 const (
 	doneTailMax  = 64
+	doneRunMax   = 1 << 16
 	doneNodeBits = 20
 )
 
@@ -126,14 +130,21 @@ func (s *doneSet) flush() {
 		return
 	}
 	slices.SortFunc(s.tail, compareDone)
-	if n := len(s.runs); n > 0 && compareDone(s.runs[n-1][len(s.runs[n-1])-1], s.tail[0]) < 0 {
+	if n := len(s.runs); n > 0 && len(s.runs[n-1])+len(s.tail) <= doneRunMax && compareDone(s.runs[n-1][len(s.runs[n-1])-1], s.tail[0]) < 0 {
+		if cap(s.runs[n-1]) < len(s.runs[n-1])+len(s.tail) {
+			// Grow to the run's full size at once when it has grown
+			// past a few tails: a run in order ends up full.
+			grown := make([]doneKey, len(s.runs[n-1]), min(doneRunMax, max(4*doneTailMax, 2*cap(s.runs[n-1]))))
+			copy(grown, s.runs[n-1])
+			s.runs[n-1] = grown
+		}
 		s.runs[n-1] = append(s.runs[n-1], s.tail...)
 		s.tail = s.tail[:0]
-	} else {
-		s.runs = append(s.runs, slices.Clone(s.tail))
-		s.tail = s.tail[:0]
+		return
 	}
-	for n := len(s.runs); n >= 2 && len(s.runs[n-2]) <= 2*len(s.runs[n-1]); n = len(s.runs) {
+	s.runs = append(s.runs, slices.Clone(s.tail))
+	s.tail = s.tail[:0]
+	for n := len(s.runs); n >= 2 && len(s.runs[n-2]) <= 2*len(s.runs[n-1]) && len(s.runs[n-2])+len(s.runs[n-1]) <= 2*doneRunMax; n = len(s.runs) {
 		s.runs[n-2] = mergeDone(s.runs[n-2], s.runs[n-1])
 		s.runs = s.runs[:n-1]
 	}
@@ -173,6 +184,9 @@ func (s *doneSet) lookup(g drivers.GlobalID) (uint32, bool) {
 		}
 	}
 	for _, r := range s.runs {
+		if compareDone(k, r[0]) < 0 || compareDone(k, r[len(r)-1]) > 0 {
+			continue
+		}
 		if i, ok := slices.BinarySearchFunc(r, k, compareDone); ok {
 			return r[i].first, true
 		}

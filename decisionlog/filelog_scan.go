@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"slices"
 	"strings"
 	"time"
 )
@@ -137,7 +138,7 @@ func (s *scanner) run() error {
 			case n > rem-frameHeaderLen:
 				problem = fmt.Sprintf("record length %d runs past the end of the file", n)
 			default:
-				buf = append(buf[:0], make([]byte, n)...)
+				buf = slices.Grow(buf[:0], int(n))[:n]
 				if _, err := io.ReadFull(br, buf); err != nil {
 					return err
 				}
