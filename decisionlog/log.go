@@ -1,7 +1,3 @@
-// Package decisionlog holds the coordinator's durable record of what it
-// decided: the Log contract, its one Decision type (also what decision
-// keepers hold), the fence rule, the embedded FileLog and an in-memory Log.
-// Recovery needs this package, not the coordinator.
 package decisionlog
 
 import (

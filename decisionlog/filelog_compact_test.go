@@ -1,0 +1,265 @@
+package decisionlog
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestFileLogCompaction(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	clock := newFLClock(flT0)
+	l := openFL(t, dir, clock, nil)
+
+	bulky := strings.Repeat("resource-with-a-long-name-", 8)
+	// Dead after End: most of the file.
+	for i := range 200 {
+		gt := flG(uint32(1000 + i))
+		flCommit(t, l, flDecision(gt, bulky+"pg", bulky+"mysql"))
+		if err := l.Record(ctx, Action{GTRID: gt, Op: "commit", Resource: bulky + "pg"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.End(gt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Live: pending decisions (one with an action), an abort still needed by
+	// the fence, and a heuristic outcome (kept even though it ended).
+	pending1, pending2 := flG(1), flG(2)
+	flCommit(t, l, flDecision(pending1, "pg", "mysql"))
+	if err := l.Record(ctx, Action{GTRID: pending1, Resource: "pg", Op: "commit", Actor: "recovery"}); err != nil {
+		t.Fatal(err)
+	}
+	abortLive := flG(3)
+	if err := l.Abort(ctx, Action{GTRID: abortLive, Actor: "recovery"}); err != nil {
+		t.Fatal(err)
+	}
+	heur := flG(4)
+	flCommit(t, l, flDecision(heur, "pg", "mysql"))
+	if err := l.Record(ctx, Action{GTRID: heur, Resource: "mysql", Op: "rollback", Actor: "operator", Heuristic: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.End(heur); err != nil {
+		t.Fatal(err)
+	}
+	// Dead: an abort long past its deadline, and a plain action with no
+	// decision.
+	abortOld := flGID(5, flT0.Add(-24*time.Hour))
+	if err := l.Abort(ctx, Action{GTRID: abortOld}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Record(ctx, Action{GTRID: flG(6), Op: "rollback", Actor: "recovery"}); err != nil {
+		t.Fatal(err)
+	}
+	flCommit(t, l, flDecision(pending2, "mysql")) // also flushes the Ends
+
+	liveKeys := []string{pending1.String(), abortLive.String(), heur.String(), pending2.String()}
+	var want []Entry
+	for _, e := range l.Entries() {
+		if slices.Contains(liveKeys, e.GTRID.String()) {
+			want = append(want, e)
+		}
+	}
+	wantPending := l.Pending()[:0:0]
+	for _, d := range l.Pending() {
+		if d.GTRID.String() != heur.String() {
+			wantPending = append(wantPending, d)
+		}
+	}
+	before := l.Stats()
+	if before.Live != 4 || before.Entries != 206 {
+		t.Fatalf("before compaction: %+v", before)
+	}
+
+	if err := l.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after := l.Stats()
+	t.Logf("compaction: %d -> %d bytes", before.Bytes, after.Bytes)
+	if after.Bytes*10 > before.Bytes || after.Compactions != 1 || after.Entries != 4 {
+		t.Fatalf("after compaction: %+v (before %+v)", after, before)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, logFileName)); err != nil || fi.Size() != after.Bytes {
+		t.Fatalf("file size %v, %v; stats say %d", fi.Size(), err, after.Bytes)
+	}
+	if _, err := os.Stat(filepath.Join(dir, compactFileName)); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("compaction file left behind: %v", err)
+	}
+	if got := l.Entries(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("entries after compaction:\n got %+v\nwant %+v", got, want)
+	}
+	if got := l.Pending(); !reflect.DeepEqual(got, wantPending) {
+		t.Fatalf("pending after compaction:\n got %+v\nwant %+v", got, wantPending)
+	}
+	if _, ok := l.Lookup(flG(1000)); ok {
+		t.Errorf("ended entry still in memory")
+	}
+	if err := l.Commit(ctx, flDecision(abortLive, "pg")); !errors.Is(err, ErrFenced) {
+		t.Errorf("fence lost in compaction: %v", err)
+	}
+
+	// The log keeps working on the new file.
+	flCommit(t, l, flDecision(flG(7), "pg"))
+	if err := l.End(pending2); err != nil {
+		t.Fatal(err)
+	}
+	final := l.Entries()
+	flClose(t, l)
+	l2 := openFL(t, dir, clock, nil)
+	if got := l2.Entries(); !reflect.DeepEqual(got, final) {
+		t.Fatalf("entries after compaction and reopen:\n got %+v\nwant %+v", got, final)
+	}
+	if err := l2.Commit(ctx, flDecision(abortLive, "pg")); !errors.Is(err, ErrFenced) {
+		t.Errorf("fence lost after reopen: %v", err)
+	}
+	if e, _ := l2.Lookup(heur); !e.Heuristic() || e.State != StateDone {
+		t.Errorf("heuristic entry = %+v", e)
+	}
+
+	// Once its deadline has passed (plus the retention margin), the abort
+	// goes too; the deadline alone fences the commit from then on.
+	clock.Set(abortLive.Deadline.Add(abortRetention))
+	if err := l2.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l2.Lookup(abortLive); ok {
+		t.Errorf("expired abort kept")
+	}
+	if err := l2.Commit(ctx, flDecision(abortLive, "pg")); !errors.Is(err, ErrFenced) {
+		t.Errorf("commit after the abort expired = %v, want ErrFenced", err)
+	}
+}
+
+func TestFileLogAutoCompaction(t *testing.T) {
+	dir := t.TempDir()
+	clock := newFLClock(flT0)
+	l, err := OpenFileLog(dir, FileLogOptions{Now: clock.Now, CompactBytes: 8 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	flCommit(t, l, flDecision(flG(1), "pg", "mysql")) // stays pending
+	for i := range 500 {
+		gt := flG(uint32(100 + i))
+		flCommit(t, l, flDecision(gt, "pg", "mysql"))
+		if err := l.End(gt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flCommit(t, l, flDecision(flG(2), "pg"))
+	s := l.Stats()
+	t.Logf("stats: %+v", s)
+	if s.Compactions == 0 || s.Bytes > 16<<10 || s.Entries > 200 {
+		t.Fatalf("no effective auto-compaction: %+v", s)
+	}
+	flClose(t, l)
+	l2 := openFL(t, dir, clock, nil)
+	var pend []string
+	for _, d := range l2.Pending() {
+		pend = append(pend, d.GTRID.String())
+	}
+	if want := []string{flG(1).String(), flG(2).String()}; !reflect.DeepEqual(pend, want) {
+		t.Fatalf("pending after auto-compaction and reopen = %q, want %q", pend, want)
+	}
+}
+
+// A mostly-live log is not compacted automatically, however large.
+func TestFileLogAutoCompactionSkipsLiveLog(t *testing.T) {
+	l, err := OpenFileLog(t.TempDir(), FileLogOptions{Now: newFLClock(flT0).Now, CompactBytes: 4 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i := range 300 {
+		flCommit(t, l, flDecision(flG(uint32(i)), "pg", "mysql"))
+	}
+	if s := l.Stats(); s.Compactions != 0 {
+		t.Fatalf("compacted a live log: %+v", s)
+	}
+}
+
+func TestFileLogCompactionFaults(t *testing.T) {
+	ctx := context.Background()
+	errIO := errors.New("injected EIO")
+	setup := func(t *testing.T, fa *flFaults, syncDirErr error) (string, *FileLog) {
+		dir := t.TempDir()
+		h := fa.hooks()
+		h.syncDir = func(string) error { return syncDirErr }
+		l, err := OpenFileLog(dir, FileLogOptions{Now: newFLClock(flT0).Now, hooks: h})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		for i := range 10 {
+			flCommit(t, l, flDecision(flG(uint32(i)), "pg"))
+			if i%2 == 0 {
+				if err := l.End(flG(uint32(i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		flCommit(t, l, flDecision(flG(99), "pg"))
+		return dir, l
+	}
+
+	// Failing before the rename leaves the old file in place: an error,
+	// but not fail-stop.
+	for _, tc := range []struct {
+		name string
+		arm  func(fa *flFaults)
+	}{
+		{"write", func(fa *flFaults) { fa.writeErr = errIO }},
+		{"fsync", func(fa *flFaults) { fa.syncErr = errIO }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fa := &flFaults{onlyFile: 2} // the 2nd file wrapped is the compaction's
+			dir, l := setup(t, fa, nil)
+			fa.set(tc.arm)
+			before := l.Entries()
+			if err := l.Compact(ctx); !errors.Is(err, errIO) || errors.Is(err, ErrLogFailed) {
+				t.Fatalf("Compact = %v, want the injected error, not fail-stop", err)
+			}
+			if _, err := os.Stat(filepath.Join(dir, compactFileName)); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("compaction file left behind: %v", err)
+			}
+			flCommit(t, l, flDecision(flG(200), "pg"))
+			if got := l.Entries(); !reflect.DeepEqual(got[:len(got)-1], before) {
+				t.Errorf("entries changed by a failed compaction")
+			}
+			want := l.Entries()
+			flClose(t, l)
+			l2 := openFL(t, dir, newFLClock(flT0), nil)
+			if got := l2.Entries(); !reflect.DeepEqual(got, want) {
+				t.Errorf("entries after reopen differ")
+			}
+		})
+	}
+
+	t.Run("directory fsync", func(t *testing.T) {
+		fa := &flFaults{}
+		dir, l := setup(t, fa, nil)
+		failing := errors.New("dir fsync EIO")
+		// Swap in a failing directory fsync now that the log is open.
+		l.syncDirFn = func(string) error { return failing }
+		if err := l.Compact(ctx); !errors.Is(err, ErrLogFailed) || !errors.Is(err, failing) {
+			t.Fatalf("Compact = %v, want ErrLogFailed", err)
+		}
+		if err := l.Commit(ctx, flDecision(flG(300), "pg")); !errors.Is(err, ErrLogFailed) {
+			t.Fatalf("Commit after failed compaction = %v, want ErrLogFailed", err)
+		}
+		want := l.Entries()
+		l.Close()
+		l2 := openFL(t, dir, newFLClock(flT0), nil)
+		if got := l2.Entries(); !reflect.DeepEqual(got, want) {
+			t.Errorf("entries after reopen differ")
+		}
+	})
+}
