@@ -150,6 +150,8 @@ type FileLog struct {
 	writerDone chan struct{}
 	delayNeed  int           // while the writer waits CommitDelay: queue length that ends the wait
 	delayWake  chan struct{} // ends the writer's CommitDelay early
+	// compactReady: the compaction in flight finished writing its file.
+	compactReady bool
 
 	// In-memory state. Only the writer goroutine (or OpenFileLog before it
 	// starts) mutates it, under mu, except that End moves an entry to done
@@ -157,6 +159,7 @@ type FileLog struct {
 	mu       sync.RWMutex
 	entries  map[string]*entry
 	done     doneSet // ended transactions, in compact form
+	oldDone  doneSet // while a compaction runs: the done set of its snapshot
 	seq      uint64  // records applied (orders entries by first record)
 	size     int64
 	batchSeq uint64 // sequence number of the last batch written
@@ -175,6 +178,8 @@ type FileLog struct {
 	overlay     map[string]uint8
 	verdicts    []verdict
 	nextCompact int64
+	compacting  *compaction // in flight, or nil
+	compactWait []*request  // Compact calls for the compaction after it
 	dirty       bool // written since the last fsync (lazy End records)
 	lastWaiters int  // waited-for records in the last fsynced batch
 
@@ -195,6 +200,7 @@ type entry struct {
 	aborted   bool
 	ended     bool
 	heuristic bool
+	revived   bool  // brought back from the done set: recs[:2] stand for its commit and end
 	bytes     int64 // framed bytes of recs in the current file
 }
 

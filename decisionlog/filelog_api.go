@@ -94,7 +94,7 @@ func (l *FileLog) End(gtrid drivers.GlobalID) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e := l.entries[key]
-	if e == nil && l.done.has(g) || e != nil && e.ended {
+	if e == nil && l.isDone(g) || e != nil && e.ended {
 		return nil
 	}
 	if e == nil || e.decision == nil {
@@ -124,7 +124,7 @@ func (l *FileLog) apply(rec *logRecord, size int) {
 	l.seq++
 	e := l.entries[rec.key]
 	if e == nil {
-		first, done := l.done.lookup(rec.gtrid)
+		first, done := l.doneLookup(rec.gtrid)
 		switch {
 		case done && rec.kind == recEnd, done && rec.kind == recCommit:
 			return // already done: the End queued by End, or a replayed duplicate
@@ -162,7 +162,7 @@ func (l *FileLog) apply(rec *logRecord, size int) {
 // entry that replays as done.
 func (l *FileLog) revive(rec *logRecord, first uint64) *entry {
 	d := &Decision{GTRID: rec.gtrid}
-	e := &entry{key: rec.key, gtrid: rec.gtrid, first: first, decision: d, decSeq: first, ended: true}
+	e := &entry{key: rec.key, gtrid: rec.gtrid, first: first, decision: d, decSeq: first, ended: true, revived: true}
 	e.recs = []seqRecord{
 		{seq: first, rec: &logRecord{kind: recCommit, key: rec.key, gtrid: rec.gtrid, decision: d}},
 		{seq: l.seq, rec: &logRecord{kind: recEnd, key: rec.key, gtrid: rec.gtrid, at: rec.at}},
@@ -170,6 +170,22 @@ func (l *FileLog) revive(rec *logRecord, first uint64) *entry {
 	l.entries[rec.key] = e
 	return e
 }
+
+// doneLookup finds g in the done set (and, while a compaction runs, in
+// the one of its snapshot). Callers hold mu.
+func (l *FileLog) doneLookup(g drivers.GlobalID) (uint32, bool) {
+	if first, ok := l.done.lookup(g); ok {
+		return first, true
+	}
+	return l.oldDone.lookup(g)
+}
+
+func (l *FileLog) isDone(g drivers.GlobalID) bool {
+	_, ok := l.doneLookup(g)
+	return ok
+}
+
+func (l *FileLog) doneLen() int { return l.done.len() + l.oldDone.len() }
 
 // Lookup returns what the log knows about one transaction.
 func (l *FileLog) Lookup(gtrid drivers.GlobalID) (Entry, bool) {
@@ -179,7 +195,7 @@ func (l *FileLog) Lookup(gtrid drivers.GlobalID) (Entry, bool) {
 	if e := l.entries[key]; e != nil {
 		return e.export(), true
 	}
-	if l.done.has(gtrid) {
+	if l.isDone(gtrid) {
 		return doneEntry(gtrid), true
 	}
 	return Entry{}, false
@@ -216,13 +232,17 @@ func (l *FileLog) Entries() []Entry {
 		e     Entry
 	}
 	l.mu.RLock()
-	all := make([]ordered, 0, len(l.entries)+l.done.len())
+	all := make([]ordered, 0, len(l.entries)+l.doneLen())
 	for _, e := range l.entries {
 		all = append(all, ordered{e.first, e.export()})
 	}
-	l.done.each(func(g drivers.GlobalID, first uint32) {
-		all = append(all, ordered{uint64(first), doneEntry(g)})
-	})
+	each := func(g drivers.GlobalID, first uint32) {
+		if l.entries[g.String()] == nil { // not revived
+			all = append(all, ordered{uint64(first), doneEntry(g)})
+		}
+	}
+	l.done.each(each)
+	l.oldDone.each(each)
 	l.mu.RUnlock()
 	slices.SortStableFunc(all, func(a, b ordered) int { return compareSeq(a.first, b.first) })
 	out := make([]Entry, len(all))
@@ -239,7 +259,7 @@ func (l *FileLog) Node() string { return l.node }
 func (l *FileLog) Stats() FileLogStats {
 	now := l.now()
 	l.mu.RLock()
-	s := FileLogStats{Bytes: l.size, Entries: len(l.entries) + l.done.len(), Done: l.done.len(), LastBatch: l.batchSeq}
+	s := FileLogStats{Bytes: l.size, Entries: len(l.entries) + l.doneLen(), Done: l.doneLen(), LastBatch: l.batchSeq}
 	for _, e := range l.entries {
 		if e.live(now) {
 			s.Live++

@@ -263,3 +263,89 @@ func TestFileLogCompactionFaults(t *testing.T) {
 		}
 	})
 }
+
+// Compaction writes its file beside the writer: commits, ends and aborts
+// go on (and are durable) while it runs, and the swap carries them over.
+func TestFileLogCompactionInBackground(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	clock := newFLClock(flT0)
+	fa := &flFaults{}
+	l := openFL(t, dir, clock, fa)
+	for i := range 50 {
+		flCommit(t, l, flDecision(flG(uint32(100+i)), "pg", "mysql"))
+		if err := l.End(flG(uint32(100 + i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pendingBefore := flG(1)
+	flCommit(t, l, flDecision(pendingBefore, "pg"))
+	endsDuring := flG(2)
+	flCommit(t, l, flDecision(endsDuring, "pg"))
+
+	reached, release := fa.holdNextSync() // the compaction file's fsync
+	defer release()
+	compacted := flAsync(func() error { return l.Compact(ctx) })
+	<-reached
+	// The compaction is stuck in its fsync; the log is not.
+	during := flG(3)
+	flCommit(t, l, flDecision(during, "pg", "mysql"))
+	if err := l.End(endsDuring); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Abort(ctx, Action{GTRID: flG(4), Actor: "recovery"}); err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := l.Lookup(flG(120)); !ok || e.State != StateDone {
+		t.Errorf("an ended transaction is unknown while compacting: %+v, %v", e, ok)
+	}
+	if err := l.Record(ctx, Action{GTRID: flG(121), Op: "rollback", Resource: "pg", Heuristic: true}); err != nil {
+		t.Fatal(err) // revives a done transaction during the compaction
+	}
+	release()
+	if err := <-compacted; err != nil {
+		t.Fatal(err)
+	}
+	check := func(l *FileLog) {
+		t.Helper()
+		want := map[uint32]State{1: StateCommitted, 2: StateDone, 3: StateCommitted, 4: StateAborted, 121: StateDone}
+		for s, st := range want {
+			if e, _ := l.Lookup(flG(s)); e.State != st {
+				t.Errorf("%d: %v, want %v", s, e.State, st)
+			}
+		}
+		if e, _ := l.Lookup(flG(121)); !e.Heuristic() {
+			t.Errorf("the heuristic action on a done transaction was lost: %+v", e)
+		}
+		if err := l.Commit(ctx, flDecision(flG(4), "pg")); !errors.Is(err, ErrFenced) {
+			t.Errorf("the abort recorded during the compaction does not fence: %v", err)
+		}
+	}
+	check(l)
+	if _, ok := l.Lookup(flG(110)); ok {
+		t.Errorf("a transaction ended before the compaction is still known")
+	}
+	s := l.Stats()
+	if s.Compactions != 1 || s.Entries > 6 {
+		t.Errorf("stats after compaction: %+v", s)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, logFileName)); err != nil || fi.Size() != s.Bytes {
+		t.Errorf("file size %v, %v; stats say %d", fi.Size(), err, s.Bytes)
+	}
+	want := l.Entries()
+	flClose(t, l)
+	if rep, err := VerifyLog(dir); err != nil || !rep.Intact() {
+		t.Fatalf("verify after a background compaction: %+v, %v", rep, err)
+	}
+	l2 := openFL(t, dir, clock, nil)
+	check(l2)
+	// The revived entry is listed where the new file holds its records
+	// (after the compacted ones), not where its first record once was.
+	byID := func(a, b Entry) int { return strings.Compare(a.GTRID.String(), b.GTRID.String()) }
+	got := l2.Entries()
+	slices.SortFunc(got, byID)
+	slices.SortFunc(want, byID)
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("entries after reopen:\n got %+v\nwant %+v", got, want)
+	}
+}

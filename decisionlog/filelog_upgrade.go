@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -29,29 +28,26 @@ func (l *FileLog) upgrade() error {
 	if err := l.syncDir(); err != nil {
 		return fmt.Errorf("decisionlog: keep a backup of version-1 log %s: %w", l.path, err)
 	}
-	var keep []*entry
-	var recs []seqRecord
-	owner := make(map[*logRecord]*entry)
+	// Every entry and every done transaction (as a commit and an end
+	// record) go to the new file; the done set stays as it is.
+	c := newCompaction([]*request{{done: make(chan error, 1)}})
 	for _, e := range l.entries {
-		keep = append(keep, e)
+		c.keep(e, true)
 	}
 	l.done.each(func(g drivers.GlobalID, first uint32) {
-		e := &entry{key: g.String(), gtrid: g, first: uint64(first), decision: &Decision{GTRID: g}, decSeq: uint64(first), ended: true}
+		e := &entry{key: g.String(), gtrid: g, decision: &Decision{GTRID: g}}
 		e.recs = []seqRecord{
 			{seq: uint64(first), rec: &logRecord{kind: recCommit, key: e.key, gtrid: g, decision: e.decision}},
 			{seq: uint64(first), rec: &logRecord{kind: recEnd, key: e.key, gtrid: g}},
 		}
-		keep = append(keep, e)
+		c.keep(e, false)
 	})
-	for _, e := range keep {
-		recs = append(recs, e.recs...)
-		for _, sr := range e.recs {
-			owner[sr.rec] = e
-		}
-	}
-	slices.SortStableFunc(recs, func(a, b seqRecord) int { return compareSeq(a.seq, b.seq) })
-	if err := l.rewrite(keep, recs, owner); err != nil {
-		return fmt.Errorf("decisionlog: rewrite %s with a version-2 header: %w", l.path, err)
+	l.batchSeq++
+	l.snapshot(c)
+	c.write(l)
+	l.finishCompaction()
+	if err := <-c.waiters[0].done; err != nil {
+		return fmt.Errorf("decisionlog: rewrite %s in format 2: %w", l.path, err)
 	}
 	return nil
 }

@@ -59,7 +59,11 @@ func (l *FileLog) wakeDelay() {
 func (l *FileLog) run() {
 	defer close(l.writerDone)
 	for {
-		batch := l.take()
+		batch, swap := l.take()
+		if swap {
+			l.finishCompaction()
+			continue
+		}
 		if batch == nil {
 			l.syncLazy()
 			return
@@ -73,8 +77,7 @@ func (l *FileLog) run() {
 			batch = l.takeMore(batch)
 		}
 		if batch[0].compact {
-			err := l.compact()
-			batch[0].done <- err
+			l.requestCompaction(batch[0])
 		} else {
 			l.writeBatch(batch)
 		}
@@ -83,15 +86,21 @@ func (l *FileLog) run() {
 }
 
 // take waits for requests and returns the next batch: up to maxBatch records,
-// or one compaction. It returns nil once the log is closed and drained.
-func (l *FileLog) take() []*request {
+// or one compaction request; or swap = true when the compaction in flight
+// has written its file. It returns nil once the log is closed and drained
+// and no compaction is in flight.
+func (l *FileLog) take() (batch []*request, swap bool) {
 	l.qmu.Lock()
 	defer l.qmu.Unlock()
-	for len(l.queue) == 0 {
-		if l.closed {
-			return nil
+	for len(l.queue) == 0 && !l.compactReady {
+		if l.closed && l.compacting == nil {
+			return nil, false
 		}
 		l.qcond.Wait()
+	}
+	if l.compactReady {
+		l.compactReady = false
+		return nil, true
 	}
 	n := 1
 	if !l.queue[0].compact {
@@ -103,7 +112,7 @@ func (l *FileLog) take() []*request {
 	rest := copy(l.queue, l.queue[n:])
 	clear(l.queue[rest:])
 	l.queue = l.queue[:rest]
-	return l.taken
+	return l.taken, false
 }
 
 // delayFor waits CommitDelay, or until need more records are queued, or
@@ -226,7 +235,7 @@ func (l *FileLog) writeBatch(batch []*request) {
 		rec := r.rec
 		ov := l.overlay[rec.key]
 		e := l.entries[rec.key]
-		done := e == nil && l.done.has(rec.gtrid)
+		done := e == nil && l.isDone(rec.gtrid)
 		committed := ov&ovCommitted != 0 || e != nil && e.decision != nil || done
 		switch rec.kind {
 		case recCommit:
