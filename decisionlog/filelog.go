@@ -180,8 +180,8 @@ type FileLog struct {
 	nextCompact int64
 	compacting  *compaction // in flight, or nil
 	compactWait []*request  // Compact calls for the compaction after it
-	dirty       bool // written since the last fsync (lazy End records)
-	lastWaiters int  // waited-for records in the last fsynced batch
+	dirty       bool        // written since the last fsync (lazy End records)
+	lastWaiters int         // waited-for records in the last fsynced batch
 
 	closeOnce sync.Once
 	closeErr  error

@@ -269,6 +269,7 @@ func (l *FileLog) swap(c *compaction) error {
 	l.oldDone = doneSet{}
 	l.size, l.durable = size, size
 	l.mu.Unlock()
+	l.nextCompact = 0 // the file shrank: check again once it passes compactBytes
 
 	// Until the rename is durable a crash could bring the old file back, and
 	// with it lose whatever we append to the new one: fail-stop if unsure.
