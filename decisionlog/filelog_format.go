@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/crc32"
+	"strconv"
 	"time"
 
 	"github.com/xabridge/xabridge/drivers"
@@ -254,4 +255,25 @@ func frameAt(data []byte, off int) (payload []byte, next int, problem string) {
 		return nil, 0, "checksum mismatch"
 	}
 	return payload, off + frameHeaderLen + n, ""
+}
+
+// appendSealFrame appends a seal frame to b. It writes the JSON by hand (the
+// same object encodeFrame would make of the wireRecord; decodePayload reads
+// either) because every batch pays for it.
+func appendSealFrame(b []byte, seq uint64, durable int64, at time.Time) []byte {
+	start := len(b)
+	b = append(b, 0, 0, 0, 0, 0, 0, 0, 0)
+	b = append(b, `{"k":"seal","t":"`...)
+	b = at.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","n":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	if durable != 0 {
+		b = append(b, `,"d":`...)
+		b = strconv.AppendInt(b, durable, 10)
+	}
+	b = append(b, "}\n"...)
+	payload := b[start+frameHeaderLen:]
+	binary.LittleEndian.PutUint32(b[start:], uint32(len(payload)))
+	binary.LittleEndian.PutUint32(b[start+4:], crc32.Checksum(payload, castagnoli))
+	return b
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // flBatches returns the [start, end) of every sealed batch of a well-formed
@@ -404,4 +405,21 @@ func TestFileLogActionAfterEnd(t *testing.T) {
 	check(l)
 	flClose(t, l)
 	check(openFL(t, dir, clock, nil))
+}
+
+// The hand-written seal is the frame encodeFrame makes of the same record.
+func TestSealFrameMatchesEncoder(t *testing.T) {
+	at := time.Date(2031, 1, 2, 3, 4, 5, 600700800, time.UTC)
+	for _, tc := range []struct {
+		seq     uint64
+		durable int64
+	}{{1, 0}, {7, 4096}, {1 << 40, 1 << 50}} {
+		want, err := encodeFrame(&wireRecord{Kind: recSeal.String(), At: at, Seq: tc.seq, Durable: tc.durable})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendSealFrame([]byte("x"), tc.seq, tc.durable, at); !bytes.Equal(got[1:], want) {
+			t.Errorf("seal %+v:\n got %q\nwant %q", tc, got[1:], want)
+		}
+	}
 }

@@ -363,8 +363,7 @@ func (l *FileLog) writeBatch(batch []*request) {
 // open tell a torn, never-acknowledged region from damage to acknowledged
 // records.
 func (l *FileLog) appendSeal(b []byte) ([]byte, error) {
-	frame, err := encodeFrame(&wireRecord{Kind: recSeal.String(), At: l.now().UTC(), Seq: l.batchSeq + 1, Durable: l.durable})
-	return append(b, frame...), err
+	return appendSealFrame(b, l.batchSeq+1, l.durable, l.now()), nil
 }
 
 // writeSync appends b and fsyncs. Any error is fail-stop: the bytes may or
