@@ -2,14 +2,13 @@ package decisionlog
 
 import (
 	"cmp"
-	"math"
 	"slices"
 	"time"
 
 	"github.com/xabridge/xabridge/drivers"
 )
 
-// doneSet holds the transactions whose phase 2 ended, in 20 bytes each,
+// doneSet holds the transactions whose phase 2 ended, in 16 bytes each,
 // until a compaction forgets them (as it forgets their records): a service
 // that finished a million transactions since its last compaction must not
 // keep a million entries with their participants and records in memory.
@@ -33,30 +32,40 @@ import (
 type doneSet struct {
 	nodes   []string
 	nodeIdx map[string]uint32
-	runs    [][]doneKey
-	tail    []doneKey
-	// odd holds the few gtrids that do not pack (a deadline before its
-	// begin or more than 49 days after it, a begin past year 2527).
+	// A coordinator gives its transactions a few timeouts at most: each
+	// (node, deadline - begin) pair gets an index, up to 1<<doneTagBits.
+	tags   []doneTag
+	tagIdx map[doneTag]uint32
+	runs   [][]doneKey
+	tail   []doneKey
+	// odd holds the gtrids that do not pack (times finer than a
+	// millisecond, a begin past year 2527, more than a million distinct
+	// (node, timeout) pairs).
 	odd map[drivers.GlobalID]uint32
 	n   int
 }
 
-// doneKey is one ended gtrid: its begin time in milliseconds and its node's
-// index packed into hi:lo (beginMs<<20 | node), its sequence number, its
-// deadline as milliseconds after its begin, and the log sequence number of
-// its first record (the order Entries lists it in; it wraps after 4e9
-// records between two compactions, which only reorders that listing).
+// doneKey is one ended gtrid: its begin time in milliseconds and the index
+// of its (node, deadline - begin) pair packed into hi:lo (beginMs<<20 |
+// tag), its sequence number, and the log sequence number of its first
+// record (the order Entries lists it in; it wraps after 4e9 records between
+// two compactions, which only reorders that listing).
 type doneKey struct {
 	hi, lo uint32
 	seq    uint32
-	dl     uint32
 	first  uint32
 }
 
+// doneTag is what a doneKey's tag index stands for.
+type doneTag struct {
+	node string
+	dl   int64 // deadline - begin, in milliseconds
+}
+
 const (
-	doneTailMax  = 64
-	doneRunMax   = 1 << 16
-	doneNodeBits = 20
+	doneTailMax = 64
+	doneRunMax  = 1 << 16
+	doneTagBits = 20
 )
 
 func compareDone(a, b doneKey) int {
@@ -66,43 +75,42 @@ func compareDone(a, b doneKey) int {
 	if c := cmp.Compare(a.lo, b.lo); c != 0 {
 		return c
 	}
-	if c := cmp.Compare(a.seq, b.seq); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.dl, b.dl)
+	return cmp.Compare(a.seq, b.seq)
 }
 
 // pack returns g's key; ok is false when g does not fit one (it goes to odd).
 func (s *doneSet) pack(g drivers.GlobalID, first uint64, add bool) (doneKey, bool) {
 	begin := g.Begin.UnixMilli()
 	dl := g.Deadline.UnixMilli() - begin
-	if begin < 0 || begin >= 1<<(64-doneNodeBits) || dl < 0 || dl > math.MaxUint32 {
+	if begin < 0 || begin >= 1<<(64-doneTagBits) || !g.Begin.Equal(time.UnixMilli(begin)) || !g.Deadline.Equal(time.UnixMilli(begin+dl)) {
 		return doneKey{}, false
 	}
-	idx, ok := s.nodeIdx[g.Node]
+	tag := doneTag{g.Node, dl}
+	idx, ok := s.tagIdx[tag]
 	if !ok {
-		if !add || len(s.nodes) >= 1<<doneNodeBits {
+		if !add || len(s.tags) >= 1<<doneTagBits {
 			return doneKey{}, false
 		}
-		if s.nodeIdx == nil {
-			s.nodeIdx = map[string]uint32{}
+		if s.tagIdx == nil {
+			s.tagIdx = map[doneTag]uint32{}
 		}
-		idx = uint32(len(s.nodes))
-		s.nodes = append(s.nodes, g.Node)
-		s.nodeIdx[g.Node] = idx
+		idx = uint32(len(s.tags))
+		s.tags = append(s.tags, tag)
+		s.tagIdx[tag] = idx
 	}
-	v := uint64(begin)<<doneNodeBits | uint64(idx)
-	return doneKey{hi: uint32(v >> 32), lo: uint32(v), seq: g.Seq, dl: uint32(dl), first: uint32(first)}, true
+	v := uint64(begin)<<doneTagBits | uint64(idx)
+	return doneKey{hi: uint32(v >> 32), lo: uint32(v), seq: g.Seq, first: uint32(first)}, true
 }
 
 func (s *doneSet) unpack(k doneKey) drivers.GlobalID {
 	v := uint64(k.hi)<<32 | uint64(k.lo)
-	begin := int64(v >> doneNodeBits)
+	begin := int64(v >> doneTagBits)
+	tag := s.tags[v&(1<<doneTagBits-1)]
 	return drivers.GlobalID{
-		Node:     s.nodes[v&(1<<doneNodeBits-1)],
+		Node:     tag.node,
 		Begin:    time.UnixMilli(begin).UTC(),
 		Seq:      k.seq,
-		Deadline: time.UnixMilli(begin + int64(k.dl)).UTC(),
+		Deadline: time.UnixMilli(begin + tag.dl).UTC(),
 	}
 }
 
