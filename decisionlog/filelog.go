@@ -36,6 +36,14 @@ type FileLogOptions struct {
 	// any log (for tools that only inspect or repair it).
 	Node string
 
+	// NoCreate makes a writable open fail with ErrNoLog, changing nothing,
+	// when there is no initialised log (no file, or an empty, zero-filled
+	// or headerless one) instead of starting one: for operator tools that
+	// act on an existing log (recover, resolve, compact), where a new,
+	// empty log would presume every committed transaction aborted.
+	// Read-only opens always behave so.
+	NoCreate bool
+
 	// ReadOnly opens the log without the lock and refuses every write; for
 	// tools that inspect the log while a coordinator runs. The log is a
 	// snapshot taken at open, and a torn tail (possibly a batch being
@@ -130,6 +138,7 @@ func batchBucket(n int64) int {
 type FileLog struct {
 	dir, path    string
 	readOnly     bool
+	noCreate     bool
 	node         string // the node the log belongs to ("" while unbound)
 	wantNode     string // FileLogOptions.Node
 	maxBatch     int
@@ -293,6 +302,7 @@ func OpenFileLog(dir string, opts FileLogOptions) (*FileLog, error) {
 		dir:          dir,
 		path:         filepath.Join(dir, logFileName),
 		readOnly:     opts.ReadOnly,
+		noCreate:     opts.NoCreate,
 		wantNode:     opts.Node,
 		maxBatch:     opts.MaxBatch,
 		commitDelay:  opts.CommitDelay,
@@ -375,6 +385,13 @@ func (l *FileLog) adopt(res scanResult) error {
 }
 
 func (l *FileLog) openWritable() (err error) {
+	flags := os.O_RDWR | os.O_CREATE | os.O_APPEND
+	if l.noCreate {
+		flags &^= os.O_CREATE
+		if _, err := os.Stat(l.path); err != nil {
+			return fmt.Errorf("decisionlog: %s: %w (%w)", l.path, ErrNoLog, err)
+		}
+	}
 	if err := l.mkdirDurable(); err != nil {
 		return fmt.Errorf("decisionlog: create decision log directory: %w", err)
 	}
@@ -391,7 +408,7 @@ func (l *FileLog) openWritable() (err error) {
 	if err := os.Remove(filepath.Join(l.dir, compactFileName)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("decisionlog: remove stale compaction file: %w", err)
 	}
-	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	f, err := os.OpenFile(l.path, flags, 0o600)
 	if err != nil {
 		return fmt.Errorf("decisionlog: open decision log: %w", err)
 	}
@@ -418,6 +435,9 @@ func (l *FileLog) openWritable() (err error) {
 	l.lockFile = lock
 	switch res.version {
 	case 0:
+		if l.noCreate {
+			return fmt.Errorf("decisionlog: %s: %w (the file is empty, zero-filled or has no header; only a coordinator starts a log)", l.path, ErrNoLog)
+		}
 		// New, or a crash interrupted its creation: nothing in it can have
 		// been acknowledged before its header was fsynced.
 		l.node = l.wantNode

@@ -423,3 +423,42 @@ func TestSealFrameMatchesEncoder(t *testing.T) {
 		}
 	}
 }
+
+// NoCreate: a writable open for an operator tool never starts a log.
+func TestFileLogNoCreate(t *testing.T) {
+	tests := []struct {
+		name string
+		data []byte // nil: no file
+	}{
+		{"no file", nil},
+		{"empty", []byte{}},
+		{"zero-filled", make([]byte, 4096)},
+		{"partial magic", []byte("XAB")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if tt.data != nil {
+				dir = flWriteLogFile(t, tt.data)
+			}
+			l, err := OpenFileLog(dir, FileLogOptions{NoCreate: true})
+			if !errors.Is(err, ErrNoLog) {
+				if err == nil {
+					l.Close()
+				}
+				t.Fatalf("open = %v, want ErrNoLog", err)
+			}
+			data, rerr := os.ReadFile(filepath.Join(dir, logFileName))
+			if tt.data == nil && !errors.Is(rerr, os.ErrNotExist) || tt.data != nil && !bytes.Equal(data, tt.data) {
+				t.Fatalf("the file was created or changed: %q, %v", data, rerr)
+			}
+		})
+	}
+	dir := t.TempDir()
+	flClose(t, openFL(t, dir, newFLClock(flT0), nil))
+	l, err := OpenFileLog(dir, FileLogOptions{NoCreate: true})
+	if err != nil {
+		t.Fatalf("NoCreate open of an existing log: %v", err)
+	}
+	flClose(t, l)
+}
