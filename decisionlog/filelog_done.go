@@ -30,8 +30,6 @@ import (
 // run is larger than a few MB, so growing one never doubles the set's
 // memory for a moment.
 type doneSet struct {
-	nodes   []string
-	nodeIdx map[string]uint32
 	// A coordinator gives its transactions a few timeouts at most: each
 	// (node, deadline - begin) pair gets an index, up to 1<<doneTagBits.
 	tags   []doneTag
