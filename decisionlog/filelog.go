@@ -173,6 +173,8 @@ type FileLog struct {
 	size     int64
 	batchSeq uint64 // sequence number of the last batch written
 	durable  int64  // offset up to which an fsync returned
+	// durableSeq is the sequence number of the batch that ends at durable.
+	durableSeq uint64
 
 	appends, syncs, batches, lazy, compactions, fenced, truncated atomic.Int64
 
@@ -358,7 +360,11 @@ func (l *FileLog) openReadOnly() error {
 	if err != nil {
 		return fmt.Errorf("decisionlog: open decision log: %w", err)
 	}
-	res, err := scanFile(f, fi.Size(), readFailMarker(l.dir), l.apply)
+	mark, err := readFailMarker(l.dir)
+	if err != nil {
+		return fmt.Errorf("decisionlog: open decision log %s: %w", l.path, err)
+	}
+	res, err := scanFile(f, fi.Size(), mark, l.apply)
 	if err != nil {
 		return fmt.Errorf("decisionlog: open decision log %s: %w", l.path, err)
 	}
@@ -425,7 +431,11 @@ func (l *FileLog) openWritable() (err error) {
 	// marked clean: reading them back would trust bytes the disk does not
 	// hold. Drop the file's cached pages so the scan reads the disk.
 	dropCache(f)
-	res, err := scanFile(f, fi.Size(), readFailMarker(l.dir), l.apply)
+	mark, err := readFailMarker(l.dir)
+	if err != nil {
+		return fmt.Errorf("decisionlog: open decision log %s: %w", l.path, err)
+	}
+	res, err := scanFile(f, fi.Size(), mark, l.apply)
 	if err != nil {
 		return fmt.Errorf("decisionlog: open decision log %s: %w", l.path, err)
 	}
@@ -468,7 +478,7 @@ func (l *FileLog) openWritable() (err error) {
 	if err := clearFailMarker(l.dir); err != nil {
 		return fmt.Errorf("decisionlog: %w", err)
 	}
-	l.durable = l.size
+	l.durable, l.durableSeq = l.size, l.batchSeq
 	l.file = l.wrapFile(f)
 	f = nil // l.file owns it now
 	if res.version == 1 {

@@ -267,7 +267,7 @@ func (l *FileLog) swap(c *compaction) error {
 		}
 	}
 	l.oldDone = doneSet{}
-	l.size, l.durable = size, size
+	l.size, l.durable, l.durableSeq = size, size, l.batchSeq
 	l.mu.Unlock()
 	l.nextCompact = 0 // the file shrank: check again once it passes compactBytes
 
@@ -288,7 +288,7 @@ func (l *FileLog) swap(c *compaction) error {
 	l.mu.Lock()
 	l.batchSeq++
 	l.size += int64(len(seal))
-	l.durable = l.size
+	l.durable, l.durableSeq = l.size, l.batchSeq
 	l.mu.Unlock()
 	return nil
 }

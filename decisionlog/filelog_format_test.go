@@ -343,9 +343,11 @@ func TestFileLogFailMarker(t *testing.T) {
 		t.Fatalf("commit = %v, want ErrLogFailed", err)
 	}
 	_ = l.Close()
-	if got := readFailMarker(dir); got != durable {
-		t.Fatalf("fail marker = %d, want %d", got, durable)
+	if got, err := readFailMarker(dir); err != nil || got != (failMark{durable, 1}) {
+		t.Fatalf("fail marker = %+v, %v; want durable %d after batch 1", got, err, durable)
 	}
+	marker, _ := os.ReadFile(filepath.Join(dir, failedFileName))
+	image := flReadLogFile(t, dir)
 	rep, err := VerifyLog(dir)
 	if err != nil || rep.Cut == nil || rep.Cut.Offset != durable || rep.FailMarker != durable {
 		t.Fatalf("verify = %+v, %v", rep, err)
@@ -360,14 +362,46 @@ func TestFileLogFailMarker(t *testing.T) {
 	if s := l.Stats(); s.Bytes != durable || s.TruncatedBytes == 0 {
 		t.Errorf("stats after open: %+v", s)
 	}
-	if readFailMarker(dir) != -1 {
-		t.Errorf("the marker was not removed")
+	if m, err := readFailMarker(dir); err != nil || m != noFailMark {
+		t.Errorf("the marker was not removed: %+v, %v", m, err)
 	}
 	copies, _ := filepath.Glob(filepath.Join(dir, logFileName+".cut-*"))
 	if len(copies) != 1 {
 		t.Errorf("copies of the cut region: %v", copies)
 	}
 	flCommit(t, l, flDecision(flG(3), "pg"))
+	flClose(t, l)
+
+	// A marker that does not describe the log (left beside a log restored
+	// from a copy, or a log cut short) is refused, not obeyed.
+	for _, tc := range []struct {
+		name   string
+		log    []byte
+		marker string
+		want   string
+	}{
+		{"log shorter than the durable offset", image[:durable-5], string(marker), "acknowledged records are missing"},
+		{"another log's marker", image, "durable 20 batch 0\n", "the marker is not this log's"},
+		{"unreadable marker", image, "garbage\n", "fail marker"},
+		{"log zeroed", make([]byte, len(image)), string(marker), "acknowledged records are missing"},
+		{"header torn", image[:20], string(marker), "acknowledged records are missing"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := flWriteLogFile(t, tc.log)
+			if err := os.WriteFile(filepath.Join(dir, failedFileName), []byte(tc.marker), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := OpenFileLog(dir, FileLogOptions{}); !errors.Is(err, ErrCorruptLog) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("open = %v, want ErrCorruptLog mentioning %q", err, tc.want)
+			}
+			if rep, err := VerifyLog(dir); err != nil || rep.Damage == nil {
+				t.Fatalf("verify = %+v, %v", rep, err)
+			}
+			if got := flReadLogFile(t, dir); !bytes.Equal(got, tc.log) {
+				t.Fatalf("the log was changed")
+			}
+		})
+	}
 }
 
 // An operator's action after a transaction ended brings its entry back

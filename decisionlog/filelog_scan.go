@@ -62,7 +62,9 @@ type pendingRec struct {
 type scanner struct {
 	r     io.ReaderAt
 	size  int64
-	limit int64 // >= 0: bytes past it were written after a fail-stop
+	mark  failMark // a fail-stopped writer's marker: what follows it was never acknowledged
+	// markHit: the scan reached the batch boundary the marker names.
+	markHit bool
 	apply func(rec *logRecord, size int)
 	res   scanResult
 	batch []pendingRec
@@ -70,12 +72,12 @@ type scanner struct {
 }
 
 // scanFile replays the log held by r (size bytes, magic included) through
-// apply, batch by batch, and reports what it found. limit, if >= 0, is the
+// apply, batch by batch, and reports what it found. mark.durable, if >= 0, is the
 // offset a fail-stopped writer recorded as durable: whatever follows it was
 // never acknowledged. A damaged or unsealed region no later seal claims as
 // durable is reported in res.cut (and not applied); damage to acknowledged
 // records is an error wrapping errCorruptLog.
-func scanFile(r io.ReaderAt, size, limit int64, apply func(rec *logRecord, size int)) (scanResult, error) {
+func scanFile(r io.ReaderAt, size int64, mark failMark, apply func(rec *logRecord, size int)) (scanResult, error) {
 	head := make([]byte, min(size, int64(len(logMagic))))
 	if _, err := r.ReadAt(head, 0); err != nil && !errors.Is(err, io.EOF) {
 		return scanResult{}, err
@@ -85,11 +87,14 @@ func scanFile(r io.ReaderAt, size, limit int64, apply func(rec *logRecord, size 
 		return scanV1(r, size, apply)
 	case !bytes.Equal(head, []byte(logMagic)):
 		if isUninitialised(r, size) {
+			if mark.durable >= 0 {
+				return scanResult{}, fmt.Errorf("%w: the file holds no log, but %s records it durable up to offset %d: acknowledged records are missing", errCorruptLog, failedFileName, mark.durable)
+			}
 			return scanResult{size: size, end: 0}, nil
 		}
 		return scanResult{}, fmt.Errorf("not a xabridge decision log (header %q, want %q)", head, logMagic)
 	}
-	s := &scanner{r: r, size: size, limit: limit, apply: apply, start: int64(len(logMagic))}
+	s := &scanner{r: r, size: size, mark: mark, apply: apply, start: int64(len(logMagic))}
 	s.res = scanResult{size: size, durableTo: -1}
 	err := s.run()
 	return s.res, err
@@ -111,7 +116,11 @@ func isUninitialised(r io.ReaderAt, size int64) bool {
 }
 
 func (s *scanner) run() error {
-	end := s.end()
+	end := s.size
+	if m := s.mark; m.durable > s.size {
+		return fmt.Errorf("%w: the log is %d bytes, shorter than offset %d its last writer recorded as durable when it fail-stopped (%s): acknowledged records are missing (was it truncated or replaced? if it was restored from a copy on purpose, remove %s)",
+			errCorruptLog, s.size, m.durable, failedFileName, failedFileName)
+	}
 	br := bufio.NewReaderSize(io.NewSectionReader(s.r, 0, end), 256<<10)
 	if _, err := br.Discard(len(logMagic)); err != nil {
 		return err
@@ -120,7 +129,10 @@ func (s *scanner) run() error {
 	s.res.end = off
 	var hdr [frameHeaderLen]byte
 	var buf []byte
-	for off < end {
+	for off < end && !s.markHit {
+		if s.mark.durable >= 0 && off > s.mark.durable {
+			return s.markMismatch()
+		}
 		rem := end - off
 		problem := ""
 		var payload []byte
@@ -164,9 +176,11 @@ func (s *scanner) run() error {
 		off += int64(size)
 	}
 	switch {
-	case s.limit >= 0 && s.limit < s.size:
-		s.cutFrom(s.start, fmt.Sprintf("written after the write or fsync error that fail-stopped the log (it was durable up to offset %d): never acknowledged", s.limit))
-		s.res.cut.Records = append(s.res.cut.Records, s.laterFrames(s.limit, s.size).recs...)
+	case s.mark.durable >= 0 && !s.markHit:
+		return s.markMismatch()
+	case s.markHit && s.start < s.size:
+		s.cutFrom(s.start, fmt.Sprintf("written after the write or fsync error that fail-stopped the log (it was durable up to offset %d): never acknowledged", s.start))
+		s.res.cut.Records = append(s.res.cut.Records, s.laterFrames(s.start, s.size).recs...)
 	case len(s.batch) > 0:
 		s.cutFrom(s.start, "a batch without its seal (the write was interrupted): never acknowledged")
 	}
@@ -183,6 +197,7 @@ func (s *scanner) frame(rec *logRecord, off int64, size int) error {
 		s.res.version, s.res.node = rec.version, rec.node
 		s.start = off + int64(size)
 		s.res.end = s.start
+		return s.atBoundary()
 	case rec.kind == recHeader:
 		return fmt.Errorf("%w: a second header at offset %d", errCorruptLog, off)
 	case rec.kind == recSeal:
@@ -200,6 +215,7 @@ func (s *scanner) frame(rec *logRecord, off int64, size int) error {
 		s.res.durableTo = max(s.res.durableTo, rec.durable)
 		s.start = off + int64(size)
 		s.res.end = s.start
+		return s.atBoundary()
 	default:
 		s.batch = append(s.batch, pendingRec{rec: rec, off: off, size: size})
 	}
@@ -215,24 +231,32 @@ func (s *scanner) frame(rec *logRecord, off int64, size int) error {
 // and everything from the batch on was never acknowledged.
 func (s *scanner) damaged(off int64, problem string) error {
 	if s.res.version == 0 {
-		if off == int64(len(logMagic)) {
+		if off == int64(len(logMagic)) && s.mark.durable < 0 {
 			// A torn header: the crash came during the log's creation,
 			// before anything could be acknowledged.
-			if later := s.laterFrames(off+1, s.end()); len(later.recs) == 0 && later.durable <= 0 {
+			if later := s.laterFrames(off+1, s.size); len(later.recs) == 0 && later.durable <= 0 {
 				s.res.end = 0
 				return nil
 			}
 		}
 		return fmt.Errorf("%w: %s at offset %d: the header is damaged", errCorruptLog, problem, off)
 	}
-	later := s.laterFrames(off+1, s.end())
+	later := s.laterFrames(off+1, s.size)
+	if s.mark.durable > later.durable {
+		// The fail marker proves an fsync up to its offset returned.
+		later.durable, later.sealSeq, later.sealOff = s.mark.durable, s.mark.seq, -1
+	}
 	if later.durable > s.start {
 		var affected []string
 		for _, p := range s.batch {
 			affected = append(affected, describe(p.rec, p.off))
 		}
-		return fmt.Errorf("%w: %s at offset %d, in the batch that starts at offset %d; the seal of batch %d at offset %d records the log durable up to offset %d, so these bytes were acknowledged: refusing to cut them (intact records of this batch before the damage: %s; the damaged bytes may hold more; %d intact records follow the damage)",
-			errCorruptLog, problem, off, s.start, later.sealSeq, later.sealOff, later.durable, listOrNone(affected), len(later.recs))
+		proof := fmt.Sprintf("the seal of batch %d at offset %d", later.sealSeq, later.sealOff)
+		if later.sealOff < 0 {
+			proof = "the fail marker " + failedFileName
+		}
+		return fmt.Errorf("%w: %s at offset %d, in the batch that starts at offset %d; %s records the log durable up to offset %d, so these bytes were acknowledged: refusing to cut them (intact records of this batch before the damage: %s; the damaged bytes may hold more; %d intact records follow the damage)",
+			errCorruptLog, problem, off, s.start, proof, later.durable, listOrNone(affected), len(later.recs))
 	}
 	s.cutFrom(s.start, fmt.Sprintf("%s at offset %d, after the last offset any seal records as durable (%d): never acknowledged", problem, off, max(s.res.durableTo, 0)))
 	s.res.cut.Records = append(s.res.cut.Records, later.recs...)
@@ -246,12 +270,27 @@ func listOrNone(xs []string) string {
 	return strings.Join(xs, ", ")
 }
 
-// end is where the scan stops: the file's end, or the fail marker's limit.
-func (s *scanner) end() int64 {
-	if s.limit >= 0 && s.limit < s.size {
-		return s.limit
+// markMismatch is the error for a fail marker that does not describe this
+// log: no batch boundary with its sequence number at its offset. It is
+// left over from another file (a log restored from a copy), and cutting at
+// its offset could cut acknowledged records of this one.
+func (s *scanner) markMismatch() error {
+	m := s.mark
+	return fmt.Errorf("%w: %s names batch %d ending at offset %d, but the log has no such batch boundary (its batch %d ends at offset %d): the marker is not this log's (if the log was restored from a copy, remove %s)",
+		errCorruptLog, failedFileName, m.seq, m.durable, s.res.lastSeq, s.start, failedFileName)
+}
+
+// atBoundary notes a batch boundary (after the header or a seal) and
+// checks it against the fail marker.
+func (s *scanner) atBoundary() error {
+	if s.mark.durable < 0 || s.start != s.mark.durable {
+		return nil
 	}
-	return s.size
+	if s.res.lastSeq != s.mark.seq {
+		return s.markMismatch()
+	}
+	s.markHit = true
+	return nil
 }
 
 // cutFrom reports everything from from on as cut; the pending batch's intact

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -52,19 +51,25 @@ func (l *FileLog) upgrade() error {
 	return nil
 }
 
+// failMark is what a fail-stopped writer left in xabridge.log.failed: the
+// offset up to which the log was durable and the sequence number of the
+// batch that ends there. durable is -1 when there is no marker.
+type failMark struct {
+	durable int64
+	seq     uint64
+}
+
+var noFailMark = failMark{durable: -1}
+
 // writeFailMarker records, beside the log, that its writer fail-stopped
 // and how far it was durable (see failStop).
-func writeFailMarker(dir string, durable int64) error {
+func writeFailMarker(dir string, m failMark) error {
 	path := filepath.Join(dir, failedFileName)
-	if durable < readFailMarkerOr(dir, durable) {
-		// An earlier failure of a previous open recorded less: keep it.
-		return nil
-	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(f, "durable %d\n", durable)
+	_, err = fmt.Fprintf(f, "durable %d batch %d\n", m.durable, m.seq)
 	if serr := f.Sync(); err == nil {
 		err = serr
 	}
@@ -77,20 +82,22 @@ func writeFailMarker(dir string, durable int64) error {
 	return err
 }
 
-// readFailMarker returns the durable offset a fail-stopped writer recorded,
-// or -1.
-func readFailMarker(dir string) int64 { return readFailMarkerOr(dir, -1) }
-
-func readFailMarkerOr(dir string, def int64) int64 {
+// readFailMarker returns what a fail-stopped writer recorded, or
+// noFailMark. A marker it cannot read is an error: the log's tail must not
+// be trusted, and guessing how much could cut acknowledged records.
+func readFailMarker(dir string) (failMark, error) {
 	b, err := os.ReadFile(filepath.Join(dir, failedFileName))
+	if errors.Is(err, os.ErrNotExist) {
+		return noFailMark, nil
+	}
 	if err != nil {
-		return def
+		return noFailMark, fmt.Errorf("read fail marker: %w", err)
 	}
-	v, err := strconv.ParseInt(strings.TrimPrefix(strings.TrimSpace(string(b)), "durable "), 10, 64)
-	if err != nil || v < 0 {
-		return def
+	var m failMark
+	if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "durable %d batch %d", &m.durable, &m.seq); err != nil || m.durable < 0 {
+		return noFailMark, fmt.Errorf("fail marker %s holds %q: %w", filepath.Join(dir, failedFileName), b, ErrCorruptLog)
 	}
-	return v
+	return m, nil
 }
 
 // clearFailMarker removes the marker once the open has cut what followed the

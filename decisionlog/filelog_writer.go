@@ -200,7 +200,7 @@ func (l *FileLog) failStop(what string, err error) error {
 	}
 	l.qmu.Unlock()
 	if first {
-		_ = writeFailMarker(l.dir, l.durable)
+		_ = writeFailMarker(l.dir, failMark{durable: l.durable, seq: l.durableSeq})
 	}
 	return f
 }
@@ -337,7 +337,7 @@ func (l *FileLog) writeBatch(batch []*request) {
 		l.size += int64(len(l.buf))
 		l.batchSeq++
 		if waited {
-			l.durable = l.size
+			l.durable, l.durableSeq = l.size, l.batchSeq
 		}
 		l.mu.Unlock()
 		l.appends.Add(n)

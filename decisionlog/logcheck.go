@@ -48,12 +48,18 @@ func VerifyLog(dir string) (LogReport, error) {
 }
 
 func verifyFile(dir string, f *os.File) (LogReport, error) {
-	rep := LogReport{Path: f.Name(), FailMarker: readFailMarker(dir), DurableTo: -1}
+	rep := LogReport{Path: f.Name(), FailMarker: -1, DurableTo: -1}
 	fi, err := f.Stat()
 	if err != nil {
 		return rep, fmt.Errorf("decisionlog: verify: %w", err)
 	}
-	res, err := scanFile(f, fi.Size(), rep.FailMarker, func(*logRecord, int) {})
+	mark, err := readFailMarker(dir)
+	if err != nil {
+		rep.Damage = err
+		return rep, nil
+	}
+	rep.FailMarker = mark.durable
+	res, err := scanFile(f, fi.Size(), mark, func(*logRecord, int) {})
 	if err != nil && !errors.Is(err, ErrCorruptLog) {
 		return rep, fmt.Errorf("decisionlog: verify %s: %w", rep.Path, err)
 	}
