@@ -60,15 +60,15 @@ type pendingRec struct {
 
 // scanner replays a version-2 log file.
 type scanner struct {
-	r     io.ReaderAt
-	size  int64
-	mark  failMark // a fail-stopped writer's marker: what follows it was never acknowledged
+	r    io.ReaderAt
+	size int64
+	mark failMark // a fail-stopped writer's marker: what follows it was never acknowledged
 	// markHit: the scan reached the batch boundary the marker names.
 	markHit bool
-	apply func(rec *logRecord, size int)
-	res   scanResult
-	batch []pendingRec
-	start int64 // offset of the current (unsealed) batch
+	apply   func(rec *logRecord, size int)
+	res     scanResult
+	batch   []pendingRec
+	start   int64 // offset of the current (unsealed) batch
 }
 
 // scanFile replays the log held by r (size bytes, magic included) through
