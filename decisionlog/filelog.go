@@ -1,9 +1,6 @@
 package decisionlog
 
 import (
-	"bufio"
-	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +29,21 @@ const abortRetention = 10 * time.Minute
 
 // FileLogOptions configures OpenFileLog.
 type FileLogOptions struct {
+	// Node is the coordinator node id the log belongs to. A new log records
+	// it in its header (as does the conversion of a version-1 log); opening
+	// a log that belongs to another node fails with an error wrapping
+	// ErrWrongNode. A log created without a node accepts any. Empty accepts
+	// any log (for tools that only inspect or repair it).
+	Node string
+
+	// NoCreate makes a writable open fail with ErrNoLog, changing nothing,
+	// when there is no initialised log (no file, or an empty, zero-filled
+	// or headerless one) instead of starting one: for operator tools that
+	// act on an existing log (recover, resolve, compact), where a new,
+	// empty log would presume every committed transaction aborted.
+	// Read-only opens always behave so.
+	NoCreate bool
+
 	// ReadOnly opens the log without the lock and refuses every write; for
 	// tools that inspect the log while a coordinator runs. The log is a
 	// snapshot taken at open, and a torn tail (possibly a batch being
@@ -86,16 +97,18 @@ type fileLogHooks struct {
 
 // FileLogStats are counters of a FileLog since it was opened.
 type FileLogStats struct {
-	Appends        int64 // records written (End records may wait for the next fsync)
-	Syncs          int64 // fsyncs issued (log file, compaction file and directory)
-	Batches        int64 // group-commit batches written (one write and one fsync each)
-	LazyWrites     int64 // writes of records nobody waits for (End), left for the next fsync
-	Bytes          int64 // current size of the log file
-	Entries        int   // transactions held in memory
-	Live           int   // of Entries, how many compaction would keep
-	Compactions    int64 // compactions completed
-	Fenced         int64 // commit decisions refused with ErrFenced
-	TruncatedBytes int64 // torn-tail bytes cut (or, read-only, ignored) at open
+	Appends        int64  // records written (End records may wait for the next fsync)
+	Syncs          int64  // fsyncs issued (log file, compaction file and directory)
+	Batches        int64  // group-commit batches written (one write and one fsync each)
+	LazyWrites     int64  // writes of records nobody waits for (End), left for the next fsync
+	Bytes          int64  // current size of the log file
+	Entries        int    // transactions the log knows
+	Live           int    // of Entries, how many compaction would keep
+	Done           int    // of Entries, how many ended transactions are kept in compact form
+	Compactions    int64  // compactions completed
+	LastBatch      uint64 // sequence number of the last sealed batch (it only grows)
+	Fenced         int64  // commit decisions refused with ErrFenced
+	TruncatedBytes int64  // never-acknowledged bytes cut (or, read-only, ignored) at open
 	// Failed: a write failed and the log is fail-stopped (it refuses every
 	// write until reopened).
 	Failed bool
@@ -125,6 +138,9 @@ func batchBucket(n int64) int {
 type FileLog struct {
 	dir, path    string
 	readOnly     bool
+	noCreate     bool
+	node         string // the node the log belongs to ("" while unbound)
+	wantNode     string // FileLogOptions.Node
 	maxBatch     int
 	commitDelay  time.Duration
 	compactBytes int64
@@ -143,15 +159,22 @@ type FileLog struct {
 	writerDone chan struct{}
 	delayNeed  int           // while the writer waits CommitDelay: queue length that ends the wait
 	delayWake  chan struct{} // ends the writer's CommitDelay early
+	// compactReady: the compaction in flight finished writing its file.
+	compactReady bool
 
 	// In-memory state. Only the writer goroutine (or OpenFileLog before it
-	// starts) mutates it, under mu, except that End sets entry.ended under
-	// mu; readers take mu.RLock. Lock order: mu before qmu.
-	mu      sync.RWMutex
-	entries map[string]*entry
-	order   []*entry // by first record
-	seq     uint64
-	size    int64
+	// starts) mutates it, under mu, except that End moves an entry to done
+	// under mu; readers take mu.RLock. Lock order: mu before qmu.
+	mu       sync.RWMutex
+	entries  map[string]*entry
+	done     doneSet // ended transactions, in compact form
+	oldDone  doneSet // while a compaction runs: the done set of its snapshot
+	seq      uint64  // records applied (orders entries by first record)
+	size     int64
+	batchSeq uint64 // sequence number of the last batch written
+	durable  int64  // offset up to which an fsync returned
+	// durableSeq is the sequence number of the batch that ends at durable.
+	durableSeq uint64
 
 	appends, syncs, batches, lazy, compactions, fenced, truncated atomic.Int64
 
@@ -166,8 +189,10 @@ type FileLog struct {
 	overlay     map[string]uint8
 	verdicts    []verdict
 	nextCompact int64
-	dirty       bool // written since the last fsync (lazy End records)
-	lastWaiters int  // waited-for records in the last fsynced batch
+	compacting  *compaction // in flight, or nil
+	compactWait []*request  // Compact calls for the compaction after it
+	dirty       bool        // written since the last fsync (lazy End records)
+	lastWaiters int         // waited-for records in the last fsynced batch
 
 	closeOnce sync.Once
 	closeErr  error
@@ -175,16 +200,18 @@ type FileLog struct {
 
 var _ Log = (*FileLog)(nil)
 
-// entry is everything known about one gtrid.
+// entry is everything known about one gtrid that is not done (see doneSet).
 type entry struct {
 	key       string
 	gtrid     drivers.GlobalID
+	first     uint64      // sequence number of its first record
 	recs      []seqRecord // in log order
 	decision  *Decision
 	decSeq    uint64
 	aborted   bool
 	ended     bool
 	heuristic bool
+	revived   bool  // brought back from the done set: recs[:2] stand for its commit and end
 	bytes     int64 // framed bytes of recs in the current file
 }
 
@@ -222,15 +249,13 @@ func (e *entry) live(now time.Time) bool {
 
 func (e *entry) export() Entry {
 	out := Entry{GTRID: e.gtrid, State: e.state()}
+	if e.decision != nil {
+		d := *e.decision
+		d.Participants = slices.Clone(d.Participants)
+		out.Decision = &d
+	}
 	for _, sr := range e.recs {
-		switch sr.rec.kind {
-		case recCommit:
-			if out.Decision == nil {
-				d := *sr.rec.decision
-				d.Participants = slices.Clone(d.Participants)
-				out.Decision = &d
-			}
-		case recAbort, recAction:
+		if sr.rec.kind == recAbort || sr.rec.kind == recAction {
 			out.Actions = append(out.Actions, *sr.rec.action)
 		}
 	}
@@ -261,10 +286,16 @@ const (
 )
 
 // OpenFileLog opens (creating it if needed, unless read-only) the decision
-// log in dir and replays it. A torn tail left by a crash is cut; damage that
-// valid records follow makes it fail, naming the offset. A writable open fails
-// with an error wrapping ErrLogLocked while another FileLog, in this process
-// or another, has the directory open for writing.
+// log in dir and replays it, checking every frame's checksum. A region at
+// the end that was never acknowledged (a batch torn by a crash, or written
+// after the fsync error that fail-stopped the last writer) is cut, and kept
+// in a file beside the log if it holds intact records; damage to
+// acknowledged records makes it fail, naming the offset and the records. A
+// writable open fails with an error wrapping ErrLogLocked while another
+// FileLog, in this process or another, has the directory open for writing;
+// any open fails with ErrWrongNode when the log belongs to a node other than
+// opts.Node, and a read-only one with ErrNoLog when there is no initialised
+// log.
 func OpenFileLog(dir string, opts FileLogOptions) (*FileLog, error) {
 	if dir == "" {
 		return nil, errors.New("decisionlog: decision log directory is empty")
@@ -273,6 +304,8 @@ func OpenFileLog(dir string, opts FileLogOptions) (*FileLog, error) {
 		dir:          dir,
 		path:         filepath.Join(dir, logFileName),
 		readOnly:     opts.ReadOnly,
+		noCreate:     opts.NoCreate,
+		wantNode:     opts.Node,
 		maxBatch:     opts.MaxBatch,
 		commitDelay:  opts.CommitDelay,
 		compactBytes: opts.CompactBytes,
@@ -318,30 +351,53 @@ func OpenFileLog(dir string, opts FileLogOptions) (*FileLog, error) {
 }
 
 func (l *FileLog) openReadOnly() error {
-	data, err := os.ReadFile(l.path)
+	f, err := os.Open(l.path)
 	if err != nil {
 		return fmt.Errorf("decisionlog: open decision log: %w", err)
 	}
-	if len(data) < len(logMagic) && strings.HasPrefix(logMagic, string(data)) {
-		// Being created by a writer right now: an empty log.
-		l.size = int64(len(data))
-		return nil
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("decisionlog: open decision log: %w", err)
 	}
-	if err := l.checkHeader(data); err != nil {
-		return err
-	}
-	end, torn, err := scanLog(data, l.apply)
+	mark, err := readFailMarker(l.dir)
 	if err != nil {
 		return fmt.Errorf("decisionlog: open decision log %s: %w", l.path, err)
 	}
-	if torn != "" {
-		l.truncated.Store(int64(len(data) - end))
+	res, err := scanFile(f, fi.Size(), mark, l.apply)
+	if err != nil {
+		return fmt.Errorf("decisionlog: open decision log %s: %w", l.path, err)
 	}
-	l.size = int64(len(data))
+	if res.version == 0 {
+		return fmt.Errorf("decisionlog: %s: %w (the file is empty, zero-filled or has no header; only a coordinator starts a log)", l.path, ErrNoLog)
+	}
+	if err := l.adopt(res); err != nil {
+		return err
+	}
+	l.truncated.Store(res.size - res.end)
+	l.size = res.size
+	return nil
+}
+
+// adopt checks the node of a scanned log and takes over its sequence.
+func (l *FileLog) adopt(res scanResult) error {
+	if l.wantNode != "" && res.node != "" && res.node != l.wantNode {
+		return fmt.Errorf("decisionlog: %s belongs to node %q, not %q: %w", l.path, res.node, l.wantNode, ErrWrongNode)
+	}
+	l.node = res.node
+	l.batchSeq = res.lastSeq
+	l.done.flush()
 	return nil
 }
 
 func (l *FileLog) openWritable() (err error) {
+	flags := os.O_RDWR | os.O_CREATE | os.O_APPEND
+	if l.noCreate {
+		flags &^= os.O_CREATE
+		if _, err := os.Stat(l.path); err != nil {
+			return fmt.Errorf("decisionlog: %s: %w (%w)", l.path, ErrNoLog, err)
+		}
+	}
 	if err := l.mkdirDurable(); err != nil {
 		return fmt.Errorf("decisionlog: create decision log directory: %w", err)
 	}
@@ -358,54 +414,52 @@ func (l *FileLog) openWritable() (err error) {
 	if err := os.Remove(filepath.Join(l.dir, compactFileName)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("decisionlog: remove stale compaction file: %w", err)
 	}
-	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	f, err := os.OpenFile(l.path, flags, 0o600)
 	if err != nil {
 		return fmt.Errorf("decisionlog: open decision log: %w", err)
 	}
 	defer func() {
-		if err != nil {
+		if err != nil && f != nil {
 			f.Close()
 		}
 	}()
-	data, err := io.ReadAll(f)
+	fi, err := f.Stat()
 	if err != nil {
-		return fmt.Errorf("decisionlog: read decision log %s: %w", l.path, err)
+		return fmt.Errorf("decisionlog: open decision log: %w", err)
 	}
-	switch {
-	case len(data) < len(logMagic) && strings.HasPrefix(logMagic, string(data)),
-		len(data) <= len(logMagic) && !bytes.ContainsFunc(data, func(r rune) bool { return r != 0 }):
-		// New, or a crash interrupted its creation (its size reached the
-		// disk, its header did not: zeros). No record can have been
-		// acknowledged before the header was fsynced.
-		if err := f.Truncate(0); err != nil {
-			return fmt.Errorf("decisionlog: initialise decision log %s: %w", l.path, err)
+	// After an fsync error the kernel may keep pages it failed to write,
+	// marked clean: reading them back would trust bytes the disk does not
+	// hold. Drop the file's cached pages so the scan reads the disk.
+	dropCache(f)
+	mark, err := readFailMarker(l.dir)
+	if err != nil {
+		return fmt.Errorf("decisionlog: open decision log %s: %w", l.path, err)
+	}
+	res, err := scanFile(f, fi.Size(), mark, l.apply)
+	if err != nil {
+		return fmt.Errorf("decisionlog: open decision log %s: %w", l.path, err)
+	}
+	if err := l.adopt(res); err != nil {
+		return err
+	}
+	l.lockFile = lock
+	switch res.version {
+	case 0:
+		if l.noCreate {
+			return fmt.Errorf("decisionlog: %s: %w (the file is empty, zero-filled or has no header; only a coordinator starts a log)", l.path, ErrNoLog)
 		}
-		if _, err := f.Write([]byte(logMagic)); err != nil {
-			return fmt.Errorf("decisionlog: initialise decision log %s: %w", l.path, err)
-		}
-		if err := l.syncFile(f); err != nil {
-			return fmt.Errorf("decisionlog: initialise decision log %s: %w", l.path, err)
-		}
-		if err := l.syncDir(); err != nil {
-			return fmt.Errorf("decisionlog: initialise decision log %s: %w", l.path, err)
-		}
-		l.truncated.Store(int64(len(data)))
-		l.size = int64(len(logMagic))
-	default:
-		if err := l.checkHeader(data); err != nil {
+		// New, or a crash interrupted its creation: nothing in it can have
+		// been acknowledged before its header was fsynced.
+		l.node = l.wantNode
+		if err := l.initFile(f); err != nil {
 			return err
 		}
-		end, torn, err := scanLog(data, l.apply)
-		if err != nil {
-			return fmt.Errorf("decisionlog: open decision log %s: %w", l.path, err)
-		}
-		if torn != "" {
-			// Whatever was being appended when the process died never
-			// completed its fsync, so no caller was told it is durable.
-			if err := f.Truncate(int64(end)); err != nil {
-				return fmt.Errorf("decisionlog: cut torn tail of %s (%s): %w", l.path, torn, err)
+		l.truncated.Store(res.size)
+	default:
+		if res.cut != nil {
+			if err := l.cutTail(f, res); err != nil {
+				return err
 			}
-			l.truncated.Store(int64(len(data) - end))
 		}
 		// What was just read may be in the page cache only: a process
 		// killed between its write and its fsync leaves records no caller
@@ -419,15 +473,91 @@ func (l *FileLog) openWritable() (err error) {
 		if err := l.syncDir(); err != nil {
 			return fmt.Errorf("decisionlog: make decision log %s durable: %w", l.path, err)
 		}
-		l.size = int64(end)
+		l.size = res.end
 	}
+	if err := clearFailMarker(l.dir); err != nil {
+		return fmt.Errorf("decisionlog: %w", err)
+	}
+	l.durable, l.durableSeq = l.size, l.batchSeq
 	l.file = l.wrapFile(f)
-	l.lockFile = lock
+	f = nil // l.file owns it now
+	if res.version == 1 {
+		// Convert a version-1 log (keeping it as a backup): the new file's
+		// header names the node.
+		if err := l.upgrade(); err != nil {
+			l.file.Close()
+			return err
+		}
+	}
 	return nil
 }
 
-// LogExists reports whether dir holds a decision log (a FileLog was ever
-// opened writable there).
+// initFile starts a new log in f: the magic and the header, fsynced.
+func (l *FileLog) initFile(f *os.File) error {
+	hdr, err := l.headerFrame()
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(0); err != nil {
+		return fmt.Errorf("decisionlog: initialise decision log %s: %w", l.path, err)
+	}
+	if _, err := f.Write(append([]byte(logMagic), hdr...)); err != nil {
+		return fmt.Errorf("decisionlog: initialise decision log %s: %w", l.path, err)
+	}
+	if err := l.syncFile(f); err != nil {
+		return fmt.Errorf("decisionlog: initialise decision log %s: %w", l.path, err)
+	}
+	if err := l.syncDir(); err != nil {
+		return fmt.Errorf("decisionlog: initialise decision log %s: %w", l.path, err)
+	}
+	l.size = int64(len(logMagic) + len(hdr))
+	return nil
+}
+
+func (l *FileLog) headerFrame() ([]byte, error) {
+	return encodeFrame(&wireRecord{Kind: recHeader.String(), At: l.now().UTC(), Version: formatVersion, Node: l.node})
+}
+
+// cutTail keeps a copy of the never-acknowledged region res.cut (when it
+// holds intact records) and cuts it off f.
+func (l *FileLog) cutTail(f *os.File, res scanResult) error {
+	if _, err := saveCut(l.dir, f, res.cut); err != nil {
+		return fmt.Errorf("decisionlog: keep a copy of the cut region of %s: %w", l.path, err)
+	}
+	if err := f.Truncate(res.end); err != nil {
+		return fmt.Errorf("decisionlog: cut %s at offset %d (%s): %w", l.path, res.end, res.cut.Reason, err)
+	}
+	l.truncated.Store(res.size - res.end)
+	return nil
+}
+
+// saveCut copies region c of f to a new file beside the log when it holds
+// intact records, and returns its path ("" when nothing was worth keeping).
+func saveCut(dir string, f *os.File, c *CutRegion) (string, error) {
+	if len(c.Records) == 0 {
+		return "", nil
+	}
+	data := make([]byte, c.Length)
+	if _, err := f.ReadAt(data, c.Offset); err != nil && !errors.Is(err, io.EOF) {
+		return "", err
+	}
+	path := filepath.Join(dir, fmt.Sprintf("%s.cut-%d-%d", logFileName, c.Offset, time.Now().UnixNano()))
+	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", err
+	}
+	_, err = out.Write(data)
+	if serr := out.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return path, err
+}
+
+// LogExists reports whether dir holds a decision log file (it may still be
+// uninitialised: read-only opens refuse that with ErrNoLog).
 func LogExists(dir string) bool {
 	_, err := os.Stat(filepath.Join(dir, logFileName))
 	return err == nil
@@ -458,14 +588,6 @@ func (l *FileLog) mkdirDurable() error {
 	return nil
 }
 
-func (l *FileLog) checkHeader(data []byte) error {
-	if !bytes.HasPrefix(data, []byte(logMagic)) {
-		return fmt.Errorf("decisionlog: %s is not a xabridge decision log (header %q, want %q)",
-			l.path, data[:min(len(data), len(logMagic))], logMagic)
-	}
-	return nil
-}
-
 func (l *FileLog) syncFile(f interface{ Sync() error }) error {
 	l.syncs.Add(1)
 	return f.Sync()
@@ -487,774 +609,4 @@ func syncDir(dir string) error {
 		err = cerr
 	}
 	return err
-}
-
-// apply adds one durable record to the in-memory state. Callers hold mu (or
-// own l exclusively, during open).
-func (l *FileLog) apply(rec *logRecord, size int) {
-	e := l.entries[rec.key]
-	if e == nil {
-		e = &entry{key: rec.key, gtrid: rec.gtrid}
-		l.entries[rec.key] = e
-		l.order = append(l.order, e)
-	}
-	l.seq++
-	e.recs = append(e.recs, seqRecord{seq: l.seq, rec: rec})
-	e.bytes += int64(size)
-	switch rec.kind {
-	case recCommit:
-		if e.decision == nil {
-			e.decision, e.decSeq = rec.decision, l.seq
-		}
-	case recAbort:
-		e.aborted = true
-		e.heuristic = e.heuristic || rec.action.Heuristic
-	case recAction:
-		e.heuristic = e.heuristic || rec.action.Heuristic
-	case recEnd:
-		if e.decision != nil {
-			e.ended = true
-		}
-	}
-}
-
-// Dir returns the directory the log lives in.
-func (l *FileLog) Dir() string { return l.dir }
-
-// Commit makes the commit decision durable: it returns nil only once the
-// record is written and fsynced. It returns an error wrapping ErrFenced, with
-// nothing written, if the log's clock has reached d.GTRID's deadline or an
-// abort is recorded for it when the writer reaches the record; and one
-// wrapping ErrLogFailed if the write failed and the outcome is unknown. A
-// zero d.At is set to the current time. Committing a transaction that
-// already has a durable decision returns nil and writes nothing.
-func (l *FileLog) Commit(ctx context.Context, d Decision) error {
-	if err := l.checkWritable("commit"); err != nil {
-		return err
-	}
-	g, err := canonicalGTRID(d.GTRID)
-	if err != nil {
-		return fmt.Errorf("decisionlog: commit decision: %w", err)
-	}
-	if len(d.Participants) > drivers.MaxBranches {
-		return fmt.Errorf("decisionlog: commit decision for %s names %d participants, more than %d", g, len(d.Participants), drivers.MaxBranches)
-	}
-	w := wireRecord{Kind: recCommit.String(), GTRID: g.String(), At: l.timeOr(d.At), Participants: d.Participants}
-	return l.submit(ctx, &w, "commit")
-}
-
-// Abort durably records an abort for a.GTRID; from then on Commit for it
-// returns ErrFenced. It returns an error wrapping ErrAlreadyCommitted, with
-// nothing written, if a commit decision for it is durable (or precedes the
-// abort in the same batch). An empty a.Op is recorded as "abort"; a zero a.At
-// as the current time.
-func (l *FileLog) Abort(ctx context.Context, a Action) error {
-	if err := l.checkWritable("abort"); err != nil {
-		return err
-	}
-	if a.Op == "" {
-		a.Op = "abort"
-	}
-	w, err := l.actionWire(recAbort, a)
-	if err != nil {
-		return err
-	}
-	return l.submit(ctx, w, "abort")
-}
-
-// Record durably appends an action to a.GTRID's entry. A zero a.At is
-// recorded as the current time.
-func (l *FileLog) Record(ctx context.Context, a Action) error {
-	if err := l.checkWritable("record"); err != nil {
-		return err
-	}
-	w, err := l.actionWire(recAction, a)
-	if err != nil {
-		return err
-	}
-	return l.submit(ctx, w, "record")
-}
-
-// End records that phase 2 of a committed transaction finished. Lookup and
-// Pending reflect it at once, but End returns as soon as the record is
-// queued: it reaches disk with the next batch or at Close. If it never does
-// (a crash or a log failure first), the transaction is pending again after a
-// restart and recovery commits its branches again, which is harmless.
-// Ending a transaction with no durable commit decision is an error; ending
-// it twice is not.
-func (l *FileLog) End(gtrid drivers.GlobalID) error {
-	if err := l.checkWritable("end"); err != nil {
-		return err
-	}
-	g, err := canonicalGTRID(gtrid)
-	if err != nil {
-		return fmt.Errorf("decisionlog: end: %w", err)
-	}
-	key := g.String()
-	w := wireRecord{Kind: recEnd.String(), GTRID: key, At: l.timeOr(time.Time{})}
-	rec, frame, err := prepareRecord(&w)
-	if err != nil {
-		return fmt.Errorf("decisionlog: end: %w", err)
-	}
-	// mu is held across the enqueue so that exactly one end record is
-	// queued per entry and the flag is undone if queueing fails.
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	e := l.entries[key]
-	if e == nil || e.decision == nil {
-		return fmt.Errorf("decisionlog: end %s: the log holds no commit decision for it", key)
-	}
-	if e.ended {
-		return nil
-	}
-	if err := l.enqueue(&request{rec: rec, frame: frame}); err != nil {
-		return fmt.Errorf("decisionlog: end %s: %w", key, err)
-	}
-	e.ended = true
-	return nil
-}
-
-// Lookup returns what the log knows about one transaction.
-func (l *FileLog) Lookup(gtrid drivers.GlobalID) (Entry, bool) {
-	key := gtrid.String()
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	e := l.entries[key]
-	if e == nil {
-		return Entry{}, false
-	}
-	return e.export(), true
-}
-
-// Pending returns the durable commit decisions whose phase 2 has not ended,
-// in log order.
-func (l *FileLog) Pending() []Decision {
-	l.mu.RLock()
-	var pend []*entry
-	for _, e := range l.order {
-		if e.decision != nil && !e.ended {
-			pend = append(pend, e)
-		}
-	}
-	// Entries are in order of their first record; a decision may come after
-	// an earlier action on the same gtrid.
-	slices.SortFunc(pend, func(a, b *entry) int { return compareSeq(a.decSeq, b.decSeq) })
-	out := make([]Decision, 0, len(pend))
-	for _, e := range pend {
-		d := *e.decision
-		d.Participants = slices.Clone(d.Participants)
-		out = append(out, d)
-	}
-	l.mu.RUnlock()
-	return out
-}
-
-// Entries returns every transaction the log holds, in the order of each
-// one's first record. Ended transactions are included until a compaction
-// drops them.
-func (l *FileLog) Entries() []Entry {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	out := make([]Entry, 0, len(l.order))
-	for _, e := range l.order {
-		out = append(out, e.export())
-	}
-	return out
-}
-
-// Stats returns the log's counters.
-func (l *FileLog) Stats() FileLogStats {
-	now := l.now()
-	l.mu.RLock()
-	s := FileLogStats{Bytes: l.size, Entries: len(l.order)}
-	for _, e := range l.order {
-		if e.live(now) {
-			s.Live++
-		}
-	}
-	l.mu.RUnlock()
-	s.Appends = l.appends.Load()
-	s.Syncs = l.syncs.Load()
-	s.Batches = l.batches.Load()
-	s.LazyWrites = l.lazy.Load()
-	s.Compactions = l.compactions.Load()
-	s.Fenced = l.fenced.Load()
-	s.TruncatedBytes = l.truncated.Load()
-	s.Failed = l.failure() != nil
-	for i := range s.BatchSizes {
-		s.BatchSizes[i] = l.batchSizes[i].Load()
-	}
-	s.BatchRecords = l.batchRecords.Load()
-	return s
-}
-
-// Compact rewrites the log file with only the live state: commit decisions
-// whose phase 2 has not ended, abort records still needed by the fence, and
-// every transaction with a heuristic action. Ended transactions are dropped
-// from memory too. The new file replaces the old one atomically; writes wait
-// while it runs.
-func (l *FileLog) Compact(ctx context.Context) error {
-	if err := l.checkWritable("compact"); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("decisionlog: compact: %w", err)
-	}
-	r := &request{compact: true, done: make(chan error, 1)}
-	if err := l.enqueue(r); err != nil {
-		return fmt.Errorf("decisionlog: compact: %w", err)
-	}
-	return <-r.done
-}
-
-// Close writes what is queued (End records), stops the writer and releases
-// the lock. Later writes return ErrLogClosed; reads keep working on the
-// in-memory state. Close returns the log's failure, if it failed. Calling it
-// again returns the same result.
-func (l *FileLog) Close() error {
-	l.closeOnce.Do(func() {
-		l.qmu.Lock()
-		l.closed = true
-		l.qcond.Broadcast()
-		if l.delayNeed > 0 {
-			l.wakeDelay()
-		}
-		l.qmu.Unlock()
-		if l.readOnly {
-			return
-		}
-		<-l.writerDone
-		var errs []error
-		if err := l.file.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("decisionlog: close decision log: %w", err))
-		}
-		if err := l.lockFile.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("decisionlog: release decision log lock: %w", err))
-		}
-		l.qmu.Lock()
-		if l.failed != nil {
-			errs = append(errs, l.failed)
-		}
-		l.qmu.Unlock()
-		l.closeErr = errors.Join(errs...)
-	})
-	return l.closeErr
-}
-
-func (l *FileLog) checkWritable(op string) error {
-	if l.readOnly {
-		return fmt.Errorf("decisionlog: %s: %s: %w", op, l.dir, ErrLogReadOnly)
-	}
-	return nil
-}
-
-// timeOr returns t, or the log's clock if t is zero, in UTC.
-func (l *FileLog) timeOr(t time.Time) time.Time {
-	if t.IsZero() {
-		t = l.now()
-	}
-	return t.UTC()
-}
-
-func (l *FileLog) actionWire(kind recKind, a Action) (*wireRecord, error) {
-	g, err := canonicalGTRID(a.GTRID)
-	if err != nil {
-		return nil, fmt.Errorf("decisionlog: %s: %w", kind, err)
-	}
-	return &wireRecord{
-		Kind:      kind.String(),
-		GTRID:     g.String(),
-		At:        l.timeOr(a.At),
-		Resource:  a.Resource,
-		Branch:    a.Branch,
-		Op:        a.Op,
-		Reason:    a.Reason,
-		Actor:     a.Actor,
-		Heuristic: a.Heuristic,
-	}, nil
-}
-
-// canonicalGTRID validates g and returns it as the log stores it: parsed
-// back from its text form, so that times are truncated to milliseconds in
-// UTC exactly as they are in an XID read from a database. In particular the
-// fence uses the millisecond deadline every branch carries.
-func canonicalGTRID(g drivers.GlobalID) (drivers.GlobalID, error) {
-	if err := g.Validate(); err != nil {
-		return drivers.GlobalID{}, err
-	}
-	return drivers.ParseGlobalID(g.String())
-}
-
-// submit encodes w, hands it to the writer and waits for the batch result.
-func (l *FileLog) submit(ctx context.Context, w *wireRecord, op string) error {
-	rec, frame, err := prepareRecord(w)
-	if err != nil {
-		return fmt.Errorf("decisionlog: %s: %w", op, err)
-	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("decisionlog: %s %s: %w", op, rec.key, err)
-	}
-	r := &request{rec: rec, frame: frame, done: make(chan error, 1)}
-	if err := l.enqueue(r); err != nil {
-		return fmt.Errorf("decisionlog: %s %s: %w", op, rec.key, err)
-	}
-	// ctx is deliberately not watched from here on: the record now belongs
-	// to the writer and may become durable at any moment. Returning early
-	// would turn a commit that does happen into an unknown outcome for the
-	// caller, so we wait for the batch (one fsync) to settle it.
-	return <-r.done
-}
-
-func (l *FileLog) enqueue(r *request) error {
-	l.qmu.Lock()
-	defer l.qmu.Unlock()
-	if l.closed {
-		return ErrLogClosed
-	}
-	if l.failed != nil {
-		return l.failed
-	}
-	l.queue = append(l.queue, r)
-	l.qcond.Signal()
-	if l.delayNeed > 0 && len(l.queue) >= l.delayNeed {
-		l.wakeDelay()
-	}
-	return nil
-}
-
-// wakeDelay ends the writer's commit delay early; qmu is held.
-func (l *FileLog) wakeDelay() {
-	select {
-	case l.delayWake <- struct{}{}:
-	default:
-	}
-}
-
-// run is the writer goroutine: it takes whatever was queued while the last
-// batch was being written and fsynced, and writes it as the next batch.
-// Batching comes from that alone, without any timer.
-func (l *FileLog) run() {
-	defer close(l.writerDone)
-	for {
-		batch := l.take()
-		if batch == nil {
-			l.syncLazy()
-			return
-		}
-		if l.commitDelay > 0 && l.lastWaiters > 1 && !batch[0].compact && len(batch) < l.maxBatch && anyWaiter(batch) {
-			// PostgreSQL's commit_delay: decisions arriving meanwhile share
-			// this batch's fsync. Only when the last batch held several
-			// (decisions arrive concurrently; a lone client never waits).
-			// The wait ends early once a full batch is queued, or at Close.
-			l.delayFor(l.maxBatch - len(batch))
-			batch = l.takeMore(batch)
-		}
-		if batch[0].compact {
-			err := l.compact()
-			batch[0].done <- err
-		} else {
-			l.writeBatch(batch)
-		}
-		clear(batch)
-	}
-}
-
-// take waits for requests and returns the next batch: up to maxBatch records,
-// or one compaction. It returns nil once the log is closed and drained.
-func (l *FileLog) take() []*request {
-	l.qmu.Lock()
-	defer l.qmu.Unlock()
-	for len(l.queue) == 0 {
-		if l.closed {
-			return nil
-		}
-		l.qcond.Wait()
-	}
-	n := 1
-	if !l.queue[0].compact {
-		for n < len(l.queue) && n < l.maxBatch && !l.queue[n].compact {
-			n++
-		}
-	}
-	l.taken = append(l.taken[:0], l.queue[:n]...)
-	rest := copy(l.queue, l.queue[n:])
-	clear(l.queue[rest:])
-	l.queue = l.queue[:rest]
-	return l.taken
-}
-
-// delayFor waits CommitDelay, or until need more records are queued, or
-// until Close.
-func (l *FileLog) delayFor(need int) {
-	l.qmu.Lock()
-	if len(l.queue) >= need || l.closed {
-		l.qmu.Unlock()
-		return
-	}
-	l.delayNeed = need
-	l.qmu.Unlock()
-	t := time.NewTimer(l.commitDelay)
-	select {
-	case <-t.C:
-	case <-l.delayWake:
-		t.Stop()
-	}
-	l.qmu.Lock()
-	l.delayNeed = 0
-	l.qmu.Unlock()
-	select {
-	case <-l.delayWake: // drop a wake-up that raced with the timer
-	default:
-	}
-}
-
-// takeMore appends to batch the records queued since it was taken, up to
-// maxBatch and stopping at a compaction.
-func (l *FileLog) takeMore(batch []*request) []*request {
-	l.qmu.Lock()
-	defer l.qmu.Unlock()
-	n := 0
-	for n < len(l.queue) && len(batch)+n < l.maxBatch && !l.queue[n].compact {
-		n++
-	}
-	batch = append(batch, l.queue[:n]...)
-	rest := copy(l.queue, l.queue[n:])
-	clear(l.queue[rest:])
-	l.queue = l.queue[:rest]
-	l.taken = batch
-	return batch
-}
-
-// anyWaiter reports whether a caller waits for some request of batch.
-func anyWaiter(batch []*request) bool {
-	for _, r := range batch {
-		if r.done != nil {
-			return true
-		}
-	}
-	return false
-}
-
-// syncLazy fsyncs records written without an fsync (End records), at Close.
-func (l *FileLog) syncLazy() {
-	if !l.dirty || l.failure() != nil {
-		return
-	}
-	if err := l.syncFile(l.file); err != nil {
-		_ = l.failStop("fsync", err)
-		return
-	}
-	l.dirty = false
-}
-
-func (l *FileLog) failure() error {
-	l.qmu.Lock()
-	defer l.qmu.Unlock()
-	return l.failed
-}
-
-// failStop records the failure that stops the log and returns it.
-func (l *FileLog) failStop(what string, err error) error {
-	f := fmt.Errorf("%w (refusing writes until reopened): %s %s: %w", ErrLogFailed, what, l.path, err)
-	l.qmu.Lock()
-	if l.failed == nil {
-		l.failed = f
-	}
-	l.qmu.Unlock()
-	return f
-}
-
-func reply(r *request, err error) {
-	if r.done != nil {
-		r.done <- err
-	}
-}
-
-// writeBatch decides every request of the batch in queue order (this is
-// where the fence is enforced), writes the accepted records with one write
-// and one fsync, applies them to the in-memory state and answers the
-// waiters.
-func (l *FileLog) writeBatch(batch []*request) {
-	if err := l.failure(); err != nil {
-		for _, r := range batch {
-			reply(r, err)
-		}
-		return
-	}
-	now := l.now()
-	clear(l.overlay)
-	l.buf = l.buf[:0]
-	l.verdicts = slices.Grow(l.verdicts[:0], len(batch))[:len(batch)]
-	for i, r := range batch {
-		v := &l.verdicts[i]
-		*v = verdict{}
-		rec := r.rec
-		ov := l.overlay[rec.key]
-		// Read without mu: the map and the fields used here are only
-		// written by this goroutine (End touches only entry.ended).
-		e := l.entries[rec.key]
-		committed := ov&ovCommitted != 0 || e != nil && e.decision != nil
-		switch rec.kind {
-		case recCommit:
-			// A repeated decision is checked first: once a commit is
-			// decided, answering ErrFenced (meaning abort) would be a lie.
-			if ov&ovCommitted != 0 {
-				v.depend = true // same decision earlier in this batch
-				continue
-			}
-			st := StateNone
-			switch {
-			case committed:
-				st = StateCommitted
-			case ov&ovAborted != 0 || e != nil && e.aborted:
-				st = StateAborted
-			}
-			write, err := AdmitCommit(rec.gtrid, now, st)
-			if !write {
-				if err != nil {
-					l.fenced.Add(1)
-				}
-				reply(r, err) // nil: already durable
-				continue
-			}
-			l.overlay[rec.key] = ov | ovCommitted
-		case recAbort:
-			if committed {
-				err := fmt.Errorf("decisionlog: abort %s: %w", rec.key, ErrAlreadyCommitted)
-				if ov&ovCommitted != 0 {
-					// If this batch fails the decision is unknown, not
-					// durable, so the answer must wait for the batch.
-					v.depend, v.okErr = true, err
-				} else {
-					reply(r, err)
-				}
-				continue
-			}
-			l.overlay[rec.key] = ov | ovAborted
-		case recEnd:
-			// End queues one record per entry. Skip it if a compaction
-			// has meanwhile dropped the entry (End already marked it
-			// ended, so it was dead): nothing is left to end.
-			if e == nil || e.decision == nil || ov&ovEnded != 0 {
-				continue
-			}
-			l.overlay[rec.key] = ov | ovEnded
-		}
-		v.write = true
-		l.buf = append(l.buf, r.frame...)
-	}
-
-	// A batch whose records nobody waits for (End records, which need not
-	// be durable when End returns) is written without an fsync: the next
-	// batch's fsync, or Close, makes it durable. Otherwise every phase 2
-	// that ends between two decisions would cost an fsync of its own: most
-	// of the log's fsyncs under load.
-	waiters := 0
-	for i, r := range batch {
-		if l.verdicts[i].write && r.done != nil {
-			waiters++
-		}
-	}
-	waited := waiters > 0
-	if waited {
-		l.lastWaiters = waiters
-	}
-	var err error
-	switch {
-	case len(l.buf) == 0:
-	case waited:
-		err = l.writeSync(l.buf)
-	default:
-		err = l.writeLazy(l.buf)
-	}
-	if err != nil {
-		for i, r := range batch {
-			if v := l.verdicts[i]; v.write || v.depend {
-				reply(r, err)
-			}
-		}
-		return
-	}
-
-	if len(l.buf) > 0 {
-		var n int64
-		l.mu.Lock()
-		for i, r := range batch {
-			if l.verdicts[i].write {
-				l.apply(r.rec, len(r.frame))
-				n++
-			}
-		}
-		l.size += int64(len(l.buf))
-		l.mu.Unlock()
-		l.appends.Add(n)
-		if waited {
-			l.batches.Add(1)
-			l.batchSizes[batchBucket(n)].Add(1)
-			l.batchRecords.Add(n)
-		} else {
-			l.lazy.Add(1)
-		}
-	}
-	for i, r := range batch {
-		if v := l.verdicts[i]; v.write || v.depend {
-			reply(r, v.okErr)
-		}
-	}
-	l.maybeCompact()
-}
-
-// writeSync appends b and fsyncs. Any error is fail-stop: the bytes may or
-// may not be on disk, so no later record may be written after them.
-func (l *FileLog) writeSync(b []byte) error {
-	n, err := l.file.Write(b)
-	if err == nil && n < len(b) {
-		err = io.ErrShortWrite
-	}
-	if err != nil {
-		return l.failStop("write", err)
-	}
-	if err := l.syncFile(l.file); err != nil {
-		return l.failStop("fsync", err)
-	}
-	l.dirty = false
-	return nil
-}
-
-// writeLazy appends b without an fsync; the next writeSync (one fsync covers
-// every earlier write to the file) or Close makes it durable. A failed write
-// is fail-stop like in writeSync.
-func (l *FileLog) writeLazy(b []byte) error {
-	n, err := l.file.Write(b)
-	if err == nil && n < len(b) {
-		err = io.ErrShortWrite
-	}
-	if err != nil {
-		return l.failStop("write", err)
-	}
-	l.dirty = true
-	return nil
-}
-
-// maybeCompact compacts when the file is past compactBytes and most of it is
-// dead. After a check that does not compact, the next one waits until the
-// file has grown by another half of compactBytes, so a log that is large
-// because it is mostly live is not rescanned after every batch.
-func (l *FileLog) maybeCompact() {
-	if l.compactBytes < 0 || l.size <= l.compactBytes || l.size < l.nextCompact {
-		return
-	}
-	now := l.now()
-	live := int64(len(logMagic))
-	l.mu.RLock() // End may set entry.ended concurrently
-	for _, e := range l.order {
-		if e.live(now) {
-			live += e.bytes
-		}
-	}
-	l.mu.RUnlock()
-	if live*2 < l.size {
-		// An error was either fail-stop (the next write reports it) or
-		// left the old file in place, which is still a valid log.
-		_ = l.compact()
-	}
-	l.nextCompact = l.size + l.compactBytes/2
-}
-
-// compact runs in the writer goroutine, between batches.
-func (l *FileLog) compact() (err error) {
-	if err := l.failure(); err != nil {
-		return err
-	}
-	now := l.now()
-	var keep []*entry
-	var recs []seqRecord
-	owner := make(map[*logRecord]*entry)
-	// End may mark an entry ended while this runs; an entry kept anyway is
-	// dropped by the next compaction, and its end record (queued behind
-	// this compaction) goes to the new file.
-	l.mu.RLock()
-	for _, e := range l.order {
-		if e.live(now) {
-			keep = append(keep, e)
-			recs = append(recs, e.recs...)
-			for _, sr := range e.recs {
-				owner[sr.rec] = e
-			}
-		}
-	}
-	l.mu.RUnlock()
-	// Records keep their original relative order, so Pending and Entries
-	// come back in the same order after a reopen.
-	slices.SortFunc(recs, func(a, b seqRecord) int { return compareSeq(a.seq, b.seq) })
-
-	tmp := filepath.Join(l.dir, compactFileName)
-	raw, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("decisionlog: compact %s: %w", l.path, err)
-	}
-	f := l.wrapFile(raw)
-	renamed := false
-	defer func() {
-		if !renamed {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	bytesOf := make(map[*entry]int64, len(keep))
-	w := bufio.NewWriterSize(f, 256<<10)
-	size := int64(len(logMagic))
-	w.WriteString(logMagic)
-	for _, sr := range recs {
-		wr := sr.rec.wire()
-		frame, err := encodeFrame(&wr)
-		if err != nil {
-			return fmt.Errorf("decisionlog: compact %s: %w", l.path, err)
-		}
-		w.Write(frame)
-		size += int64(len(frame))
-		bytesOf[owner[sr.rec]] += int64(len(frame))
-	}
-	if err := w.Flush(); err != nil {
-		return fmt.Errorf("decisionlog: compact %s: write: %w", l.path, err)
-	}
-	if err := l.syncFile(f); err != nil {
-		return fmt.Errorf("decisionlog: compact %s: fsync: %w", l.path, err)
-	}
-	if err := os.Rename(tmp, l.path); err != nil {
-		return fmt.Errorf("decisionlog: compact %s: %w", l.path, err)
-	}
-	renamed = true
-	old := l.file
-	l.file = f
-	old.Close()
-	l.dirty = false // the new file holds everything and is fsynced
-
-	l.mu.Lock()
-	l.entries = make(map[string]*entry, len(keep))
-	for _, e := range keep {
-		e.bytes = bytesOf[e]
-		l.entries[e.key] = e
-	}
-	l.order = keep
-	l.size = size
-	l.mu.Unlock()
-
-	// Until the rename is durable a crash could bring the old file back, and
-	// with it lose whatever we append to the new one: fail-stop if unsure.
-	if err := l.syncDir(); err != nil {
-		return l.failStop("fsync directory after compaction of", err)
-	}
-	l.compactions.Add(1)
-	return nil
-}
-
-func compareSeq(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

@@ -4,18 +4,17 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"hash/crc32"
+	"strconv"
 	"time"
 
 	"github.com/xabridge/xabridge/drivers"
 )
 
-// On-disk format of the file decision log.
+// On-disk format of the file decision log (version 2).
 //
-// The file starts with the 8-byte magic logMagic. Then come records, each
-// framed as
+// The file starts with the 8-byte magic logMagic. Then come frames, each
 //
 //	u32 little-endian  payload length (1 .. maxRecordLen)
 //	u32 little-endian  CRC-32C (Castagnoli) of the payload
@@ -24,14 +23,36 @@ import (
 // JSON escapes every byte below 0x20, so a payload never contains a zero
 // byte, while every valid frame header does (maxRecordLen < 1<<24 keeps the
 // top length byte zero). A frame header can therefore never be mistaken for
-// payload text, which makes the "is there a valid record after this damage?"
-// scan in scanLog reliable.
+// payload text, which makes the "is there a valid frame after this damage?"
+// scan reliable.
+//
+// The first frame is the header (kind "hdr": format version, the node id
+// the log belongs to, creation time). The records follow in group-commit
+// batches: every write of the writer is one batch, its records followed by
+// a seal frame (kind "seal") carrying the batch's sequence number (it only
+// grows, across compactions too) and "durable": the file offset up to
+// which an fsync had returned when the batch was written. A batch without
+// its seal never happened: no caller was told about it. And since a later
+// seal records how far the file was durable, open can tell damage in a
+// region no fsync ever confirmed (a crash during the fsync: cut it) from
+// damage to records a caller was told are durable (refuse, naming them).
+//
+// Version 1 (magic "XABLOG1\n") had no header and no seals; it still opens
+// (damage followed by a valid frame is refused, as it always was), and a
+// writable open converts it once, keeping the old file as a backup.
 const (
 	logFileName     = "xabridge.log"
 	lockFileName    = "lock"
 	compactFileName = "xabridge.log.compact"
+	// failedFileName marks a log whose writer fail-stopped: it holds the
+	// offset up to which the log was durable (see markFailed).
+	failedFileName = "xabridge.log.failed"
+	// v1BackupName is the copy of a version-1 log kept by its conversion.
+	v1BackupName = "xabridge.log.v1"
 
-	logMagic       = "XABLOG1\n"
+	logMagic       = "XABLOG2\n"
+	logMagicV1     = "XABLOG1\n"
+	formatVersion  = 2
 	frameHeaderLen = 8
 	maxRecordLen   = 1 << 20
 )
@@ -46,6 +67,8 @@ const (
 	recAbort                     // an abort (fence) record, carrying an Action
 	recAction                    // any other Action (recovery or operator)
 	recEnd                       // phase 2 finished on every participant
+	recHeader                    // the file header: version, node
+	recSeal                      // the end of a batch: sequence, durable offset
 )
 
 var recKindNames = [...]string{
@@ -53,6 +76,8 @@ var recKindNames = [...]string{
 	recAbort:  "abort",
 	recAction: "action",
 	recEnd:    "end",
+	recHeader: "hdr",
+	recSeal:   "seal",
 }
 
 func (k recKind) String() string {
@@ -71,12 +96,16 @@ func parseRecKind(s string) (recKind, bool) {
 	return 0, false
 }
 
+// meta reports whether k is a header or seal frame, not a transaction's
+// record.
+func (k recKind) meta() bool { return k == recHeader || k == recSeal }
+
 // wireRecord is the JSON payload of every record kind. Fields a kind does not
 // use are omitted. The gtrid is kept as its canonical string so a dump of the
 // raw file reads like the ids operators see in the databases.
 type wireRecord struct {
 	Kind         string        `json:"k"`
-	GTRID        string        `json:"g"`
+	GTRID        string        `json:"g,omitempty"`
 	At           time.Time     `json:"t"`
 	Participants []Participant `json:"p,omitempty"`
 	Resource     string        `json:"r,omitempty"`
@@ -85,6 +114,12 @@ type wireRecord struct {
 	Reason       string        `json:"why,omitempty"`
 	Actor        string        `json:"by,omitempty"`
 	Heuristic    bool          `json:"h,omitempty"`
+	// Header.
+	Version int    `json:"v,omitempty"`
+	Node    string `json:"node,omitempty"`
+	// Seal.
+	Seq     uint64 `json:"n,omitempty"`
+	Durable int64  `json:"d,omitempty"`
 }
 
 // logRecord is one decoded record, as held in memory.
@@ -95,12 +130,21 @@ type logRecord struct {
 	decision *Decision // recCommit
 	action   *Action   // recAbort, recAction
 	at       time.Time // every kind
+	// recHeader: version, node; recSeal: seq, durable.
+	version int
+	node    string
+	seq     uint64
+	durable int64
 }
 
 // wire converts r back to its payload form.
 func (r *logRecord) wire() wireRecord {
 	w := wireRecord{Kind: r.kind.String(), GTRID: r.key, At: r.at}
 	switch r.kind {
+	case recHeader:
+		w.Version, w.Node = r.version, r.node
+	case recSeal:
+		w.Seq, w.Durable = r.seq, r.durable
 	case recCommit:
 		w.Participants = r.decision.Participants
 	case recAbort, recAction:
@@ -156,6 +200,15 @@ func decodePayload(payload []byte) (*logRecord, error) {
 	if !ok {
 		return nil, fmt.Errorf("unknown record kind %q (written by a newer xabridge?)", w.Kind)
 	}
+	switch kind {
+	case recHeader:
+		if w.Version != formatVersion {
+			return nil, fmt.Errorf("header of format version %d, this xabridge reads %d", w.Version, formatVersion)
+		}
+		return &logRecord{kind: kind, at: w.At.UTC(), version: w.Version, node: w.Node}, nil
+	case recSeal:
+		return &logRecord{kind: kind, at: w.At.UTC(), seq: w.Seq, durable: w.Durable}, nil
+	}
 	g, err := drivers.ParseGlobalID(w.GTRID)
 	if err != nil {
 		return nil, fmt.Errorf("%s record: %w", kind, err)
@@ -204,49 +257,23 @@ func frameAt(data []byte, off int) (payload []byte, next int, problem string) {
 	return payload, off + frameHeaderLen + n, ""
 }
 
-// errCorruptLog is wrapped by the error OpenFileLog returns when the log has
-// damage that is not a torn tail.
-var errCorruptLog = errors.New("decision log is corrupt")
-
-// scanLog replays the records of data (a whole log file, header included and
-// already checked) through apply, in file order.
-//
-// It returns the offset just past the last good record. If the records end
-// in damage that no valid record follows — a torn tail left by a crash in
-// the middle of a write — torn describes it and the caller may cut the file
-// at end. Damage followed by a valid record is not a torn tail: the damaged
-// bytes may hold a durable decision, so scanLog returns an error naming the
-// offset instead.
-func scanLog(data []byte, apply func(rec *logRecord, size int)) (end int, torn string, err error) {
-	off := len(logMagic)
-	for off < len(data) {
-		payload, next, problem := frameAt(data, off)
-		if problem != "" {
-			if valid := nextValidFrame(data, off+1); valid >= 0 {
-				return off, "", fmt.Errorf("%w: %s at offset %d, but a valid record follows at offset %d; refusing to cut it (a durable decision may be in the damaged bytes)",
-					errCorruptLog, problem, off, valid)
-			}
-			return off, fmt.Sprintf("%s at offset %d", problem, off), nil
-		}
-		rec, derr := decodePayload(payload)
-		if derr != nil {
-			// The checksum matched, so these bytes were written as they
-			// are: a bug or a newer format, not a torn write.
-			return off, "", fmt.Errorf("%w: record at offset %d: %w", errCorruptLog, off, derr)
-		}
-		apply(rec, next-off)
-		off = next
+// appendSealFrame appends a seal frame to b. It writes the JSON by hand (the
+// same object encodeFrame would make of the wireRecord; decodePayload reads
+// either) because every batch pays for it.
+func appendSealFrame(b []byte, seq uint64, durable int64, at time.Time) []byte {
+	start := len(b)
+	b = append(b, 0, 0, 0, 0, 0, 0, 0, 0)
+	b = append(b, `{"k":"seal","t":"`...)
+	b = at.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","n":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	if durable != 0 {
+		b = append(b, `,"d":`...)
+		b = strconv.AppendInt(b, durable, 10)
 	}
-	return off, "", nil
-}
-
-// nextValidFrame returns the offset of the first frame at or after from whose
-// length and checksum are valid, or -1.
-func nextValidFrame(data []byte, from int) int {
-	for p := from; p+frameHeaderLen < len(data); p++ {
-		if _, _, problem := frameAt(data, p); problem == "" {
-			return p
-		}
-	}
-	return -1
+	b = append(b, "}\n"...)
+	payload := b[start+frameHeaderLen:]
+	binary.LittleEndian.PutUint32(b[start:], uint32(len(payload)))
+	binary.LittleEndian.PutUint32(b[start+4:], crc32.Checksum(payload, castagnoli))
+	return b
 }

@@ -1,7 +1,3 @@
-// Package decisionlog holds the coordinator's durable record of what it
-// decided: the Log contract, its one Decision type (also what decision
-// keepers hold), the fence rule, the embedded FileLog and an in-memory Log.
-// Recovery needs this package, not the coordinator.
 package decisionlog
 
 import (
@@ -35,6 +31,9 @@ var (
 	// presumed aborted; its branches must be committed. (A forced operator
 	// rollback is recorded with Record and Heuristic set instead.)
 	ErrAlreadyCommitted = errors.New("abort refused: a commit decision is durable")
+
+	// ErrWrongNode: the log belongs to another coordinator node.
+	ErrWrongNode = errors.New("decision log belongs to another node")
 
 	// ErrLogClosed: the log was closed.
 	ErrLogClosed = errors.New("decision log is closed")

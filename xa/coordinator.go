@@ -251,7 +251,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		if cfg.LogDir == "" {
 			return nil, errors.New("xa: config: neither Log nor LogDir is set")
 		}
-		fl, err := decisionlog.OpenFileLog(cfg.LogDir, decisionlog.FileLogOptions{Now: cfg.Now})
+		fl, err := decisionlog.OpenFileLog(cfg.LogDir, decisionlog.FileLogOptions{Now: cfg.Now, Node: cfg.NodeID})
 		if err != nil {
 			return nil, fmt.Errorf("xa: %w", err)
 		}

@@ -223,7 +223,7 @@ func (r *resolved) openLog(write bool) (*decisionlog.FileLog, error) {
 	if !decisionlog.LogExists(r.logDir) {
 		return nil, fmt.Errorf("no decision log at %s (give the node's --log-dir; acting without its log would presume its committed transactions aborted)", r.logDir)
 	}
-	l, err := decisionlog.OpenFileLog(r.logDir, decisionlog.FileLogOptions{ReadOnly: !write})
+	l, err := decisionlog.OpenFileLog(r.logDir, decisionlog.FileLogOptions{ReadOnly: !write, NoCreate: true, Node: r.nodeID})
 	if err != nil {
 		if errors.Is(err, decisionlog.ErrLogLocked) {
 			return nil, fmt.Errorf("%w\n(a coordinator is running on this log: stop it first, or let its own recovery resolve its transactions)", err)

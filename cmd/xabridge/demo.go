@@ -292,7 +292,7 @@ func runDemoTransfer(ctx context.Context, out, errw io.Writer, o *demoOpts) erro
 		}
 		hook = obs.m.Hook
 	}
-	fl, err := decisionlog.OpenFileLog(o.logDir, decisionlog.FileLogOptions{CommitDelay: o.commitDelay})
+	fl, err := decisionlog.OpenFileLog(o.logDir, decisionlog.FileLogOptions{CommitDelay: o.commitDelay, Node: o.nodeID})
 	if err != nil {
 		return err
 	}

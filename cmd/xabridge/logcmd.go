@@ -1,9 +1,12 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/xabridge/xabridge/decisionlog"
@@ -12,11 +15,11 @@ import (
 func newLogCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "log",
-		Short: "Inspect the decision log: dump, stats, compact",
+		Short: "Inspect the decision log: dump, stats, compact, verify, repair",
 		Args:  cobra.ArbitraryArgs,
 		RunE:  unknownSubcommand,
 	}
-	cmd.AddCommand(newLogDumpCmd(), newLogStatsCmd(), newLogCompactCmd())
+	cmd.AddCommand(newLogDumpCmd(), newLogStatsCmd(), newLogCompactCmd(), newLogVerifyCmd(), newLogRepairCmd())
 	return cmd
 }
 
@@ -38,8 +41,146 @@ func (f *logFlags) open(write bool) (*decisionlog.FileLog, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
+	r.nodeID = "" // the log tools take whichever node's log they are given
 	l, err := r.openLog(write)
 	return l, r.output, err
+}
+
+// dir returns the log directory the flags name, and the output format.
+func (f *logFlags) dir() (string, string, error) {
+	o := &opsConfig{logDir: f.logDir, output: f.output, resources: []string{"unused=unused://"}}
+	r, err := o.resolve()
+	if err != nil {
+		return "", "", err
+	}
+	return r.logDir, r.output, nil
+}
+
+// errLogNeedsRepair: log verify found a region to cut or damage (exit 1).
+var errLogNeedsRepair = errors.New("the decision log is not intact")
+
+func newLogVerifyCmd() *cobra.Command {
+	f := &logFlags{}
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Check every record of the log, read-only: what is intact, what an open would cut (exit 0 only when intact)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir, output, err := f.dir()
+			if err != nil {
+				return err
+			}
+			rep, err := decisionlog.VerifyLog(dir)
+			if err != nil {
+				return err
+			}
+			if err := printLogReport(cmd.OutOrStdout(), output, rep, "would cut"); err != nil {
+				return err
+			}
+			switch {
+			case rep.Damage != nil:
+				return fmt.Errorf("%w: acknowledged records are damaged; repair will refuse (restore the log from a copy, or inspect the damaged bytes)", errLogNeedsRepair)
+			case rep.Version == 0:
+				return fmt.Errorf("%w: %s holds no initialised log", errLogNeedsRepair, rep.Path)
+			case rep.Cut != nil:
+				return fmt.Errorf("%w: %d never-acknowledged bytes to cut (xabridge log repair, or the coordinator's next start, cuts them)", errLogNeedsRepair, rep.Cut.Length)
+			}
+			return nil
+		},
+	}
+	f.add(cmd, true)
+	return cmd
+}
+
+func newLogRepairCmd() *cobra.Command {
+	f := &logFlags{}
+	cmd := &cobra.Command{
+		Use:   "repair",
+		Short: "Cut what was never acknowledged, keeping a copy of it; refuses to cut acknowledged records (needs the log's lock)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir, output, err := f.dir()
+			if err != nil {
+				return err
+			}
+			rep, rerr := decisionlog.RepairLog(dir)
+			if rep.Path != "" {
+				if err := printLogReport(cmd.OutOrStdout(), output, rep, "cut"); err != nil {
+					return err
+				}
+			}
+			return rerr
+		},
+	}
+	f.add(cmd, true)
+	return cmd
+}
+
+// logReportJSON is the JSON form of a decisionlog.LogReport.
+type logReportJSON struct {
+	Path        string   `json:"path"`
+	Version     int      `json:"version"`
+	Node        string   `json:"node"`
+	Bytes       int64    `json:"bytes"`
+	Records     int      `json:"records"`
+	Batches     int      `json:"batches"`
+	LastBatch   uint64   `json:"last_batch"`
+	LastBatchAt string   `json:"last_batch_at,omitempty"`
+	DurableTo   int64    `json:"durable_to"`
+	FailMarker  int64    `json:"fail_marker"`
+	Intact      bool     `json:"intact"`
+	Cut         *cutJSON `json:"cut,omitempty"`
+	Damage      string   `json:"damage,omitempty"`
+	Saved       string   `json:"saved,omitempty"`
+}
+
+type cutJSON struct {
+	Offset  int64    `json:"offset"`
+	Length  int64    `json:"length"`
+	Reason  string   `json:"reason"`
+	Records []string `json:"records"`
+}
+
+// printLogReport prints what verify or repair found; verb says what
+// happens to the cut region.
+func printLogReport(w io.Writer, output string, rep decisionlog.LogReport, verb string) error {
+	j := logReportJSON{Path: rep.Path, Version: rep.Version, Node: rep.Node, Bytes: rep.Size, Records: rep.Records,
+		Batches: rep.Batches, LastBatch: rep.LastBatch, DurableTo: rep.DurableTo, FailMarker: rep.FailMarker,
+		Intact: rep.Intact(), Saved: rep.Saved}
+	if !rep.LastBatchAt.IsZero() {
+		j.LastBatchAt = rep.LastBatchAt.UTC().Format(time.RFC3339Nano)
+	}
+	if c := rep.Cut; c != nil {
+		j.Cut = &cutJSON{Offset: c.Offset, Length: c.Length, Reason: c.Reason, Records: c.Records}
+	}
+	if rep.Damage != nil {
+		j.Damage = rep.Damage.Error()
+	}
+	if output == "json" {
+		return writeJSON(w, j)
+	}
+	fmt.Fprintf(w, "log %s: format %d, node %s, %d bytes\n", j.Path, j.Version, first(j.Node, "(unbound)"), j.Bytes)
+	fmt.Fprintf(w, "  intact: %d records in %d sealed batches (last batch %d, %s), durable up to offset %d\n",
+		j.Records, j.Batches, j.LastBatch, first(j.LastBatchAt, "-"), j.DurableTo)
+	if j.FailMarker >= 0 {
+		fmt.Fprintf(w, "  the last writer fail-stopped; it was durable up to offset %d\n", j.FailMarker)
+	}
+	if c := j.Cut; c != nil {
+		fmt.Fprintf(w, "  %s: %d bytes at offset %d: %s\n", verb, c.Length, c.Offset, c.Reason)
+		for _, r := range c.Records {
+			fmt.Fprintf(w, "    never acknowledged: %s\n", r)
+		}
+	}
+	if j.Saved != "" {
+		fmt.Fprintf(w, "  the cut bytes are kept in %s\n", j.Saved)
+	}
+	if j.Damage != "" {
+		fmt.Fprintf(w, "  DAMAGED: %s\n", j.Damage)
+	}
+	if j.Intact {
+		fmt.Fprintln(w, "  intact")
+	}
+	return nil
 }
 
 func newLogDumpCmd() *cobra.Command {
