@@ -75,9 +75,39 @@ func OutcomeOf(err error) Outcome {
 type Error struct {
 	GTRID    string
 	Outcome  Outcome
-	Op       string // "work", "prepare", "decide", "commit", "commit-one-phase", ...
+	Op       Op     // the protocol step that ended the transaction
 	Resource string // the resource involved, if one
 	Err      error
+}
+
+// Op is the protocol step an Error comes from. ReasonOf reads it, so the
+// set is fixed: a new step gets a constant here, never a bare string.
+type Op uint8
+
+// The steps an Error can come from.
+const (
+	OpNone           Op = iota // not set
+	OpBegin                    // Begin
+	OpWork                     // the Run callback (its error, or its context ending)
+	OpPanic                    // the Run callback panicked
+	OpRollback                 // Tx.Rollback
+	OpPrepare                  // phase 1
+	OpDecide                   // making the commit decision durable
+	OpCommit                   // phase 2
+	OpCommitOnePhase           // the one-phase commit of a single branch
+)
+
+var opNames = [...]string{
+	OpNone: "", OpBegin: "begin", OpWork: "work", OpPanic: "panic", OpRollback: "rollback",
+	OpPrepare: "prepare", OpDecide: "decide", OpCommit: "commit", OpCommitOnePhase: "commit-one-phase",
+}
+
+// String returns the step's name as Error shows it ("" for OpNone).
+func (o Op) String() string {
+	if int(o) < len(opNames) {
+		return opNames[o]
+	}
+	return "invalid"
 }
 
 func (e *Error) Error() string {
@@ -89,9 +119,9 @@ func (e *Error) Error() string {
 		b.WriteString(e.GTRID)
 		b.WriteString("]")
 	}
-	if e.Op != "" {
+	if e.Op != OpNone {
 		b.WriteString(": ")
-		b.WriteString(e.Op)
+		b.WriteString(e.Op.String())
 		if e.Resource != "" {
 			b.WriteString(" on ")
 			b.WriteString(e.Resource)
@@ -178,9 +208,9 @@ func ReasonOf(err error) Reason {
 		return ReasonOther
 	}
 	switch e.Op {
-	case "rollback":
+	case OpRollback:
 		return ReasonRollback
-	case "panic":
+	case OpPanic:
 		return ReasonPanic
 	}
 	switch {
@@ -190,14 +220,14 @@ func ReasonOf(err error) Reason {
 		return ReasonCanceled
 	}
 	switch e.Op {
-	case "work":
+	case OpWork:
 		return ReasonUserError
-	case "prepare":
+	case OpPrepare:
 		if errors.Is(e.Err, drivers.ErrInDoubt) {
 			return ReasonPrepareInDoubt
 		}
 		return ReasonPrepareRefused
-	case "decide":
+	case OpDecide:
 		switch {
 		case errors.Is(e.Err, decisionlog.ErrFenced):
 			return ReasonFenced
@@ -207,12 +237,12 @@ func ReasonOf(err error) Reason {
 			return ReasonLogFailed
 		}
 		return ReasonDecisionInDoubt
-	case "commit-one-phase":
+	case OpCommitOnePhase:
 		if e.Outcome == Unknown {
 			return ReasonCommitInDoubt
 		}
 		return ReasonCommitRefused
-	case "commit":
+	case OpCommit:
 		return ReasonPhase2Timeout
 	}
 	return ReasonOther

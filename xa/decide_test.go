@@ -1,0 +1,74 @@
+package xa
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/xabridge/xabridge/decisionlog"
+	"github.com/xabridge/xabridge/drivers"
+)
+
+// The protocol's pure decisions, without I/O.
+
+func TestPlanAfterVotes(t *testing.T) {
+	for _, tt := range []struct {
+		voters int
+		keeper bool
+		want   commitPlan
+	}{
+		{0, false, planNothingLeft},
+		{0, true, planKeeperAlone},
+		{1, false, planSingleVoter},
+		{1, true, planDecide}, // the keeper's commit is the decision for both
+		{2, false, planDecide},
+		{3, true, planDecide},
+	} {
+		if got := planAfterVotes(tt.voters, tt.keeper); got != tt.want {
+			t.Errorf("planAfterVotes(%d, keeper=%v) = %d, want %d", tt.voters, tt.keeper, got, tt.want)
+		}
+	}
+}
+
+// Only an answer that proves nothing was decided aborts; everything else is
+// fail-stop (DESIGN rule 6).
+func TestDecisionRefused(t *testing.T) {
+	fenced := fmt.Errorf("late: %w", decisionlog.ErrFenced)
+	kind := func(k error) error { return &drivers.Error{Kind: k, Err: errors.New("db")} }
+	for _, tt := range []struct {
+		name        string
+		err         error
+		log, keeper bool
+	}{
+		{"fenced", fenced, true, true},
+		{"log failed", fmt.Errorf("%w: fsync", decisionlog.ErrLogFailed), false, false},
+		{"unclassified", errors.New("what happened?"), false, false},
+		{"refused", kind(drivers.ErrRefused), false, true},
+		{"failed", kind(drivers.ErrFailed), false, true},
+		{"retryable", kind(drivers.ErrRetryable), false, true},
+		{"in doubt", kind(drivers.ErrInDoubt), false, false},
+		{"busy", kind(drivers.ErrBusy), false, false},
+		{"in doubt and refused", errors.Join(kind(drivers.ErrInDoubt), kind(drivers.ErrRefused)), false, false},
+	} {
+		if got := logRefused(tt.err); got != tt.log {
+			t.Errorf("%s: logRefused = %v, want %v", tt.name, got, tt.log)
+		}
+		if got := keeperRefused(tt.err); got != tt.keeper {
+			t.Errorf("%s: keeperRefused = %v, want %v", tt.name, got, tt.keeper)
+		}
+	}
+}
+
+func TestHandoffOutcome(t *testing.T) {
+	if handoffOutcome(true) != CommitPending || handoffOutcome(false) != Unknown {
+		t.Fatal("an unfinished phase 2 is commit-pending only once a decision is durable")
+	}
+}
+
+func TestOpString(t *testing.T) {
+	for op, want := range map[Op]string{OpNone: "", OpWork: "work", OpDecide: "decide", OpCommit: "commit", OpCommitOnePhase: "commit-one-phase", Op(200): "invalid"} {
+		if got := op.String(); got != want {
+			t.Errorf("Op(%d).String() = %q, want %q", op, got, want)
+		}
+	}
+}
