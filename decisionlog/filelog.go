@@ -215,7 +215,7 @@ func (e *entry) live(now time.Time) bool {
 	case e.decision != nil:
 		return !e.ended
 	case e.aborted:
-		return now.Before(e.gtrid.Deadline.Add(abortRetention))
+		return now.Before(e.gtrid.Deadline().Add(abortRetention))
 	}
 	return false
 }
@@ -774,15 +774,13 @@ func (l *FileLog) actionWire(kind recKind, a Action) (*wireRecord, error) {
 	}, nil
 }
 
-// canonicalGTRID validates g and returns it as the log stores it: parsed
-// back from its text form, so that times are truncated to milliseconds in
-// UTC exactly as they are in an XID read from a database. In particular the
-// fence uses the millisecond deadline every branch carries.
+// canonicalGTRID validates g (only the zero GlobalID is invalid) and returns
+// it as the log stores it: g itself, canonical by construction.
 func canonicalGTRID(g drivers.GlobalID) (drivers.GlobalID, error) {
 	if err := g.Validate(); err != nil {
 		return drivers.GlobalID{}, err
 	}
-	return drivers.ParseGlobalID(g.String())
+	return g, nil
 }
 
 // submit encodes w, hands it to the writer and waits for the batch result.

@@ -43,7 +43,7 @@ func (c *flClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 // gid returns a test gtrid with the given sequence number and deadline.
 func flGID(seq uint32, deadline time.Time) drivers.GlobalID {
-	return drivers.GlobalID{Node: "node-1", Begin: deadline.Add(-2 * time.Hour), Seq: seq, Deadline: deadline}
+	return drivers.MustGlobalID("node-1", deadline.Add(-2*time.Hour), seq, deadline)
 }
 
 // g returns a test gtrid with the default deadline (flT0 + 1h).
@@ -1168,7 +1168,7 @@ func TestFileLogCompaction(t *testing.T) {
 
 	// Once its deadline has passed (plus the retention margin), the abort
 	// goes too; the deadline alone fences the commit from then on.
-	clock.Set(abortLive.Deadline.Add(abortRetention))
+	clock.Set(abortLive.Deadline().Add(abortRetention))
 	if err := l2.Compact(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -1422,13 +1422,13 @@ func TestFileLogConcurrentMixed(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				if gt.Seq%3 != 0 {
+				if gt.Seq()%3 != 0 {
 					if err := l.End(gt); err != nil {
 						t.Error(err)
 						return
 					}
 				}
-				if err := l.Abort(ctx, Action{GTRID: flG(100000 + gt.Seq)}); err != nil {
+				if err := l.Abort(ctx, Action{GTRID: flG(100000 + gt.Seq())}); err != nil {
 					t.Error(err)
 					return
 				}
@@ -1501,7 +1501,7 @@ func TestFileLogReadOnly(t *testing.T) {
 func TestFileLogValidation(t *testing.T) {
 	ctx := context.Background()
 	l := openFL(t, t.TempDir(), newFLClock(flT0), nil)
-	bad := drivers.GlobalID{Node: "Bad Node!", Begin: flT0, Deadline: flT0.Add(time.Hour)}
+	bad := drivers.GlobalID{} // the only invalid GlobalID left
 	tests := []struct {
 		name string
 		op   func() error

@@ -41,7 +41,7 @@ func populated(t *testing.T) *prometheus.Registry {
 	}
 	t.Cleanup(func() { fl.Close() })
 	labeled.MustRegister(metrics.NewFileLogCollector(fl))
-	g := drivers.GlobalID{Node: "n1", Begin: time.Now(), Seq: 1, Deadline: time.Now().Add(time.Minute)}
+	g := drivers.MustGlobalID("n1", time.Now(), 1, time.Now().Add(time.Minute))
 	if err := fl.Commit(context.Background(), decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "a"}, {Resource: "b", Branch: 1}}}); err != nil {
 		t.Fatal(err)
 	}

@@ -492,10 +492,10 @@ func (r *Recoverer) scanBranches(ctx context.Context, rep *Report) {
 // pastFence reports whether recovery may presume g aborted as far as time
 // goes, and why not when it may not.
 func (r *Recoverer) pastFence(g drivers.GlobalID, now time.Time) (bool, string) {
-	if r.cfg.MinAge != nil && now.Sub(g.Begin) >= *r.cfg.MinAge {
+	if r.cfg.MinAge != nil && now.Sub(g.Begin()) >= *r.cfg.MinAge {
 		return true, ""
 	}
-	fence := g.Deadline.Add(r.cfg.Skew)
+	fence := g.Deadline().Add(r.cfg.Skew)
 	if now.Before(fence) {
 		return false, fmt.Sprintf("within its fence (%s left)", fence.Sub(now).Round(time.Second))
 	}
@@ -522,10 +522,10 @@ func (r *Recoverer) classify(rep *Report, firstSeen map[drivers.XID]time.Time) {
 			continue
 		}
 		g := b.XID.Global
-		b.Age = now.Sub(g.Begin)
-		if g.Node != r.cfg.NodeID {
+		b.Age = now.Sub(g.Begin())
+		if g.Node() != r.cfg.NodeID {
 			b.Class = UnknownOwner
-			b.Reason = fmt.Sprintf("belongs to node %q; run recovery with that node's id and log", g.Node)
+			b.Reason = fmt.Sprintf("belongs to node %q; run recovery with that node's id and log", g.Node())
 			continue
 		}
 		entry, ok := r.cfg.Log.Lookup(g)
@@ -591,7 +591,6 @@ func (r *Recoverer) settle() time.Duration {
 	}
 	return r.cfg.Settle
 }
-
 
 func inDecision(d *decisionlog.Decision, resource string, branch uint8) bool {
 	if d == nil {
@@ -738,14 +737,14 @@ const keptRetention = 10 * time.Minute
 func (r *Recoverer) forgetKept(ctx context.Context, rep *Report, still map[drivers.GlobalID]bool) {
 	byKeeper := map[decisionlog.Keeper][]drivers.GlobalID{}
 	for g, k := range rep.kept {
-		if g.Node != r.cfg.NodeID || still[g] || (r.cfg.Active != nil && r.cfg.Active(g)) {
+		if g.Node() != r.cfg.NodeID || still[g] || (r.cfg.Active != nil && r.cfg.Active(g)) {
 			continue
 		}
 		if !k.Abort {
 			if !r.coversAll(k.Decision) {
 				continue
 			}
-		} else if rep.At.Before(g.Deadline.Add(r.cfg.Skew + keptRetention)) {
+		} else if rep.At.Before(g.Deadline().Add(r.cfg.Skew + keptRetention)) {
 			continue
 		}
 		byKeeper[k.keeper] = append(byKeeper[k.keeper], g)
@@ -790,7 +789,7 @@ func (r *Recoverer) endFinished(ctx context.Context, rep *Report) {
 	r.forgetKept(ctx, rep, stillPrepared(rep))
 	still := stillPrepared(rep)
 	for _, d := range r.cfg.Log.Pending() {
-		if d.GTRID.Node != r.cfg.NodeID || still[d.GTRID] {
+		if d.GTRID.Node() != r.cfg.NodeID || still[d.GTRID] {
 			continue
 		}
 		if r.cfg.Active != nil && r.cfg.Active(d.GTRID) {
@@ -863,8 +862,8 @@ func (r *Recoverer) Resolve(ctx context.Context, g drivers.GlobalID, commit, for
 	if actor == "" {
 		actor = r.cfg.Actor
 	}
-	if g.Node != r.cfg.NodeID {
-		return nil, fmt.Errorf("%w: %s belongs to node %q, this is %q (use that node's --node-id and --log-dir)", ErrOtherNode, g, g.Node, r.cfg.NodeID)
+	if g.Node() != r.cfg.NodeID {
+		return nil, fmt.Errorf("%w: %s belongs to node %q, this is %q (use that node's --node-id and --log-dir)", ErrOtherNode, g, g.Node(), r.cfg.NodeID)
 	}
 	// Two scans Settle apart: act only on branches present in both, so no
 	// owner session can still be closing (see Config.Settle).
@@ -900,7 +899,7 @@ func (r *Recoverer) Resolve(ctx context.Context, g drivers.GlobalID, commit, for
 			continue
 		}
 		if b.Ours && b.XID.Global == g {
-			b.Age = rep.At.Sub(g.Begin)
+			b.Age = rep.At.Sub(g.Begin())
 			if !first[b.XID] {
 				b.Class, b.Action, b.Reason = Live, ActionWait, "listed by one of the two scans only; run resolve again"
 				waiting = append(waiting, b)

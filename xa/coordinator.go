@@ -280,7 +280,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	c.bgCtx, c.bgCancel = context.WithCancel(context.WithoutCancel(ctx))
 	c.logDecider = logDecider{log: c.log}
 	for _, d := range c.log.Pending() {
-		if d.GTRID.Node != cfg.NodeID {
+		if d.GTRID.Node() != cfg.NodeID {
 			continue // another node's log mounted here; its own coordinator or recovery finishes it
 		}
 		c.resume(d, c.logDecider)
@@ -409,7 +409,11 @@ func (c *Coordinator) Begin(ctx context.Context) (*Tx, error) {
 		c.mu.Unlock()
 		return nil, &Error{Outcome: Aborted, Op: OpBegin, Err: errors.New("coordinator is closed")}
 	}
-	g := c.ids.next(c.cfg.Now(), c.cfg.Timeout)
+	g, err := c.ids.next(c.cfg.Now(), c.cfg.Timeout)
+	if err != nil {
+		c.mu.Unlock()
+		return nil, &Error{Outcome: Aborted, Op: OpBegin, Err: fmt.Errorf("global id: %w", err)}
+	}
 	c.active[g]++
 	c.mu.Unlock()
 	tx := &Tx{c: c, gtrid: g, byRes: map[drivers.Resource]*txBranch{}, began: c.stamp()}

@@ -20,7 +20,7 @@ func (c *Coordinator) resumeKept(ctx context.Context) {
 		return
 	}
 	for _, k := range kept {
-		if k.GTRID.Node != c.cfg.NodeID || k.Abort {
+		if k.GTRID.Node() != c.cfg.NodeID || k.Abort {
 			continue
 		}
 		c.resume(k, c.keeperDecider)

@@ -73,7 +73,7 @@ func (tx *Tx) GlobalID() drivers.GlobalID { return tx.gtrid }
 
 // Deadline returns the transaction's fence: no commit decision is written
 // at or after it.
-func (tx *Tx) Deadline() time.Time { return tx.gtrid.Deadline }
+func (tx *Tx) Deadline() time.Time { return tx.gtrid.Deadline() }
 
 // Enlist returns the transaction's branch on r, beginning it on first use.
 // r must be one of the coordinator's configured resources.
@@ -526,7 +526,7 @@ func (tx *Tx) closeBranch(tb *txBranch) {
 // remaining time is measured on the coordinator's clock (Config.Now), the
 // clock that set the deadline, so the two always agree.
 func (tx *Tx) untilDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, tx.gtrid.Deadline.Sub(tx.c.cfg.Now()))
+	return context.WithTimeout(ctx, tx.gtrid.Deadline().Sub(tx.c.cfg.Now()))
 }
 
 // parallel runs f(0..n-1) concurrently and waits; the last runs on the
