@@ -2,6 +2,7 @@ package drivers
 
 import (
 	"encoding/hex"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -244,4 +245,16 @@ func FuzzParseGlobalID(f *testing.F) {
 			t.Fatalf("accepted a %d-byte gtrid", len(s))
 		}
 	})
+}
+
+// ErrConflict is a kind of ErrRetryable: callers that only know the
+// classes see a retryable error.
+func TestErrConflictIsRetryable(t *testing.T) {
+	err := NewError("pg", "exec", XID{}, ErrConflict, errors.New("40P01"))
+	if !errors.Is(err, ErrConflict) || !errors.Is(err, ErrRetryable) || Classify(err) != ErrRetryable {
+		t.Fatalf("%v: Is conflict %v, Is retryable %v, Classify %v", err, errors.Is(err, ErrConflict), errors.Is(err, ErrRetryable), Classify(err))
+	}
+	if errors.Is(ErrRetryable, ErrConflict) {
+		t.Fatal("every retryable error is not a conflict")
+	}
 }

@@ -165,6 +165,12 @@ func Retryable(err error) bool {
 	return errors.Is(err, drivers.ErrRetryable) || errors.Is(err, decisionlog.ErrFenced)
 }
 
+// conflict reports an error of contention between transactions: a
+// database said deadlock, serialization failure or lock wait timeout (the
+// adapters classify those as drivers.ErrConflict, also when they come
+// from the application's own statements on a branch).
+func conflict(err error) bool { return errors.Is(err, drivers.ErrConflict) }
+
 // Reason is a short, stable label for why a global transaction ended as it
 // did, for metrics and logs (see ReasonOf). The set is small and fixed, so
 // it is fit for a metric label.
@@ -174,6 +180,7 @@ type Reason string
 const (
 	ReasonNone            Reason = "none"              // committed
 	ReasonUserError       Reason = "user-error"        // the callback returned an error
+	ReasonConflict        Reason = "conflict"          // contention: a deadlock, serialization failure or lock wait timeout aborted it (Retryable)
 	ReasonRollback        Reason = "rollback"          // Tx.Rollback was called
 	ReasonPanic           Reason = "panic"             // the callback panicked
 	ReasonTimeout         Reason = "timeout"           // the transaction's deadline (Config.Timeout) or the caller's passed
@@ -192,7 +199,7 @@ const (
 
 // Reasons lists every Reason, for tools that enumerate label values.
 var Reasons = []Reason{
-	ReasonNone, ReasonUserError, ReasonRollback, ReasonPanic, ReasonTimeout, ReasonCanceled,
+	ReasonNone, ReasonUserError, ReasonConflict, ReasonRollback, ReasonPanic, ReasonTimeout, ReasonCanceled,
 	ReasonPrepareRefused, ReasonPrepareInDoubt, ReasonFenced, ReasonDecisionRefused, ReasonLogFailed,
 	ReasonDecisionInDoubt, ReasonCommitRefused, ReasonCommitInDoubt, ReasonPhase2Timeout, ReasonOther,
 }
@@ -221,10 +228,16 @@ func ReasonOf(err error) Reason {
 	}
 	switch e.Op {
 	case OpWork:
+		if conflict(e.Err) {
+			return ReasonConflict
+		}
 		return ReasonUserError
 	case OpPrepare:
-		if errors.Is(e.Err, drivers.ErrInDoubt) {
+		switch {
+		case errors.Is(e.Err, drivers.ErrInDoubt):
 			return ReasonPrepareInDoubt
+		case conflict(e.Err):
+			return ReasonConflict
 		}
 		return ReasonPrepareRefused
 	case OpDecide:
@@ -238,8 +251,11 @@ func ReasonOf(err error) Reason {
 		}
 		return ReasonDecisionInDoubt
 	case OpCommitOnePhase:
-		if e.Outcome == Unknown {
+		switch {
+		case e.Outcome == Unknown:
 			return ReasonCommitInDoubt
+		case conflict(e.Err):
+			return ReasonConflict
 		}
 		return ReasonCommitRefused
 	case OpCommit:
