@@ -372,6 +372,8 @@ func (c *Coordinator) close() error {
 // and Run returns an error matching ErrAborted (and fn's error). Otherwise
 // Run commits and returns nil, or an error matching ErrAborted,
 // ErrOutcomeUnknown or ErrCommitPending; see OutcomeOf.
+// RunRetry runs it again after an abort a new attempt may cure (a
+// deadlock, say).
 func (c *Coordinator) Run(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) (err error) {
 	tx, err := c.Begin(ctx)
 	if err != nil {
