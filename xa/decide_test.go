@@ -1,6 +1,7 @@
 package xa
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -70,5 +71,26 @@ func TestOpString(t *testing.T) {
 		if got := op.String(); got != want {
 			t.Errorf("Op(%d).String() = %q, want %q", op, got, want)
 		}
+	}
+}
+
+// The decision keeper's path reports the same steps as the log's, with the
+// keeper's branch committing with the decision instead of preparing.
+func TestKeeperSteps(t *testing.T) {
+	var l stepLog
+	e := newKeeperEnv(t, func(c *Config) { c.Hook = l.hook })
+	err := e.c.Run(context.Background(), func(ctx context.Context, tx *Tx) error {
+		_, _, err := both(ctx, tx, e.k, e.b)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "begin enlisted*2 work-done preparing prepared all-prepared deciding decided committed*2 committing all-committed ended finished"
+	if got := l.sequence(); got != want {
+		t.Fatalf("steps:\n  %s\nwant\n  %s", got, want)
+	}
+	if c := l.get(StepCommitted); len(c) != 2 || c[0].Resource != "pg" {
+		t.Fatalf("committed steps %+v: want the keeper's first, with the decision", c)
 	}
 }
