@@ -21,9 +21,9 @@ func AdmitCommit(g drivers.GlobalID, now time.Time, st State) (write bool, err e
 	switch {
 	case st == StateCommitted || st == StateDone:
 		return false, nil
-	case !now.Before(g.Deadline):
+	case !now.Before(g.Deadline()):
 		return false, fmt.Errorf("decisionlog: commit %s: deadline %s reached (now %s): %w",
-			g, g.Deadline.UTC().Format(time.RFC3339Nano), now.UTC().Format(time.RFC3339Nano), ErrFenced)
+			g, g.Deadline().UTC().Format(time.RFC3339Nano), now.UTC().Format(time.RFC3339Nano), ErrFenced)
 	case st == StateAborted:
 		return false, fmt.Errorf("decisionlog: commit %s: an abort is recorded: %w", g, ErrFenced)
 	}

@@ -242,7 +242,7 @@ func (e *entry) live(now time.Time) bool {
 	case e.decision != nil:
 		return !e.ended
 	case e.aborted:
-		return now.Before(e.gtrid.Deadline.Add(abortRetention))
+		return now.Before(e.gtrid.Deadline().Add(abortRetention))
 	}
 	return false
 }

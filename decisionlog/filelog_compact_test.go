@@ -129,7 +129,7 @@ func TestFileLogCompaction(t *testing.T) {
 
 	// Once its deadline has passed (plus the retention margin), the abort
 	// goes too; the deadline alone fences the commit from then on.
-	clock.Set(abortLive.Deadline.Add(abortRetention))
+	clock.Set(abortLive.Deadline().Add(abortRetention))
 	if err := l2.Compact(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,7 @@ import (
 // crashGID is the gtrid the crash helper commits as number n.
 func crashGID(n uint64) drivers.GlobalID {
 	begin := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(n) * time.Millisecond)
-	return drivers.GlobalID{Node: "crash", Begin: begin, Seq: uint32(n), Deadline: begin.Add(100 * 365 * 24 * time.Hour)}
+	return drivers.MustGlobalID("crash", begin, uint32(n), begin.Add(100*365*24*time.Hour))
 }
 
 // TestCrashHelperProcess is the process TestCrashSIGKILL kills: clients
@@ -135,7 +135,7 @@ func layoutOf(t *testing.T, data []byte, acked map[uint64]bool) crashLayout {
 		case recSeal:
 			lay.durableTo = max(lay.durableTo, int(rec.durable))
 			for _, r := range batch {
-				if r.kind == recCommit && acked[uint64(r.gtrid.Seq)] {
+				if r.kind == recCommit && acked[uint64(r.gtrid.Seq())] {
 					lay.ackedTo = next
 				}
 			}
@@ -249,7 +249,7 @@ func crashCheck(t *testing.T, name string, data []byte, acked map[uint64]bool, l
 			if err != nil {
 				t.Fatalf("%s: cut record %q: %v", name, r, err)
 			}
-			if acked[uint64(g.Seq)] {
+			if acked[uint64(g.Seq())] {
 				t.Fatalf("%s: verify would cut acknowledged %s", name, r)
 			}
 		}

@@ -78,12 +78,12 @@ func compareDone(a, b doneKey) int {
 
 // pack returns g's key; ok is false when g does not fit one (it goes to odd).
 func (s *doneSet) pack(g drivers.GlobalID, first uint64, add bool) (doneKey, bool) {
-	begin := g.Begin.UnixMilli()
-	dl := g.Deadline.UnixMilli() - begin
-	if begin < 0 || begin >= 1<<(64-doneTagBits) || !g.Begin.Equal(time.UnixMilli(begin)) || !g.Deadline.Equal(time.UnixMilli(begin+dl)) {
+	begin := g.Begin().UnixMilli()
+	dl := g.Deadline().UnixMilli() - begin
+	if begin < 0 || begin >= 1<<(64-doneTagBits) || !g.Begin().Equal(time.UnixMilli(begin)) || !g.Deadline().Equal(time.UnixMilli(begin+dl)) {
 		return doneKey{}, false
 	}
-	tag := doneTag{g.Node, dl}
+	tag := doneTag{g.Node(), dl}
 	idx, ok := s.tagIdx[tag]
 	if !ok {
 		if !add || len(s.tags) >= 1<<doneTagBits {
@@ -97,19 +97,14 @@ func (s *doneSet) pack(g drivers.GlobalID, first uint64, add bool) (doneKey, boo
 		s.tagIdx[tag] = idx
 	}
 	v := uint64(begin)<<doneTagBits | uint64(idx)
-	return doneKey{hi: uint32(v >> 32), lo: uint32(v), seq: g.Seq, first: uint32(first)}, true
+	return doneKey{hi: uint32(v >> 32), lo: uint32(v), seq: g.Seq(), first: uint32(first)}, true
 }
 
 func (s *doneSet) unpack(k doneKey) drivers.GlobalID {
 	v := uint64(k.hi)<<32 | uint64(k.lo)
 	begin := int64(v >> doneTagBits)
 	tag := s.tags[v&(1<<doneTagBits-1)]
-	return drivers.GlobalID{
-		Node:     tag.node,
-		Begin:    time.UnixMilli(begin).UTC(),
-		Seq:      k.seq,
-		Deadline: time.UnixMilli(begin + tag.dl).UTC(),
-	}
+	return drivers.MustGlobalID(tag.node, time.UnixMilli(begin).UTC(), k.seq, time.UnixMilli(begin+tag.dl).UTC())
 }
 
 // add records g as done; first is the log sequence number of its first

@@ -21,7 +21,7 @@ func TestDoneSetModel(t *testing.T) {
 			if rapid.IntRange(0, 50).Draw(t, "fine") == 0 {
 				dl += time.Microsecond // does not pack
 			}
-			return drivers.GlobalID{Node: rapid.SampledFrom(nodes).Draw(t, "node"), Begin: begin, Seq: uint32(rapid.IntRange(0, 3).Draw(t, "seq")), Deadline: begin.Add(dl)}
+			return drivers.MustGlobalID(rapid.SampledFrom(nodes).Draw(t, "node"), begin, uint32(rapid.IntRange(0, 3).Draw(t, "seq")), begin.Add(dl))
 		})
 		n := rapid.IntRange(0, 3000).Draw(t, "n")
 		for i := range n {

@@ -130,7 +130,7 @@ func flWriteFinished(t *testing.T, dir string, n int) int64 {
 	parts := []Participant{{"pg", 0}, {"mysql", 1}}
 	for i := range n {
 		begin := flT0.Add(time.Duration(i) * time.Millisecond)
-		g := drivers.GlobalID{Node: "node-1", Begin: begin, Seq: uint32(i), Deadline: begin.Add(30 * time.Second)}
+		g := drivers.MustGlobalID("node-1", begin, uint32(i), begin.Add(30*time.Second))
 		for _, wr := range []wireRecord{
 			{Kind: recCommit.String(), GTRID: g.String(), At: begin, Participants: parts},
 			{Kind: recEnd.String(), GTRID: g.String(), At: begin},

@@ -130,13 +130,13 @@ func TestFileLogConcurrentMixed(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				if gt.Seq%3 != 0 {
+				if gt.Seq()%3 != 0 {
 					if err := l.End(gt); err != nil {
 						t.Error(err)
 						return
 					}
 				}
-				if err := l.Abort(ctx, Action{GTRID: flG(100000 + gt.Seq)}); err != nil {
+				if err := l.Abort(ctx, Action{GTRID: flG(100000 + gt.Seq())}); err != nil {
 					t.Error(err)
 					return
 				}
@@ -209,7 +209,7 @@ func TestFileLogReadOnly(t *testing.T) {
 func TestFileLogValidation(t *testing.T) {
 	ctx := context.Background()
 	l := openFL(t, t.TempDir(), newFLClock(flT0), nil)
-	bad := drivers.GlobalID{Node: "Bad Node!", Begin: flT0, Deadline: flT0.Add(time.Hour)}
+	bad := drivers.MustGlobalID("Bad Node!", flT0, 0, flT0.Add(time.Hour))
 	tests := []struct {
 		name string
 		op   func() error

@@ -32,7 +32,7 @@ func TestFileLogBatchSizes(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now()
 	decide := func(seq uint32) error {
-		g := drivers.GlobalID{Node: "n", Begin: now.Truncate(time.Millisecond), Seq: seq, Deadline: now.Add(time.Minute).Truncate(time.Millisecond)}
+		g := drivers.MustGlobalID("n", now.Truncate(time.Millisecond), seq, now.Add(time.Minute).Truncate(time.Millisecond))
 		return l.Commit(ctx, Decision{GTRID: g, Participants: []Participant{{Resource: "a"}, {Resource: "b", Branch: 1}}})
 	}
 	// One at a time: every batch holds one record.

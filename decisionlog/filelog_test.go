@@ -35,7 +35,7 @@ func (c *flClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 // gid returns a test gtrid with the given sequence number and deadline.
 func flGID(seq uint32, deadline time.Time) drivers.GlobalID {
-	return drivers.GlobalID{Node: "node-1", Begin: deadline.Add(-2 * time.Hour), Seq: seq, Deadline: deadline}
+	return drivers.MustGlobalID("node-1", deadline.Add(-2*time.Hour), seq, deadline)
 }
 
 // g returns a test gtrid with the default deadline (flT0 + 1h).

@@ -29,6 +29,13 @@ var (
 	// connection refused before anything was sent).
 	ErrRetryable = errors.New("transient failure")
 
+	// ErrConflict: the operation lost to a concurrent transaction (deadlock
+	// victim, serialization failure, lock wait timeout) and the branch or
+	// statement was rolled back; running the whole global transaction
+	// again may succeed. It is a kind of ErrRetryable: errors.Is(err,
+	// ErrRetryable) holds for it, and Classify reports ErrRetryable.
+	ErrConflict error = conflictKind{}
+
 	// ErrUnsupported: the server cannot take part in two-phase commit as
 	// configured (for example max_prepared_transactions = 0).
 	ErrUnsupported = errors.New("two-phase commit not available")
@@ -37,6 +44,12 @@ var (
 	// help (permission denied, wrong database, invalid XID, ...).
 	ErrFailed = errors.New("operation failed")
 )
+
+// conflictKind is ErrConflict's type: an error that is also ErrRetryable.
+type conflictKind struct{}
+
+func (conflictKind) Error() string        { return "conflict with a concurrent transaction" }
+func (conflictKind) Is(target error) bool { return target == ErrRetryable }
 
 // Error is the error type adapters return: which resource, which operation,
 // which class, and the underlying driver error.

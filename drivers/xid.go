@@ -28,6 +28,12 @@ const MaxBranches = 256
 // from any prepared branch), a sequence number that makes it unique, and the
 // deadline after which no commit decision may be written for it (the fence).
 //
+// A GlobalID is canonical by construction: its fields are unexported, times
+// are held as Unix milliseconds, and the only ways to make one are
+// NewGlobalID and the parsers, which validate. So two GlobalIDs are == exactly
+// when their text forms are equal, and one can key a map. The zero GlobalID
+// (IsZero) is the only one that is not valid.
+//
 // Its text form uses only [a-z0-9.-], so it can never break SQL quoting:
 //
 //	node.BBBBBBBBBBBB.SSSSSSSS.DDDDDDDDDDDD
@@ -35,11 +41,50 @@ const MaxBranches = 256
 // with the begin and deadline times as 12 lowercase hex digits of Unix
 // milliseconds and the sequence as 8 lowercase hex digits.
 type GlobalID struct {
-	Node     string
-	Begin    time.Time
-	Seq      uint32
-	Deadline time.Time
+	node     string
+	begin    int64 // Unix milliseconds
+	seq      uint32
+	deadline int64 // Unix milliseconds
 }
+
+// maxMs bounds the times a GlobalID can carry: 12 hex digits of milliseconds.
+const maxMs = 1 << 48
+
+// NewGlobalID returns the GlobalID of node, begun at begin, with sequence
+// number seq and fence deadline. Times are truncated to milliseconds (the
+// precision of the text form). It fails unless node is a valid node id (see
+// ValidateNodeID), both times fall between 1970 and the year 10889, and the
+// deadline is not before the begin time.
+func NewGlobalID(node string, begin time.Time, seq uint32, deadline time.Time) (GlobalID, error) {
+	g := GlobalID{node: node, begin: begin.UnixMilli(), seq: seq, deadline: deadline.UnixMilli()}
+	if err := g.Validate(); err != nil {
+		return GlobalID{}, err
+	}
+	return g, nil
+}
+
+// MustGlobalID is NewGlobalID for arguments known to be valid (tests,
+// fixtures); it panics on an error.
+func MustGlobalID(node string, begin time.Time, seq uint32, deadline time.Time) GlobalID {
+	g, err := NewGlobalID(node, begin, seq, deadline)
+	if err != nil {
+		panic("drivers: MustGlobalID: " + err.Error())
+	}
+	return g
+}
+
+// Node returns the coordinator node id that owns the transaction.
+func (g GlobalID) Node() string { return g.node }
+
+// Begin returns when the transaction began (UTC, millisecond precision).
+func (g GlobalID) Begin() time.Time { return time.UnixMilli(g.begin).UTC() }
+
+// Seq returns the sequence number that makes the id unique.
+func (g GlobalID) Seq() uint32 { return g.seq }
+
+// Deadline returns the transaction's fence: no commit decision may be
+// written at or after it (UTC, millisecond precision).
+func (g GlobalID) Deadline() time.Time { return time.UnixMilli(g.deadline).UTC() }
 
 // ValidateNodeID reports whether id can be used as a coordinator node id:
 // 1 to 24 characters of [a-z0-9-], starting with a letter or digit.
@@ -72,28 +117,29 @@ func truncate(s string, n int) string {
 // String returns the canonical text form, which is also the gtrid.
 func (g GlobalID) String() string {
 	var b strings.Builder
-	b.Grow(len(g.Node) + 36)
-	b.WriteString(g.Node)
+	b.Grow(len(g.node) + 36)
+	b.WriteString(g.node)
 	b.WriteByte('.')
-	writeHex(&b, uint64(g.Begin.UnixMilli()), 12)
+	writeHex(&b, uint64(g.begin), 12)
 	b.WriteByte('.')
-	writeHex(&b, uint64(g.Seq), 8)
+	writeHex(&b, uint64(g.seq), 8)
 	b.WriteByte('.')
-	writeHex(&b, uint64(g.Deadline.UnixMilli()), 12)
+	writeHex(&b, uint64(g.deadline), 12)
 	return b.String()
 }
 
 // IsZero reports whether g is the zero GlobalID.
-func (g GlobalID) IsZero() bool { return g.Node == "" }
+func (g GlobalID) IsZero() bool { return g == GlobalID{} }
 
 // Validate reports whether g can be encoded: a valid node id and times that
-// fit the format, with the deadline not before the begin time.
+// fit the format, with the deadline not before the begin time. Every
+// GlobalID but the zero one is valid by construction.
 func (g GlobalID) Validate() error {
-	if err := ValidateNodeID(g.Node); err != nil {
+	if err := ValidateNodeID(g.node); err != nil {
 		return err
 	}
-	b, d := g.Begin.UnixMilli(), g.Deadline.UnixMilli()
-	if b < 0 || b >= 1<<48 || d < 0 || d >= 1<<48 {
+	b, d := g.begin, g.deadline
+	if b < 0 || b >= maxMs || d < 0 || d >= maxMs {
 		return errors.New("global id time out of range")
 	}
 	if d < b {
@@ -130,13 +176,7 @@ func ParseGlobalID(s string) (GlobalID, error) {
 	if !ok1 || !ok2 || !ok3 || dl < begin {
 		return g, fmt.Errorf("not a xabridge global id: %q", truncate(s, 80))
 	}
-	g = GlobalID{
-		Node:     parts[0],
-		Begin:    time.UnixMilli(int64(begin)).UTC(),
-		Seq:      uint32(seq),
-		Deadline: time.UnixMilli(int64(dl)).UTC(),
-	}
-	return g, nil
+	return GlobalID{node: parts[0], begin: int64(begin), seq: uint32(seq), deadline: int64(dl)}, nil
 }
 
 // parseHex accepts exactly width lowercase hex digits.

@@ -2,6 +2,7 @@ package drivers
 
 import (
 	"encoding/hex"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -10,7 +11,7 @@ import (
 func sampleXID() XID {
 	begin := time.UnixMilli(1_780_000_000_123).UTC()
 	return XID{
-		Global: GlobalID{Node: "node-1", Begin: begin, Seq: 0xdeadbeef, Deadline: begin.Add(30 * time.Second)},
+		Global: MustGlobalID("node-1", begin, 0xdeadbeef, begin.Add(30*time.Second)),
 		Branch: 1,
 	}
 }
@@ -41,7 +42,7 @@ func TestXIDEncodings(t *testing.T) {
 
 func TestLimits(t *testing.T) {
 	begin := time.UnixMilli(1<<48 - 1).UTC()
-	x := XID{Global: GlobalID{Node: strings.Repeat("z", MaxNodeIDLen), Begin: begin, Seq: ^uint32(0), Deadline: begin}, Branch: 255}
+	x := XID{Global: MustGlobalID(strings.Repeat("z", MaxNodeIDLen), begin, ^uint32(0), begin), Branch: 255}
 	if err := x.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -113,17 +114,53 @@ func TestHostileAndForeignIDsAreNotOurs(t *testing.T) {
 	}
 }
 
-func TestValidateRefusesHandBuiltHostileXID(t *testing.T) {
+// A GlobalID cannot be built with hostile bytes or out-of-range times: the
+// constructor refuses them, and the zero GlobalID (the only one left) does
+// not validate.
+func TestNewGlobalIDRefusesInvalid(t *testing.T) {
 	now := time.Now()
 	for _, node := range []string{"", "x'; drop table t; --", "UPPER", strings.Repeat("a", 25), "a.b", "a:b", "é"} {
-		x := XID{Global: GlobalID{Node: node, Begin: now, Deadline: now}}
-		if err := x.Validate(); err == nil {
-			t.Errorf("Validate accepted node %q", node)
+		if g, err := NewGlobalID(node, now, 0, now); err == nil {
+			t.Errorf("NewGlobalID accepted node %q: %v", node, g)
 		}
 	}
-	x := XID{Global: GlobalID{Node: "ok", Begin: now, Deadline: now.Add(-time.Second)}}
-	if err := x.Validate(); err == nil {
-		t.Error("Validate accepted a deadline before the begin time")
+	for _, tt := range []struct {
+		name            string
+		begin, deadline time.Time
+	}{
+		{"deadline before begin", now, now.Add(-time.Second)},
+		{"before 1970", time.UnixMilli(-1), now},
+		{"beyond 48 bits", now, time.UnixMilli(1 << 48)},
+	} {
+		if g, err := NewGlobalID("ok", tt.begin, 0, tt.deadline); err == nil {
+			t.Errorf("%s: NewGlobalID accepted %v", tt.name, g)
+		}
+	}
+	if err := (XID{}).Validate(); err == nil {
+		t.Error("Validate accepted the zero XID")
+	}
+}
+
+// Two GlobalIDs are == exactly when they encode the same: times of any
+// location and sub-millisecond part are truncated on the way in.
+func TestGlobalIDCanonical(t *testing.T) {
+	begin := time.Date(2026, 12, 4, 11, 0, 0, 123_456_789, time.UTC)
+	paris := time.FixedZone("CET", 3600)
+	a := MustGlobalID("n", begin, 7, begin.Add(time.Minute))
+	b := MustGlobalID("n", begin.In(paris).Add(400*time.Microsecond), 7, begin.Add(time.Minute).In(paris))
+	if a != b || a.String() != b.String() {
+		t.Fatalf("%v != %v", a, b)
+	}
+	back, err := ParseGlobalID(a.String())
+	if err != nil || back != a {
+		t.Fatalf("ParseGlobalID(%s) = %v, %v", a, back, err)
+	}
+	if a.Node() != "n" || a.Seq() != 7 || !a.Begin().Equal(begin.Truncate(time.Millisecond)) ||
+		a.Begin().Location() != time.UTC || !a.Deadline().Equal(begin.Add(time.Minute).Truncate(time.Millisecond)) {
+		t.Fatalf("accessors: %s %d %v %v", a.Node(), a.Seq(), a.Begin(), a.Deadline())
+	}
+	if a.IsZero() || !(GlobalID{}).IsZero() {
+		t.Fatal("IsZero")
 	}
 }
 
@@ -201,8 +238,23 @@ func FuzzParseGlobalID(f *testing.F) {
 		if g.String() != s {
 			t.Fatalf("ParseGlobalID(%q).String() = %q", s, g.String())
 		}
+		if again, err := NewGlobalID(g.Node(), g.Begin(), g.Seq(), g.Deadline()); err != nil || again != g {
+			t.Fatalf("NewGlobalID from the accessors of %q = %v, %v", s, again, err)
+		}
 		if len(s) > 64 {
 			t.Fatalf("accepted a %d-byte gtrid", len(s))
 		}
 	})
+}
+
+// ErrConflict is a kind of ErrRetryable: callers that only know the
+// classes see a retryable error.
+func TestErrConflictIsRetryable(t *testing.T) {
+	err := NewError("pg", "exec", XID{}, ErrConflict, errors.New("40P01"))
+	if !errors.Is(err, ErrConflict) || !errors.Is(err, ErrRetryable) || Classify(err) != ErrRetryable {
+		t.Fatalf("%v: Is conflict %v, Is retryable %v, Classify %v", err, errors.Is(err, ErrConflict), errors.Is(err, ErrRetryable), Classify(err))
+	}
+	if errors.Is(ErrRetryable, ErrConflict) {
+		t.Fatal("every retryable error is not a conflict")
+	}
 }

@@ -384,7 +384,7 @@ func TestChaosCheckDetectsViolations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stray := drivers.XID{Global: drivers.GlobalID{Node: s.node, Begin: g.Begin, Seq: g.Seq + 1000, Deadline: g.Deadline}, Branch: 0}
+	stray := drivers.XID{Global: drivers.MustGlobalID(s.node, g.Begin(), g.Seq()+1000, g.Deadline()), Branch: 0}
 	pc, err := s.bank.PGPool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -104,7 +104,7 @@ func prepared(t *testing.T, b *bank.Bank, node string) int {
 			t.Fatal(err)
 		}
 		for _, p := range ps {
-			if p.Ours && p.XID.Global.Node == node {
+			if p.Ours && p.XID.Global.Node() == node {
 				n++
 			}
 		}

@@ -77,7 +77,7 @@ func keptRows(t *testing.T, k decisionlog.Keeper, node string) (commits, aborts 
 		t.Fatal(err)
 	}
 	for _, d := range ds {
-		if d.GTRID.Node != node {
+		if d.GTRID.Node() != node {
 			continue
 		}
 		if !d.Abort {
@@ -431,7 +431,7 @@ func TestRecoveryCommitsFromKeeperTable(t *testing.T) {
 			keeper, other := k.setup(t, b)
 			node := "it-" + suffix()
 			now := time.Now().UTC().Truncate(time.Millisecond)
-			g := drivers.GlobalID{Node: node, Begin: now, Seq: 1, Deadline: now.Add(time.Minute)}
+			g := drivers.MustGlobalID(node, now, 1, now.Add(time.Minute))
 			xo := drivers.XID{Global: g, Branch: 1}
 			ob, err := other.Begin(ctx, xo)
 			if err != nil {
@@ -506,7 +506,7 @@ func update(t *testing.T, b *bank.Bank, br drivers.Branch, delta int) {
 func ours(rep *recovery.Report, node string) []recovery.Branch {
 	var out []recovery.Branch
 	for _, b := range rep.Branches {
-		if b.Ours && b.XID.Global.Node == node {
+		if b.Ours && b.XID.Global.Node() == node {
 			out = append(out, b)
 		}
 	}

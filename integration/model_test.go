@@ -75,7 +75,7 @@ func runGuarded(ctx context.Context, coord *xa.Coordinator, m *modelTx, fn func(
 			if m.enlisted > 0 {
 				panic(p)
 			}
-			err = &xa.Error{Outcome: xa.Aborted, Op: "work", Err: fmt.Errorf("no branch enlisted; coordinator panicked: %v", p)}
+			err = &xa.Error{Outcome: xa.Aborted, Op: xa.OpWork, Err: fmt.Errorf("no branch enlisted; coordinator panicked: %v", p)}
 		}
 	}()
 	return coord.Run(ctx, fn)

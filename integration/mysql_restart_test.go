@@ -78,7 +78,7 @@ func phase2AfterRestart(t *testing.T, viaResource bool) {
 	}
 	r := mysql.New("my", db)
 	now := time.Now()
-	xid := drivers.XID{Global: drivers.GlobalID{Node: "reuse", Begin: now.Truncate(time.Millisecond), Seq: 1, Deadline: now.Add(time.Hour).Truncate(time.Millisecond)}}
+	xid := drivers.XID{Global: drivers.MustGlobalID("reuse", now.Truncate(time.Millisecond), 1, now.Add(time.Hour).Truncate(time.Millisecond))}
 	b, err := r.Begin(ctx, xid)
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +131,7 @@ func phase2AfterRestart(t *testing.T, viaResource bool) {
 	}
 	if viaResource {
 		now := time.Now()
-		x2 := drivers.XID{Global: drivers.GlobalID{Node: "reuse", Begin: now.Truncate(time.Millisecond), Seq: 2, Deadline: now.Add(time.Hour).Truncate(time.Millisecond)}}
+		x2 := drivers.XID{Global: drivers.MustGlobalID("reuse", now.Truncate(time.Millisecond), 2, now.Add(time.Hour).Truncate(time.Millisecond))}
 		b2, err := r.Begin(ctx, x2)
 		if err != nil {
 			t.Fatal(err)

@@ -57,7 +57,7 @@ func TestRecoveryNeverTouchesForeignTransactions(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	lookalike := drivers.XID{Global: drivers.GlobalID{Node: node, Begin: now.Add(-time.Hour).Truncate(time.Millisecond), Seq: 1, Deadline: now.Add(-time.Minute).Truncate(time.Millisecond)}}
+	lookalike := drivers.XID{Global: drivers.MustGlobalID(node, now.Add(-time.Hour).Truncate(time.Millisecond), 1, now.Add(-time.Minute).Truncate(time.Millisecond))}
 	if _, err := oc.Exec(ctx, "BEGIN; CREATE TABLE t (k INT); PREPARE TRANSACTION '"+lookalike.GID()+"'"); err != nil {
 		t.Fatal(err)
 	}

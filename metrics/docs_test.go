@@ -41,7 +41,7 @@ func populated(t *testing.T) *prometheus.Registry {
 	}
 	t.Cleanup(func() { fl.Close() })
 	labeled.MustRegister(metrics.NewFileLogCollector(fl))
-	g := drivers.GlobalID{Node: "n1", Begin: time.Now(), Seq: 1, Deadline: time.Now().Add(time.Minute)}
+	g := drivers.MustGlobalID("n1", time.Now(), 1, time.Now().Add(time.Minute))
 	if err := fl.Commit(context.Background(), decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "a"}, {Resource: "b", Branch: 1}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +53,7 @@ func populated(t *testing.T) *prometheus.Registry {
 	m.Hook(xa.StepCommitFailed, xa.StepInfo{GTRID: g, Resource: "b", Branch: 1, Err: errors.New("later")})
 	for _, o := range []xa.Outcome{xa.Aborted, xa.CommitPending, xa.Unknown} {
 		m.Hook(xa.StepBegin, xa.StepInfo{GTRID: g, Branch: -1})
-		m.Hook(xa.StepFinished, xa.StepInfo{GTRID: g, Branch: -1, Outcome: o, Err: &xa.Error{Outcome: o, Op: "commit"}, Elapsed: time.Millisecond, Branches: 2})
+		m.Hook(xa.StepFinished, xa.StepInfo{GTRID: g, Branch: -1, Outcome: o, Err: &xa.Error{Outcome: o, Op: xa.OpCommit}, Elapsed: time.Millisecond, Branches: 2})
 	}
 
 	x := drivers.XID{Global: g}

@@ -59,7 +59,7 @@ var classes = []recovery.Class{
 // possible lists, by outcome, the reasons that can come with it.
 var possible = [nOutcomes][]xa.Reason{
 	xa.Committed: {xa.ReasonNone},
-	xa.Aborted: {xa.ReasonUserError, xa.ReasonRollback, xa.ReasonPanic, xa.ReasonTimeout, xa.ReasonCanceled,
+	xa.Aborted: {xa.ReasonUserError, xa.ReasonConflict, xa.ReasonRollback, xa.ReasonPanic, xa.ReasonTimeout, xa.ReasonCanceled,
 		xa.ReasonPrepareRefused, xa.ReasonPrepareInDoubt, xa.ReasonFenced, xa.ReasonDecisionRefused, xa.ReasonCommitRefused},
 	xa.CommitPending: {xa.ReasonPhase2Timeout, xa.ReasonTimeout, xa.ReasonCanceled},
 	xa.Unknown:       {xa.ReasonLogFailed, xa.ReasonDecisionInDoubt, xa.ReasonCommitInDoubt, xa.ReasonPhase2Timeout, xa.ReasonTimeout, xa.ReasonCanceled},
@@ -125,7 +125,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		}),
 		finished: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "xabridge_transactions_finished_total",
-			Help: "Global transactions finished, by the outcome their caller got (committed, aborted, commit-pending, in-doubt) and why (reason: none, user-error, prepare-refused, fenced, log-failed, timeout, ...).",
+			Help: "Global transactions finished, by the outcome their caller got (committed, aborted, commit-pending, in-doubt) and why (reason: none, user-error, conflict, prepare-refused, fenced, log-failed, timeout, ...).",
 		}, []string{"outcome", "reason"}),
 		txSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "xabridge_transaction_duration_seconds",

@@ -285,7 +285,7 @@ func commitSteps() []struct {
 	s    xa.Step
 	info xa.StepInfo
 } {
-	g := drivers.GlobalID{Node: "n", Begin: time.Now(), Seq: 1, Deadline: time.Now().Add(time.Minute)}
+	g := drivers.MustGlobalID("n", time.Now(), 1, time.Now().Add(time.Minute))
 	all := xa.StepInfo{GTRID: g, Branch: -1, Elapsed: time.Millisecond}
 	br := func(r string, n int) xa.StepInfo { return xa.StepInfo{GTRID: g, Resource: r, Branch: n} }
 	fin := all
@@ -374,8 +374,7 @@ var seq uint32
 func gid(node string, age, left time.Duration) drivers.GlobalID {
 	seq++
 	now := time.Now()
-	return drivers.GlobalID{Node: node, Begin: now.Add(-age).Truncate(time.Millisecond).UTC(), Seq: seq,
-		Deadline: now.Add(left).Truncate(time.Millisecond).UTC()}
+	return drivers.MustGlobalID(node, now.Add(-age).Truncate(time.Millisecond).UTC(), seq, now.Add(left).Truncate(time.Millisecond).UTC())
 }
 
 // TestRecoveryReports drives recovery passes over in-memory resources and

@@ -456,7 +456,7 @@ func (o outcome) String() string {
 //
 // Statement errors are returned as database/sql returns them, except a
 // deadlock (1213) or lock wait timeout (1205), which come back as
-// drivers.ErrRetryable with the *mysql.MySQLError still reachable through
+// drivers.ErrConflict (a kind of ErrRetryable) with the *mysql.MySQLError still reachable through
 // errors.As. After a deadlock the server has rolled back the whole branch:
 // its Prepare will be refused. Close Rows before the transaction commits: an
 // open result set holds the session.
@@ -517,13 +517,13 @@ func (b *branch) userErr(op string, err error) error {
 			// The server rolled the whole XA transaction back (state
 			// ROLLBACK ONLY); remember why for Prepare.
 			b.rbCause = err
-			return b.errorf(op, drivers.ErrRetryable, err)
+			return b.errorf(op, drivers.ErrConflict, err)
 		case erLockWaitTimeout:
 			// Only the statement was rolled back (unless the server runs
 			// with innodb_rollback_on_timeout=ON, which XA END reveals,
 			// and endedUnder for a keeper's local branch).
 			b.endedUnder(err)
-			return b.errorf(op, drivers.ErrRetryable, err)
+			return b.errorf(op, drivers.ErrConflict, err)
 		}
 		b.endedUnder(err)
 		return err

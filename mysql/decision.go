@@ -248,7 +248,7 @@ func (r *Resource) CommitWithDecision(ctx context.Context, db drivers.Branch, g 
 		return b.refuseLocal(ctx, op, fmt.Errorf("INSERT and COMMIT not sent: %w", cerr))
 	}
 	insert := "INSERT INTO " + DecisionTable + " (gtrid, state, participants, decided_at) VALUES (" +
-		lit + ", IF(@@in_transaction AND UTC_TIMESTAMP(6) < '" + g.Deadline.Add(lateDecision).UTC().Format(decidedAtLayout) +
+		lit + ", IF(@@in_transaction AND UTC_TIMESTAMP(6) < '" + g.Deadline().Add(lateDecision).UTC().Format(decidedAtLayout) +
 		"', 'C', NULL), X'" + hex.EncodeToString(parts) + "', UTC_TIMESTAMP(6))"
 
 	r.mu.Lock()
@@ -305,7 +305,7 @@ func decisionRefusal(g drivers.GlobalID, err error) error {
 		return fmt.Errorf("recovery fenced the transaction out (an abort marker for %s is in %s): %w", g, DecisionTable, err)
 	case isNumber(err, erBadNull):
 		return fmt.Errorf("the keeper's local transaction had already ended (a deadlock or lock wait timeout rolled it back, or a statement such as DDL or COMMIT ended it), or the database's clock was %v past the transaction's deadline %s: %w",
-			lateDecision, g.Deadline.UTC().Format(time.RFC3339), err)
+			lateDecision, g.Deadline().UTC().Format(time.RFC3339), err)
 	}
 	return err
 }

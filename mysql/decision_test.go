@@ -110,7 +110,7 @@ func TestKeeperCommitWithDecision(t *testing.T) {
 				t.Fatal(err)
 			}
 			decision := fmt.Sprintf("query: INSERT INTO %s (gtrid, state, participants, decided_at) VALUES ('%s', IF(@@in_transaction AND UTC_TIMESTAMP(6) < '%s', 'C', NULL), X'%x', UTC_TIMESTAMP(6))",
-				DecisionTable, g, g.Deadline.Add(lateDecision).UTC().Format(decidedAtLayout), `[{"r":"pg","b":0}]`)
+				DecisionTable, g, g.Deadline().Add(lateDecision).UTC().Format(decidedAtLayout), `[{"r":"pg","b":0}]`)
 			want := []string{"query: BEGIN", "query: " + ins, decision, "query: COMMIT"}
 			if m.multi {
 				want = []string{"query: BEGIN", "query: " + ins, decision + "; COMMIT"}
@@ -676,9 +676,9 @@ func TestKeeperMissingTableAndForeignRows(t *testing.T) {
 	if err != nil || len(ds) != 1 || ds[0].GTRID != g || !ds[0].Abort {
 		t.Fatalf("ListDecisions = %+v, %v; want only the abort marker of %s", ds, err, g)
 	}
-	_, _, err = r.LookupDecision(ctx, drivers.GlobalID{Node: "Bad Node"})
+	_, _, err = r.LookupDecision(ctx, drivers.GlobalID{})
 	wantKind(t, "LookupDecision of an invalid gtrid", err, drivers.ErrFailed)
-	err = r.ForgetDecisions(ctx, []drivers.GlobalID{g, {Node: "x'y"}})
+	err = r.ForgetDecisions(ctx, []drivers.GlobalID{g, {}})
 	wantKind(t, "ForgetDecisions with an invalid gtrid", err, drivers.ErrFailed)
 	var n int
 	if err := e.admin.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+dbName+"."+DecisionTable).Scan(&n); err != nil || n != 2 {
@@ -697,8 +697,7 @@ func TestKeeperRefusesALateDecision(t *testing.T) {
 			tbl := e.table("keeplate")
 			ctx := ctxT(t)
 			now := time.Now()
-			xid := drivers.XID{Global: drivers.GlobalID{Node: drivertest.NodeID, Begin: now.Add(-time.Hour).UTC().Truncate(time.Millisecond),
-				Seq: rand.Uint32(), Deadline: now.Add(-lateDecision - time.Minute).UTC().Truncate(time.Millisecond)}}
+			xid := drivers.XID{Global: drivers.MustGlobalID(drivertest.NodeID, now.Add(-time.Hour).UTC().Truncate(time.Millisecond), rand.Uint32(), now.Add(-lateDecision-time.Minute).UTC().Truncate(time.Millisecond))}
 			db, err := e.r.BeginKept(ctx, xid)
 			if err != nil {
 				t.Fatal(err)

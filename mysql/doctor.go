@@ -401,7 +401,7 @@ func preparedCheck(recs []recoverRow, maxAge time.Duration, now time.Time) drive
 			continue
 		}
 		ours++
-		if age := now.Sub(x.Global.Begin); age > maxAge {
+		if age := now.Sub(x.Global.Begin()); age > maxAge {
 			old = append(old, aged{x, age})
 		}
 	}
@@ -420,7 +420,7 @@ func preparedCheck(recs []recoverRow, maxAge time.Duration, now time.Time) drive
 	o := old[0]
 	c.Status = drivers.CheckWarn
 	c.Detail = fmt.Sprintf("%d branch(es) of xabridge prepared longer than %s: they hold their row locks until finished (waiters fail after innodb_lock_wait_timeout). Oldest: %s (node %s), age %s",
-		len(old), drivers.FormatAge(maxAge), o.xid.GID(), o.xid.Global.Node, drivers.FormatAge(o.age))
+		len(old), drivers.FormatAge(maxAge), o.xid.GID(), o.xid.Global.Node(), drivers.FormatAge(o.age))
 	c.Fix = "run `xabridge list` and `xabridge recover` with the node id and decision log of the node that owns them"
 	return c
 }

@@ -229,7 +229,7 @@ func TestDoctorOldPreparedBranch(t *testing.T) {
 	tbl := e.table("doctor")
 	begin := time.Now().Add(-90 * 24 * time.Hour).Truncate(time.Millisecond).UTC()
 	node := fmt.Sprintf("doctor-%06x", rand.Uint32()&0xffffff)
-	xid := drivers.XID{Global: drivers.GlobalID{Node: node, Begin: begin, Seq: rand.Uint32(), Deadline: begin.Add(time.Minute)}}
+	xid := drivers.XID{Global: drivers.MustGlobalID(node, begin, rand.Uint32(), begin.Add(time.Minute))}
 	db, err := e.r.Begin(ctx, xid)
 	if err != nil {
 		t.Fatal(err)
@@ -432,7 +432,7 @@ func TestXARecoverVerdict(t *testing.T) {
 func TestPreparedCheck(t *testing.T) {
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	row := func(begin time.Time, node string) recoverRow {
-		x := drivers.XID{Global: drivers.GlobalID{Node: node, Begin: begin, Seq: 1, Deadline: begin.Add(time.Minute)}}
+		x := drivers.XID{Global: drivers.MustGlobalID(node, begin, 1, begin.Add(time.Minute))}
 		g, b := x.Global.String(), x.BranchQualifier()
 		return recoverRow{formatID: int64(drivers.FormatID), gtridLen: int64(len(g)), bqualLen: int64(len(b)), data: []byte(g + b)}
 	}

@@ -85,12 +85,13 @@ func transient(err error) bool {
 	return isNumber(err, erLockDeadlock, erLockWaitTimeout, erXARBDeadlock, erXARBTimeout)
 }
 
-// withRetryable marks err as ErrRetryable while keeping it reachable.
+// withRetryable marks err as a conflict (drivers.ErrConflict, so
+// retryable) while keeping it reachable.
 func withRetryable(err error) error {
-	if err == nil || errors.Is(err, drivers.ErrRetryable) {
+	if err == nil || errors.Is(err, drivers.ErrConflict) {
 		return err
 	}
-	return fmt.Errorf("%w: %w", drivers.ErrRetryable, err)
+	return fmt.Errorf("%w: %w", drivers.ErrConflict, err)
 }
 
 // isServerErr reports whether the server received and refused the statement.

@@ -541,7 +541,7 @@ const setIdleTimeoutSQL = "SELECT set_config('idle_in_transaction_session_timeou
 // its abort marker. PostgreSQL ends such a session instead, rolling the
 // transaction back.
 func idleTimeoutMS(xid drivers.XID) int64 {
-	d := time.Until(xid.Global.Deadline) + time.Second
+	d := time.Until(xid.Global.Deadline()) + time.Second
 	return min(max(d.Milliseconds(), 1000), math.MaxInt32)
 }
 

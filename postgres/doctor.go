@@ -174,7 +174,7 @@ func preparedCheck(ps []pgPrepared, maxAge time.Duration, now time.Time) drivers
 	for _, p := range ps {
 		a := aged{p: p, age: p.serverAge}
 		if x, ok := drivers.ParseGID(p.gid); ok {
-			a.ours, a.age = true, now.Sub(x.Global.Begin)
+			a.ours, a.age = true, now.Sub(x.Global.Begin())
 			ours++
 		}
 		if a.age > maxAge {

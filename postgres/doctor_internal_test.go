@@ -55,7 +55,7 @@ func TestRoleCheck(t *testing.T) {
 func TestPreparedCheck(t *testing.T) {
 	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	xid := func(begin time.Time) string {
-		return drivers.XID{Global: drivers.GlobalID{Node: "n1", Begin: begin, Seq: 7, Deadline: begin.Add(time.Minute)}}.GID()
+		return drivers.XID{Global: drivers.MustGlobalID("n1", begin, 7, begin.Add(time.Minute))}.GID()
 	}
 	oldOurs := xid(now.Add(-3 * time.Hour))
 	newOurs := xid(now.Add(-time.Minute))

@@ -107,9 +107,7 @@ func TestDoctorOldPreparedTransaction(t *testing.T) {
 	ctx := ctxT(t)
 	tbl := e.table("xab_pg_doctor", "id BIGINT PRIMARY KEY")
 	begin := time.Now().Add(-90 * 24 * time.Hour).Truncate(time.Millisecond).UTC()
-	xid := drivers.XID{Global: drivers.GlobalID{
-		Node: fmt.Sprintf("doctor-%06x", rand.Uint32()&0xffffff), Begin: begin, Seq: rand.Uint32(), Deadline: begin.Add(time.Minute),
-	}}
+	xid := drivers.XID{Global: drivers.MustGlobalID(fmt.Sprintf("doctor-%06x", rand.Uint32()&0xffffff), begin, rand.Uint32(), begin.Add(time.Minute))}
 	b, err := e.r.Begin(ctx, xid)
 	if err != nil {
 		t.Fatal(err)

@@ -106,17 +106,17 @@ func errDisabled(cause error) error {
 }
 
 // withTransient marks a refusal caused by a serialization failure or a
-// deadlock as retryable too, so that xa.Retryable sees it, while
-// drivers.Classify still reports the refusal.
+// deadlock as a conflict (so retryable) too, so that xa.Retryable sees it,
+// while drivers.Classify still reports the refusal.
 func withTransient(err error, pe *pgconn.PgError) error {
 	if pe != nil && transientCode(pe.Code) {
-		return fmt.Errorf("%w: %w", drivers.ErrRetryable, err)
+		return fmt.Errorf("%w: %w", drivers.ErrConflict, err)
 	}
 	return err
 }
 
 // userErr wraps the error of an application statement: serialization
-// failures, deadlocks and lock timeouts become ErrRetryable (the
+// failures, deadlocks and lock timeouts become ErrConflict (the
 // *pgconn.PgError stays reachable with errors.As); other errors are
 // returned unchanged.
 func (b *branch) userErr(op string, err error) error {
@@ -125,7 +125,7 @@ func (b *branch) userErr(op string, err error) error {
 	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && transientCode(pe.Code) {
-		return drivers.NewError(b.r.name, op, b.xid, drivers.ErrRetryable, err)
+		return drivers.NewError(b.r.name, op, b.xid, drivers.ErrConflict, err)
 	}
 	return err
 }

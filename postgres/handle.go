@@ -23,7 +23,7 @@ import (
 // returns an ErrFailed *drivers.Error, so a statement can never run on a
 // connection that has gone back to the pool. Serialization failures,
 // deadlocks and lock timeouts (SQLSTATE 40001, 40P01, 55P03) are returned as
-// ErrRetryable *drivers.Error values that still wrap the *pgconn.PgError;
+// ErrConflict (a kind of ErrRetryable) *drivers.Error values that still wrap the *pgconn.PgError;
 // other errors are pgx's own.
 //
 // After any statement fails, PostgreSQL refuses everything but the end of

@@ -38,8 +38,7 @@ func TestLatePrepareAfterAPartitionPreparesNothing(t *testing.T) {
 	r := postgres.New("pg-partitioned", newPool(t, u.String(), 1))
 
 	now := time.Now()
-	xid := drivers.XID{Global: drivers.GlobalID{Node: drivertest.NodeID, Begin: now.UTC().Truncate(time.Millisecond),
-		Seq: rand.Uint32(), Deadline: now.Add(time.Second).UTC().Truncate(time.Millisecond)}}
+	xid := drivers.XID{Global: drivers.MustGlobalID(drivertest.NodeID, now.UTC().Truncate(time.Millisecond), rand.Uint32(), now.Add(time.Second).UTC().Truncate(time.Millisecond))}
 	tx := &fakeTx{xid: xid}
 	h, err := r.Enlist(ctx, tx)
 	if err != nil {

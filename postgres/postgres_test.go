@@ -230,7 +230,7 @@ func TestHostileGIDsAreNeverOurs(t *testing.T) {
 		strings.Replace(valid, ":00", ":0g", 1),
 		strings.Replace(valid, ".", "..", 1),
 		valid + "\n",
-		"xab1:" + g.Node + "." + strings.Repeat("f", 12) + ".00000000.000000000000:00", // deadline before begin
+		"xab1:" + g.Node() + "." + strings.Repeat("f", 12) + ".00000000.000000000000:00", // deadline before begin
 		"xab1:" + strings.Repeat("a", 25) + strings.TrimPrefix(valid, "xab1:conftest"),
 		"xab1:" + strings.Repeat("z", 150) + fmt.Sprintf("%08x", rand.Uint32()),
 		"xab1::" + fmt.Sprintf("%08x", rand.Uint32()),

@@ -113,14 +113,14 @@ const keptRetention = 10 * time.Minute
 func (r *Recoverer) forgetKept(ctx context.Context, rep *Report, still map[drivers.GlobalID]bool) {
 	byKeeper := map[decisionlog.Keeper][]drivers.GlobalID{}
 	for g, k := range rep.kept {
-		if g.Node != r.cfg.NodeID || still[g] || r.active(g) {
+		if g.Node() != r.cfg.NodeID || still[g] || r.active(g) {
 			continue
 		}
 		if !k.Abort {
 			if !r.coversAll(k.Decision) {
 				continue
 			}
-		} else if rep.At.Before(g.Deadline.Add(r.cfg.Skew + keptRetention)) {
+		} else if rep.At.Before(g.Deadline().Add(r.cfg.Skew + keptRetention)) {
 			continue
 		}
 		byKeeper[k.keeper] = append(byKeeper[k.keeper], g)
@@ -165,7 +165,7 @@ func (r *Recoverer) endFinished(ctx context.Context, rep *Report) {
 	r.forgetKept(ctx, rep, stillPrepared(rep))
 	still := stillPrepared(rep)
 	for _, d := range r.cfg.Log.Pending() {
-		if d.GTRID.Node != r.cfg.NodeID || still[d.GTRID] {
+		if d.GTRID.Node() != r.cfg.NodeID || still[d.GTRID] {
 			continue
 		}
 		if r.active(d.GTRID) {

@@ -71,10 +71,10 @@ func (s *snapshot) classifyBranch(b Branch) Branch {
 		return b
 	}
 	g := b.XID.Global
-	b.Age = s.now.Sub(g.Begin)
-	if g.Node != s.node {
+	b.Age = s.now.Sub(g.Begin())
+	if g.Node() != s.node {
 		b.Class = UnknownOwner
-		b.Reason = fmt.Sprintf("belongs to node %q; run recovery with that node's id and log", g.Node)
+		b.Reason = fmt.Sprintf("belongs to node %q; run recovery with that node's id and log", g.Node())
 		return b
 	}
 	entry, logged := s.entries[g]
@@ -161,10 +161,10 @@ func (s *snapshot) needsAttention(b Branch) bool {
 // pastFence reports whether recovery may presume g aborted as far as time
 // goes, and why not when it may not.
 func (s *snapshot) pastFence(g drivers.GlobalID) (bool, string) {
-	if s.minAge != nil && s.now.Sub(g.Begin) >= *s.minAge {
+	if s.minAge != nil && s.now.Sub(g.Begin()) >= *s.minAge {
 		return true, ""
 	}
-	fence := g.Deadline.Add(s.skew)
+	fence := g.Deadline().Add(s.skew)
 	if s.now.Before(fence) {
 		return false, fmt.Sprintf("within its fence (%s left)", fence.Sub(s.now).Round(time.Second))
 	}
@@ -291,7 +291,7 @@ func (s *snapshot) planResolve(req resolveRequest, first map[drivers.XID]bool) r
 			p.waiting = append(p.waiting, b)
 			continue
 		}
-		b.Age = s.now.Sub(g.Begin)
+		b.Age = s.now.Sub(g.Begin())
 		if !first[b.XID] {
 			b.Class, b.Action, b.Reason, b.Attention = Live, ActionWait, "listed by one of the two scans only; run resolve again", true
 			p.waiting = append(p.waiting, b)

@@ -25,7 +25,7 @@ var (
 // tgid is a global id of node that began age before tNow, its deadline
 // left after tNow (negative: past).
 func tgid(node string, seq uint32, age, left time.Duration) drivers.GlobalID {
-	return drivers.GlobalID{Node: node, Begin: tNow.Add(-age), Seq: seq, Deadline: tNow.Add(left)}
+	return drivers.MustGlobalID(node, tNow.Add(-age), seq, tNow.Add(left))
 }
 
 var (

@@ -43,12 +43,7 @@ var seq uint32
 func gid(node string, age, left time.Duration) drivers.GlobalID {
 	seq++
 	now := time.Now()
-	return drivers.GlobalID{
-		Node:     node,
-		Begin:    now.Add(-age).Truncate(time.Millisecond).UTC(),
-		Seq:      seq,
-		Deadline: now.Add(left).Truncate(time.Millisecond).UTC(),
-	}
+	return drivers.MustGlobalID(node, now.Add(-age).Truncate(time.Millisecond).UTC(), seq, now.Add(left).Truncate(time.Millisecond).UTC())
 }
 
 func x(g drivers.GlobalID, br uint8) drivers.XID { return drivers.XID{Global: g, Branch: br} }

@@ -39,8 +39,8 @@ func (r *Recoverer) Resolve(ctx context.Context, g drivers.GlobalID, commit, for
 	if actor == "" {
 		actor = r.cfg.Actor
 	}
-	if g.Node != r.cfg.NodeID {
-		return nil, fmt.Errorf("%w: %s belongs to node %q, this is %q (use that node's --node-id and --log-dir)", ErrOtherNode, g, g.Node, r.cfg.NodeID)
+	if g.Node() != r.cfg.NodeID {
+		return nil, fmt.Errorf("%w: %s belongs to node %q, this is %q (use that node's --node-id and --log-dir)", ErrOtherNode, g, g.Node(), r.cfg.NodeID)
 	}
 	// Two scans Settle apart: act only on branches present in both, so no
 	// owner session can still be closing (see Config.Settle).

@@ -130,7 +130,7 @@ func (r *Recoverer) snapshot(rep *Report, firstSeen map[drivers.XID]time.Time, a
 		}
 	}
 	look := func(g drivers.GlobalID) {
-		if g.Node != r.cfg.NodeID {
+		if g.Node() != r.cfg.NodeID {
 			return
 		}
 		if _, ok := s.entries[g]; !ok {

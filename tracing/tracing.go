@@ -75,7 +75,7 @@ type txKey struct {
 }
 
 func keyOf(info xa.StepInfo) txKey {
-	return txKey{node: info.GTRID.Node, begin: info.GTRID.Begin.UnixMilli(), seq: info.GTRID.Seq}
+	return txKey{node: info.GTRID.Node(), begin: info.GTRID.Begin().UnixMilli(), seq: info.GTRID.Seq()}
 }
 
 const (
@@ -146,7 +146,7 @@ func (t *Tracer) begin(info xa.StepInfo) {
 	}
 	// Set only on a recording span: formatting the id costs allocations
 	// a no-op tracer should not pay.
-	span.SetAttributes(AttrGTRID.String(info.GTRID.String()), AttrNode.String(info.GTRID.Node))
+	span.SetAttributes(AttrGTRID.String(info.GTRID.String()), AttrNode.String(info.GTRID.Node()))
 	tx := &txSpans{ctx: ctx, tx: span}
 	tx.startPhase(t.tracer, phaseWork)
 	t.mu.Lock()

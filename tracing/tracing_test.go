@@ -277,7 +277,7 @@ func TestSpans(t *testing.T) {
 // remembered, so later steps cost one atomic load.
 func TestNoopProviderKeepsNothing(t *testing.T) {
 	tr := tracing.New(noop.NewTracerProvider())
-	g := drivers.GlobalID{Node: "n", Begin: time.Now(), Seq: 1, Deadline: time.Now().Add(time.Minute)}
+	g := drivers.MustGlobalID("n", time.Now(), 1, time.Now().Add(time.Minute))
 	tr.Hook(xa.StepBegin, xa.StepInfo{GTRID: g, Branch: -1, Context: context.Background()})
 	if n := testing.AllocsPerRun(100, func() {
 		tr.Hook(xa.StepPreparing, xa.StepInfo{GTRID: g, Resource: "a", Branch: 0})

@@ -100,7 +100,7 @@ func TestResumeWaitsResumeDelay(t *testing.T) {
 	ctx := context.Background()
 	log := decisionlog.NewMemLog(nil)
 	a := fakeres.New("a")
-	g := drivers.GlobalID{Node: "test", Begin: time.Now().UTC().Truncate(time.Millisecond), Seq: 1, Deadline: time.Now().Add(time.Minute).UTC().Truncate(time.Millisecond)}
+	g := drivers.MustGlobalID("test", time.Now().UTC().Truncate(time.Millisecond), 1, time.Now().Add(time.Minute).UTC().Truncate(time.Millisecond))
 	a.AddPrepared(drivers.XID{Global: g})
 	if err := log.Commit(ctx, decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "a"}}}); err != nil {
 		t.Fatal(err)
@@ -123,8 +123,7 @@ func TestResumeWaitsResumeDelay(t *testing.T) {
 	_ = c.Close()
 
 	// Closed during the wait: no attempt, the decision stays pending.
-	g2 := g
-	g2.Seq = 2
+	g2 := drivers.MustGlobalID(g.Node(), g.Begin(), 2, g.Deadline())
 	if err := log.Commit(ctx, decisionlog.Decision{GTRID: g2, Participants: []decisionlog.Participant{{Resource: "a"}}}); err != nil {
 		t.Fatal(err)
 	}

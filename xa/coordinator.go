@@ -186,13 +186,20 @@ type Coordinator struct {
 	keeper    decisionlog.Keeper // Config.DecisionResource, or nil
 	forget    *forgetter         // batched deletes of finished kept decisions
 
+	// The two ways a commit decision is made durable (decide.go).
+	logDecider    decider
+	keeperDecider decider // nil without a keeper
+
 	// bg owns every goroutine that outlives a call: background phase 2.
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
 	bgWG     sync.WaitGroup
 
-	mu     sync.Mutex
-	active map[drivers.GlobalID]struct{} // begun and not finished (phase 2 included)
+	mu sync.Mutex
+	// active counts, per global transaction begun and not finished (phase 2
+	// included), its holders: the caller's Commit or Rollback, and phase 2
+	// in the background.
+	active map[drivers.GlobalID]int
 	closed bool
 
 	closeOnce sync.Once
@@ -245,7 +252,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		ids:       newIDGen(cfg.NodeID),
 		logger:    logger.With("node", cfg.NodeID),
 		resources: res,
-		active:    map[drivers.GlobalID]struct{}{},
+		active:    map[drivers.GlobalID]int{},
 	}
 	if c.log == nil {
 		if cfg.LogDir == "" {
@@ -271,14 +278,16 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 		c.keeper = k
 	}
 	c.bgCtx, c.bgCancel = context.WithCancel(context.WithoutCancel(ctx))
+	c.logDecider = logDecider{log: c.log}
 	for _, d := range c.log.Pending() {
-		if d.GTRID.Node != cfg.NodeID {
+		if d.GTRID.Node() != cfg.NodeID {
 			continue // another node's log mounted here; its own coordinator or recovery finishes it
 		}
-		c.resume(d, decidedInLog)
+		c.resume(d, c.logDecider)
 	}
 	if c.keeper != nil {
 		c.forget = newForgetter(c)
+		c.keeperDecider = keeperDecider{k: c.keeper, forget: c.forget}
 		c.resumeKept(ctx)
 	}
 	return c, nil
@@ -363,6 +372,8 @@ func (c *Coordinator) close() error {
 // and Run returns an error matching ErrAborted (and fn's error). Otherwise
 // Run commits and returns nil, or an error matching ErrAborted,
 // ErrOutcomeUnknown or ErrCommitPending; see OutcomeOf.
+// RunRetry runs it again after an abort a new attempt may cure (a
+// deadlock, say).
 func (c *Coordinator) Run(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) (err error) {
 	tx, err := c.Begin(ctx)
 	if err != nil {
@@ -372,17 +383,17 @@ func (c *Coordinator) Run(ctx context.Context, fn func(ctx context.Context, tx *
 	defer cancel()
 	defer func() {
 		if p := recover(); p != nil {
-			_ = tx.rollback(context.WithoutCancel(ctx), "panic", tx.errorf(Aborted, "panic", "", fmt.Errorf("callback panicked: %v", p)))
+			_ = tx.rollback(context.WithoutCancel(ctx), "panic", tx.errorf(Aborted, OpPanic, "", fmt.Errorf("callback panicked: %v", p)))
 			panic(p)
 		}
 	}()
 	if ferr := fn(workCtx, tx); ferr != nil {
-		e := tx.errorf(Aborted, "work", "", ferr)
+		e := tx.errorf(Aborted, OpWork, "", ferr)
 		_ = tx.rollback(ctx, "work", e)
 		return e
 	}
 	if cerr := workCtx.Err(); cerr != nil {
-		e := tx.errorf(Aborted, "work", "", context.Cause(workCtx))
+		e := tx.errorf(Aborted, OpWork, "", context.Cause(workCtx))
 		_ = tx.rollback(ctx, "work", e)
 		return e
 	}
@@ -393,24 +404,40 @@ func (c *Coordinator) Run(ctx context.Context, fn func(ctx context.Context, tx *
 // Rollback; Run does both for you.
 func (c *Coordinator) Begin(ctx context.Context) (*Tx, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, &Error{Outcome: Aborted, Op: "begin", Err: err}
+		return nil, &Error{Outcome: Aborted, Op: OpBegin, Err: err}
 	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil, &Error{Outcome: Aborted, Op: "begin", Err: errors.New("coordinator is closed")}
+		return nil, &Error{Outcome: Aborted, Op: OpBegin, Err: errors.New("coordinator is closed")}
 	}
-	g := c.ids.next(c.cfg.Now(), c.cfg.Timeout)
-	c.active[g] = struct{}{}
+	g, err := c.ids.next(c.cfg.Now(), c.cfg.Timeout)
+	if err != nil {
+		c.mu.Unlock()
+		return nil, &Error{Outcome: Aborted, Op: OpBegin, Err: fmt.Errorf("global id: %w", err)}
+	}
+	c.active[g]++
 	c.mu.Unlock()
 	tx := &Tx{c: c, gtrid: g, byRes: map[drivers.Resource]*txBranch{}, began: c.stamp()}
 	c.hook(StepBegin, StepInfo{GTRID: g, Branch: -1, Context: ctx})
 	return tx, nil
 }
 
+// track adds a holder of g: Active reports g until every holder untracks.
+func (c *Coordinator) track(g drivers.GlobalID) {
+	c.mu.Lock()
+	c.active[g]++
+	c.mu.Unlock()
+}
+
+// untrack removes a holder of g.
 func (c *Coordinator) untrack(g drivers.GlobalID) {
 	c.mu.Lock()
-	delete(c.active, g)
+	if c.active[g] <= 1 {
+		delete(c.active, g)
+	} else {
+		c.active[g]--
+	}
 	c.mu.Unlock()
 }
 
@@ -438,11 +465,24 @@ func since(t time.Time) time.Duration {
 }
 
 // resume drives a commit decision found at start-up (in the log or in the
-// decision keeper, as where says) to completion by XID, in the background.
-func (c *Coordinator) resume(d decisionlog.Decision, where decisionKind) {
-	c.mu.Lock()
-	c.active[d.GTRID] = struct{}{}
-	c.mu.Unlock()
+// decision keeper, as dec says) to completion by XID, in the background,
+// with the same phase 2 as Commit's.
+func (c *Coordinator) resume(d decisionlog.Decision, dec decider) {
+	tx := &Tx{c: c, gtrid: d.GTRID, finished: true}
+	tx.handedOff.Store(true) // its caller is gone
+	voters := make([]*txBranch, 0, len(d.Participants))
+	for _, p := range d.Participants {
+		r, ok := c.resources[p.Resource]
+		if !ok {
+			c.logger.Error("commit decision names a resource that is not configured; leaving it to recovery",
+				"gtrid", d.GTRID.String(), "resource", p.Resource)
+			continue
+		}
+		// No connection: phase 2 commits it by XID (closed: nothing to close).
+		voters = append(voters, &txBranch{res: r, xid: p.XID(d.GTRID), num: int(p.Branch), vote: drivers.VoteCommit, closed: true})
+	}
+	complete := len(voters) == len(d.Participants)
+	c.track(d.GTRID)
 	c.logger.Info("resuming phase 2 of a logged commit decision", "gtrid", d.GTRID.String(), "branches", len(d.Participants))
 	c.goBackground(func() {
 		defer c.untrack(d.GTRID)
@@ -456,44 +496,12 @@ func (c *Coordinator) resume(d decisionlog.Decision, where decisionKind) {
 			}
 		}
 		start := c.stamp()
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		done := 0
-		for _, p := range d.Participants {
-			r, ok := c.resources[p.Resource]
-			if !ok {
-				c.logger.Error("commit decision names a resource that is not configured; leaving it to recovery",
-					"gtrid", d.GTRID.String(), "resource", p.Resource)
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				xid := p.XID(d.GTRID)
-				c.hook(StepCommitting, StepInfo{GTRID: d.GTRID, Resource: p.Resource, Branch: int(p.Branch)})
-				err := retry(c.bgCtx, func(ctx context.Context) error {
-					err := r.CommitPrepared(ctx, xid)
-					if errors.Is(err, drivers.ErrNotFound) {
-						return nil // already committed: phase 2 is idempotent
-					}
-					return err
-				}, c.logger, "gtrid", d.GTRID.String(), "resource", p.Resource)
-				if err != nil {
-					c.hook(StepCommitFailed, StepInfo{GTRID: d.GTRID, Resource: p.Resource, Branch: int(p.Branch), Err: err})
-					return
-				}
-				mu.Lock()
-				done++
-				mu.Unlock()
-				c.hook(StepCommitted, StepInfo{GTRID: d.GTRID, Resource: p.Resource, Branch: int(p.Branch)})
-			}()
+		if !complete {
+			// The decision does not end while a participant is missing.
+			tx.commitBranches(c.bgCtx, voters, true)
+			return
 		}
-		wg.Wait()
-		if done == len(d.Participants) {
-			c.logger.Info("phase 2 of a logged commit decision finished", "gtrid", d.GTRID.String())
-			c.hook(StepAllCommitted, StepInfo{GTRID: d.GTRID, Branch: -1, Elapsed: since(start)})
-			c.endDecision(d.GTRID, where)
-		}
+		tx.finishPhase2(voters, dec, start)
 	})
 }
 

@@ -474,13 +474,16 @@ func TestIDsAreOrderedAndUnique(t *testing.T) {
 		if i > 500 {
 			at = now.Add(-time.Minute)
 		}
-		id := g.next(at, time.Minute)
+		id, err := g.next(at, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
 		s := id.String()
 		if seen[s] {
 			t.Fatalf("duplicate id %s", s)
 		}
 		seen[s] = true
-		if i > 0 && id.Begin.Before(prev.Begin) {
+		if i > 0 && id.Begin().Before(prev.Begin()) {
 			t.Fatalf("id %s begins before %s", s, prev)
 		}
 		if back, err := drivers.ParseGlobalID(s); err != nil || back != id {

@@ -75,9 +75,39 @@ func OutcomeOf(err error) Outcome {
 type Error struct {
 	GTRID    string
 	Outcome  Outcome
-	Op       string // "work", "prepare", "decide", "commit", "commit-one-phase", ...
+	Op       Op     // the protocol step that ended the transaction
 	Resource string // the resource involved, if one
 	Err      error
+}
+
+// Op is the protocol step an Error comes from. ReasonOf reads it, so the
+// set is fixed: a new step gets a constant here, never a bare string.
+type Op uint8
+
+// The steps an Error can come from.
+const (
+	OpNone           Op = iota // not set
+	OpBegin                    // Begin
+	OpWork                     // the Run callback (its error, or its context ending)
+	OpPanic                    // the Run callback panicked
+	OpRollback                 // Tx.Rollback
+	OpPrepare                  // phase 1
+	OpDecide                   // making the commit decision durable
+	OpCommit                   // phase 2
+	OpCommitOnePhase           // the one-phase commit of a single branch
+)
+
+var opNames = [...]string{
+	OpNone: "", OpBegin: "begin", OpWork: "work", OpPanic: "panic", OpRollback: "rollback",
+	OpPrepare: "prepare", OpDecide: "decide", OpCommit: "commit", OpCommitOnePhase: "commit-one-phase",
+}
+
+// String returns the step's name as Error shows it ("" for OpNone).
+func (o Op) String() string {
+	if int(o) < len(opNames) {
+		return opNames[o]
+	}
+	return "invalid"
 }
 
 func (e *Error) Error() string {
@@ -89,9 +119,9 @@ func (e *Error) Error() string {
 		b.WriteString(e.GTRID)
 		b.WriteString("]")
 	}
-	if e.Op != "" {
+	if e.Op != OpNone {
 		b.WriteString(": ")
-		b.WriteString(e.Op)
+		b.WriteString(e.Op.String())
 		if e.Resource != "" {
 			b.WriteString(" on ")
 			b.WriteString(e.Resource)
@@ -135,6 +165,12 @@ func Retryable(err error) bool {
 	return errors.Is(err, drivers.ErrRetryable) || errors.Is(err, decisionlog.ErrFenced)
 }
 
+// conflict reports an error of contention between transactions: a
+// database said deadlock, serialization failure or lock wait timeout (the
+// adapters classify those as drivers.ErrConflict, also when they come
+// from the application's own statements on a branch).
+func conflict(err error) bool { return errors.Is(err, drivers.ErrConflict) }
+
 // Reason is a short, stable label for why a global transaction ended as it
 // did, for metrics and logs (see ReasonOf). The set is small and fixed, so
 // it is fit for a metric label.
@@ -144,6 +180,7 @@ type Reason string
 const (
 	ReasonNone            Reason = "none"              // committed
 	ReasonUserError       Reason = "user-error"        // the callback returned an error
+	ReasonConflict        Reason = "conflict"          // contention: a deadlock, serialization failure or lock wait timeout aborted it (Retryable)
 	ReasonRollback        Reason = "rollback"          // Tx.Rollback was called
 	ReasonPanic           Reason = "panic"             // the callback panicked
 	ReasonTimeout         Reason = "timeout"           // the transaction's deadline (Config.Timeout) or the caller's passed
@@ -162,7 +199,7 @@ const (
 
 // Reasons lists every Reason, for tools that enumerate label values.
 var Reasons = []Reason{
-	ReasonNone, ReasonUserError, ReasonRollback, ReasonPanic, ReasonTimeout, ReasonCanceled,
+	ReasonNone, ReasonUserError, ReasonConflict, ReasonRollback, ReasonPanic, ReasonTimeout, ReasonCanceled,
 	ReasonPrepareRefused, ReasonPrepareInDoubt, ReasonFenced, ReasonDecisionRefused, ReasonLogFailed,
 	ReasonDecisionInDoubt, ReasonCommitRefused, ReasonCommitInDoubt, ReasonPhase2Timeout, ReasonOther,
 }
@@ -178,9 +215,9 @@ func ReasonOf(err error) Reason {
 		return ReasonOther
 	}
 	switch e.Op {
-	case "rollback":
+	case OpRollback:
 		return ReasonRollback
-	case "panic":
+	case OpPanic:
 		return ReasonPanic
 	}
 	switch {
@@ -190,14 +227,20 @@ func ReasonOf(err error) Reason {
 		return ReasonCanceled
 	}
 	switch e.Op {
-	case "work":
+	case OpWork:
+		if conflict(e.Err) {
+			return ReasonConflict
+		}
 		return ReasonUserError
-	case "prepare":
-		if errors.Is(e.Err, drivers.ErrInDoubt) {
+	case OpPrepare:
+		switch {
+		case errors.Is(e.Err, drivers.ErrInDoubt):
 			return ReasonPrepareInDoubt
+		case conflict(e.Err):
+			return ReasonConflict
 		}
 		return ReasonPrepareRefused
-	case "decide":
+	case OpDecide:
 		switch {
 		case errors.Is(e.Err, decisionlog.ErrFenced):
 			return ReasonFenced
@@ -207,12 +250,15 @@ func ReasonOf(err error) Reason {
 			return ReasonLogFailed
 		}
 		return ReasonDecisionInDoubt
-	case "commit-one-phase":
-		if e.Outcome == Unknown {
+	case OpCommitOnePhase:
+		switch {
+		case e.Outcome == Unknown:
 			return ReasonCommitInDoubt
+		case conflict(e.Err):
+			return ReasonConflict
 		}
 		return ReasonCommitRefused
-	case "commit":
+	case OpCommit:
 		return ReasonPhase2Timeout
 	}
 	return ReasonOther

@@ -69,7 +69,7 @@ func Example() {
 
 // Classify what Run returned.
 func ExampleOutcomeOf() {
-	err := error(&xa.Error{Outcome: xa.Aborted, Op: "prepare", Resource: "wallet", Err: drivers.ErrRefused})
+	err := error(&xa.Error{Outcome: xa.Aborted, Op: xa.OpPrepare, Resource: "wallet", Err: drivers.ErrRefused})
 	fmt.Println(xa.OutcomeOf(err), errors.Is(err, xa.ErrAborted), errors.Is(err, drivers.ErrRefused))
 	fmt.Println(xa.OutcomeOf(nil))
 	// Output:

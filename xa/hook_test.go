@@ -207,30 +207,30 @@ func TestHooks(t *testing.T) {
 
 func TestReasonOf(t *testing.T) {
 	g := "n.1.2.3"
-	e := func(o Outcome, op string, err error) error { return &Error{GTRID: g, Outcome: o, Op: op, Err: err} }
+	e := func(o Outcome, op Op, err error) error { return &Error{GTRID: g, Outcome: o, Op: op, Err: err} }
 	tests := []struct {
 		err  error
 		want Reason
 	}{
 		{nil, ReasonNone},
 		{errors.New("not ours"), ReasonOther},
-		{e(Aborted, "work", errors.New("no funds")), ReasonUserError},
-		{fmt.Errorf("wrapped: %w", e(Aborted, "work", errors.New("no funds"))), ReasonUserError},
-		{e(Aborted, "work", context.DeadlineExceeded), ReasonTimeout},
-		{e(Aborted, "work", fmt.Errorf("query: %w", context.Canceled)), ReasonCanceled},
-		{e(Aborted, "rollback", nil), ReasonRollback},
-		{e(Aborted, "panic", errors.New("boom")), ReasonPanic},
-		{e(Aborted, "prepare", &drivers.Error{Kind: drivers.ErrRefused, Err: errors.New("23505")}), ReasonPrepareRefused},
-		{e(Aborted, "prepare", &drivers.Error{Kind: drivers.ErrInDoubt, Err: errors.New("EOF")}), ReasonPrepareInDoubt},
-		{e(Aborted, "decide", fmt.Errorf("late: %w", decisionlog.ErrFenced)), ReasonFenced},
-		{e(Aborted, "decide", &drivers.Error{Kind: drivers.ErrRefused}), ReasonDecisionRefused},
-		{e(Unknown, "decide", fmt.Errorf("%w: fsync", decisionlog.ErrLogFailed)), ReasonLogFailed},
-		{e(Unknown, "decide", &drivers.Error{Kind: drivers.ErrInDoubt}), ReasonDecisionInDoubt},
-		{e(Aborted, "commit-one-phase", &drivers.Error{Kind: drivers.ErrRefused}), ReasonCommitRefused},
-		{e(Unknown, "commit-one-phase", &drivers.Error{Kind: drivers.ErrInDoubt}), ReasonCommitInDoubt},
-		{e(CommitPending, "commit", errors.New("phase 2 did not finish within the phase 2 timeout")), ReasonPhase2Timeout},
-		{e(CommitPending, "commit", context.Canceled), ReasonCanceled},
-		{e(Aborted, "begin", errors.New("coordinator is closed")), ReasonOther},
+		{e(Aborted, OpWork, errors.New("no funds")), ReasonUserError},
+		{fmt.Errorf("wrapped: %w", e(Aborted, OpWork, errors.New("no funds"))), ReasonUserError},
+		{e(Aborted, OpWork, context.DeadlineExceeded), ReasonTimeout},
+		{e(Aborted, OpWork, fmt.Errorf("query: %w", context.Canceled)), ReasonCanceled},
+		{e(Aborted, OpRollback, nil), ReasonRollback},
+		{e(Aborted, OpPanic, errors.New("boom")), ReasonPanic},
+		{e(Aborted, OpPrepare, &drivers.Error{Kind: drivers.ErrRefused, Err: errors.New("23505")}), ReasonPrepareRefused},
+		{e(Aborted, OpPrepare, &drivers.Error{Kind: drivers.ErrInDoubt, Err: errors.New("EOF")}), ReasonPrepareInDoubt},
+		{e(Aborted, OpDecide, fmt.Errorf("late: %w", decisionlog.ErrFenced)), ReasonFenced},
+		{e(Aborted, OpDecide, &drivers.Error{Kind: drivers.ErrRefused}), ReasonDecisionRefused},
+		{e(Unknown, OpDecide, fmt.Errorf("%w: fsync", decisionlog.ErrLogFailed)), ReasonLogFailed},
+		{e(Unknown, OpDecide, &drivers.Error{Kind: drivers.ErrInDoubt}), ReasonDecisionInDoubt},
+		{e(Aborted, OpCommitOnePhase, &drivers.Error{Kind: drivers.ErrRefused}), ReasonCommitRefused},
+		{e(Unknown, OpCommitOnePhase, &drivers.Error{Kind: drivers.ErrInDoubt}), ReasonCommitInDoubt},
+		{e(CommitPending, OpCommit, errors.New("phase 2 did not finish within the phase 2 timeout")), ReasonPhase2Timeout},
+		{e(CommitPending, OpCommit, context.Canceled), ReasonCanceled},
+		{e(Aborted, OpBegin, errors.New("coordinator is closed")), ReasonOther},
 	}
 	for _, tt := range tests {
 		if got := ReasonOf(tt.err); got != tt.want {

@@ -28,8 +28,8 @@ func newIDGen(node string) *idGen {
 }
 
 // next returns a new global id that begins at now and whose fence deadline
-// is now+ttl.
-func (g *idGen) next(now time.Time, ttl time.Duration) drivers.GlobalID {
+// is now+ttl. It fails only for a clock or ttl beyond what a GlobalID holds.
+func (g *idGen) next(now time.Time, ttl time.Duration) (drivers.GlobalID, error) {
 	g.mu.Lock()
 	ms := now.UnixMilli()
 	if ms < g.lastMs {
@@ -40,10 +40,5 @@ func (g *idGen) next(now time.Time, ttl time.Duration) drivers.GlobalID {
 	seq := g.seq
 	g.mu.Unlock()
 	begin := time.UnixMilli(ms).UTC()
-	return drivers.GlobalID{
-		Node:     g.node,
-		Begin:    begin,
-		Seq:      seq,
-		Deadline: begin.Add(ttl).Truncate(time.Millisecond),
-	}
+	return drivers.NewGlobalID(g.node, begin, seq, begin.Add(ttl))
 }

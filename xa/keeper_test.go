@@ -214,8 +214,8 @@ func TestKeeperAsyncPhase2(t *testing.T) {
 func TestKeeperResumeAtStart(t *testing.T) {
 	k, b := fakeres.NewKeeper("pg"), fakeres.New("mysql")
 	now := time.Now().UTC().Truncate(time.Millisecond)
-	mine := drivers.GlobalID{Node: "test", Begin: now, Seq: 1, Deadline: now.Add(time.Minute)}
-	other := drivers.GlobalID{Node: "other", Begin: now, Seq: 2, Deadline: now.Add(time.Minute)}
+	mine := drivers.MustGlobalID("test", now, 1, now.Add(time.Minute))
+	other := drivers.MustGlobalID("other", now, 2, now.Add(time.Minute))
 	for _, g := range []drivers.GlobalID{mine, other} {
 		k.PutDecision(decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "mysql", Branch: 1}}, At: now})
 		b.AddPrepared(drivers.XID{Global: g, Branch: 1})

@@ -666,7 +666,7 @@ func (e *benchEnv) preparedLeft(ctx context.Context) ([]string, error) {
 				continue
 			}
 			for m := range e.coords {
-				if p.XID.Global.Node == e.o.nodeID+"-"+m {
+				if p.XID.Global.Node() == e.o.nodeID+"-"+m {
 					left = append(left, r.Name()+" "+p.XID.GID())
 				}
 			}
@@ -710,7 +710,7 @@ func (e *benchEnv) checkInvariants(ctx context.Context, inv *benchInvariants) er
 			return err
 		}
 		for _, k := range kept {
-			if strings.HasPrefix(k.GTRID.Node, e.o.nodeID+"-") {
+			if strings.HasPrefix(k.GTRID.Node(), e.o.nodeID+"-") {
 				inv.DecisionRowsLeft++
 			}
 		}

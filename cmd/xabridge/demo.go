@@ -408,7 +408,7 @@ func inDoubtBranches(ctx context.Context, b *bank.Bank, node string) (int, error
 			return 0, err
 		}
 		for _, p := range ps {
-			if p.Ours && p.XID.Global.Node == node {
+			if p.Ours && p.XID.Global.Node() == node {
 				n++
 			}
 		}

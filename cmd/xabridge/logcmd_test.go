@@ -25,7 +25,7 @@ func logWithTornTail(t *testing.T) (string, drivers.GlobalID) {
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	var last drivers.GlobalID
 	for i := range 3 {
-		last = drivers.GlobalID{Node: "node-7", Begin: now, Seq: uint32(i), Deadline: now.Add(time.Hour)}
+		last = drivers.MustGlobalID("node-7", now, uint32(i), now.Add(time.Hour))
 		if err := l.Commit(context.Background(), decisionlog.Decision{GTRID: last, Participants: []decisionlog.Participant{{Resource: "pg"}}}); err != nil {
 			t.Fatal(err)
 		}

@@ -73,8 +73,8 @@ func toJSON(node string, rep *recovery.Report) reportJSON {
 		if b.Ours {
 			g := b.XID.Global
 			br := int(b.XID.Branch)
-			j.GTRID, j.Node, j.Branch = g.String(), g.Node, &br
-			j.Begin, j.Deadline = g.Begin.UTC().Format(time.RFC3339Nano), g.Deadline.UTC().Format(time.RFC3339Nano)
+			j.GTRID, j.Node, j.Branch = g.String(), g.Node(), &br
+			j.Begin, j.Deadline = g.Begin().UTC().Format(time.RFC3339Nano), g.Deadline().UTC().Format(time.RFC3339Nano)
 			j.LogState = b.LogState.String()
 		}
 		if !b.PreparedAt.IsZero() {
@@ -117,7 +117,7 @@ func writeTable(w io.Writer, rep *recovery.Report, showResult bool) {
 	for _, b := range rep.Branches {
 		id, node, br, logState := drivers.DisplayID(b.ID), "-", "-", "-"
 		if b.Ours {
-			id, node, br, logState = b.XID.Global.String(), b.XID.Global.Node, b.XID.BranchQualifier(), b.LogState.String()
+			id, node, br, logState = b.XID.Global.String(), b.XID.Global.Node(), b.XID.BranchQualifier(), b.LogState.String()
 		}
 		age := "-"
 		if b.Ours || !b.PreparedAt.IsZero() {
@@ -407,7 +407,7 @@ func newShowCmd() *cobra.Command {
 			} else {
 				w := cmd.OutOrStdout()
 				writeEntry(w, ej)
-				fmt.Fprintf(w, "  began %s, fence %s\n", g.Begin.UTC().Format(time.RFC3339Nano), g.Deadline.UTC().Format(time.RFC3339Nano))
+				fmt.Fprintf(w, "  began %s, fence %s\n", g.Begin().UTC().Format(time.RFC3339Nano), g.Deadline().UTC().Format(time.RFC3339Nano))
 				if len(kept) == 0 {
 					fmt.Fprintln(w, "  no prepared branch on any resource")
 				} else {

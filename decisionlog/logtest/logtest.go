@@ -76,7 +76,7 @@ const Node = "logtest"
 // T0, with its deadline an hour after T0 (millisecond times, as the codec
 // keeps them).
 func GID(seq uint32) drivers.GlobalID {
-	return drivers.GlobalID{Node: Node, Begin: T0.Add(-time.Hour), Seq: seq, Deadline: T0.Add(time.Hour)}
+	return drivers.MustGlobalID(Node, T0.Add(-time.Hour), seq, T0.Add(time.Hour))
 }
 
 func decision(g drivers.GlobalID, resources ...string) decisionlog.Decision {

@@ -71,12 +71,7 @@ const NodeID = "conftest"
 // XID read back from Recover compares equal with ==.
 func NewXID() drivers.XID {
 	now := time.Now().UnixMilli()
-	return drivers.XID{Global: drivers.GlobalID{
-		Node:     NodeID,
-		Begin:    time.UnixMilli(now).UTC(),
-		Seq:      rand.Uint32(),
-		Deadline: time.UnixMilli(now + time.Hour.Milliseconds()).UTC(),
-	}}
+	return drivers.XID{Global: drivers.MustGlobalID(NodeID, time.UnixMilli(now).UTC(), rand.Uint32(), time.UnixMilli(now+time.Hour.Milliseconds()).UTC())}
 }
 
 // opTimeout bounds every call into the adapter, so a leaked connection or a
@@ -504,25 +499,18 @@ func (s *suite) testRecover(t *testing.T, foreignID string) {
 
 func (s *suite) testInvalidXID(t *testing.T) {
 	ctx := ctxT(t)
-	now := time.Now()
-	// The hostile node id names the suite's own table: if any of these calls
-	// sent the id as SQL, the table would be gone.
-	hostile := []drivers.XID{
-		{Global: drivers.GlobalID{Node: "x'; drop table " + s.table + "; --", Begin: now, Seq: 1, Deadline: now.Add(time.Hour)}},
-		{Global: drivers.GlobalID{Node: `x"; drop table ` + s.table + "; --", Begin: now, Seq: 2, Deadline: now.Add(time.Hour)}},
-		{Global: drivers.GlobalID{Node: "", Begin: now, Seq: 3, Deadline: now.Add(time.Hour)}},
-		{Global: drivers.GlobalID{Node: strings.Repeat("a", drivers.MaxNodeIDLen+1), Begin: now, Seq: 4, Deadline: now.Add(time.Hour)}},
-		{Global: drivers.GlobalID{Node: "ok", Begin: now, Seq: 5, Deadline: now.Add(-time.Hour)}},
-	}
+	// A GlobalID cannot carry hostile bytes (drivers.NewGlobalID refuses
+	// them); the zero XID is the one invalid XID left to refuse.
+	hostile := []drivers.XID{{}, {Branch: 1}}
 	for _, xid := range hostile {
 		b, err := s.r.Begin(ctx, xid)
 		if err == nil {
 			_ = b.Rollback(ctx)
 			_ = b.Close()
 		}
-		wantClass(t, fmt.Sprintf("Begin(%q)", xid.Global.Node), err, drivers.ErrFailed)
-		wantClass(t, fmt.Sprintf("CommitPrepared(%q)", xid.Global.Node), s.r.CommitPrepared(ctx, xid), drivers.ErrFailed)
-		wantClass(t, fmt.Sprintf("RollbackPrepared(%q)", xid.Global.Node), s.r.RollbackPrepared(ctx, xid), drivers.ErrFailed)
+		wantClass(t, fmt.Sprintf("Begin(%q)", xid.Global.Node()), err, drivers.ErrFailed)
+		wantClass(t, fmt.Sprintf("CommitPrepared(%q)", xid.Global.Node()), s.r.CommitPrepared(ctx, xid), drivers.ErrFailed)
+		wantClass(t, fmt.Sprintf("RollbackPrepared(%q)", xid.Global.Node()), s.r.RollbackPrepared(ctx, xid), drivers.ErrFailed)
 	}
 	if n := s.h.QueryInt(t, "SELECT COUNT(*) FROM "+s.table+" WHERE id < 0"); n != 0 {
 		t.Errorf("count = %d", n)
@@ -533,16 +521,12 @@ func (s *suite) testLimits(t *testing.T) {
 	ctx := ctxT(t)
 	now := time.Now().UnixMilli()
 	xid := drivers.XID{
-		Global: drivers.GlobalID{
-			Node:     "abcdefghijklmnopqrstuv-9", // MaxNodeIDLen characters
-			Begin:    time.UnixMilli(now).UTC(),
-			Seq:      ^uint32(0),
-			Deadline: time.UnixMilli(now + time.Hour.Milliseconds()).UTC(),
-		},
+		Global: drivers.MustGlobalID("abcdefghijklmnopqrstuv-9", // MaxNodeIDLen characters
+			time.UnixMilli(now).UTC(), ^uint32(0), time.UnixMilli(now+time.Hour.Milliseconds()).UTC()),
 		Branch: 255,
 	}
-	if len(xid.Global.Node) != drivers.MaxNodeIDLen {
-		t.Fatalf("test bug: node id has %d characters", len(xid.Global.Node))
+	if len(xid.Global.Node()) != drivers.MaxNodeIDLen {
+		t.Fatalf("test bug: node id has %d characters", len(xid.Global.Node()))
 	}
 	b := s.beginXID(ctx, t, xid)
 	id := s.nextID()

@@ -91,7 +91,7 @@ func Check(ctx context.Context, b *bank.Bank, e Expect) (Result, error) {
 			return r, err
 		}
 		for _, p := range ps {
-			if p.Ours && p.XID.Global.Node == e.Node {
+			if p.Ours && p.XID.Global.Node() == e.Node {
 				r.Stranded++
 			}
 		}
@@ -108,7 +108,7 @@ func Check(ctx context.Context, b *bank.Bank, e Expect) (Result, error) {
 	if e.Entries != nil {
 		logged := map[string]decisionlog.State{}
 		for _, en := range e.Entries {
-			if en.GTRID.Node != e.Node {
+			if en.GTRID.Node() != e.Node {
 				continue
 			}
 			id := en.GTRID.String()
@@ -130,7 +130,7 @@ func Check(ctx context.Context, b *bank.Bank, e Expect) (Result, error) {
 		if !e.LogCompacted {
 			for _, id := range sortedKeys(in) {
 				g, err := drivers.ParseGlobalID(id)
-				if err != nil || g.Node != e.Node || e.Kept[id] {
+				if err != nil || g.Node() != e.Node || e.Kept[id] {
 					continue
 				}
 				if s := logged[id]; s != decisionlog.StateCommitted && s != decisionlog.StateDone {

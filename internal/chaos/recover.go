@@ -112,7 +112,7 @@ func RecoverAfterCrash(ctx context.Context, cfg RecoverConfig) (RecoverResult, e
 		res.Passes++
 		ours := 0
 		for _, b := range rep.Branches {
-			if !b.Ours || b.XID.Global.Node != cfg.Node {
+			if !b.Ours || b.XID.Global.Node() != cfg.Node {
 				continue
 			}
 			switch b.Result {
@@ -128,7 +128,7 @@ func RecoverAfterCrash(ctx context.Context, cfg RecoverConfig) (RecoverResult, e
 		}
 		pending := 0
 		for _, d := range log.Pending() {
-			if d.GTRID.Node == cfg.Node {
+			if d.GTRID.Node() == cfg.Node {
 				pending++
 			}
 		}
@@ -180,7 +180,7 @@ func keptCommits(ctx context.Context, cfg RecoverConfig) (int, error) {
 			return 0, fmt.Errorf("listing the decisions kept in %s: %w", k.Name(), err)
 		}
 		for _, d := range kept {
-			if !d.Abort && d.GTRID.Node == cfg.Node {
+			if !d.Abort && d.GTRID.Node() == cfg.Node {
 				n++
 			}
 		}

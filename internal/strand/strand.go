@@ -73,10 +73,5 @@ func Prepare(ctx context.Context, r drivers.Resource, xid drivers.XID, stmts ...
 // GlobalID makes a global id for node that began at begin with the given
 // deadline, millisecond-exact so it compares equal after a round trip.
 func GlobalID(node string, begin, deadline time.Time, seq uint32) drivers.GlobalID {
-	return drivers.GlobalID{
-		Node:     node,
-		Begin:    begin.Truncate(time.Millisecond).UTC(),
-		Seq:      seq,
-		Deadline: deadline.Truncate(time.Millisecond).UTC(),
-	}
+	return drivers.MustGlobalID(node, begin.Truncate(time.Millisecond).UTC(), seq, deadline.Truncate(time.Millisecond).UTC())
 }
