@@ -209,7 +209,7 @@ func TestFileLogReadOnly(t *testing.T) {
 func TestFileLogValidation(t *testing.T) {
 	ctx := context.Background()
 	l := openFL(t, t.TempDir(), newFLClock(flT0), nil)
-	bad := drivers.MustGlobalID("Bad Node!", flT0, 0, flT0.Add(time.Hour))
+	bad := drivers.GlobalID{} // the only invalid GlobalID left
 	tests := []struct {
 		name string
 		op   func() error
