@@ -1,0 +1,155 @@
+// Package redact hides the passwords in database URLs, DSNs and command
+// lines before anything shows them: help texts, outputs, reports, errors.
+// It is the one place that knows what a password looks like in each form.
+package redact
+
+import (
+	"regexp"
+	"strings"
+)
+
+// Mask replaces a password.
+const Mask = "xxxxx"
+
+// Withheld replaces a string that looks like it holds a secret but cannot
+// be taken apart safely.
+const Withheld = "(withheld)"
+
+// URL returns a database URL or DSN with its password replaced by Mask:
+// the user info of scheme://user:password@host/db (the password may hold
+// @ : / # ?), a go-sql-driver DSN user:password@tcp(host)/db, a
+// password or passwd query parameter, and a keyword/value string's
+// password=... What it cannot take apart but may hold a password it
+// withholds whole.
+func URL(s string) string {
+	if s == "" {
+		return s
+	}
+	if scheme, rest, ok := strings.Cut(s, "://"); ok {
+		if !isScheme(scheme) {
+			return conservative(s)
+		}
+		return scheme + "://" + query(userInfo(rest))
+	}
+	if keywordForm.MatchString(s) {
+		return kvPassword.ReplaceAllString(s, "${1}"+Mask)
+	}
+	return query(userInfo(s))
+}
+
+// userInfo masks the password of user:password@rest. The user info ends
+// at the last @: a password may contain @ and / (unencoded), and a host
+// never contains @, so anything before the last one is credentials (an @
+// in a query parameter makes it hide more than it must, never less).
+func userInfo(s string) string {
+	at := strings.LastIndex(s, "@")
+	if at < 0 {
+		return s
+	}
+	user, _, hasPass := strings.Cut(s[:at], ":")
+	switch {
+	case strings.ContainsAny(user, "/?#"):
+		// Not a plain user name: part of a password, or a path.
+		return Mask + s[at:]
+	case hasPass:
+		return user + ":" + Mask + s[at:]
+	}
+	return s
+}
+
+// query masks password and passwd parameters after the first ?.
+func query(s string) string {
+	base, q, ok := strings.Cut(s, "?")
+	if !ok {
+		return s
+	}
+	q, frag, hasFrag := strings.Cut(q, "#")
+	params := strings.Split(q, "&")
+	for i, p := range params {
+		k, _, _ := strings.Cut(p, "=")
+		if isPasswordKey(k) {
+			params[i] = k + "=" + Mask
+		}
+	}
+	out := base + "?" + strings.Join(params, "&")
+	if hasFrag {
+		out += "#" + frag
+	}
+	return out
+}
+
+func isPasswordKey(k string) bool {
+	k = strings.ToLower(k)
+	return k == "password" || k == "passwd" || k == "pass" || k == "pwd"
+}
+
+// keywordForm recognises a keyword/value connection string: it starts with
+// KEY=.
+var keywordForm = regexp.MustCompile(`^\s*\w+\s*=`)
+
+// kvPassword finds password=VALUE in a keyword/value connection string
+// (PostgreSQL's "host=h password=p"), VALUE bare or single-quoted.
+var kvPassword = regexp.MustCompile(`(?i)(\bpass(?:word|wd)?\s*=\s*)('(?:[^'\\]|\\.)*'?|\S*)`)
+
+// conservative handles a string that is not a URL: it is withheld when it
+// may hold a password.
+func conservative(s string) string {
+	if strings.Contains(s, "@") || kvPassword.MatchString(s) {
+		return Withheld
+	}
+	return s
+}
+
+func isScheme(s string) bool {
+	if s == "" || !(s[0] >= 'a' && s[0] <= 'z' || s[0] >= 'A' && s[0] <= 'Z') {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// Args returns a copy of a command line with the password of every
+// database URL in it masked: a bare argument, a --flag=URL and a
+// NAME=URL (as --resource takes) alike.
+func Args(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		out[i] = arg(a)
+	}
+	return out
+}
+
+func arg(a string) string {
+	if !mayHoldSecret(a) {
+		return a
+	}
+	if k, v, ok := strings.Cut(a, "="); ok && isArgKey(k) && mayHoldSecret(v) {
+		return k + "=" + URL(v)
+	}
+	return URL(a)
+}
+
+// mayHoldSecret reports whether an argument may be or hold a database URL
+// with a password.
+func mayHoldSecret(s string) bool {
+	return strings.Contains(s, "@") || strings.Contains(s, "://") || kvPassword.MatchString(s)
+}
+
+// isArgKey reports whether k is a flag (--pg) or a resource name before
+// the = of an argument.
+func isArgKey(k string) bool {
+	k = strings.TrimLeft(k, "-")
+	if k == "" || isPasswordKey(k) {
+		return false
+	}
+	for _, c := range k {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
