@@ -61,8 +61,7 @@ each transfer id is in both databases or in neither.`,
 func addDemoDBFlags(cmd *cobra.Command, o *demoOpts) {
 	f := cmd.Flags()
 	f.StringVar(&o.prefix, "table-prefix", bank.DefaultPrefix, "name prefix of the demo tables (PREFIX_accounts, PREFIX_transfers), [a-z][a-z0-9_]*")
-	f.StringVar(&o.pgURL, "pg", envOr("XABRIDGE_PG", ""), "PostgreSQL URL, postgres://user:pass@host:port/db (env XABRIDGE_PG)")
-	f.StringVar(&o.myURL, "mysql", envOr("XABRIDGE_MYSQL", ""), "MySQL/MariaDB URL, mysql://user:pass@host:port/db (env XABRIDGE_MYSQL)")
+	addURLFlags(cmd, &o.pgURL, &o.myURL)
 }
 
 // openBank connects to both databases and selects the demo tables.

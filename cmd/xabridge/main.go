@@ -15,6 +15,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/xabridge/xabridge/internal/selfcheck"
 )
 
 // Exit codes scripts can rely on.
@@ -57,7 +59,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch {
 	case errors.As(err, &ue) || isCobraUsageError(err):
 		return exitUsage
-	case errors.Is(err, errInDoubtRemain):
+	case errors.Is(err, errInDoubtRemain) || errors.Is(err, selfcheck.ErrStranded):
 		return exitInDoubt
 	default:
 		return exitError
@@ -84,8 +86,9 @@ with two-phase commit (X/Open XA), and gives operators the tools to see and
 settle in-doubt branches a crash left behind.
 
 Exit codes: 0 ok, 1 error, 2 usage error, 3 in-doubt branches remain.`,
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		SilenceUsage:      true,
+		SilenceErrors:     true,
+		PersistentPreRunE: resolveEnvDefaults,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
