@@ -4,6 +4,7 @@
 package redact
 
 import (
+	"net/url"
 	"regexp"
 	"strings"
 )
@@ -152,4 +153,62 @@ func isArgKey(k string) bool {
 		}
 	}
 	return true
+}
+
+// MinScrubbed is the shortest password Scrub replaces in free text:
+// shorter ones would match ordinary words. (Scrub is a second line of
+// defence: drivers do not quote passwords in their errors to begin with.)
+const MinScrubbed = 4
+
+// Scrub returns a function that replaces in any text (a driver's error,
+// a server's message) every password the database URLs hold, as written,
+// decoded and percent-encoded, with Mask.
+func Scrub(rawURLs ...string) func(string) string {
+	var secrets []string
+	for _, raw := range rawURLs {
+		for _, pw := range passwords(raw) {
+			if len(pw) < MinScrubbed {
+				continue
+			}
+			secrets = append(secrets, pw, url.QueryEscape(pw), url.PathEscape(pw))
+			if dec, err := url.PathUnescape(pw); err == nil && len(dec) >= MinScrubbed {
+				secrets = append(secrets, dec)
+			}
+		}
+	}
+	return func(s string) string {
+		for _, pw := range secrets {
+			s = strings.ReplaceAll(s, pw, Mask)
+		}
+		return s
+	}
+}
+
+// passwords returns the passwords s holds where URL would mask them.
+func passwords(s string) []string {
+	var out []string
+	if keywordForm.MatchString(s) && !strings.Contains(s, "://") {
+		for _, m := range kvPassword.FindAllStringSubmatch(s, -1) {
+			out = append(out, strings.Trim(m[2], "'"))
+		}
+		return out
+	}
+	if _, rest, ok := strings.Cut(s, "://"); ok {
+		s = rest
+	}
+	if at := strings.LastIndex(s, "@"); at >= 0 {
+		if _, pw, ok := strings.Cut(s[:at], ":"); ok {
+			out = append(out, pw)
+		}
+		s = s[at+1:]
+	}
+	if _, q, ok := strings.Cut(s, "?"); ok {
+		q, _, _ = strings.Cut(q, "#")
+		for _, p := range strings.Split(q, "&") {
+			if k, v, _ := strings.Cut(p, "="); isPasswordKey(k) {
+				out = append(out, v)
+			}
+		}
+	}
+	return out
 }

@@ -60,3 +60,26 @@ func TestArgs(t *testing.T) {
 		t.Error("Args changed its argument")
 	}
 }
+
+func TestScrub(t *testing.T) {
+	tests := []struct{ name, url, text, want string }{
+		{"user info", "postgres://u:hunter2@h/db", "FATAL: password hunter2 rejected", "FATAL: password xxxxx rejected"},
+		{"encoded", "mysql://u:hun%40ter2@h/db", "saw hun@ter2 and hun%40ter2", "saw xxxxx and xxxxx"},
+		{"query", "postgres://h/db?password=hunter2", "x hunter2 y", "x xxxxx y"},
+		{"awkward", "postgres://u:" + pw + "@h/db", "pw " + pw, "pw xxxxx"},
+		{"keyword/value", "host=h password='hunter2'", "it was hunter2", "it was xxxxx"},
+		{"dsn", "u:hunter2@tcp(h)/db", "hunter2!", "xxxxx!"},
+		{"too short to scrub", "postgres://u:pw@h/db", "a pw b", "a pw b"},
+		{"no password", "postgres://u@h/db", "u@h", "u@h"},
+		{"punctuation", "mysql://u:s3cret!@h/db", "auth s3cret! failed", "auth xxxxx failed"},
+		{"encoded / and @", "postgres://u:p%40ss%2Fw0rd@h/db", "bad p@ss/w0rd or p%40ss%2Fw0rd", "bad xxxxx or xxxxx"},
+		{"not a url", "not a url", "nothing to do", "nothing to do"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Scrub(tt.url)(tt.text); got != tt.want {
+				t.Errorf("Scrub(%q)(%q) = %q, want %q", tt.url, tt.text, got, tt.want)
+			}
+		})
+	}
+}
