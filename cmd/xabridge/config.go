@@ -154,6 +154,9 @@ func (o *opsConfig) resolve() (*resolved, error) {
 		if seen[name] {
 			return nil, usagef("--resource: %q given twice", name)
 		}
+		if err := checkURL("--resource "+name+":", u); err != nil {
+			return nil, err
+		}
 		seen[name] = true
 		r.resources = append(r.resources, namedURL{name, u})
 	}

@@ -5,6 +5,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/xabridge/xabridge/internal/redact"
 )
 
 // envURL is a string flag whose default is an environment variable, read
@@ -38,13 +40,29 @@ func addURLFlags(cmd *cobra.Command, pg, my *string) {
 }
 
 // resolveEnvDefaults gives every envURL flag of cmd that was not set its
-// environment variable's value. The root command runs it before any
-// command.
+// environment variable's value, and checks it. The root command runs it
+// before any command.
 func resolveEnvDefaults(cmd *cobra.Command, _ []string) error {
+	var err error
 	cmd.Flags().VisitAll(func(f *pflag.Flag) {
-		if e, ok := f.Value.(*envURL); ok && !e.set {
-			*e.p = os.Getenv(e.env)
+		if e, ok := f.Value.(*envURL); ok {
+			if !e.set {
+				*e.p = os.Getenv(e.env)
+			}
+			if err == nil {
+				err = checkURL("--"+f.Name, *e.p)
+			}
 		}
 	})
+	return err
+}
+
+// checkURL refuses a database URL whose password a driver would misread
+// (redact.Ambiguous): it would connect elsewhere, and its errors would
+// show the rest of the password as a host or database name.
+func checkURL(what, u string) error {
+	if redact.Ambiguous(u) {
+		return usagef("%s %s: percent-encode the password's @ : / # ? characters (@ is %%40, / is %%2F, # is %%23); as written, part of it would be read as the host or database", what, redact.URL(u))
+	}
 	return nil
 }

@@ -6,6 +6,7 @@ package redact
 import (
 	"net/url"
 	"regexp"
+	"sort"
 	"strings"
 )
 
@@ -176,6 +177,8 @@ func Scrub(rawURLs ...string) func(string) string {
 			}
 		}
 	}
+	// The longest first: a shorter reading may be part of a longer one.
+	sort.Slice(secrets, func(i, j int) bool { return len(secrets[i]) > len(secrets[j]) })
 	return func(s string) string {
 		for _, pw := range secrets {
 			s = strings.ReplaceAll(s, pw, Mask)
@@ -187,6 +190,12 @@ func Scrub(rawURLs ...string) func(string) string {
 // passwords returns the passwords s holds where URL would mask them.
 func passwords(s string) []string {
 	var out []string
+	// What a URL parser reads, should it read a shorter password.
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		if pw, ok := u.User.Password(); ok {
+			out = append(out, pw)
+		}
+	}
 	if keywordForm.MatchString(s) && !strings.Contains(s, "://") {
 		for _, m := range kvPassword.FindAllStringSubmatch(s, -1) {
 			out = append(out, strings.Trim(m[2], "'"))
@@ -211,4 +220,29 @@ func passwords(s string) []string {
 		}
 	}
 	return out
+}
+
+// Ambiguous reports whether a scheme://user:password@host URL has an @ in
+// its path, fragment or a query parameter's name: a password with an
+// unencoded @ : / # or ? in it. URL masks all of it, but a URL parser
+// (the drivers') reads another password, host or database from it, and
+// shows the rest of the password as part of those in its errors. Such a
+// URL must be refused, with its password percent-encoded as the fix.
+func Ambiguous(s string) bool {
+	if scheme, _, ok := strings.Cut(s, "://"); !ok || !isScheme(scheme) {
+		return false
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return false // unparseable: the drivers refuse it and show none of it
+	}
+	if strings.Contains(u.Path, "@") || strings.Contains(u.Fragment, "@") || strings.Contains(u.Opaque, "@") {
+		return true
+	}
+	for _, p := range strings.Split(u.RawQuery, "&") {
+		if k, _, _ := strings.Cut(p, "="); strings.Contains(k, "@") {
+			return true
+		}
+	}
+	return false
 }

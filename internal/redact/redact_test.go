@@ -83,3 +83,26 @@ func TestScrub(t *testing.T) {
 		})
 	}
 }
+
+func TestAmbiguous(t *testing.T) {
+	tests := []struct {
+		in   string
+		want bool
+	}{
+		{"postgres://u:hunter2@h/db", false},
+		{"postgres://u:hun%40ter2@h/db", false},
+		{"postgres://u:hunter2@h/db?application_name=a@b", false},
+		{"postgres://u:" + pw + "@h/db", true},
+		{"mysql://u:Qz9@x:/#Sekr@127.0.0.1:1/x", true},
+		{"postgres://u:12/34@h/db", true},
+		{"postgres://u:12?x@h/db", true},
+		{"postgres://u:ab/cd@h/db", false}, // unparseable: refused by the drivers, shown by none
+		{"u:" + pw + "@tcp(h)/db", false},
+		{"host=h password=x@y", false},
+	}
+	for _, tt := range tests {
+		if got := Ambiguous(tt.in); got != tt.want {
+			t.Errorf("Ambiguous(%q) = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+}
