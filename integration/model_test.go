@@ -14,7 +14,7 @@ import (
 	"pgregory.net/rapid"
 
 	"github.com/xabridge/xabridge/drivers"
-	"github.com/xabridge/xabridge/internal/chaos"
+	"github.com/xabridge/xabridge/internal/crashcheck"
 	"github.com/xabridge/xabridge/internal/fakeres"
 	"github.com/xabridge/xabridge/recovery"
 	"github.com/xabridge/xabridge/xa"
@@ -42,7 +42,7 @@ func TestModelAtomicity(t *testing.T) {
 			crashes.Add(1)
 		}
 	})
-	var res chaos.Result
+	var res crashcheck.Result
 	if t.Failed() {
 		res.Violations = []string{"model test failed"}
 	}

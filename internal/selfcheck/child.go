@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/xabridge/xabridge/internal/chaos"
+	"github.com/xabridge/xabridge/internal/crashcheck"
 )
 
 // envChild passes a child its configuration, as JSON: in the environment,
@@ -47,23 +47,23 @@ func RunChild(ctx context.Context, out, errw io.Writer) error {
 	if err := json.Unmarshal([]byte(raw), &c); err != nil {
 		return fmt.Errorf("selfcheck child: %s: %w", envChild, err)
 	}
-	cfg := chaos.ChildConfig{PGURL: c.PGURL, MyURL: c.MyURL, Prefix: c.Prefix, LogDir: c.LogDir, Node: c.NodeID,
-		Order: chaos.Mixed, Workers: c.Workers, Accounts: c.Accounts, Seed: c.Seed,
+	cfg := crashcheck.ChildConfig{PGURL: c.PGURL, MyURL: c.MyURL, Prefix: c.Prefix, LogDir: c.LogDir, Node: c.NodeID,
+		Order: crashcheck.Mixed, Workers: c.Workers, Accounts: c.Accounts, Seed: c.Seed,
 		Logger: slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: slog.LevelError}))}
-	cp, nth, armed, err := chaos.CrashFromEnv()
+	cp, nth, armed, err := crashcheck.CrashFromEnv()
 	if err != nil {
 		return err
 	}
 	if armed {
 		cfg.Crash, cfg.CrashNth = &cp, nth
 	}
-	return chaos.RunChild(ctx, cfg, out)
+	return crashcheck.RunChild(ctx, cfg, out)
 }
 
 // runChild starts one workload child and waits for its death: by its armed
 // crash point, or by SIGKILL from here after killAfter. killed reports
 // whether it died by SIGKILL.
-func (o *Options) runChild(ctx context.Context, crash string, nth int, killAfter time.Duration, seed uint64) (chaos.Journal, bool, error) {
+func (o *Options) runChild(ctx context.Context, crash string, nth int, killAfter time.Duration, seed uint64) (crashcheck.Journal, bool, error) {
 	cfg, err := json.Marshal(childConfig{PGURL: o.PGURL, MyURL: o.MyURL, Prefix: o.Prefix, LogDir: o.LogDir,
 		NodeID: o.NodeID, Workers: o.Workers, Accounts: o.Accounts, Seed: seed})
 	if err != nil {
@@ -71,7 +71,7 @@ func (o *Options) runChild(ctx context.Context, crash string, nth int, killAfter
 	}
 	cmd := exec.CommandContext(ctx, o.Child[0], o.Child[1:]...)
 	cmd.Env = append(os.Environ(), envChild+"="+string(cfg),
-		chaos.EnvCrashPoint+"="+crash, chaos.EnvCrashNth+"="+strconv.Itoa(nth))
+		crashcheck.EnvCrashPoint+"="+crash, crashcheck.EnvCrashNth+"="+strconv.Itoa(nth))
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
@@ -92,7 +92,7 @@ func (o *Options) runChild(ctx context.Context, crash string, nth int, killAfter
 	if werr != nil && !killed {
 		return nil, false, fmt.Errorf("selfcheck: a child failed: %v\n%s", werr, bytes.TrimSpace(stderr.Bytes()))
 	}
-	j, err := chaos.ReadJournal(&stdout)
+	j, err := crashcheck.ReadJournal(&stdout)
 	if err != nil {
 		return nil, false, err
 	}

@@ -17,7 +17,7 @@ import (
 
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
-	"github.com/xabridge/xabridge/internal/chaos"
+	"github.com/xabridge/xabridge/internal/crashcheck"
 	"github.com/xabridge/xabridge/internal/redact"
 )
 
@@ -122,7 +122,7 @@ func Run(ctx context.Context, out, errw io.Writer, o Options) (err error) {
 		defer mu.Unlock()
 		return fmt.Sprintf("kills %d, transactions %d, violations %d", tot.kills, tot.transactions, tot.violations)
 	})
-	points := append(chaos.MatrixPoints(), "after-all-prepared", "after-end")
+	points := append(crashcheck.MatrixPoints(), "after-all-prepared", "after-end")
 	for round := 0; time.Since(start) < o.Duration && ctx.Err() == nil; round++ {
 		crash, nth, killAfter := "", 1, time.Duration(0)
 		if round%2 == 0 {
@@ -135,14 +135,14 @@ func Run(ctx context.Context, out, errw io.Writer, o Options) (err error) {
 			stopBar()
 			return err
 		}
-		rr, err := chaos.RecoverAfterCrash(ctx, chaos.RecoverConfig{
+		rr, err := crashcheck.RecoverAfterCrash(ctx, crashcheck.RecoverConfig{
 			Bank: b, LogDir: o.LogDir, Node: o.NodeID, RecoveryOnly: round%4 >= 2, Timeout: 2 * time.Minute,
 		})
 		if err != nil {
 			stopBar()
 			return fmt.Errorf("selfcheck: recovery after kill %d: %w", tot.kills+1, err)
 		}
-		res, err := chaos.Check(ctx, b, chaos.Expect{Node: o.NodeID, Total: total, Journal: j, Entries: rr.Entries, LogCompacted: rr.Compacted})
+		res, err := crashcheck.Check(ctx, b, crashcheck.Expect{Node: o.NodeID, Total: total, Journal: j, Entries: rr.Entries, LogCompacted: rr.Compacted})
 		if err != nil {
 			stopBar()
 			return fmt.Errorf("selfcheck: checking the invariants: %w", err)

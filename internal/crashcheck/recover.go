@@ -1,4 +1,4 @@
-package chaos
+package crashcheck
 
 import (
 	"context"
@@ -52,7 +52,7 @@ type RecoverResult struct {
 
 // ErrNotSettled is returned when recovery could not finish every branch of
 // the node within the timeout.
-var ErrNotSettled = errors.New("chaos: recovery did not settle every branch in time")
+var ErrNotSettled = errors.New("crashcheck: recovery did not settle every branch in time")
 
 // RecoverAfterCrash does what an operator does after a coordinator died:
 // it restarts a coordinator on the same log (which resumes phase 2 of every
