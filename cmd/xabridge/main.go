@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/xabridge/xabridge/internal/redact"
 	"github.com/xabridge/xabridge/internal/selfcheck"
 )
 
@@ -54,7 +55,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintln(stderr, "xabridge: "+err.Error())
+	fmt.Fprintln(stderr, "xabridge: "+scrubError(err, args))
 	var ue usageError
 	switch {
 	case errors.As(err, &ue) || isCobraUsageError(err):
@@ -64,6 +65,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	default:
 		return exitError
 	}
+}
+
+// scrubError is an error's text without the password of any database URL
+// the CLI was given (arguments, environment): a second line of defence
+// behind the adapters, which never quote a password themselves.
+func scrubError(err error, args []string) string {
+	urls := append([]string{os.Getenv("XABRIDGE_PG"), os.Getenv("XABRIDGE_MYSQL")}, args...)
+	urls = append(urls, strings.Split(os.Getenv("XABRIDGE_RESOURCES"), ",")...)
+	return redact.Scrub(urls...)(err.Error())
 }
 
 // isCobraUsageError recognises the argument errors cobra makes itself.

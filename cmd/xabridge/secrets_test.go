@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -178,4 +179,18 @@ func urlPasswords(urls ...string) []string {
 		}
 	}
 	return out
+}
+
+// The last line of defence: whatever a driver puts in an error, the
+// password of a URL from the arguments or the environment is not shown.
+func TestErrorsAreScrubbed(t *testing.T) {
+	t.Setenv("XABRIDGE_PG", "postgres://u:"+plainPW+"@h/db")
+	t.Setenv("XABRIDGE_MYSQL", "")
+	t.Setenv("XABRIDGE_RESOURCES", "my=mysql://u:Sekr3tpw@h/db")
+	args := []string{"list", "--resource", "pg=postgres://h/db?password=Qz9arg"}
+	for _, msg := range []string{"auth " + plainPW + " refused", "saw Sekr3tpw", "bad Qz9arg"} {
+		if got := scrubError(errors.New(msg), args); leaks(got, "Sekr3tpw", "Qz9arg") != "" {
+			t.Errorf("scrubError(%q) = %q", msg, got)
+		}
+	}
 }
