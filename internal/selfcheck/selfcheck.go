@@ -74,7 +74,7 @@ type totals struct {
 // invariant check after every kill, a summary on out and a progress bar
 // on errw (Options.Progress). It fails with a violation, with ErrStranded
 // when prepared branches were left behind, or when no child was killed.
-func Run(ctx context.Context, out, errw io.Writer, o Options) (err error) {
+func Run(ctx context.Context, out, errw io.Writer, o Options) error {
 	if err := o.Validate(); err != nil {
 		return err
 	}
@@ -100,88 +100,117 @@ func Run(ctx context.Context, out, errw io.Writer, o Options) (err error) {
 		return err
 	}
 	if o.LogDir == "" {
-		if o.LogDir, err = os.MkdirTemp("", "xabridge-selfcheck-"); err != nil {
+		dir, err := os.MkdirTemp("", "xabridge-selfcheck-")
+		if err != nil {
 			return err
 		}
+		o.LogDir = dir
 		defer os.RemoveAll(o.LogDir)
 	}
 	seed := o.Seed
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano())
 	}
-	rng := rand.New(rand.NewPCG(seed, 0x5e1f))
-	total := int64(o.Accounts) * o.Balance * 2
 	fmt.Fprintf(out, "xabridge selfcheck: %s of random SIGKILLs against postgres %s and mysql %s, tables %s_*, node %s, seed %d\n",
 		o.Duration, redact.URL(o.PGURL), redact.URL(o.MyURL), o.Prefix, o.NodeID, seed)
-
-	var tot totals
-	var mu sync.Mutex
+	c := &checker{o: &o, b: b, rng: rand.New(rand.NewPCG(seed, 0x5e1f)), total: int64(o.Accounts) * o.Balance * 2,
+		points: append(crashcheck.MatrixPoints(), "after-all-prepared", "after-end")}
 	start := time.Now()
-	stopBar := startBar(errw, o.Progress, o.Duration, start, func() string {
-		mu.Lock()
-		defer mu.Unlock()
-		return fmt.Sprintf("kills %d, transactions %d, violations %d", tot.kills, tot.transactions, tot.violations)
-	})
-	points := append(crashcheck.MatrixPoints(), "after-all-prepared", "after-end")
-	for round := 0; time.Since(start) < o.Duration && ctx.Err() == nil; round++ {
-		crash, nth, killAfter := "", 1, time.Duration(0)
-		if round%2 == 0 {
-			killAfter = time.Duration(100+rng.IntN(900)) * time.Millisecond
-		} else {
-			crash, nth = points[rng.IntN(len(points))], 1+rng.IntN(30)
-		}
-		j, killed, err := o.runChild(ctx, crash, nth, killAfter, rng.Uint64())
-		if err != nil {
+	stopBar := startBar(errw, o.Progress, o.Duration, start, c.progress)
+	for n := 0; time.Since(start) < o.Duration && ctx.Err() == nil; n++ {
+		if err := c.round(ctx, n); err != nil {
 			stopBar()
 			return err
 		}
-		rr, err := crashcheck.RecoverAfterCrash(ctx, crashcheck.RecoverConfig{
-			Bank: b, LogDir: o.LogDir, Node: o.NodeID, RecoveryOnly: round%4 >= 2, Timeout: 2 * time.Minute,
-		})
-		if err != nil {
-			stopBar()
-			return fmt.Errorf("selfcheck: recovery after kill %d: %w", tot.kills+1, err)
-		}
-		res, err := crashcheck.Check(ctx, b, crashcheck.Expect{Node: o.NodeID, Total: total, Journal: j, Entries: rr.Entries, LogCompacted: rr.Compacted})
-		if err != nil {
-			stopBar()
-			return fmt.Errorf("selfcheck: checking the invariants: %w", err)
-		}
-		mu.Lock()
-		if killed {
-			tot.kills++
-		}
-		tot.transactions += len(j)
-		tot.violations += len(res.Violations)
-		tot.viol = append(tot.viol, res.Violations...)
-		tot.stranded = res.Stranded
-		tot.transfers = res.Transfers
-		mu.Unlock()
 	}
 	stopBar()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "kills         %d\ntransactions  %d\ntransfers     %d committed (in both databases)\nviolations    %d\nstranded      %d prepared branches left\nelapsed       %s\n",
-		tot.kills, tot.transactions, tot.transfers, tot.violations, tot.stranded, time.Since(start).Round(time.Second))
-	for _, v := range tot.viol {
-		fmt.Fprintln(out, "  violation:", v)
-	}
-	switch {
-	case tot.violations > 0:
-		fmt.Fprintf(out, "FAIL: atomicity violated; tables %s_* kept for inspection\n", o.Prefix)
-		return fmt.Errorf("selfcheck found %d violation(s)", tot.violations)
-	case tot.stranded > 0:
-		fmt.Fprintf(out, "FAIL: prepared branches left behind; tables %s_* kept for inspection\n", o.Prefix)
-		return fmt.Errorf("%w: %d prepared branch(es) of node %s", ErrStranded, tot.stranded, o.NodeID)
-	case tot.kills == 0:
-		return errors.New("selfcheck: no child was killed; run it longer (--duration)")
+	if err := c.tot.verdict(out, &o, time.Since(start)); err != nil {
+		return err
 	}
 	fmt.Fprintln(out, "ok: every invariant held after every kill")
 	if !o.Keep {
 		if err := dropTables(ctx, b, o.Prefix); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// checker is one check's state across its rounds.
+type checker struct {
+	o      *Options
+	b      *bank.Bank
+	rng    *rand.Rand
+	total  int64    // the money in both databases
+	points []string // the crash points to choose from
+	mu     sync.Mutex
+	tot    totals
+}
+
+// round runs child n and kills it: at a random moment (even rounds) or at
+// a random protocol step; then it recovers, by a restarted coordinator or
+// by recovery alone, and checks the invariants.
+func (c *checker) round(ctx context.Context, n int) error {
+	crash, nth, killAfter := "", 1, time.Duration(0)
+	if n%2 == 0 {
+		killAfter = time.Duration(100+c.rng.IntN(900)) * time.Millisecond
+	} else {
+		crash, nth = c.points[c.rng.IntN(len(c.points))], 1+c.rng.IntN(30)
+	}
+	j, killed, err := c.o.runChild(ctx, crash, nth, killAfter, c.rng.Uint64())
+	if err != nil {
+		return err
+	}
+	rr, err := crashcheck.RecoverAfterCrash(ctx, crashcheck.RecoverConfig{
+		Bank: c.b, LogDir: c.o.LogDir, Node: c.o.NodeID, RecoveryOnly: n%4 >= 2, Timeout: 2 * time.Minute,
+	})
+	if err != nil {
+		return fmt.Errorf("selfcheck: recovery after kill %d: %w", c.tot.kills+1, err)
+	}
+	res, err := crashcheck.Check(ctx, c.b, crashcheck.Expect{Node: c.o.NodeID, Total: c.total, Journal: j, Entries: rr.Entries, LogCompacted: rr.Compacted})
+	if err != nil {
+		return fmt.Errorf("selfcheck: checking the invariants: %w", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if killed {
+		c.tot.kills++
+	}
+	c.tot.transactions += len(j)
+	c.tot.violations += len(res.Violations)
+	c.tot.viol = append(c.tot.viol, res.Violations...)
+	c.tot.stranded = res.Stranded
+	c.tot.transfers = res.Transfers
+	return nil
+}
+
+// progress describes the check so far, for the progress bar.
+func (c *checker) progress() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return fmt.Sprintf("kills %d, transactions %d, violations %d", c.tot.kills, c.tot.transactions, c.tot.violations)
+}
+
+// verdict prints the totals and fails the check on a violation, a
+// stranded branch, or when no child was killed.
+func (t *totals) verdict(out io.Writer, o *Options, elapsed time.Duration) error {
+	fmt.Fprintf(out, "kills         %d\ntransactions  %d\ntransfers     %d committed (in both databases)\nviolations    %d\nstranded      %d prepared branches left\nelapsed       %s\n",
+		t.kills, t.transactions, t.transfers, t.violations, t.stranded, elapsed.Round(time.Second))
+	for _, v := range t.viol {
+		fmt.Fprintln(out, "  violation:", v)
+	}
+	switch {
+	case t.violations > 0:
+		fmt.Fprintf(out, "FAIL: atomicity violated; tables %s_* kept for inspection\n", o.Prefix)
+		return fmt.Errorf("selfcheck found %d violation(s)", t.violations)
+	case t.stranded > 0:
+		fmt.Fprintf(out, "FAIL: prepared branches left behind; tables %s_* kept for inspection\n", o.Prefix)
+		return fmt.Errorf("%w: %d prepared branch(es) of node %s", ErrStranded, t.stranded, o.NodeID)
+	case t.kills == 0:
+		return errors.New("selfcheck: no child was killed; run it longer (--duration)")
 	}
 	return nil
 }
