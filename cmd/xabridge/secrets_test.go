@@ -78,6 +78,7 @@ func TestNoCommandShowsAPassword(t *testing.T) {
 		{"config file", map[string]string{"XABRIDGE_CONFIG": cfg}, nil, nil},
 		{"malformed resource", nil, []string{"--resource", unreach("postgres", plainPW)}, nil},
 	}
+	t.Chdir(t.TempDir()) // a command's default directories land here, not in the source tree
 	for _, src := range sources {
 		t.Run(src.name, func(t *testing.T) {
 			// Only this source's databases: none of the caller's.
