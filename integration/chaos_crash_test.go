@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/xabridge/xabridge/internal/chaos"
+	"github.com/xabridge/xabridge/internal/crashcheck"
 )
 
 // TestChaosCoordinatorCrash kills the coordinator process with SIGKILL at
@@ -17,8 +17,8 @@ import (
 // prepared, foreign prepared transactions untouched.
 func TestChaosCoordinatorCrash(t *testing.T) {
 	e := getEnv(t)
-	for oi, order := range []chaos.Order{chaos.PGFirst, chaos.MyFirst} {
-		for pi, point := range chaos.MatrixPoints() {
+	for oi, order := range []crashcheck.Order{crashcheck.PGFirst, crashcheck.MyFirst} {
+		for pi, point := range crashcheck.MatrixPoints() {
 			for li, load := range crashLoads {
 				t.Run(string(order)+"/"+point+"/"+load.name, func(t *testing.T) {
 					t.Parallel()
@@ -44,8 +44,8 @@ var crashLoads = []struct {
 
 // crashRun is one run of the crash matrix.
 type crashRun struct {
-	keeper       chaos.Keeper
-	order        chaos.Order
+	keeper       crashcheck.Keeper
+	order        crashcheck.Order
 	point        string
 	nth, workers int
 	seed         uint64
@@ -66,13 +66,13 @@ func (e *chaosEnv) crashAndCheck(t *testing.T, c crashRun) {
 			c.point, r.killed, r.crashed, r.exitCode, r.stderr)
 	}
 	res := s.recoverAndCheckWith(r.journal, c.recoveryOnly)
-	cp, err := chaos.ParseCrashPoint(c.point)
+	cp, err := crashcheck.ParseCrashPoint(c.point)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.wantPresent(r.victim, cp.Decided())
 	scenario, how := "coordinator SIGKILL at "+c.point, "coordinator restarted"
-	if c.keeper != chaos.KeeperNone {
+	if c.keeper != crashcheck.KeeperNone {
 		scenario += ", decision kept in " + keeperName(c.keeper)
 	}
 	if c.recoveryOnly {
@@ -83,11 +83,11 @@ func (e *chaosEnv) crashAndCheck(t *testing.T, c crashRun) {
 }
 
 // enginesFor names the branch order for the report.
-func enginesFor(o chaos.Order) string {
+func enginesFor(o crashcheck.Order) string {
 	switch o {
-	case chaos.PGFirst:
+	case crashcheck.PGFirst:
 		return "postgres=branch 0, mariadb=branch 1"
-	case chaos.MyFirst:
+	case crashcheck.MyFirst:
 		return "mariadb=branch 0, postgres=branch 1"
 	}
 	return fmt.Sprint(o)
@@ -103,13 +103,13 @@ func enginesFor(o chaos.Order) string {
 // table.
 func TestChaosCoordinatorCrashKeeper(t *testing.T) {
 	e := getEnv(t)
-	for ki, keeper := range []chaos.Keeper{chaos.KeeperPG, chaos.KeeperMy} {
-		for oi, order := range []chaos.Order{chaos.PGFirst, chaos.MyFirst} {
+	for ki, keeper := range []crashcheck.Keeper{crashcheck.KeeperPG, crashcheck.KeeperMy} {
+		for oi, order := range []crashcheck.Order{crashcheck.PGFirst, crashcheck.MyFirst} {
 			kb := 0 // the keeper's branch number
-			if (keeper == chaos.KeeperPG) != (order == chaos.PGFirst) {
+			if (keeper == crashcheck.KeeperPG) != (order == crashcheck.PGFirst) {
 				kb = 1
 			}
-			for pi, point := range chaos.MatrixPoints() {
+			for pi, point := range crashcheck.MatrixPoints() {
 				if point == fmt.Sprintf("after-prepare:%d", kb) {
 					continue
 				}
@@ -125,11 +125,11 @@ func TestChaosCoordinatorCrashKeeper(t *testing.T) {
 }
 
 // keeperName names a decision keeper for the report.
-func keeperName(k chaos.Keeper) string {
+func keeperName(k crashcheck.Keeper) string {
 	switch k {
-	case chaos.KeeperPG:
+	case crashcheck.KeeperPG:
 		return "postgres"
-	case chaos.KeeperMy:
+	case crashcheck.KeeperMy:
 		return "mariadb"
 	}
 	return "the log"

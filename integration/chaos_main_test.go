@@ -24,6 +24,7 @@ import (
 	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/chaos"
+	"github.com/xabridge/xabridge/internal/crashcheck"
 	"github.com/xabridge/xabridge/internal/dbproc"
 	"github.com/xabridge/xabridge/internal/dbtest"
 )
@@ -171,7 +172,7 @@ type scenario struct {
 	total  int64
 	// keeper is where the crash app and recovery keep commit decisions
 	// (the log unless a test sets it).
-	keeper chaos.Keeper
+	keeper crashcheck.Keeper
 	// kept are the transfers begun by runs with a keeper: their decisions
 	// are not in the log.
 	kept map[string]bool
@@ -203,7 +204,7 @@ func (e *chaosEnv) newScenario(t *testing.T, conns int) *scenario {
 
 // childRun is one crash app process's life.
 type childRun struct {
-	journal  chaos.Journal
+	journal  crashcheck.Journal
 	crashed  bool   // it reached its crash point (a "note crash" line)
 	victim   string // the transfer it was running when it killed itself
 	killed   bool   // it died by SIGKILL
@@ -213,7 +214,7 @@ type childRun struct {
 
 // runChild runs the crash app on the scenario's tables and log. crash ""
 // arms nothing. killAfter > 0 SIGKILLs it from outside after that long.
-func (s *scenario) runChild(order chaos.Order, crash string, nth, workers, count int, killAfter time.Duration, seed uint64) childRun {
+func (s *scenario) runChild(order crashcheck.Order, crash string, nth, workers, count int, killAfter time.Duration, seed uint64) childRun {
 	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -222,7 +223,7 @@ func (s *scenario) runChild(order chaos.Order, crash string, nth, workers, count
 		"-log-dir", s.logDir, "-node", s.node, "-order", string(order),
 		"-workers", fmt.Sprint(workers), "-count", fmt.Sprint(count), "-accounts", fmt.Sprint(chaosAccounts),
 		"-seed", fmt.Sprint(seed), "-keeper", string(s.keeper))
-	cmd.Env = append(os.Environ(), chaos.EnvCrashPoint+"="+crash, chaos.EnvCrashNth+"="+fmt.Sprint(nth))
+	cmd.Env = append(os.Environ(), crashcheck.EnvCrashPoint+"="+crash, crashcheck.EnvCrashNth+"="+fmt.Sprint(nth))
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Start(); err != nil {
@@ -248,7 +249,7 @@ func (s *scenario) runChild(order chaos.Order, crash string, nth, workers, count
 			r.crashed, r.victim = true, f[3]
 		}
 	}
-	j, err := chaos.ReadJournal(&out)
+	j, err := crashcheck.ReadJournal(&out)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -259,14 +260,14 @@ func (s *scenario) runChild(order chaos.Order, crash string, nth, workers, count
 // recoverAndCheck restarts a coordinator on the scenario's log, runs
 // recovery until nothing of the node is in doubt, and checks every
 // invariant. It fails the test on any violation and returns the result.
-func (s *scenario) recoverAndCheck(j chaos.Journal) chaos.Result {
+func (s *scenario) recoverAndCheck(j crashcheck.Journal) crashcheck.Result {
 	s.t.Helper()
 	return s.recoverAndCheckWith(j, false)
 }
 
 // recoverAndCheckWith is recoverAndCheck; recoveryOnly runs recovery alone
 // (an operator's `xabridge recover`) instead of restarting a coordinator.
-func (s *scenario) recoverAndCheckWith(j chaos.Journal, recoveryOnly bool) chaos.Result {
+func (s *scenario) recoverAndCheckWith(j crashcheck.Journal, recoveryOnly bool) crashcheck.Result {
 	s.t.Helper()
 	ctx := context.Background()
 	// A restart is a new process: fresh pools and resources, with nothing
@@ -280,12 +281,12 @@ func (s *scenario) recoverAndCheckWith(j chaos.Journal, recoveryOnly bool) chaos
 	if err := fresh.SetPrefix(s.prefix); err != nil {
 		s.t.Fatal(err)
 	}
-	rr, err := chaos.RecoverAfterCrash(ctx, chaos.RecoverConfig{Bank: fresh, LogDir: s.logDir, Node: s.node, Timeout: 90 * time.Second,
+	rr, err := crashcheck.RecoverAfterCrash(ctx, crashcheck.RecoverConfig{Bank: fresh, LogDir: s.logDir, Node: s.node, Timeout: 90 * time.Second,
 		RecoveryOnly: recoveryOnly, Keeper: s.keeper, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		s.t.Errorf("recovery: %v", err)
 	}
-	if s.keeper != chaos.KeeperNone {
+	if s.keeper != crashcheck.KeeperNone {
 		// Their decisions were in a participant's table, not in the log
 		// (recovery deletes them once their branches are done).
 		if s.kept == nil {
@@ -303,9 +304,9 @@ func (s *scenario) recoverAndCheckWith(j chaos.Journal, recoveryOnly bool) chaos
 	return res
 }
 
-func (s *scenario) check(j chaos.Journal, entries []decisionlog.Entry, compacted bool) chaos.Result {
+func (s *scenario) check(j crashcheck.Journal, entries []decisionlog.Entry, compacted bool) crashcheck.Result {
 	s.t.Helper()
-	res, err := chaos.Check(context.Background(), s.bank, chaos.Expect{
+	res, err := crashcheck.Check(context.Background(), s.bank, crashcheck.Expect{
 		Node: s.node, Total: s.total, Journal: j, Entries: entries, LogCompacted: compacted, Kept: s.kept, Foreign: s.env.foreign,
 	})
 	if err != nil {
@@ -335,12 +336,12 @@ type resultTable struct {
 var results = &resultTable{rows: map[string]*resultRow{}, start: time.Now()}
 
 // add accumulates one run into the row for scenario × engine.
-func (r *resultTable) add(scenario, engine string, kills, txns int, res chaos.Result) {
+func (r *resultTable) add(scenario, engine string, kills, txns int, res crashcheck.Result) {
 	r.addN(scenario, engine, 1, kills, txns, res)
 }
 
 // addN accumulates runs runs into the row for scenario × engine.
-func (r *resultTable) addN(scenario, engine string, runs, kills, txns int, res chaos.Result) {
+func (r *resultTable) addN(scenario, engine string, runs, kills, txns int, res crashcheck.Result) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	k := scenario + "\x00" + engine

@@ -14,7 +14,7 @@ import (
 	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
-	"github.com/xabridge/xabridge/internal/chaos"
+	"github.com/xabridge/xabridge/internal/crashcheck"
 	"github.com/xabridge/xabridge/recovery"
 	"github.com/xabridge/xabridge/xa"
 )
@@ -38,7 +38,7 @@ func TestChaosContention(t *testing.T) {
 		t.Fatal(err)
 	}
 	var journal bytes.Buffer
-	jw := chaos.NewJournalWriter(&syncWriter{w: &journal})
+	jw := crashcheck.NewJournalWriter(&syncWriter{w: &journal})
 	const workers, each = 8, 10
 	var committed, retryable, timedOut, other atomic.Int64
 	var wg sync.WaitGroup
@@ -49,7 +49,7 @@ func TestChaosContention(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(w), 42))
 			for i := 0; i < each; i++ {
 				id, err := contendedTransfer(ctx, coord, s, rng, jw.Begin)
-				jw.End(id, chaos.OutcomeOf(err))
+				jw.End(id, crashcheck.OutcomeOf(err))
 				switch {
 				case err == nil:
 					committed.Add(1)
@@ -75,7 +75,7 @@ func TestChaosContention(t *testing.T) {
 	if retryable.Load()+timedOut.Load() == 0 {
 		t.Errorf("no deadlock, lock timeout or transaction timeout happened: the test did not contend")
 	}
-	j, err := chaos.ReadJournal(&journal)
+	j, err := crashcheck.ReadJournal(&journal)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestChaosDuplicateDelivery(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			s := e.newScenario(t, 4)
-			r := s.runChild(chaos.PGFirst, tc.point, 2, 1, 10, 0, 5)
+			r := s.runChild(crashcheck.PGFirst, tc.point, 2, 1, 10, 0, 5)
 			if !r.killed || !r.crashed {
 				t.Fatalf("crash app not killed at %s; stderr:\n%s", tc.point, r.stderr)
 			}
@@ -297,12 +297,12 @@ func TestChaosClockSkew(t *testing.T) {
 				t.Fatal(err)
 			}
 			var journal bytes.Buffer
-			jw := chaos.NewJournalWriter(&journal)
+			jw := crashcheck.NewJournalWriter(&journal)
 			errc := make(chan error, 1)
 			var id string
 			go func() {
 				var err error
-				id, err = chaos.Transfer(ctx, coord, s.bank, bank.Transfer{PGAccount: 1, MyAccount: 2, Amount: 30}, chaos.PGFirst, jw.Begin)
+				id, err = crashcheck.Transfer(ctx, coord, s.bank, bank.Transfer{PGAccount: 1, MyAccount: 2, Amount: 30}, crashcheck.PGFirst, jw.Begin)
 				errc <- err
 			}()
 			var g drivers.GlobalID
@@ -328,7 +328,7 @@ func TestChaosClockSkew(t *testing.T) {
 			}
 			close(resume)
 			err = <-errc
-			jw.End(id, chaos.OutcomeOf(err))
+			jw.End(id, crashcheck.OutcomeOf(err))
 			if tc.commits && err != nil {
 				t.Errorf("live transaction: %v", err)
 			}
@@ -340,7 +340,7 @@ func TestChaosClockSkew(t *testing.T) {
 			if err := coord.Close(); err != nil {
 				t.Fatal(err)
 			}
-			j, err := chaos.ReadJournal(&journal)
+			j, err := crashcheck.ReadJournal(&journal)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -362,7 +362,7 @@ func TestChaosCheckDetectsViolations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := chaos.Transfer(ctx, coord, s.bank, bank.Transfer{PGAccount: 1, MyAccount: 1, Amount: 50}, chaos.PGFirst, nil)
+	id, err := crashcheck.Transfer(ctx, coord, s.bank, bank.Transfer{PGAccount: 1, MyAccount: 1, Amount: 50}, crashcheck.PGFirst, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,8 +398,8 @@ func TestChaosCheckDetectsViolations(t *testing.T) {
 	}
 	pc.Release()
 	t.Cleanup(func() { _ = s.bank.PG.RollbackPrepared(context.Background(), stray) })
-	res, err := chaos.Check(ctx, s.bank, chaos.Expect{
-		Node: s.node, Total: s.total, Journal: chaos.Journal{id: chaos.Committed}, Entries: entries, Foreign: e.foreign,
+	res, err := crashcheck.Check(ctx, s.bank, crashcheck.Expect{
+		Node: s.node, Total: s.total, Journal: crashcheck.Journal{id: crashcheck.Committed}, Entries: entries, Foreign: e.foreign,
 	})
 	if err != nil {
 		t.Fatal(err)

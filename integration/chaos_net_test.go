@@ -10,7 +10,7 @@ import (
 
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
-	"github.com/xabridge/xabridge/internal/chaos"
+	"github.com/xabridge/xabridge/internal/crashcheck"
 	"github.com/xabridge/xabridge/internal/dbproc"
 	"github.com/xabridge/xabridge/internal/netfault"
 	"github.com/xabridge/xabridge/xa"
@@ -24,7 +24,7 @@ type netRun struct {
 	proxies map[dbproc.Server]*netfault.Proxy
 	bank    *bank.Bank // connected through the proxies
 	coord   *xa.Coordinator
-	w       *chaos.Workload
+	w       *crashcheck.Workload
 	journal *syncWriter
 	cancel  context.CancelFunc
 	done    chan struct{}
@@ -58,8 +58,8 @@ func (e *chaosEnv) startNetRun(t *testing.T, timeout time.Duration) *netRun {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.w = &chaos.Workload{Bank: b, Coord: r.coord, Order: chaos.Mixed, Workers: 2, Accounts: chaosAccounts, Seed: 11,
-		Journal: chaos.NewJournalWriter(r.journal)}
+	r.w = &crashcheck.Workload{Bank: b, Coord: r.coord, Order: crashcheck.Mixed, Workers: 2, Accounts: chaosAccounts, Seed: 11,
+		Journal: crashcheck.NewJournalWriter(r.journal)}
 	wctx, cancel := context.WithCancel(ctx)
 	r.cancel = cancel
 	go func() {
@@ -80,18 +80,18 @@ func (r *netRun) waitCommits(n int64, when string) {
 }
 
 // outcome waits until the journal has the outcome of transfer id.
-func (r *netRun) outcome(id string) chaos.Outcome {
+func (r *netRun) outcome(id string) crashcheck.Outcome {
 	r.t.Helper()
-	var o chaos.Outcome
+	var o crashcheck.Outcome
 	ok := poll(60*time.Second, func() bool {
 		r.journal.mu.Lock()
-		j, err := chaos.ReadJournal(bytes.NewReader(r.journal.w.Bytes()))
+		j, err := crashcheck.ReadJournal(bytes.NewReader(r.journal.w.Bytes()))
 		r.journal.mu.Unlock()
 		if err != nil {
 			return false
 		}
 		o = j[id]
-		return o != chaos.InFlight
+		return o != crashcheck.InFlight
 	})
 	if !ok {
 		r.t.Fatalf("transfer %s never returned", id)
@@ -101,7 +101,7 @@ func (r *netRun) outcome(id string) chaos.Outcome {
 
 // finish stops the workload, the coordinator and the proxies, recovers,
 // checks the invariants and returns the journal and the result.
-func (r *netRun) finish() (chaos.Journal, chaos.Result) {
+func (r *netRun) finish() (crashcheck.Journal, crashcheck.Result) {
 	r.t.Helper()
 	r.cancel()
 	<-r.done
@@ -114,7 +114,7 @@ func (r *netRun) finish() (chaos.Journal, chaos.Result) {
 			r.t.Errorf("closing a proxy: %v", err)
 		}
 	}
-	j, err := chaos.ReadJournal(bytes.NewReader(r.journal.w.Bytes()))
+	j, err := crashcheck.ReadJournal(bytes.NewReader(r.journal.w.Bytes()))
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func TestChaosNetwork(t *testing.T) {
 			}
 			<-cut.Fired()
 			victim := victimOf(t, srv, cut.Chunk())
-			if o := r.outcome(victim); o != chaos.Aborted {
+			if o := r.outcome(victim); o != crashcheck.Aborted {
 				t.Errorf("transfer %s whose PREPARE answer was lost was reported %q, want aborted", victim, o)
 			}
 			r.waitCommits(3, "after the cut")
@@ -192,7 +192,7 @@ func TestChaosNetwork(t *testing.T) {
 			}
 			<-cut.Fired()
 			victim := victimOf(t, srv, cut.Chunk())
-			if o := r.outcome(victim); o != chaos.Committed && o != chaos.Pending {
+			if o := r.outcome(victim); o != crashcheck.Committed && o != crashcheck.Pending {
 				t.Errorf("transfer %s whose COMMIT answer was lost was reported %q, want committed or pending", victim, o)
 			}
 			r.waitCommits(3, "after the cut")
@@ -210,7 +210,7 @@ func TestChaosNetwork(t *testing.T) {
 			}
 			<-cut.Fired()
 			victim := victimOf(t, srv, cut.Chunk())
-			if o := r.outcome(victim); o != chaos.Pending {
+			if o := r.outcome(victim); o != crashcheck.Pending {
 				t.Errorf("transfer %s cut off during COMMIT was reported %q, want commit pending", victim, o)
 			}
 			p.Heal()
@@ -254,7 +254,7 @@ func TestChaosNetwork(t *testing.T) {
 // neither.
 func (s *scenario) wantPresent(id string, want bool) {
 	s.t.Helper()
-	inPG, inMy, err := chaos.TransferPresent(context.Background(), s.bank, id)
+	inPG, inMy, err := crashcheck.TransferPresent(context.Background(), s.bank, id)
 	if err != nil {
 		s.t.Fatal(err)
 	}

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/xabridge/xabridge/drivers"
-	"github.com/xabridge/xabridge/internal/chaos"
+	"github.com/xabridge/xabridge/internal/crashcheck"
 	"github.com/xabridge/xabridge/internal/dbproc"
 	"github.com/xabridge/xabridge/xa"
 )
@@ -27,9 +27,9 @@ func TestChaosServerCrash(t *testing.T) {
 	for _, srv := range []dbproc.Server{dbproc.PG, dbproc.My} {
 		// The killed server's branch is branch 1, so "the other branch
 		// committed" is branch 0 committing.
-		order, engine := chaos.MyFirst, "postgres"
+		order, engine := crashcheck.MyFirst, "postgres"
 		if srv == dbproc.My {
-			order, engine = chaos.PGFirst, "mariadb"
+			order, engine = crashcheck.PGFirst, "mariadb"
 		}
 		for _, when := range []struct {
 			name    string
@@ -42,7 +42,7 @@ func TestChaosServerCrash(t *testing.T) {
 		} {
 			t.Run(engine+"/"+when.name, func(t *testing.T) {
 				s := e.newScenario(t, 8)
-				cp, err := chaos.ParseCrashPoint(when.point)
+				cp, err := crashcheck.ParseCrashPoint(when.point)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -70,9 +70,9 @@ func TestChaosServerCrash(t *testing.T) {
 					t.Fatal(err)
 				}
 				var journal bytes.Buffer
-				jw := chaos.NewJournalWriter(&syncWriter{w: &journal})
-				w := &chaos.Workload{Bank: s.bank, Coord: coord, Order: order, Workers: 4, Accounts: chaosAccounts, Seed: 7, Journal: jw}
-				var st *chaos.Stats
+				jw := crashcheck.NewJournalWriter(&syncWriter{w: &journal})
+				w := &crashcheck.Workload{Bank: s.bank, Coord: coord, Order: order, Workers: 4, Accounts: chaosAccounts, Seed: 7, Journal: jw}
+				var st *crashcheck.Stats
 				done := make(chan struct{})
 				go func() {
 					defer close(done)
@@ -116,12 +116,12 @@ func TestChaosServerCrash(t *testing.T) {
 				if err := coord.Close(); err != nil {
 					t.Errorf("closing the coordinator: %v", err)
 				}
-				j, err := chaos.ReadJournal(&journal)
+				j, err := crashcheck.ReadJournal(&journal)
 				if err != nil {
 					t.Fatal(err)
 				}
 				res := s.recoverAndCheck(j)
-				inPG, inMy, err := chaos.TransferPresent(context.Background(), s.bank, victim.String())
+				inPG, inMy, err := crashcheck.TransferPresent(context.Background(), s.bank, victim.String())
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/xabridge/xabridge/internal/chaos"
+	"github.com/xabridge/xabridge/internal/crashcheck"
 )
 
 // soakDuration is how long TestChaosRandomKills runs: -soak, or
@@ -39,28 +39,28 @@ func TestChaosRandomKills(t *testing.T) {
 	soak := soakDuration(t)
 	s := e.newScenario(t, 4)
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
-	points := append(chaos.MatrixPoints(), "after-all-prepared", "after-end")
+	points := append(crashcheck.MatrixPoints(), "after-all-prepared", "after-end")
 	start := time.Now()
 	var kills, txns, violations, stranded, runs int
 	for runs = 0; ; runs++ {
 		if soak == 0 && runs == 6 || soak > 0 && time.Since(start) > soak {
 			break
 		}
-		order := []chaos.Order{chaos.PGFirst, chaos.MyFirst, chaos.Mixed}[rng.IntN(3)]
+		order := []crashcheck.Order{crashcheck.PGFirst, crashcheck.MyFirst, crashcheck.Mixed}[rng.IntN(3)]
 		// Each run keeps its decisions in the log or in a participant; the
 		// runs share the tables and the log, so recovery also finds what
 		// runs with another keeper left behind.
-		s.keeper = []chaos.Keeper{chaos.KeeperNone, chaos.KeeperPG, chaos.KeeperMy}[rng.IntN(3)]
+		s.keeper = []crashcheck.Keeper{crashcheck.KeeperNone, crashcheck.KeeperPG, crashcheck.KeeperMy}[rng.IntN(3)]
 		var r childRun
 		if runs%2 == 0 {
 			// From outside, at any moment: the process may be anywhere.
 			r = s.runChild(order, "", 1, 4, 0, time.Duration(150+rng.IntN(500))*time.Millisecond, rng.Uint64())
 		} else {
 			point := points[rng.IntN(len(points))]
-			if s.keeper != chaos.KeeperNone && strings.HasPrefix(point, "after-prepare:") {
+			if s.keeper != crashcheck.KeeperNone && strings.HasPrefix(point, "after-prepare:") {
 				// The keeper's branch never prepares: with a fixed order
 				// the point might never be reached.
-				order = chaos.Mixed
+				order = crashcheck.Mixed
 			}
 			r = s.runChild(order, point, 1+rng.IntN(20), 4, 0, 0, rng.Uint64())
 		}

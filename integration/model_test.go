@@ -15,7 +15,7 @@ import (
 
 	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
-	"github.com/xabridge/xabridge/internal/chaos"
+	"github.com/xabridge/xabridge/internal/crashcheck"
 	"github.com/xabridge/xabridge/internal/fakeres"
 	"github.com/xabridge/xabridge/recovery"
 	"github.com/xabridge/xabridge/xa"
@@ -43,7 +43,7 @@ func TestModelAtomicity(t *testing.T) {
 			crashes.Add(1)
 		}
 	})
-	var res chaos.Result
+	var res crashcheck.Result
 	if t.Failed() {
 		res.Violations = []string{"model test failed"}
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/redact"
 	_ "github.com/xabridge/xabridge/mysql"    // registers mysql:// and mariadb://
 	_ "github.com/xabridge/xabridge/postgres" // registers postgres:// and postgresql://
 )
@@ -144,13 +145,16 @@ func (o *opsConfig) resolve() (*resolved, error) {
 	for _, s := range specs {
 		name, u, ok := strings.Cut(s, "=")
 		if !ok || name == "" || u == "" {
-			return nil, usagef("--resource %q: want NAME=URL", drivers.RedactURL(s))
+			return nil, usagef("--resource %q: want NAME=URL", redact.URL(s))
 		}
 		if !validResourceName(name) {
 			return nil, usagef("--resource: name %q may only contain letters, digits, '_' and '-'", name)
 		}
 		if seen[name] {
 			return nil, usagef("--resource: %q given twice", name)
+		}
+		if err := checkURL("--resource "+name+":", u); err != nil {
+			return nil, err
 		}
 		seen[name] = true
 		r.resources = append(r.resources, namedURL{name, u})

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -14,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/redact"
 )
 
 // doctorRow is one check of one resource, in table and `-o json` output.
@@ -148,12 +148,12 @@ func runDoctor(ctx context.Context, resources []namedURL, opts drivers.DoctorOpt
 
 // doctorOne opens one resource and runs its checks.
 func doctorOne(ctx context.Context, nu namedURL, opts drivers.DoctorOptions) []doctorRow {
-	scrub := passwordScrubber(nu.url)
+	scrub := redact.Scrub(nu.url)
 	res, closer, err := drivers.Open(ctx, nu.name, nu.url)
 	if err != nil {
 		return []doctorRow{{Resource: nu.name, Check: "connect", Status: drivers.CheckFail,
 			Detail: scrub("cannot connect: " + err.Error()),
-			Fix:    "check that the server is running and the URL (" + drivers.RedactURL(nu.url) + ") is right"}}
+			Fix:    "check that the server is running and the URL (" + redact.URL(nu.url) + ") is right"}}
 	}
 	defer closer.Close()
 	d, ok := res.(drivers.Doctor)
@@ -166,44 +166,6 @@ func doctorOne(ctx context.Context, nu namedURL, opts drivers.DoctorOptions) []d
 		rows = append(rows, doctorRow{Resource: nu.name, Check: c.Name, Status: c.Status, Detail: scrub(c.Detail), Fix: scrub(c.Fix)})
 	}
 	return rows
-}
-
-// minScrubbed is the shortest password passwordScrubber replaces: shorter
-// ones would match ordinary text, and the adapters never quote passwords
-// in the first place (this is a second line of defence).
-const minScrubbed = 4
-
-// passwordScrubber returns a function that replaces the URL's password
-// (user info, or a password/passwd parameter; decoded and encoded forms)
-// with xxxxx.
-func passwordScrubber(rawURL string) func(string) string {
-	var secrets []string
-	add := func(pw string) {
-		if len(pw) < minScrubbed {
-			return
-		}
-		secrets = append(secrets, pw, url.QueryEscape(pw), url.PathEscape(pw))
-	}
-	if u, err := url.Parse(rawURL); err == nil {
-		if u.User != nil {
-			if pw, ok := u.User.Password(); ok {
-				add(pw)
-			}
-		}
-		for k, vs := range u.Query() {
-			if strings.EqualFold(k, "password") || strings.EqualFold(k, "passwd") {
-				for _, v := range vs {
-					add(v)
-				}
-			}
-		}
-	}
-	return func(s string) string {
-		for _, pw := range secrets {
-			s = strings.ReplaceAll(s, pw, "xxxxx")
-		}
-		return s
-	}
 }
 
 // writeDoctorTable prints the rows as an aligned table. Tabs and line

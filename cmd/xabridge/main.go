@@ -15,6 +15,9 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/xabridge/xabridge/internal/redact"
+	"github.com/xabridge/xabridge/internal/selfcheck"
 )
 
 // Exit codes scripts can rely on.
@@ -52,16 +55,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintln(stderr, "xabridge: "+err.Error())
+	fmt.Fprintln(stderr, "xabridge: "+scrubError(err, args))
 	var ue usageError
 	switch {
 	case errors.As(err, &ue) || isCobraUsageError(err):
 		return exitUsage
-	case errors.Is(err, errInDoubtRemain):
+	case errors.Is(err, errInDoubtRemain) || errors.Is(err, selfcheck.ErrStranded):
 		return exitInDoubt
 	default:
 		return exitError
 	}
+}
+
+// scrubError is an error's text without the password of any database URL
+// the CLI was given (arguments, environment): a second line of defence
+// behind the adapters, which never quote a password themselves.
+func scrubError(err error, args []string) string {
+	urls := append([]string{os.Getenv("XABRIDGE_PG"), os.Getenv("XABRIDGE_MYSQL")}, args...)
+	urls = append(urls, strings.Split(os.Getenv("XABRIDGE_RESOURCES"), ",")...)
+	return redact.Scrub(urls...)(err.Error())
 }
 
 // isCobraUsageError recognises the argument errors cobra makes itself.
@@ -84,8 +96,9 @@ with two-phase commit (X/Open XA), and gives operators the tools to see and
 settle in-doubt branches a crash left behind.
 
 Exit codes: 0 ok, 1 error, 2 usage error, 3 in-doubt branches remain.`,
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		SilenceUsage:      true,
+		SilenceErrors:     true,
+		PersistentPreRunE: resolveEnvDefaults,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)

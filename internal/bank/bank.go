@@ -26,7 +26,7 @@ import (
 	mysqldriver "github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/redact"
 	"github.com/xabridge/xabridge/mysql"
 	"github.com/xabridge/xabridge/postgres"
 	"github.com/xabridge/xabridge/xa"
@@ -88,7 +88,7 @@ func Open(ctx context.Context, pgURL, myURL string, conns int) (*Bank, error) {
 	}
 	pcfg, err := pgxpool.ParseConfig(pgURL)
 	if err != nil {
-		return nil, fmt.Errorf("postgres URL %s: cannot parse it", drivers.RedactURL(pgURL))
+		return nil, fmt.Errorf("postgres URL %s: cannot parse it", redact.URL(pgURL))
 	}
 	pcfg.MaxConns = int32(conns + 2)
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)

@@ -1,3 +1,8 @@
+// Package chaos is fault injection only the crash tests need: prepared
+// transactions of another application (made with plain SQL, ids not in
+// xabridge's format) that recovery must never touch. The machinery the
+// tests share with `xabridge selfcheck` (crash points, the workload child,
+// recovery after a kill, the invariant check) is internal/crashcheck.
 package chaos
 
 import (
@@ -8,6 +13,7 @@ import (
 	"time"
 
 	"github.com/xabridge/xabridge/internal/bank"
+	"github.com/xabridge/xabridge/internal/crashcheck"
 )
 
 // Foreign is a pair of prepared transactions that another application left
@@ -77,26 +83,26 @@ func safeName(s string) bool {
 	return true
 }
 
-// ErrForeignTouched is returned by Intact when a foreign prepared
-// transaction is gone.
-var ErrForeignTouched = errors.New("a foreign prepared transaction was finished by someone")
-
-// Intact returns an error matching ErrForeignTouched unless both foreign
-// transactions are still prepared (any other error: it could not tell).
+// Intact returns an error matching crashcheck.ErrForeignTouched unless
+// both foreign transactions are still prepared (any other error: it could
+// not tell). A nil Foreign has none: it is intact.
 func (f *Foreign) Intact(ctx context.Context) error {
+	if f == nil {
+		return nil
+	}
 	var n int
 	if err := f.b.PGPool.QueryRow(ctx, "SELECT count(*) FROM pg_prepared_xacts WHERE gid = $1", f.gid).Scan(&n); err != nil {
 		return fmt.Errorf("postgres: %w", err)
 	}
 	if n != 1 {
-		return fmt.Errorf("%w: %q is gone from PostgreSQL", ErrForeignTouched, f.gid)
+		return fmt.Errorf("%w: %q is gone from PostgreSQL", crashcheck.ErrForeignTouched, f.gid)
 	}
 	ok, err := f.myPrepared(ctx)
 	if err != nil {
 		return err
 	}
 	if !ok {
-		return fmt.Errorf("%w: %q is gone from MySQL", ErrForeignTouched, f.gid)
+		return fmt.Errorf("%w: %q is gone from MySQL", crashcheck.ErrForeignTouched, f.gid)
 	}
 	return nil
 }

@@ -13,7 +13,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/xabridge/xabridge/internal/chaos"
+	"github.com/xabridge/xabridge/internal/crashcheck"
 )
 
 func main() {
@@ -24,7 +24,7 @@ func main() {
 }
 
 func run() (err error) {
-	var cfg chaos.ChildConfig
+	var cfg crashcheck.ChildConfig
 	var order, keeper string
 	var seed uint64
 	flag.StringVar(&cfg.PGURL, "pg", "", "PostgreSQL URL")
@@ -32,7 +32,7 @@ func run() (err error) {
 	flag.StringVar(&cfg.Prefix, "prefix", "", "bank table prefix")
 	flag.StringVar(&cfg.LogDir, "log-dir", "", "decision log directory")
 	flag.StringVar(&cfg.Node, "node", "", "coordinator node id")
-	flag.StringVar(&order, "order", string(chaos.PGFirst), "enlist order: pg-first, my-first or mixed")
+	flag.StringVar(&order, "order", string(crashcheck.PGFirst), "enlist order: pg-first, my-first or mixed")
 	flag.IntVar(&cfg.Workers, "workers", 2, "concurrent transfers")
 	flag.IntVar(&cfg.Count, "count", 20, "transfers in all (0: until killed)")
 	flag.IntVar(&cfg.Accounts, "accounts", 10, "accounts on each database")
@@ -43,12 +43,12 @@ func run() (err error) {
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", flag.Arg(0))
 	}
-	cfg.Order = chaos.Order(order)
-	if cfg.Keeper, err = chaos.ParseKeeper(keeper); err != nil {
+	cfg.Order = crashcheck.Order(order)
+	if cfg.Keeper, err = crashcheck.ParseKeeper(keeper); err != nil {
 		return err
 	}
 	cfg.Seed = seed
-	cp, nth, armed, err := chaos.CrashFromEnv()
+	cp, nth, armed, err := crashcheck.CrashFromEnv()
 	if err != nil {
 		return err
 	}
@@ -56,5 +56,5 @@ func run() (err error) {
 		cfg.Crash, cfg.CrashNth = &cp, nth
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	return chaos.RunChild(context.Background(), cfg, os.Stdout)
+	return crashcheck.RunChild(context.Background(), cfg, os.Stdout)
 }

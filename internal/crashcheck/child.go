@@ -1,4 +1,4 @@
-package chaos
+package crashcheck
 
 import (
 	"context"
@@ -39,15 +39,15 @@ type ChildConfig struct {
 func (c *ChildConfig) Validate() error {
 	switch {
 	case c.PGURL == "" || c.MyURL == "":
-		return errors.New("chaos: both database URLs are needed")
+		return errors.New("crashcheck: both database URLs are needed")
 	case c.LogDir == "":
-		return errors.New("chaos: no decision log directory")
+		return errors.New("crashcheck: no decision log directory")
 	case c.Accounts < 1:
-		return errors.New("chaos: accounts must be at least 1")
+		return errors.New("crashcheck: accounts must be at least 1")
 	case c.Workers < 1:
-		return errors.New("chaos: workers must be at least 1")
+		return errors.New("crashcheck: workers must be at least 1")
 	case c.Count < 0:
-		return errors.New("chaos: count must not be negative")
+		return errors.New("crashcheck: count must not be negative")
 	}
 	if _, err := ParseOrder(string(c.Order)); err != nil {
 		return err
@@ -122,7 +122,7 @@ func ParseKeeper(s string) (Keeper, error) {
 	case "log":
 		return KeeperNone, nil
 	}
-	return "", fmt.Errorf("chaos: decision keeper %q: want log, pg or mysql", s)
+	return "", fmt.Errorf("crashcheck: decision keeper %q: want log, pg or mysql", s)
 }
 
 // resource returns the name of b's resource that keeps the decisions, or

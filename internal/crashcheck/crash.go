@@ -1,9 +1,11 @@
-// Package chaos is the fault-injection toolkit shared by the crash tests in
-// integration/, their crash app, and `xabridge selfcheck`: named crash points
-// armed from Config.Hook, the bank-transfer workload with a choice of enlist
-// order and a journal of outcomes, the child process that runs it, recovery
-// after a kill, and the invariant check run after every scenario.
-package chaos
+// Package crashcheck crashes a coordinator and checks what recovery leaves:
+// named crash points armed from Config.Hook that kill the process, the
+// bank-transfer workload with a choice of enlist order and a journal of
+// outcomes, the child process that runs it, recovery after a kill, and the
+// invariant check run after every kill. It is `xabridge selfcheck`'s
+// machinery, shared with the crash tests in integration/ and their crash
+// app; the fault injection only the tests need is in internal/chaos.
+package crashcheck
 
 import (
 	"fmt"
@@ -68,18 +70,18 @@ func ParseCrashPoint(s string) (CrashPoint, error) {
 	name, arg, hasArg := strings.Cut(s, ":")
 	st, ok := crashSteps[name]
 	if !ok {
-		return CrashPoint{}, fmt.Errorf("chaos: unknown crash point %q (want one of %s)", s, strings.Join(names(), ", "))
+		return CrashPoint{}, fmt.Errorf("crashcheck: unknown crash point %q (want one of %s)", s, strings.Join(names(), ", "))
 	}
 	cp := CrashPoint{Name: s, Step: st.step, Branch: -1}
 	switch {
 	case st.perBranch && !hasArg:
-		return CrashPoint{}, fmt.Errorf("chaos: crash point %q needs a branch number, e.g. %s:0", s, name)
+		return CrashPoint{}, fmt.Errorf("crashcheck: crash point %q needs a branch number, e.g. %s:0", s, name)
 	case !st.perBranch && hasArg:
-		return CrashPoint{}, fmt.Errorf("chaos: crash point %q takes no branch number", s)
+		return CrashPoint{}, fmt.Errorf("crashcheck: crash point %q takes no branch number", s)
 	case hasArg:
 		k, err := strconv.Atoi(arg)
 		if err != nil || k < 0 || k > 255 {
-			return CrashPoint{}, fmt.Errorf("chaos: crash point %q: branch must be a number 0..255", s)
+			return CrashPoint{}, fmt.Errorf("crashcheck: crash point %q: branch must be a number 0..255", s)
 		}
 		cp.Branch = k
 	}
@@ -125,7 +127,7 @@ func CrashFromEnv() (cp CrashPoint, nth int, ok bool, err error) {
 	if v := os.Getenv(EnvCrashNth); v != "" {
 		nth, err = strconv.Atoi(v)
 		if err != nil || nth < 1 {
-			return CrashPoint{}, 0, false, fmt.Errorf("chaos: %s=%q: want a positive number", EnvCrashNth, v)
+			return CrashPoint{}, 0, false, fmt.Errorf("crashcheck: %s=%q: want a positive number", EnvCrashNth, v)
 		}
 	}
 	return cp, nth, true, nil

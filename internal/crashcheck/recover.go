@@ -1,4 +1,4 @@
-package chaos
+package crashcheck
 
 import (
 	"context"
@@ -53,7 +53,7 @@ type RecoverResult struct {
 
 // ErrNotSettled is returned when recovery could not finish every branch of
 // the node within the timeout.
-var ErrNotSettled = errors.New("chaos: recovery did not settle every branch in time")
+var ErrNotSettled = errors.New("crashcheck: recovery did not settle every branch in time")
 
 // RecoverAfterCrash does what an operator does after a coordinator died:
 // it restarts a coordinator on the same log (which resumes phase 2 of every
@@ -78,7 +78,7 @@ func RecoverAfterCrash(ctx context.Context, cfg RecoverConfig) (RecoverResult, e
 	var active func(drivers.GlobalID) bool
 	closeAll := func() error { return nil }
 	if cfg.RecoveryOnly {
-		fl, err := decisionlog.OpenFileLog(cfg.LogDir, decisionlog.FileLogOptions{})
+		fl, err := decisionlog.OpenFileLog(cfg.LogDir, decisionlog.FileLogOptions{Node: cfg.Node})
 		if err != nil {
 			return res, fmt.Errorf("opening the decision log: %w", err)
 		}

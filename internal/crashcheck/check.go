@@ -1,4 +1,4 @@
-package chaos
+package crashcheck
 
 import (
 	"context"
@@ -32,9 +32,16 @@ type Expect struct {
 	// absence from the log is no violation.
 	Kept map[string]bool
 	// Foreign, if set, are prepared transactions of another application
-	// that must still be there, untouched.
-	Foreign *Foreign
+	// that must still be there, untouched: Intact reports a violation with
+	// an error matching ErrForeignTouched.
+	Foreign interface {
+		Intact(ctx context.Context) error
+	}
 }
+
+// ErrForeignTouched is returned by an Expect.Foreign's Intact when a
+// foreign prepared transaction was finished by someone.
+var ErrForeignTouched = errors.New("a foreign prepared transaction was finished by someone")
 
 // Result is what the invariant check found.
 type Result struct {

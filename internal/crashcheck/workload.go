@@ -1,4 +1,4 @@
-package chaos
+package crashcheck
 
 import (
 	"context"
@@ -34,7 +34,7 @@ func ParseOrder(s string) (Order, error) {
 	case PGFirst, MyFirst, Mixed:
 		return o, nil
 	}
-	return "", fmt.Errorf("chaos: enlist order %q: want pg-first, my-first or mixed", s)
+	return "", fmt.Errorf("crashcheck: enlist order %q: want pg-first, my-first or mixed", s)
 }
 
 // Transfer runs t as one global transaction like bank.Bank.Do, but enlists
@@ -186,7 +186,7 @@ func ReadJournal(r io.Reader) (Journal, error) {
 		case len(f) >= 1 && (f[0] == "note" || f[0] == "stats"):
 			// informational lines
 		default:
-			return nil, fmt.Errorf("chaos: journal: malformed line %q", line)
+			return nil, fmt.Errorf("crashcheck: journal: malformed line %q", line)
 		}
 	}
 	return j, nil

@@ -1,10 +1,16 @@
-package main
+package bench
 
 import (
+	"fmt"
+	"net"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/xabridge/xabridge/internal/bank"
+	"github.com/xabridge/xabridge/mysql"
 )
 
 // machineTimes is the whole machine's CPU time from /proc/stat.
@@ -139,4 +145,63 @@ func serversCPU(servers []serverProc) map[string]time.Duration {
 		out[name] += time.Duration(ticks) * 10 * time.Millisecond
 	}
 	return out
+}
+
+// startCPUProfile starts a pprof CPU profile written to path; the returned
+// function stops it.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}
+
+// localServers finds the database servers' processes when they listen on
+// this machine's loopback, to measure their CPU time.
+func localServers(b *bank.Bank, myURL string) []serverProc {
+	var out []serverProc
+	if cc := b.PGPool.Config().ConnConfig; isLoopback(cc.Host) {
+		if p, ok := findServer("postgres", int(cc.Port)); ok {
+			out = append(out, p)
+		}
+	}
+	if mc, err := mysql.ParseURL(myURL); err == nil && mc.Net == "tcp" {
+		host, port, err := net.SplitHostPort(mc.Addr)
+		if n, perr := strconv.Atoi(port); err == nil && perr == nil && isLoopback(host) {
+			if p, ok := findServer("mysql", n); ok {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// loadAverage returns /proc/loadavg's three averages, or "" where there is
+// none.
+func loadAverage() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }

@@ -1,0 +1,227 @@
+// Package demo is the bank-transfer demo of `xabridge demo`: transfers
+// between PostgreSQL and MySQL/MariaDB accounts through a coordinator,
+// optionally the same as two local commits for comparison, and the check
+// of the invariants (money conserved, every transfer in both databases or
+// in neither).
+package demo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"github.com/xabridge/xabridge/decisionlog"
+	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/bank"
+	"github.com/xabridge/xabridge/internal/redact"
+	"github.com/xabridge/xabridge/xa"
+)
+
+// Options configure the demo; the CLI flag of each field is named in
+// Validate's errors.
+type Options struct {
+	PGURL, MyURL string // the databases
+	Prefix       string // table prefix (--table-prefix)
+	Count        int    // transfers
+	Concurrency  int    // concurrent workers
+	Accounts     int    // accounts on each database
+	Balance      int64  // starting balance of each account
+	LogDir       string // decision log directory
+	NodeID       string // coordinator node id
+	Baseline     bool   // also run the transfers as two local commits
+	Reset        bool   // recreate the tables first
+	// Keeper is "", "pg" or "mysql": xa.Config.DecisionResource.
+	Keeper      string
+	CommitDelay time.Duration // decisionlog.FileLogOptions.CommitDelay
+	// Hook, if set, is the coordinator's xa.Config.Hook (metrics).
+	Hook func(xa.Step, xa.StepInfo)
+	// Observe, if set, is called once the coordinator runs (to serve its
+	// metrics, run recovery beside it); stop is called before the
+	// coordinator closes.
+	Observe func(ctx context.Context, coord *xa.Coordinator, logger *slog.Logger) (stop func(), err error)
+}
+
+// ErrViolated is returned when the invariants do not hold.
+var ErrViolated = errors.New("demo invariants violated")
+
+// ValidateDatabases checks what Check needs: the databases and the
+// tables' prefix. Every error is a usage error.
+func (o *Options) ValidateDatabases() error {
+	if o.PGURL == "" || o.MyURL == "" {
+		return errors.New("both --pg and --mysql are needed (or XABRIDGE_PG and XABRIDGE_MYSQL; scripts/devdb env prints them)")
+	}
+	var b bank.Bank
+	if err := b.SetPrefix(o.Prefix); err != nil {
+		return fmt.Errorf("--table-prefix: %w", err)
+	}
+	return nil
+}
+
+// Validate checks what Transfer needs. Every error is a usage error.
+func (o *Options) Validate() error {
+	if err := o.ValidateDatabases(); err != nil {
+		return err
+	}
+	if o.Count < 0 || o.Concurrency < 1 || o.Accounts < 1 || o.Balance < 0 {
+		return errors.New("--count must be >= 0, --concurrency and --accounts >= 1, --balance >= 0")
+	}
+	switch o.Keeper {
+	case "", "pg", "mysql":
+	default:
+		return fmt.Errorf("--decision-resource %q: want pg, mysql or empty (the decision log)", o.Keeper)
+	}
+	if o.CommitDelay < 0 || o.CommitDelay > time.Second {
+		return errors.New("--commit-delay must be between 0 and 1s")
+	}
+	if err := drivers.ValidateNodeID(o.NodeID); err != nil {
+		return fmt.Errorf("--node-id: %w", err)
+	}
+	return nil
+}
+
+// openBank connects to both databases and selects the demo tables.
+func (o *Options) openBank(ctx context.Context, conns int) (*bank.Bank, error) {
+	b, err := bank.Open(ctx, o.PGURL, o.MyURL, conns)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.SetPrefix(o.Prefix); err != nil {
+		b.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// Check prints the invariants of the demo tables to out; ErrViolated if
+// one does not hold.
+func Check(ctx context.Context, out io.Writer, o Options) error {
+	if err := o.ValidateDatabases(); err != nil {
+		return err
+	}
+	b, err := o.openBank(ctx, 2)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	st, err := b.Check(ctx)
+	if err != nil {
+		return err
+	}
+	return printState(out, st, -1)
+}
+
+// Transfer runs the demo: Count transfers over Concurrency workers through
+// a coordinator (and as two local commits with Baseline), their numbers on
+// out, then the invariants; ErrViolated if one does not hold. The
+// coordinator's warnings go to errw.
+func Transfer(ctx context.Context, out, errw io.Writer, o Options) error {
+	if err := o.Validate(); err != nil {
+		return err
+	}
+	b, err := o.openBank(ctx, o.Concurrency)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	logger := slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	fl, err := decisionlog.OpenFileLog(o.LogDir, decisionlog.FileLogOptions{CommitDelay: o.CommitDelay, Node: o.NodeID})
+	if err != nil {
+		return err
+	}
+	defer fl.Close() // after coord.Close
+	coord, err := xa.New(ctx, xa.Config{
+		NodeID:           o.NodeID,
+		Log:              fl,
+		Resources:        []drivers.Resource{b.PG, b.My},
+		DecisionResource: o.Keeper,
+		Logger:           logger,
+		Hook:             o.Hook,
+	})
+	if err != nil {
+		return err
+	}
+	defer coord.Close()
+	if o.Observe != nil {
+		stop, err := o.Observe(ctx, coord, logger)
+		if err != nil {
+			return err
+		}
+		defer stop() // before coord.Close: a recovery loop uses its log
+	}
+
+	if o.Reset {
+		if n, err := inDoubtBranches(ctx, b, o.NodeID); err != nil {
+			return err
+		} else if n > 0 {
+			return fmt.Errorf("%d prepared branch(es) of node %s are in doubt and may hold locks on the demo tables; run `xabridge recover` first", n, o.NodeID)
+		}
+		if err := b.Setup(ctx, o.Accounts, o.Balance); err != nil {
+			return err
+		}
+	}
+	before, err := b.Check(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "xabridge demo: %d transfers, %d workers, %d accounts on each of postgres %s and mysql %s\n",
+		o.Count, o.Concurrency, o.Accounts, redact.URL(o.PGURL), redact.URL(o.MyURL))
+
+	var xs runStats
+	workers(ctx, o.Count, o.Concurrency, 1, func(ctx context.Context, rng *rand.Rand) error {
+		_, err := b.Do(ctx, coord, randomTransfer(rng, o.Accounts))
+		return err
+	}, &xs)
+	label := "atomic (two-phase commit)"
+	if o.Keeper != "" {
+		label = "atomic (decision in " + o.Keeper + ")"
+	}
+	fmt.Fprintln(out, xs.line(label))
+	if fl, ok := coord.Log().(*decisionlog.FileLog); ok && xs.committed.Load() > 0 {
+		s := fl.Stats()
+		fmt.Fprintf(out, "%-26s %d fsyncs for %d records (%.3f per committed transfer)\n", "decision log", s.Syncs, s.Appends,
+			float64(s.Syncs)/float64(xs.committed.Load()))
+	}
+	if o.Baseline && ctx.Err() == nil {
+		var bs runStats
+		var seq atomic.Int64
+		workers(ctx, o.Count, o.Concurrency, 1, func(ctx context.Context, rng *rand.Rand) error {
+			id := fmt.Sprintf("baseline-%d-%d", time.Now().UnixNano(), seq.Add(1))
+			return b.DoBaseline(ctx, id, randomTransfer(rng, o.Accounts))
+		}, &bs)
+		fmt.Fprintln(out, bs.line("baseline (not atomic)"))
+		if bt := float64(bs.committed.Load()) / bs.elapsed.Seconds(); bt > 0 {
+			xt := float64(xs.committed.Load()) / xs.elapsed.Seconds()
+			fmt.Fprintf(out, "%-26s %.2fx baseline throughput\n", "atomic / baseline", xt/bt)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	after, err := b.Check(ctx)
+	if err != nil {
+		return err
+	}
+	return printState(out, after, before.Total())
+}
+
+// inDoubtBranches counts prepared branches of node on the demo's databases.
+func inDoubtBranches(ctx context.Context, b *bank.Bank, node string) (int, error) {
+	n := 0
+	for _, r := range []drivers.Resource{b.PG, b.My} {
+		ps, err := r.Recover(ctx)
+		if err != nil {
+			return 0, err
+		}
+		for _, p := range ps {
+			if p.Ours && p.XID.Global.Node() == node {
+				n++
+			}
+		}
+	}
+	return n, nil
+}

@@ -1,0 +1,71 @@
+package demo
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xabridge/xabridge/internal/bank"
+)
+
+func TestValidate(t *testing.T) {
+	good := func() Options {
+		return Options{PGURL: "postgres://u@h/db", MyURL: "mysql://u@h/db", Prefix: bank.DefaultPrefix, Count: 10,
+			Concurrency: 2, Accounts: 10, Balance: 100, NodeID: "demo"}
+	}
+	tests := []struct {
+		name   string
+		change func(*Options)
+		want   string
+	}{
+		{"valid", func(*Options) {}, ""},
+		{"no urls", func(o *Options) { o.PGURL = "" }, "both --pg and --mysql are needed"},
+		{"bad prefix", func(o *Options) { o.Prefix = "X" }, "--table-prefix: "},
+		{"no workers", func(o *Options) { o.Concurrency = 0 }, "--concurrency and --accounts >= 1"},
+		{"bad keeper", func(o *Options) { o.Keeper = "redis" }, `--decision-resource "redis"`},
+		{"commit delay", func(o *Options) { o.CommitDelay = -time.Millisecond }, "--commit-delay must be between"},
+		{"bad node id", func(o *Options) { o.NodeID = "No Way" }, "--node-id: "},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := good()
+			tt.change(&o)
+			err := o.Validate()
+			if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
+				t.Fatalf("Validate() = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestPrintState(t *testing.T) {
+	tests := []struct {
+		name  string
+		st    bank.State
+		want  int64
+		lines []string
+		err   error
+	}{
+		{"conserved and atomic", bank.State{PGTotal: 60, MyTotal: 40, PGTransfers: 2, MyTransfers: 2, NetPG: -5, NetMy: -5}, 100,
+			[]string{"balances:  postgres 60 + mysql 40 = 100 (start 100)  ok: conserved", "transfers: 2 in postgres, 2 in mysql, 0 in only one  ok: atomic"}, nil},
+		{"money lost", bank.State{PGTotal: 60, MyTotal: 30}, 100, []string{"FAIL: NOT CONSERVED"}, ErrViolated},
+		{"a transfer in one database", bank.State{PGTotal: 50, MyTotal: 50, PGTransfers: 1, OnlyPG: []string{"t1"}}, -1,
+			[]string{"ATOMICITY VIOLATED", "  only in postgres: t1"}, ErrViolated},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			err := printState(&out, tt.st, tt.want)
+			if !errors.Is(err, tt.err) || (tt.err == nil) != (err == nil) {
+				t.Fatalf("printState: %v, want %v", err, tt.err)
+			}
+			for _, l := range tt.lines {
+				if !strings.Contains(out.String(), l) {
+					t.Errorf("output lacks %q:\n%s", l, out.String())
+				}
+			}
+		})
+	}
+}
