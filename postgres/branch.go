@@ -469,18 +469,17 @@ func (b *branch) escaped() bool {
 	return true
 }
 
-// escapedByTag reports whether the statement that answered tag was
+// escapedByTag reports whether the statement sql, which answered tag, was
 // application transaction control that left the session inside a new
 // transaction (COMMIT AND CHAIN, ROLLBACK AND CHAIN, "COMMIT; BEGIN": the
-// session is not idle, so escaped cannot tell). That new transaction is
-// rolled back and the connection goes back to the pool; the branch is
-// escaped. (A BEGIN inside the branch's own transaction, which PostgreSQL
-// only warns about, is refused the same way: ending transactions is the
-// coordinator's job.) b.mu is held.
-func (b *branch) escapedByTag(ctx context.Context, tag pgconn.CommandTag) bool {
-	switch tag.String() {
-	case "COMMIT", "ROLLBACK", "BEGIN", "START TRANSACTION", "PREPARE TRANSACTION":
-	default:
+// session is not idle, so escaped cannot tell); endsTransaction decides,
+// and lets savepoint rollbacks through. That new transaction is rolled
+// back and the connection goes back to the pool; the branch is escaped. (A
+// BEGIN inside the branch's own transaction, which PostgreSQL only warns
+// about, is refused the same way: ending transactions is the coordinator's
+// job.) b.mu is held.
+func (b *branch) escapedByTag(ctx context.Context, sql string, tag pgconn.CommandTag) bool {
+	if !endsTransaction(sql, tag) {
 		return false
 	}
 	if b.state != stActive || b.conn == nil {

@@ -64,7 +64,7 @@ func (h *Branch) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comm
 		}
 		tag, err = b.conn.Exec(ctx, sql, args...)
 	}
-	if err == nil && (b.escaped() || b.escapedByTag(ctx, tag)) {
+	if err == nil && (b.escaped() || b.escapedByTag(ctx, sql, tag)) {
 		return tag, b.errEscaped("exec")
 	}
 	return tag, b.userErr("exec", err)
