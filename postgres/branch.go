@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/sqlview"
 )
 
 // state is where a branch is in its life.
@@ -73,7 +74,9 @@ type branch struct {
 	ran    bool // some statement ran through the handle
 	wrote  bool // some Exec, SendBatch or CopyFrom ran (they may write)
 	closed bool
-	lost   *lostSession // the backend of an in-doubt PREPARE, until it is known gone
+	lost   *lostSession  // the backend of an in-doubt PREPARE, until it is known gone
+	spSeq  int           // savepoints opened by the handle's Begin (xab_sp_N)
+	view   *sqlview.View // the handle's database/sql view, once asked for
 }
 
 // XID returns the branch's XID.
@@ -420,6 +423,9 @@ func (b *branch) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.closed = true
+	if b.view != nil {
+		b.view.Close()
+	}
 	if b.conn == nil {
 		return nil
 	}

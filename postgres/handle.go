@@ -6,6 +6,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/xabridge/xabridge/drivers"
 )
 
@@ -74,21 +75,32 @@ func (h *Branch) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comm
 // closed before anything else runs on the branch. Their Conn method returns
 // nil: the connection belongs to the branch.
 func (h *Branch) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	rows, _, err := h.query(ctx, sql, args)
+	if rows == nil {
+		return nil, err
+	}
+	return rows, err
+}
+
+// query is Query, also returning the session's type map (for the
+// database/sql view's conversions).
+func (h *Branch) query(ctx context.Context, sql string, args []any) (*handleRows, *pgtype.Map, error) {
 	b := h.b
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := b.usable("query"); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := b.begin(ctx); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	b.ran = true
+	m := b.conn.Conn().TypeMap()
 	rows, err := b.conn.Query(ctx, sql, args...)
 	if rows == nil {
-		return nil, b.userErr("query", err)
+		return nil, nil, b.userErr("query", err)
 	}
-	return &handleRows{Rows: rows, b: b}, b.userErr("query", err)
+	return &handleRows{Rows: rows, b: b}, m, b.userErr("query", err)
 }
 
 // QueryRow runs a query expected to return at most one row, like
