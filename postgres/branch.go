@@ -420,12 +420,18 @@ func (b *branch) CommitOnePhase(ctx context.Context) error {
 // so the session is clean and reusable, and the branch can be finished by
 // XID from any connection.
 func (b *branch) Close() error {
+	// The database/sql view closes after b.mu is released: closing its
+	// prepared statements takes b.mu.
+	var view *sqlview.View
+	defer func() {
+		if view != nil {
+			view.Close()
+		}
+	}()
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	view = b.view
 	b.closed = true
-	if b.view != nil {
-		b.view.Close()
-	}
 	if b.conn == nil {
 		return nil
 	}

@@ -32,6 +32,20 @@ type Backend interface {
 	Query(ctx context.Context, query string, args []any) (driver.Rows, error)
 }
 
+// Preparer is a Backend that prepares statements on the branch's session
+// itself; without it the view keeps a statement's text and runs it through
+// Exec and Query.
+type Preparer interface {
+	Prepare(ctx context.Context, query string) (Stmt, error)
+}
+
+// Stmt is a statement prepared by a Preparer.
+type Stmt interface {
+	Exec(ctx context.Context, args []any) (driver.Result, error)
+	Query(ctx context.Context, args []any) (driver.Rows, error)
+	Close() error
+}
+
 // View is the database/sql face of one branch.
 type View struct {
 	be     Backend
@@ -162,11 +176,18 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 	return c.PrepareContext(context.Background(), query)
 }
 
-// PrepareContext keeps the statement's text; the backend's own statement
-// handling prepares it on the branch's session when it runs (pgx caches
-// prepared statements per connection; go-sql-driver prepares statements
-// with arguments).
-func (c *conn) PrepareContext(_ context.Context, query string) (driver.Stmt, error) {
+// PrepareContext prepares the statement on the branch's session if the
+// backend is a Preparer; otherwise it keeps the statement's text, and the
+// backend's own statement handling prepares it when it runs (pgx caches
+// prepared statements per connection).
+func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	if p, ok := c.v.be.(Preparer); ok {
+		st, err := p.Prepare(ctx, query)
+		if err != nil {
+			return nil, err
+		}
+		return &stmt{c: c, query: query, st: st}, nil
+	}
 	return &stmt{c: c, query: query}, nil
 }
 
@@ -213,6 +234,7 @@ func positional(args []driver.NamedValue) ([]any, error) {
 type stmt struct {
 	c     *conn
 	query string
+	st    Stmt // nil: run the text through the backend
 }
 
 var (
@@ -220,23 +242,51 @@ var (
 	_ driver.StmtQueryContext = (*stmt)(nil)
 )
 
-func (s *stmt) Close() error  { return nil }
+func (s *stmt) Close() error {
+	if s.st != nil {
+		return s.st.Close()
+	}
+	return nil
+}
+
 func (s *stmt) NumInput() int { return -1 }
 
 func (s *stmt) Exec(args []driver.Value) (driver.Result, error) {
-	return s.c.v.be.Exec(context.Background(), s.query, values(args))
+	return s.exec(context.Background(), values(args))
 }
 
 func (s *stmt) Query(args []driver.Value) (driver.Rows, error) {
-	return s.c.v.be.Query(context.Background(), s.query, values(args))
+	return s.run(context.Background(), values(args))
 }
 
 func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
-	return s.c.ExecContext(ctx, s.query, args)
+	a, err := positional(args)
+	if err != nil {
+		return nil, err
+	}
+	return s.exec(ctx, a)
 }
 
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
-	return s.c.QueryContext(ctx, s.query, args)
+	a, err := positional(args)
+	if err != nil {
+		return nil, err
+	}
+	return s.run(ctx, a)
+}
+
+func (s *stmt) exec(ctx context.Context, args []any) (driver.Result, error) {
+	if s.st != nil {
+		return s.st.Exec(ctx, args)
+	}
+	return s.c.v.be.Exec(ctx, s.query, args)
+}
+
+func (s *stmt) run(ctx context.Context, args []any) (driver.Rows, error) {
+	if s.st != nil {
+		return s.st.Query(ctx, args)
+	}
+	return s.c.v.be.Query(ctx, s.query, args)
 }
 
 func values(args []driver.Value) []any {
