@@ -13,9 +13,11 @@ import (
 // Branch is the application's handle on a branch: it runs statements inside
 // the branch's transaction with the usual pgx signatures. It deliberately
 // has no way to commit, roll back or prepare: the coordinator ends the
-// transaction, on every resource at once. Transaction control sent as SQL
-// anyway (COMMIT, ROLLBACK, their AND CHAIN forms, BEGIN, PREPARE
-// TRANSACTION) is detected after Exec, by the session's state or by the
+// transaction, on every resource at once (Commit and Rollback, there to make
+// the handle a pgx.Tx, refuse; Begin opens a savepoint; DB is its
+// database/sql view). Transaction control sent as SQL anyway (COMMIT,
+// ROLLBACK, their AND CHAIN forms, BEGIN, PREPARE TRANSACTION; not
+// ROLLBACK TO SAVEPOINT) is detected after Exec, by the session's state or by the
 // command tag, and ends the branch with an ErrFailed error; what such a
 // statement committed stays committed. (Hidden inside a multi-statement
 // string before other statements, or in a batch, it cannot be seen: don't.)
