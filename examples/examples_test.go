@@ -29,7 +29,7 @@ import (
 // MariaDB database of its own, so that the recipes' fixed table names do
 // not collide with anything.
 type world struct {
-	t      *testing.T
+	t      testing.TB
 	shop   *examples.Shop
 	pool   *pgxpool.Pool
 	my     *sql.DB
@@ -37,7 +37,7 @@ type world struct {
 	myGorm *gorm.DB
 }
 
-func servers(t *testing.T) (pgURL, myURL string) {
+func servers(t testing.TB) (pgURL, myURL string) {
 	t.Helper()
 	pgURL, myURL = os.Getenv("XABRIDGE_PG"), os.Getenv("XABRIDGE_MYSQL")
 	if pgURL == "" || myURL == "" {
@@ -46,7 +46,10 @@ func servers(t *testing.T) (pgURL, myURL string) {
 	return pgURL, myURL
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world { return newWorldConns(t, 8) }
+
+// newWorldConns is newWorld with pools of conns connections on each engine.
+func newWorldConns(t testing.TB, conns int) *world {
 	t.Helper()
 	ctx := t.Context()
 	pgURL, myURL := servers(t)
@@ -65,7 +68,7 @@ func newWorld(t *testing.T) *world {
 		t.Fatal(err)
 	}
 	cfg.ConnConfig.RuntimeParams["search_path"] = name
-	cfg.MaxConns = 8
+	cfg.MaxConns = int32(conns)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -90,6 +93,8 @@ func newWorld(t *testing.T) *world {
 	mcfg = mcfg.Clone()
 	mcfg.DBName = name
 	my := openMy(t, mcfg)
+	my.SetMaxOpenConns(conns)
+	my.SetMaxIdleConns(conns)
 	for _, q := range []string{
 		"CREATE TABLE stock (sku VARCHAR(32) PRIMARY KEY, qty BIGINT NOT NULL) ENGINE=InnoDB",
 		"CREATE TABLE reservations (order_id VARCHAR(64) NOT NULL, sku VARCHAR(32) NOT NULL, qty BIGINT NOT NULL) ENGINE=InnoDB",
@@ -120,7 +125,7 @@ func newWorld(t *testing.T) *world {
 	return w
 }
 
-func openMy(t *testing.T, cfg *mysqldriver.Config) *sql.DB {
+func openMy(t testing.TB, cfg *mysqldriver.Config) *sql.DB {
 	t.Helper()
 	c, err := mysqldriver.NewConnector(cfg)
 	if err != nil {
@@ -132,14 +137,14 @@ func openMy(t *testing.T, cfg *mysqldriver.Config) *sql.DB {
 	return db
 }
 
-func mustPG(t *testing.T, pool *pgxpool.Pool, q string) {
+func mustPG(t testing.TB, pool *pgxpool.Pool, q string) {
 	t.Helper()
 	if _, err := pool.Exec(context.Background(), q); err != nil {
 		t.Fatalf("%s: %v", q, err)
 	}
 }
 
-func mustMy(t *testing.T, db *sql.DB, q string) {
+func mustMy(t testing.TB, db *sql.DB, q string) {
 	t.Helper()
 	if _, err := db.ExecContext(context.Background(), q); err != nil {
 		t.Fatalf("%s: %v", q, err)
