@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"time"
 )
 
 // Backend runs statements on a branch, through its guarded handle.
@@ -110,6 +111,22 @@ func (v *View) beginSavepoint(ctx context.Context, opts driver.TxOptions) (drive
 	return &savepoint{v: v, ctx: context.WithoutCancel(ctx), name: name}, nil
 }
 
+// endTimeout bounds the RELEASE or ROLLBACK TO that ends a savepoint:
+// database/sql's Commit and Rollback take no context, and rolls back on its
+// own when BeginTx's context ends.
+const endTimeout = 30 * time.Second
+
+// endStmt runs the statement that ends the savepoint.
+func (s *savepoint) endStmt(verb string) error {
+	if !s.v.end(s.name) {
+		return fmt.Errorf("%w %s was already released or rolled back (an enclosing one ended first)", ErrSavepoint, s.name)
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, endTimeout)
+	defer cancel()
+	_, err := s.v.be.Exec(ctx, verb+s.name, nil)
+	return err
+}
+
 // end removes name and every savepoint opened after it from the open list
 // (RELEASE and ROLLBACK TO do that on the server too), reporting whether it
 // was open.
@@ -132,21 +149,11 @@ type savepoint struct {
 	name string
 }
 
-func (s *savepoint) Commit() error {
-	if !s.v.end(s.name) {
-		return fmt.Errorf("%w %s was already released or rolled back (an enclosing one ended first)", ErrSavepoint, s.name)
-	}
-	_, err := s.v.be.Exec(s.ctx, "RELEASE SAVEPOINT "+s.name, nil)
-	return err
-}
+// Commit releases the savepoint.
+func (s *savepoint) Commit() error { return s.endStmt("RELEASE SAVEPOINT ") }
 
-func (s *savepoint) Rollback() error {
-	if !s.v.end(s.name) {
-		return fmt.Errorf("%w %s was already released or rolled back (an enclosing one ended first)", ErrSavepoint, s.name)
-	}
-	_, err := s.v.be.Exec(s.ctx, "ROLLBACK TO SAVEPOINT "+s.name, nil)
-	return err
-}
+// Rollback rolls back to the savepoint.
+func (s *savepoint) Rollback() error { return s.endStmt("ROLLBACK TO SAVEPOINT ") }
 
 type connector struct{ v *View }
 
