@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/sqlview"
 )
 
 // state is where a branch is in the XA protocol, as far as the adapter knows.
@@ -61,6 +62,8 @@ type branch struct {
 	// application, whose rows may have reported a deadlock the adapter
 	// never saw; verify checks before anything else runs.
 	unverified bool
+	stmts      []*preparedStmt // prepared on conn through the handle (PrepareContext)
+	view       *sqlview.View   // the handle's database/sql view, once asked for
 }
 
 var _ drivers.Branch = (*branch)(nil)
@@ -83,6 +86,7 @@ func (b *branch) exec(ctx context.Context, verb string, suffix string) error {
 
 // release returns the (clean) session to the pool.
 func (b *branch) release() {
+	b.closeStmts()
 	if b.conn != nil {
 		_ = b.conn.Close()
 		b.conn = nil
@@ -91,6 +95,7 @@ func (b *branch) release() {
 
 // drop discards the session: its XA state is not known to be clean.
 func (b *branch) drop() {
+	b.forgetStmts()
 	if b.conn != nil {
 		discard(b.conn)
 		b.conn = nil
@@ -421,8 +426,17 @@ func (b *branch) CommitOnePhase(ctx context.Context) error {
 // one is discarded so that the branch detaches from it and can be finished
 // by XID (recovery, or a later Commit/Rollback on this branch).
 func (b *branch) Close() error {
+	// The database/sql view closes after b.mu is released: closing its
+	// prepared statements takes b.mu.
+	var view *sqlview.View
+	defer func() {
+		if view != nil {
+			view.Close()
+		}
+	}()
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	view = b.view
 	switch b.state {
 	case stDone:
 		b.release()

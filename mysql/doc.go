@@ -68,6 +68,24 @@
 // no check can undo that (an XA branch refuses them; a keeper's branch
 // cannot).
 //
+// # Using your data layer
+//
+// The handle has database/sql's statement methods (ExecContext,
+// QueryContext, QueryRowContext, PrepareContext), so sqlc's database/sql
+// queries take it as their DBTX. PrepareContext prepares on the branch's
+// pinned session; the statement runs only while the branch is active and is
+// closed with it. BeginTx opens a savepoint and returns it as a *sql.Tx
+// (Commit releases it, Rollback rolls back to it), so GORM takes the handle
+// as a ConnPool and its Transaction nests as savepoints. Branch.DB is a
+// *sql.DB view of the same session for code that wants one: sqlx
+// (sqlx.NewDb(b.DB(), "mysql")), GORM's mysql driver
+// (mysql.Config{Conn: b.DB(), SkipInitializeWithVersion: true}, with
+// PrepareStmt if wanted). SAVEPOINT, ROLLBACK TO and RELEASE SAVEPOINT are
+// allowed in a branch; the server refuses COMMIT, ROLLBACK and START
+// TRANSACTION in an XA transaction. The module
+// github.com/xabridge/xabridge/examples has a recipe for each, run against
+// real servers.
+//
 // All XA statements are sent as literal text without arguments, so
 // go-sql-driver uses COM_QUERY: XA statements cannot be server-side prepared.
 // The XID is written as hex literals (drivers.XID.MySQL), validated first.

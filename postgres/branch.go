@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/sqlview"
 )
 
 // state is where a branch is in its life.
@@ -73,7 +74,9 @@ type branch struct {
 	ran    bool // some statement ran through the handle
 	wrote  bool // some Exec, SendBatch or CopyFrom ran (they may write)
 	closed bool
-	lost   *lostSession // the backend of an in-doubt PREPARE, until it is known gone
+	lost   *lostSession  // the backend of an in-doubt PREPARE, until it is known gone
+	spSeq  int           // savepoints opened by the handle's Begin (xab_sp_N)
+	view   *sqlview.View // the handle's database/sql view, once asked for
 }
 
 // XID returns the branch's XID.
@@ -417,8 +420,17 @@ func (b *branch) CommitOnePhase(ctx context.Context) error {
 // so the session is clean and reusable, and the branch can be finished by
 // XID from any connection.
 func (b *branch) Close() error {
+	// The database/sql view closes after b.mu is released: closing its
+	// prepared statements takes b.mu.
+	var view *sqlview.View
+	defer func() {
+		if view != nil {
+			view.Close()
+		}
+	}()
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	view = b.view
 	b.closed = true
 	if b.conn == nil {
 		return nil
@@ -469,18 +481,17 @@ func (b *branch) escaped() bool {
 	return true
 }
 
-// escapedByTag reports whether the statement that answered tag was
+// escapedByTag reports whether the statement sql, which answered tag, was
 // application transaction control that left the session inside a new
 // transaction (COMMIT AND CHAIN, ROLLBACK AND CHAIN, "COMMIT; BEGIN": the
-// session is not idle, so escaped cannot tell). That new transaction is
-// rolled back and the connection goes back to the pool; the branch is
-// escaped. (A BEGIN inside the branch's own transaction, which PostgreSQL
-// only warns about, is refused the same way: ending transactions is the
-// coordinator's job.) b.mu is held.
-func (b *branch) escapedByTag(ctx context.Context, tag pgconn.CommandTag) bool {
-	switch tag.String() {
-	case "COMMIT", "ROLLBACK", "BEGIN", "START TRANSACTION", "PREPARE TRANSACTION":
-	default:
+// session is not idle, so escaped cannot tell); endsTransaction decides,
+// and lets savepoint rollbacks through. That new transaction is rolled
+// back and the connection goes back to the pool; the branch is escaped. (A
+// BEGIN inside the branch's own transaction, which PostgreSQL only warns
+// about, is refused the same way: ending transactions is the coordinator's
+// job.) b.mu is held.
+func (b *branch) escapedByTag(ctx context.Context, sql string, tag pgconn.CommandTag) bool {
+	if !endsTransaction(sql, tag) {
 		return false
 	}
 	if b.state != stActive || b.conn == nil {

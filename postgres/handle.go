@@ -6,15 +6,18 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/xabridge/xabridge/drivers"
 )
 
 // Branch is the application's handle on a branch: it runs statements inside
 // the branch's transaction with the usual pgx signatures. It deliberately
 // has no way to commit, roll back or prepare: the coordinator ends the
-// transaction, on every resource at once. Transaction control sent as SQL
-// anyway (COMMIT, ROLLBACK, their AND CHAIN forms, BEGIN, PREPARE
-// TRANSACTION) is detected after Exec, by the session's state or by the
+// transaction, on every resource at once (Commit and Rollback, there to make
+// the handle a pgx.Tx, refuse; Begin opens a savepoint; DB is its
+// database/sql view). Transaction control sent as SQL anyway (COMMIT,
+// ROLLBACK, their AND CHAIN forms, BEGIN, PREPARE TRANSACTION; not
+// ROLLBACK TO SAVEPOINT) is detected after Exec, by the session's state or by the
 // command tag, and ends the branch with an ErrFailed error; what such a
 // statement committed stays committed. (Hidden inside a multi-statement
 // string before other statements, or in a batch, it cannot be seen: don't.)
@@ -64,7 +67,7 @@ func (h *Branch) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comm
 		}
 		tag, err = b.conn.Exec(ctx, sql, args...)
 	}
-	if err == nil && (b.escaped() || b.escapedByTag(ctx, tag)) {
+	if err == nil && (b.escaped() || b.escapedByTag(ctx, sql, tag)) {
 		return tag, b.errEscaped("exec")
 	}
 	return tag, b.userErr("exec", err)
@@ -74,21 +77,32 @@ func (h *Branch) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comm
 // closed before anything else runs on the branch. Their Conn method returns
 // nil: the connection belongs to the branch.
 func (h *Branch) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	rows, _, err := h.query(ctx, sql, args)
+	if rows == nil {
+		return nil, err
+	}
+	return rows, err
+}
+
+// query is Query, also returning the session's type map (for the
+// database/sql view's conversions).
+func (h *Branch) query(ctx context.Context, sql string, args []any) (*handleRows, *pgtype.Map, error) {
 	b := h.b
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := b.usable("query"); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := b.begin(ctx); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	b.ran = true
+	m := b.conn.Conn().TypeMap()
 	rows, err := b.conn.Query(ctx, sql, args...)
 	if rows == nil {
-		return nil, b.userErr("query", err)
+		return nil, nil, b.userErr("query", err)
 	}
-	return &handleRows{Rows: rows, b: b}, b.userErr("query", err)
+	return &handleRows{Rows: rows, b: b}, m, b.userErr("query", err)
 }
 
 // QueryRow runs a query expected to return at most one row, like

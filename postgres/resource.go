@@ -20,6 +20,29 @@
 //		return err
 //	})
 //
+// # Using your data layer
+//
+// The handle fits the interfaces Go data layers take, so existing code runs
+// inside the branch unchanged:
+//
+//   - pgx: the handle is a pgx.Tx. Repository functions taking a pgx.Tx,
+//     sqlc's pgx/v5 queries (New(b), or WithTx(b)) and pgx.BeginFunc(ctx, b,
+//     fn) work on it; its Begin is a savepoint, and Commit or Rollback of
+//     the handle itself are refused (ErrTxControl): the coordinator ends
+//     the transaction.
+//   - database/sql: Branch.DB is a *sql.DB view of the same pinned session,
+//     and ExecContext, QueryContext, QueryRowContext, PrepareContext and
+//     BeginTx are on the handle too. sqlc's database/sql queries take the
+//     handle; GORM takes it as a ConnPool (gorm.Session with
+//     Statement.ConnPool, or postgres.Config{Conn: b.DB()}); sqlx takes
+//     sqlx.NewDb(b.DB(), "pgx"). BeginTx there is a savepoint too, so GORM's
+//     Transaction nests.
+//
+// SAVEPOINT, ROLLBACK TO [SAVEPOINT] and RELEASE [SAVEPOINT] are allowed in
+// a branch; COMMIT, ROLLBACK, PREPARE TRANSACTION and their AND CHAIN forms
+// are not. The module github.com/xabridge/xabridge/examples has a recipe
+// for each (sqlc, GORM, sqlx, pgx.Tx), run against real servers.
+//
 // A Resource is also a decisionlog.Keeper: named as a coordinator's
 // xa.Config.DecisionResource, it keeps commit decisions as rows of
 // DecisionTable, committed in its own branch's transaction (which then never

@@ -126,6 +126,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Limits", s.testLimits)
 	t.Run("ConcurrentBranches", s.testConcurrent)
 	t.Run("CancelDuringWork", s.testCancel)
+	t.Run("Savepoints", s.testSavepoints)
 
 	if foreignID != "" {
 		t.Run("ForeignUntouched", func(t *testing.T) {
@@ -329,6 +330,46 @@ func (s *suite) testCommit(t *testing.T) {
 	s.wantRows(t, 1, id)
 	noErr(t, "Close", b.Close())
 	s.wantNotPrepared(t, b.XID())
+}
+
+// testSavepoints: SAVEPOINT, ROLLBACK TO SAVEPOINT (also after a failed
+// statement) and RELEASE SAVEPOINT are the application's business inside a
+// branch (ORMs nest transactions this way); the branch still prepares and
+// commits what was not rolled back to a savepoint.
+func (s *suite) testSavepoints(t *testing.T) {
+	ctx := ctxT(t)
+	b := s.begin(ctx, t)
+	kept, undone, after := s.nextID(), s.nextID(), s.nextID()
+	ins := func(id int64) string { return fmt.Sprintf("INSERT INTO %s (id, v) VALUES (%d, %d)", s.table, id, id) }
+	for _, st := range []struct {
+		sql  string
+		fail bool
+	}{
+		{ins(kept), false},
+		{"SAVEPOINT xab_conf_a", false},
+		{ins(undone), false},
+		{"ROLLBACK TO SAVEPOINT xab_conf_a", false},
+		{"SAVEPOINT xab_conf_b", false},
+		{ins(kept), true}, // duplicate key
+		{"ROLLBACK TO SAVEPOINT xab_conf_b", false},
+		{ins(after), false},
+		{"RELEASE SAVEPOINT xab_conf_b", false},
+		{"RELEASE SAVEPOINT xab_conf_a", false},
+	} {
+		err := s.h.Exec(ctx, b, st.sql)
+		if st.fail {
+			if err == nil {
+				t.Fatalf("%s: no error", st.sql)
+			}
+			continue
+		}
+		noErr(t, st.sql, err)
+	}
+	s.prepare(ctx, t, b, drivers.VoteCommit)
+	noErr(t, "Commit", b.Commit(ctx))
+	noErr(t, "Close", b.Close())
+	s.wantRows(t, 2, kept, undone, after)
+	s.wantRows(t, 0, undone)
 }
 
 func (s *suite) testRollbackPrepared(t *testing.T) {
