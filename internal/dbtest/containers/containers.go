@@ -211,9 +211,9 @@ func labels() map[string]string {
 	return map[string]string{LabelTest: "1", LabelPID: strconv.Itoa(os.Getpid()), LabelHost: hostname}
 }
 
-// run starts one container and waits until its server answers SQL. With a
-// network, the container is attached only to it, at ip; otherwise its port
-// is published on 127.0.0.1.
+// run starts one container and waits until its server answers SQL. Its
+// port is published on 127.0.0.1; with a network, the container is attached
+// only to it, at ip, and reached there.
 func run(ctx context.Context, s spec, netName, ip string) (*DB, error) {
 	if os.Getenv("TESTCONTAINERS_RYUK_DISABLED") == "" {
 		// The reaper's image cannot be pulled without a registry; we
@@ -230,13 +230,14 @@ func run(ctx context.Context, s spec, netName, ip string) (*DB, error) {
 		testcontainers.WithCmd(s.cmd...),
 		testcontainers.WithLabels(labels()),
 	}
-	if netName == "" {
-		opts = append(opts,
-			testcontainers.WithExposedPorts(s.port+"/tcp"),
-			testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
-				hc.PortBindings = network.PortMap{port: {{HostIP: netip.MustParseAddr("127.0.0.1")}}}
-			}))
-	} else {
+	// The port is published on loopback only (testcontainers would
+	// publish the image's ports on every interface otherwise).
+	opts = append(opts,
+		testcontainers.WithExposedPorts(s.port+"/tcp"),
+		testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
+			hc.PortBindings = network.PortMap{port: {{HostIP: netip.MustParseAddr("127.0.0.1")}}}
+		}))
+	if netName != "" {
 		addr := netip.MustParseAddr(ip)
 		opts = append(opts,
 			testcontainers.CustomizeRequestOption(func(req *testcontainers.GenericContainerRequest) error {
