@@ -143,6 +143,7 @@ var (
 	live     = map[string]*DB{}  // by container id
 	networks = map[string]bool{} // private networks by name
 	sigOnce  sync.Once
+	closing  bool // a signal arrived: containers still starting are removed at once
 	hostname = func() string { h, _ := os.Hostname(); return h }()
 )
 
@@ -257,7 +258,11 @@ func run(ctx context.Context, s spec, netName, ip string) (*DB, error) {
 	if c != nil {
 		mu.Lock()
 		live[c.GetContainerID()] = &DB{c: c, ID: c.GetContainerID()}
+		stopping := closing
 		mu.Unlock()
+		if stopping && err == nil {
+			err = errors.New("interrupted")
+		}
 	}
 	if err != nil {
 		if c != nil {
@@ -444,7 +449,13 @@ func handleSignals() {
 		signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
 		go func() {
 			sig := <-ch
+			mu.Lock()
+			closing = true
+			mu.Unlock()
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			// Twice: a container whose start was under way the first time
+			// is there the second.
+			_ = TerminateAll(ctx)
 			if err := TerminateAll(ctx); err != nil {
 				fmt.Fprintln(os.Stderr, "containers:", err)
 			}
@@ -543,13 +554,17 @@ func createNetwork(ctx context.Context) (string, netip.Prefix, error) {
 func removeNetwork(ctx context.Context, name string) error {
 	mu.Lock()
 	ours := networks[name]
-	delete(networks, name)
 	mu.Unlock()
 	if !ours {
 		return nil
 	}
-	_, err := docker(ctx, "network", "rm", name)
-	return err
+	if _, err := docker(ctx, "network", "rm", name); err != nil {
+		return err
+	}
+	mu.Lock()
+	delete(networks, name)
+	mu.Unlock()
+	return nil
 }
 
 // hostRoutes returns the IPv4 destinations of this host's routing table.
