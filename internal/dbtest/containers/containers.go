@@ -268,6 +268,9 @@ func run(ctx context.Context, s spec, netName, ip string) (*DB, error) {
 		if c != nil {
 			err = errors.Join(err, terminate(context.WithoutCancel(ctx), c.GetContainerID()))
 		}
+		if _, ierr := docker(context.WithoutCancel(ctx), "image", "inspect", "--format", "{{.Id}}", s.image); ierr != nil {
+			err = fmt.Errorf("%w (the image is not in the engine and was not pulled; without a registry, scripts/images builds the xabridge-local ones)", err)
+		}
 		return nil, fmt.Errorf("containers: starting %s: %w", s.image, err)
 	}
 	db := &DB{Key: s.key, Image: s.image, ID: c.GetContainerID(), c: c, network: netName, ip: ip}
