@@ -2,10 +2,14 @@ package containers
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/xabridge/xabridge/internal/dbtest"
 )
 
 // The containers are configured for two-phase commit and for the URLs the
@@ -62,5 +66,52 @@ func TestOverlaps(t *testing.T) {
 	}
 	if len(hostRoutes()) == 0 {
 		t.Log("no IPv4 routes read from /proc/net/route")
+	}
+}
+
+// ReapStale removes the test containers of dead processes of this host and
+// leaves those of live ones alone. It needs a Docker engine (and an image:
+// scripts/images), like every test of this package's containers.
+func TestReapStale(t *testing.T) {
+	switch {
+	case dbtest.Mode() == "local":
+		t.Skip("XABRIDGE_TEST_DB=local: no containers")
+	case !dbtest.DockerReachable():
+		if dbtest.Mode() == "containers" {
+			t.Fatal("XABRIDGE_TEST_DB=containers, but no Docker engine answers")
+		}
+		t.Skip("no Docker engine answers")
+	}
+	ctx := context.Background()
+	pg, _, err := Images(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A pid that was alive a moment ago and is not any more.
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	create := func(pid int) string {
+		t.Helper()
+		out, err := docker(ctx, "create", "--label", LabelTest+"=1", "--label", LabelHost+"="+hostname,
+			"--label", fmt.Sprintf("%s=%d", LabelPID, pid), pg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := strings.TrimSpace(out)
+		t.Cleanup(func() { _, _ = docker(context.Background(), "rm", "-f", "-v", id) })
+		return id
+	}
+	orphan := create(dead.Process.Pid)
+	kept := create(1) // init: alive
+	if _, err := ReapStale(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := docker(ctx, "inspect", orphan); err == nil {
+		t.Errorf("container %s of dead process %d not removed", orphan, dead.Process.Pid)
+	}
+	if _, err := docker(ctx, "inspect", kept); err != nil {
+		t.Errorf("container %s of a live process removed: %v", kept, err)
 	}
 }
