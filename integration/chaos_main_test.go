@@ -27,6 +27,7 @@ import (
 	"github.com/xabridge/xabridge/internal/crashcheck"
 	"github.com/xabridge/xabridge/internal/dbproc"
 	"github.com/xabridge/xabridge/internal/dbtest"
+	"github.com/xabridge/xabridge/internal/dbtest/containers"
 )
 
 // The chaos tests run against one private PostgreSQL + MariaDB pair per
@@ -55,6 +56,15 @@ func TestMain(m *testing.M) {
 			code = 1
 		}
 	}
+	// The containers of internal/dbtest and of the Docker chaos tests.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	if err := containers.TerminateAll(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "removing the test containers:", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	cancel()
 	if *reportPath != "" && len(results.rows) > 0 {
 		if err := results.write(*reportPath); err != nil {
 			fmt.Fprintln(os.Stderr, "chaos: writing the report:", err)
@@ -68,8 +78,8 @@ func TestMain(m *testing.M) {
 
 // chaosEnv is what every chaos scenario shares.
 type chaosEnv struct {
-	pair     *dbproc.Pair
-	crashapp string // the built crash app
+	pair     servers // local processes (dbproc) or containers (dockerPair)
+	crashapp string  // the built crash app
 	admin    *bank.Bank
 	foreign  *chaos.Foreign
 	tmp      string
@@ -100,62 +110,81 @@ func startEnv() (*chaosEnv, error) {
 		return nil, err
 	}
 	e := &chaosEnv{}
-	if e.tmp, err = os.MkdirTemp("", "xab-chaos-"); err != nil {
-		return nil, err
-	}
-	e.crashapp = filepath.Join(e.tmp, "crashapp")
-	build := exec.CommandContext(ctx, "go", "build", "-o", e.crashapp, "./integration/internal/crashapp")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("building the crash app: %v\n%s", err, out)
-	}
 	script := filepath.Join(root, "scripts", "devdb")
 	// Servers of earlier test binaries that were killed (by -timeout, say)
 	// before they could stop them.
 	if _, err := dbproc.ReapStale(ctx, script); err != nil {
 		return nil, err
 	}
-	if e.pair, err = dbproc.Start(ctx, script); err != nil {
+	pair, err := dbproc.Start(ctx, script)
+	if err != nil {
 		return e, err
 	}
+	e.pair = pair
+	return e, e.setup(ctx)
+}
+
+// setup builds the crash app, opens the admin connections and prepares the
+// foreign transactions on the environment's servers.
+func (e *chaosEnv) setup(ctx context.Context) error {
+	root, err := dbtest.RepoRoot()
+	if err != nil {
+		return err
+	}
+	if e.tmp, err = os.MkdirTemp("", "xab-chaos-"); err != nil {
+		return err
+	}
+	e.crashapp = filepath.Join(e.tmp, "crashapp")
+	build := exec.CommandContext(ctx, "go", "build", "-o", e.crashapp, "./integration/internal/crashapp")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("building the crash app: %v\n%s", err, out)
+	}
 	if e.admin, err = bank.Open(ctx, e.pair.PGURL(), e.pair.MyURL(), 4); err != nil {
-		return e, err
+		return err
 	}
 	// Detect local deadlocks in 100ms instead of 1s, so the contention
 	// scenario spends its time on transactions, not on waiting.
 	for _, q := range []string{"ALTER SYSTEM SET deadlock_timeout = '100ms'", "SELECT pg_reload_conf()"} {
 		if _, err := e.admin.PGPool.Exec(ctx, q); err != nil {
-			return e, fmt.Errorf("postgres: %s: %w", q, err)
+			return fmt.Errorf("postgres: %s: %w", q, err)
 		}
 	}
 	if e.foreign, err = chaos.CreateForeign(ctx, e.admin, "foreign_app"); err != nil {
-		return e, err
+		return err
 	}
-	return e, nil
+	return nil
 }
 
 func chaosShutdown() error {
-	if env == nil {
-		return nil
+	var errs []error
+	for _, e := range []*chaosEnv{env, dockerEnv} {
+		if e != nil {
+			errs = append(errs, e.shutdown())
+		}
 	}
+	return errors.Join(errs...)
+}
+
+func (e *chaosEnv) shutdown() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var errs []error
-	if env.foreign != nil {
-		if err := env.foreign.Finish(ctx); err != nil {
+	if e.foreign != nil {
+		if err := e.foreign.Finish(ctx); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if env.admin != nil {
-		env.admin.Close()
+	if e.admin != nil {
+		e.admin.Close()
 	}
-	if env.pair != nil {
-		if err := env.pair.Stop(ctx); err != nil {
+	if e.pair != nil {
+		if err := e.pair.Stop(ctx); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if env.tmp != "" {
-		errs = append(errs, os.RemoveAll(env.tmp))
+	if e.tmp != "" {
+		errs = append(errs, os.RemoveAll(e.tmp))
 	}
 	return errors.Join(errs...)
 }

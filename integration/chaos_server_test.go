@@ -22,8 +22,11 @@ import (
 // on the same data directory; its prepared branches must survive, the
 // workload must get going again, and after recovery every invariant holds.
 // The decided transaction itself must end committed on both servers.
-func TestChaosServerCrash(t *testing.T) {
-	e := getEnv(t)
+func TestChaosServerCrash(t *testing.T) { serverCrash(t, getEnv(t), "SIGKILL") }
+
+// serverCrash is the server crash matrix on e's servers; kill names how
+// they are killed in the results.
+func serverCrash(t *testing.T, e *chaosEnv, kill string) {
 	for _, srv := range []dbproc.Server{dbproc.PG, dbproc.My} {
 		// The killed server's branch is branch 1, so "the other branch
 		// committed" is branch 0 committing.
@@ -128,7 +131,7 @@ func TestChaosServerCrash(t *testing.T) {
 				if inPG != inMy || (when.decided && !inPG) {
 					t.Errorf("transfer %s stopped at %s: in postgres %v, in mysql %v (decided: %v)", victim, when.point, inPG, inMy, when.decided)
 				}
-				results.add(fmt.Sprintf("%s SIGKILL, %s", engine, map[string]string{
+				results.add(fmt.Sprintf("%s %s, %s", engine, kill, map[string]string{
 					"prepared": "branch just prepared", "decided": "decision durable, before phase 2", "phase2": "during phase 2",
 				}[when.name]), engine, 1, len(j), res)
 				t.Logf("restart took %s; %s; after recovery %d transfers", restart.Round(time.Millisecond), st, res.Transfers)

@@ -1,13 +1,15 @@
 // Package dbtest finds the real database servers the tests run against.
 //
-// The URLs come from XABRIDGE_PG and XABRIDGE_MYSQL when set. Otherwise, in
-// a test binary that registered a container starter (the integration tests
-// import internal/dbtest/containers) and when a Docker engine is reachable,
-// it starts containers with testcontainers-go. Otherwise it starts the
-// project's throwaway local servers with `scripts/devdb up` (once per test
-// binary; they are left running for the next test binary) and uses the URLs
-// `scripts/devdb env` prints. A test that needs a server that cannot be had
-// fails; it never skips.
+// The URLs come from XABRIDGE_PG and XABRIDGE_MYSQL when set. Otherwise
+// XABRIDGE_TEST_DB decides: "containers" starts containers with
+// testcontainers-go (the test binary must import internal/dbtest/containers,
+// as the integration tests do, and a Docker engine must answer), "local"
+// starts the project's throwaway local servers with `scripts/devdb up` (once
+// per test binary; they are left running for the next test binary) and uses
+// the URLs `scripts/devdb env` prints, and "auto" (the default) takes
+// containers when a starter is registered and Docker answers, the local
+// servers otherwise. A test that needs a server that cannot be had fails; it
+// never skips.
 package dbtest
 
 import (
@@ -58,17 +60,41 @@ func RegisterContainers(s ContainerStarter) {
 	starter = s
 }
 
-// Choose decides where a test database comes from: the environment when
-// its variable is set, else containers when a starter is registered and a
-// Docker engine is reachable, else the local servers.
-func Choose(envValue string, haveStarter, dockerReachable bool) Source {
-	switch {
-	case envValue != "":
-		return SourceEnv
-	case haveStarter && dockerReachable:
-		return SourceContainers
+// Mode is XABRIDGE_TEST_DB: "auto" (the default), "containers" or "local".
+func Mode() string {
+	if m := os.Getenv("XABRIDGE_TEST_DB"); m != "" {
+		return m
 	}
-	return SourceLocal
+	return "auto"
+}
+
+// Choose decides where a test database comes from: the environment when
+// its variable is set, else as mode says (see Mode): containers when
+// demanded, or in auto mode when a starter is registered and a Docker engine
+// is reachable; else the local servers. Containers demanded but impossible
+// is an error, never a silent fallback.
+func Choose(envValue, mode string, haveStarter, dockerReachable bool) (Source, error) {
+	if envValue != "" {
+		return SourceEnv, nil
+	}
+	switch mode {
+	case "local":
+		return SourceLocal, nil
+	case "containers":
+		if !haveStarter {
+			return SourceContainers, fmt.Errorf("XABRIDGE_TEST_DB=containers, but this test binary does not import internal/dbtest/containers")
+		}
+		if !dockerReachable {
+			return SourceContainers, fmt.Errorf("XABRIDGE_TEST_DB=containers, but no Docker engine answers")
+		}
+		return SourceContainers, nil
+	case "", "auto":
+		if haveStarter && dockerReachable {
+			return SourceContainers, nil
+		}
+		return SourceLocal, nil
+	}
+	return SourceLocal, fmt.Errorf("XABRIDGE_TEST_DB=%q: want auto, containers or local", mode)
 }
 
 // DockerReachable reports whether a Docker engine answers at DOCKER_HOST
@@ -128,7 +154,10 @@ func startServers() (map[string]string, Source, error) {
 	starterMu.Lock()
 	s := starter
 	starterMu.Unlock()
-	src := Choose("", s != nil, s != nil && DockerReachable())
+	src, err := Choose("", Mode(), s != nil, DockerReachable())
+	if err != nil {
+		return nil, src, err
+	}
 	if src == SourceContainers {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()

@@ -10,20 +10,28 @@ import (
 func TestChoose(t *testing.T) {
 	for _, tc := range []struct {
 		name           string
-		env            string
+		env, mode      string
 		starter, dockr bool
 		want           Source
+		wantErr        bool
 	}{
-		{"environment wins", "postgres://x", true, true, SourceEnv},
-		{"environment wins without docker", "postgres://x", false, false, SourceEnv},
-		{"containers when registered and docker answers", "", true, true, SourceContainers},
-		{"local when docker is not reachable", "", true, false, SourceLocal},
-		{"local when no starter is registered", "", false, true, SourceLocal},
-		{"local otherwise", "", false, false, SourceLocal},
+		{"environment wins", "postgres://x", "auto", true, true, SourceEnv, false},
+		{"environment wins without docker", "postgres://x", "containers", false, false, SourceEnv, false},
+		{"containers when registered and docker answers", "", "auto", true, true, SourceContainers, false},
+		{"auto is the default", "", "", true, true, SourceContainers, false},
+		{"local when docker is not reachable", "", "auto", true, false, SourceLocal, false},
+		{"local when no starter is registered", "", "auto", false, true, SourceLocal, false},
+		{"local otherwise", "", "auto", false, false, SourceLocal, false},
+		{"local when asked, docker or not", "", "local", true, true, SourceLocal, false},
+		{"containers when asked", "", "containers", true, true, SourceContainers, false},
+		{"containers asked, no docker: error", "", "containers", true, false, SourceContainers, true},
+		{"containers asked, no starter: error", "", "containers", false, true, SourceContainers, true},
+		{"unknown mode: error", "", "cloud", true, true, SourceLocal, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := Choose(tc.env, tc.starter, tc.dockr); got != tc.want {
-				t.Fatalf("Choose = %s, want %s", got, tc.want)
+			got, err := Choose(tc.env, tc.mode, tc.starter, tc.dockr)
+			if got != tc.want || (err != nil) != tc.wantErr {
+				t.Fatalf("Choose = %s, %v; want %s, error %v", got, err, tc.want, tc.wantErr)
 			}
 		})
 	}
