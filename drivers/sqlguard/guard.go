@@ -143,7 +143,7 @@ func CheckArgs(d Dialect, sql string, nargs int) error {
 // with standard_conforming_strings on; MySQL in the default sql_mode).
 type Statement struct {
 	Offset int    // byte offset of its first token
-	End    int    // byte offset just past its last byte (its ';', if any, excluded)
+	End    int    // byte offset of its ';', or the text's length
 	Head   string // its leading words, upper-cased, as classified
 }
 
