@@ -158,6 +158,13 @@ func Statements(d Dialect, sql string) ([]Statement, error) {
 	return out, err
 }
 
+// The other readings of a text, by the session settings that change how
+// a backslash in a quoted string is read.
+var (
+	pgReadings = []mode{modePGBackslash}
+	myReadings = []mode{modeMyNoBackslash, modeMyANSIQuotes}
+)
+
 // check runs the plain reading and, when the text holds a construct whose
 // reading depends on a server setting (a backslash in a quoted string), the
 // other readings too. The first refusal wins.
@@ -177,12 +184,9 @@ func check(d Dialect, sql string, nargs int, out *[]Statement) error {
 	if !s.modeDependent {
 		return nil
 	}
-	var alts []mode
-	switch d {
-	case Postgres:
-		alts = []mode{modePGBackslash}
-	case MySQL:
-		alts = []mode{modeMyNoBackslash, modeMyANSIQuotes}
+	alts := pgReadings
+	if d == MySQL {
+		alts = myReadings
 	}
 	for _, m := range alts {
 		a := scanner{d: d, m: m, src: sql, nargs: nargs}

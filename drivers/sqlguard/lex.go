@@ -117,21 +117,34 @@ func (s *scanner) run() error {
 	return err
 }
 
-func isSpace(c byte) bool {
-	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'
-}
+// Byte classes, by table: the lexer's inner loops test one byte at a time.
+const (
+	clSpace      = 1 << iota // ' ', \t, \n, \r, \f, \v
+	clIdentStart             // letters, '_', and every byte >= 0x80: both servers treat the bytes of multibyte characters as identifier characters
+	clDigit                  // 0-9
+	clIdentCont              // clIdentStart, clDigit and '$': PostgreSQL and MySQL both continue identifiers with them
+)
 
-// isIdentStart: letters, underscore and every byte of a multibyte UTF-8
-// character (both servers treat high bytes as identifier characters).
-func isIdentStart(c byte) bool {
-	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= 0x80
-}
+var class = func() (t [256]uint8) {
+	for _, c := range []byte(" \t\n\r\f\v") {
+		t[c] |= clSpace
+	}
+	for c := 0; c < 256; c++ {
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= 0x80 {
+			t[c] |= clIdentStart | clIdentCont
+		}
+		if c >= '0' && c <= '9' {
+			t[c] |= clDigit | clIdentCont
+		}
+	}
+	t['$'] |= clIdentCont
+	return t
+}()
 
-func isDigit(c byte) bool { return c >= '0' && c <= '9' }
-
-// isIdentCont: PostgreSQL and MySQL both continue identifiers with digits
-// and '$'.
-func isIdentCont(c byte) bool { return isIdentStart(c) || isDigit(c) || c == '$' }
+func isSpace(c byte) bool      { return class[c]&clSpace != 0 }
+func isIdentStart(c byte) bool { return class[c]&clIdentStart != 0 }
+func isDigit(c byte) bool      { return class[c]&clDigit != 0 }
+func isIdentCont(c byte) bool  { return class[c]&clIdentCont != 0 }
 
 func (s *scanner) lex() error {
 	src := s.src
