@@ -9,21 +9,27 @@ func (s *scanner) endStatement(end int) error {
 		// An empty statement (";;", a text of comments): nothing to run.
 		return nil
 	}
-	var err *Error
-	if s.d == Postgres {
-		err = s.classifyPG()
-	} else {
-		err = s.classifyMy()
+	err := s.pending
+	if err == nil {
+		err = s.classify()
 	}
 	if s.out != nil {
 		*s.out = append(*s.out, Statement{Offset: s.stStart, End: end, Head: s.head()})
 	}
 	s.index++
-	s.stStart, s.ntok, s.flags = -1, 0, 0
+	s.stStart, s.ntok, s.flags, s.sawFor, s.pending = -1, 0, 0, false, nil
 	if err != nil {
 		return err
 	}
 	return nil
+}
+
+// classify classifies the tokens kept of the current statement.
+func (s *scanner) classify() *Error {
+	if s.d == Postgres {
+		return s.classifyPG()
+	}
+	return s.classifyMy()
 }
 
 // word returns the k-th token of the statement if it is a bare word, else "".
@@ -149,12 +155,21 @@ func (s *scanner) classifyPG() *Error {
 // program (IF, CASE, LOOP, REPEAT, WHILE, FOR, label: …), whose inner ';'
 // does not end them.
 func (s *scanner) classifyMy() *Error {
+	// Words met anywhere in a SET statement, also SET STATEMENT
+	// autocommit=0 FOR ….
+	switch {
+	case s.flags&flagAutocommit != 0:
+		return s.tc("SET autocommit commits the transaction (or takes the session out of it)")
+	case s.flags&flagCharset != 0:
+		return s.refuse(ErrUnreadable, s.stStart, s.head(), whyCharset)
+	}
+	if s.punct(1, ':') {
+		// label: BEGIN|LOOP|REPEAT|WHILE|FOR …, the label bare or quoted.
+		return s.tc("a labelled compound statement may hold transaction control the guard does not parse")
+	}
 	w := s.word(0)
 	if w == "" {
 		return nil
-	}
-	if s.punct(1, ':') {
-		return s.tc("a labelled compound statement may hold transaction control the guard does not parse")
 	}
 	switch {
 	case eqKw(w, "COMMIT"):
@@ -174,13 +189,8 @@ func (s *scanner) classifyMy() *Error {
 		// Only inside compound statements (refused) or a syntax error.
 		return s.tc(whyCommit)
 	case eqKw(w, "SET"):
-		switch {
-		case s.flags&flagAutocommit != 0:
-			return s.tc("SET autocommit commits the transaction (or takes the session out of it)")
-		case s.flags&flagPassword != 0 && eqKw(s.word(1), "PASSWORD"):
+		if eqKw(s.word(1), "PASSWORD") {
 			return s.tc("SET PASSWORD commits implicitly")
-		case s.flags&flagCharset != 0:
-			return s.refuse(ErrUnreadable, s.stStart, s.head(), whyCharset)
 		}
 		return nil
 	case eqKw(w, "CREATE"):
@@ -223,7 +233,12 @@ func (s *scanner) classifyMy() *Error {
 		return s.tc("a stored procedure may commit, run DDL or dynamic SQL, unseen by the guard")
 	case eqKw(w, "PREPARE"), eqKw(w, "EXECUTE"):
 		return s.tc("dynamic SQL (PREPARE / EXECUTE [IMMEDIATE]) may be transaction control the guard cannot see")
-	case eqKw(w, "IF"), eqKw(w, "CASE"), eqKw(w, "LOOP"), eqKw(w, "REPEAT"), eqKw(w, "WHILE"), eqKw(w, "FOR"):
+	case eqKw(w, "IF"), eqKw(w, "CASE"), eqKw(w, "LOOP"), eqKw(w, "REPEAT"), eqKw(w, "WHILE"), eqKw(w, "FOR"),
+		eqKw(w, "UNTIL"), eqKw(w, "DECLARE"):
+		// The pieces a compound statement splits into at its inner
+		// ';': its head, and its tail, which starts with END (refused
+		// above) or, for REPEAT, UNTIL. DECLARE starts a MariaDB
+		// sql_mode=ORACLE anonymous block.
 		return s.tc("a compound statement may hold transaction control the guard does not parse")
 	}
 	return nil

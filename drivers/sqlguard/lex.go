@@ -69,6 +69,8 @@ type scanner struct {
 	ntok    int // tokens seen (kept up to maxToks)
 	toks    [maxToks]token
 	flags   stmtFlags
+	sawFor  bool   // a FOR of SET STATEMENT … FOR was met
+	pending *Error // a refusal found before the statement's end
 }
 
 // stmtFlags marks words met anywhere in a SET statement that make it
@@ -78,7 +80,6 @@ type stmtFlags uint8
 const (
 	flagAutocommit stmtFlags = 1 << iota // autocommit
 	flagCharset                          // names, charset, character, character_set_client, client_encoding
-	flagPassword                         // password (MySQL SET PASSWORD commits implicitly)
 	flagSetStmt                          // MariaDB SET STATEMENT … FOR: the statement after FOR is classified afresh
 )
 
@@ -289,8 +290,13 @@ func (s *scanner) add(start, end int, kind tokKind) {
 	}
 	if kind == tkWord && s.d == MySQL && s.flags&flagSetStmt != 0 && eqKw(s.src[start:end], "FOR") {
 		// MariaDB SET STATEMENT var=value[, …] FOR statement: what
-		// follows FOR is a statement of its own for classification.
-		s.flags &^= flagSetStmt
+		// follows FOR is a statement of its own. A value may hold a FOR
+		// (a subquery … FOR UPDATE) and so may the statement (FLUSH
+		// TABLES t FOR EXPORT): what follows each FOR is classified.
+		if s.sawFor && s.pending == nil {
+			s.pending = s.classify()
+		}
+		s.sawFor = true
 		s.ntok = 0
 		return
 	}
@@ -327,8 +333,6 @@ func setFlags(d Dialect, src string, start, end int, kind tokKind) stmtFlags {
 		return flagCharset
 	case d == MySQL && (eqKw(w, "CHARSET") || eqKw(w, "CHARACTER") || eqKw(w, "CHARACTER_SET_CLIENT")):
 		return flagCharset
-	case d == MySQL && eqKw(w, "PASSWORD"):
-		return flagPassword
 	}
 	return 0
 }

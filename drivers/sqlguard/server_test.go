@@ -225,6 +225,8 @@ func TestServerMariaDB(t *testing.T) {
 		{sql: "EXECUTE IMMEDIATE 'COMMIT'", server: ends, refused: true},
 		{sql: "IF 1 THEN COMMIT; END IF", server: ends, refused: true},
 		{sql: "BEGIN NOT ATOMIC COMMIT; END", server: ends, refused: true},
+		{sql: "REPEAT COMMIT; UNTIL 1 END REPEAT", server: ends, refused: true},
+		{sql: "SET STATEMENT max_statement_time = 10 FOR FLUSH TABLES sqlguard_u FOR EXPORT", server: ends, refused: true},
 		{sql: "SET STATEMENT max_statement_time = 10 FOR COMMIT", server: ends, refused: true},
 	}
 	for _, c := range cases {
