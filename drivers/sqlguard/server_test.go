@@ -3,8 +3,11 @@ package sqlguard_test
 import (
 	"context"
 	"database/sql"
-	"errors"
+	"fmt"
+	"math/rand/v2"
 	"net/url"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -53,15 +56,11 @@ func TestServerPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Close(context.Background())
-	simple := func(c *pgx.Conn, q string) error {
-		_, err := c.PgConn().Exec(ctx, q).ReadAll()
-		return err
-	}
 	for _, q := range []string{
 		"CREATE TABLE IF NOT EXISTS sqlguard_t (id int PRIMARY KEY)",
 		"CREATE OR REPLACE PROCEDURE sqlguard_commits() LANGUAGE plpgsql AS $$ BEGIN COMMIT; END $$",
 	} {
-		if err := simple(conn, q); err != nil {
+		if _, err := conn.PgConn().Exec(ctx, q).ReadAll(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -103,40 +102,61 @@ func TestServerPostgres(t *testing.T) {
 		if (err != nil) != c.refused {
 			t.Errorf("%q: guard %v, want refused=%v (%s)", c.sql, err, c.refused, c.why)
 		}
-		for _, q := range []string{"ROLLBACK", "RESET ALL", "DEALLOCATE ALL", "DELETE FROM sqlguard_t", "DISCARD PLANS"} {
-			if err := simple(conn, q); err != nil {
-				t.Fatalf("%q: cleanup %s: %v", c.sql, q, err)
-			}
+		if got, detail := pgRun(ctx, t, conn, other, c); got != c.server {
+			t.Errorf("%q: server %s (%s), want %s", c.sql, got, detail, c.server)
 		}
-		if c.pre != "" {
-			if err := simple(conn, c.pre); err != nil {
-				t.Fatalf("%q: %v", c.pre, err)
-			}
-		}
-		if err := simple(conn, "BEGIN; INSERT INTO sqlguard_t VALUES (1); SAVEPOINT s"); err != nil {
-			t.Fatal(err)
-		}
-		runErr := simple(conn, c.sql)
-		status := conn.PgConn().TxStatus()
-		var mine, theirs int
-		if status == 'T' {
-			if err := conn.QueryRow(ctx, "SELECT count(*) FROM sqlguard_t", pgx.QueryExecModeSimpleProtocol).Scan(&mine); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := other.QueryRow(ctx, "SELECT count(*) FROM sqlguard_t", pgx.QueryExecModeSimpleProtocol).Scan(&theirs); err != nil {
-			t.Fatal(err)
-		}
-		got := stays
-		if status == 'I' || status == 'T' && mine == 0 || theirs != 0 {
-			got = ends
-		}
-		if got != c.server {
-			t.Errorf("%q: server %s (status %c, own rows %d, committed rows %d, error %v), want %s", c.sql, got, status, mine, theirs, runErr, c.server)
-		}
-		_ = simple(conn, "ROLLBACK")
-		_ = simple(other, "ROLLBACK PREPARED 'sqlguard-g'")
 	}
+}
+
+// pgRun runs one case on conn inside a transaction that wrote a row and
+// says what the server did, with the evidence.
+func pgRun(ctx context.Context, t *testing.T, conn, other *pgx.Conn, c serverCase) (string, string) {
+	t.Helper()
+	simple := func(c *pgx.Conn, q string) error {
+		_, err := c.PgConn().Exec(ctx, q).ReadAll()
+		return err
+	}
+	for _, q := range []string{"ROLLBACK", "RESET ALL", "DEALLOCATE ALL", "DELETE FROM sqlguard_t", "DISCARD PLANS"} {
+		if err := simple(conn, q); err != nil {
+			t.Fatalf("%q: cleanup %s: %v", c.sql, q, err)
+		}
+	}
+	if c.pre != "" {
+		if err := simple(conn, c.pre); err != nil {
+			t.Fatalf("%q: %v", c.pre, err)
+		}
+	}
+	if err := simple(conn, "BEGIN; INSERT INTO sqlguard_t VALUES (1); SAVEPOINT s"); err != nil {
+		t.Fatal(err)
+	}
+	runErr := simple(conn, c.sql)
+	status := conn.PgConn().TxStatus()
+	var mine, theirs int
+	count := func(c *pgx.Conn) int {
+		// By the simple protocol's pgconn: pgx refuses its own simple
+		// protocol under standard_conforming_strings=off.
+		rr, err := c.PgConn().Exec(ctx, "SELECT count(*) FROM sqlguard_t").ReadAll()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := strconv.Atoi(string(rr[0].Rows[0][0]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if status == 'T' {
+		mine = count(conn)
+	}
+	theirs = count(other)
+	got := stays
+	if status == 'I' || status == 'T' && mine == 0 || theirs != 0 {
+		got = ends
+	}
+	_ = simple(conn, "ROLLBACK")
+	_ = simple(other, "ROLLBACK PREPARED 'sqlguard-g'")
+	_ = simple(other, "DELETE FROM sqlguard_t")
+	return got, fmt.Sprintf("status %c, own rows %d, committed rows %d, error %v", status, mine, theirs, runErr)
 }
 
 // TestServerMariaDB does the same on MariaDB, in a local transaction (a
@@ -234,7 +254,9 @@ func TestServerMariaDB(t *testing.T) {
 		if (err != nil) != c.refused {
 			t.Errorf("%q: guard %v, want refused=%v (%s)", c.sql, err, c.refused, c.why)
 		}
-		mariaRun(ctx, t, conn, db, c, "BEGIN; INSERT INTO sqlguard_t VALUES (1); SAVEPOINT s", false)
+		if got, detail := mariaRun(ctx, t, conn, db, c, mariaLocal, false); got != c.server {
+			t.Errorf("%q: server %s (%s), want %s", c.sql, got, detail, c.server)
+		}
 	}
 
 	// In an XA branch the server refuses COMMIT and DDL itself, but not the
@@ -248,13 +270,18 @@ func TestServerMariaDB(t *testing.T) {
 		if err := sqlguard.Check(sqlguard.MySQL, c.sql); (err != nil) != c.refused {
 			t.Errorf("XA %q: guard %v, want refused=%v", c.sql, err, c.refused)
 		}
-		mariaRun(ctx, t, conn, db, c, "XA START 'sqlguard-x'; INSERT INTO sqlguard_t VALUES (1)", true)
+		if got, detail := mariaRun(ctx, t, conn, db, c, "XA START 'sqlguard-x'; INSERT INTO sqlguard_t VALUES (1)", true); got != c.server {
+			t.Errorf("XA %q: server %s (%s), want %s", c.sql, got, detail, c.server)
+		}
 	}
 }
 
+// mariaLocal opens a decision keeper's kind of branch: a local transaction.
+const mariaLocal = "BEGIN; INSERT INTO sqlguard_t VALUES (1); SAVEPOINT s"
+
 // mariaRun runs one case on conn inside the transaction begin opens and
-// compares what the server did with c.server.
-func mariaRun(ctx context.Context, t *testing.T, conn *sql.Conn, db *sql.DB, c serverCase, begin string, xa bool) {
+// says what the server did, with the evidence.
+func mariaRun(ctx context.Context, t *testing.T, conn *sql.Conn, db *sql.DB, c serverCase, begin string, xa bool) (string, string) {
 	t.Helper()
 	cleanup := []string{"XA END 'sqlguard-x'", "XA ROLLBACK 'sqlguard-x'", "ROLLBACK", "UNLOCK TABLES", "SET autocommit = 1",
 		"SET SESSION sql_mode = DEFAULT", "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ", "DELETE FROM sqlguard_t"}
@@ -294,14 +321,10 @@ func mariaRun(ctx context.Context, t *testing.T, conn *sql.Conn, db *sql.DB, c s
 			got = ends
 		}
 	}
-	if got != c.server {
-		var me *mysqldriver.MySQLError
-		errors.As(runErr, &me)
-		t.Errorf("%q: server %s (in_transaction %d, own rows %d, committed rows %d, error %v), want %s", c.sql, got, inTx, mine, theirs, runErr, c.server)
-	}
 	for _, q := range cleanup {
 		_, _ = conn.ExecContext(ctx, q)
 	}
+	return got, fmt.Sprintf("in_transaction %d, own rows %d, committed rows %d, error %v", inTx, mine, theirs, runErr)
 }
 
 // mysqlConfig reads a mysql://user:password@host:port/db URL (the form
@@ -318,4 +341,127 @@ func mysqlConfig(t *testing.T, raw string) *mysqldriver.Config {
 	cfg.Net, cfg.Addr = "tcp", u.Host
 	cfg.DBName = strings.TrimPrefix(u.Path, "/")
 	return cfg
+}
+
+// Fragments the differential tests build texts from: the constructs whose
+// reading the lexers must agree with the servers on, and transaction
+// control to hide among them.
+var (
+	commonFragments = []string{
+		"SELECT 1", "SELECT 'a'", " ", "\n", "\r", "\t", ";", "; ", "'", "\"", "\\", "''", "\\'", "'\\'",
+		"/*", "*/", "/* c */", "--", "-- ", "--\n", "-", "*", "/", " AS x", ", 2", "(", ")",
+		" COMMIT", "COMMIT", " ROLLBACK", "ROLLBACK TO s", " WORK", "e", "x", "1",
+	}
+	pgFragments = append([]string{
+		"$$", "$a$", "$1", "E'", "e'\\''", "U&'", "\"\"", "/* /* */", "x$a$", "$a",
+	}, commonFragments...)
+	myFragments = append([]string{
+		"#", "# c\n", "`", "``", "/*!", "/*!COMMIT*/", "/*! SELECT 1 */", "--\x01", "--\v", "--1", "\"\\\"", "?",
+		"_utf8mb4'", "N'", "X'", "@", "@@", "BEGIN", "XA END 'sqlguard-x'",
+	}, commonFragments...)
+)
+
+func randomText(r *rand.Rand, frags []string) string {
+	var b strings.Builder
+	b.WriteString("SELECT 1")
+	for n := 2 + r.IntN(7); n > 0; n-- {
+		b.WriteString(frags[r.IntN(len(frags))])
+	}
+	if r.IntN(2) == 0 {
+		b.WriteString(";COMMIT")
+	}
+	return b.String()
+}
+
+// differentialCount is how many random texts each differential test sends
+// per session setting (XABRIDGE_SQLGUARD_DIFF overrides it).
+func differentialCount(t *testing.T) int {
+	if v := os.Getenv("XABRIDGE_SQLGUARD_DIFF"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			t.Fatalf("XABRIDGE_SQLGUARD_DIFF=%q: %v", v, err)
+		}
+		return n
+	}
+	return 150
+}
+
+// TestServerDifferentialPostgres sends random texts of tricky fragments
+// to PostgreSQL, with standard_conforming_strings on and off: whenever the
+// server ended the transaction, the guard must have refused the text.
+func TestServerDifferentialPostgres(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	u := dbtest.PG(t)
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	other, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(context.Background())
+	if _, err := conn.PgConn().Exec(ctx, "CREATE TABLE IF NOT EXISTS sqlguard_t (id int PRIMARY KEY)").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(14, 7))
+	n, tally := differentialCount(t), map[[2]bool]int{}
+	for _, pre := range []string{"", "SET standard_conforming_strings = off"} {
+		for range n {
+			c := serverCase{pre: pre, sql: randomText(r, pgFragments)}
+			got, detail := pgRun(ctx, t, conn, other, c)
+			err := sqlguard.Check(sqlguard.Postgres, c.sql)
+			tally[[2]bool{got == ends, err != nil}]++
+			if got == ends && err == nil {
+				t.Errorf("%q (%s): the server ended the transaction (%s) but the guard allowed it", c.sql, pre, detail)
+			}
+		}
+	}
+	logTally(t, tally)
+}
+
+// TestServerDifferentialMariaDB does the same on MariaDB in a local
+// transaction, in the default sql_mode, NO_BACKSLASH_ESCAPES and
+// ANSI_QUOTES.
+func TestServerDifferentialMariaDB(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cfg := mysqlConfig(t, dbtest.MySQL(t))
+	cfg.MultiStatements = true
+	connector, err := mysqldriver.NewConnector(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(connector)
+	defer db.Close()
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS sqlguard_t (id int PRIMARY KEY) ENGINE=InnoDB"); err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(14, 8))
+	n, tally := differentialCount(t), map[[2]bool]int{}
+	for _, pre := range []string{"", "SET sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')", "SET sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')"} {
+		for range n {
+			c := serverCase{pre: pre, sql: randomText(r, myFragments)}
+			got, detail := mariaRun(ctx, t, conn, db, c, mariaLocal, false)
+			err := sqlguard.Check(sqlguard.MySQL, c.sql)
+			tally[[2]bool{got == ends, err != nil}]++
+			if got == ends && err == nil {
+				t.Errorf("%q (%s): the server ended the transaction (%s) but the guard allowed it", c.sql, pre, detail)
+			}
+		}
+	}
+	logTally(t, tally)
+}
+
+// logTally reports how the server's outcomes and the guard's verdicts met.
+func logTally(t *testing.T, tally map[[2]bool]int) {
+	t.Logf("server ended & guard refused %d; server kept & guard allowed %d; server kept & guard refused (conservative) %d; server ended & guard allowed (must be 0) %d",
+		tally[[2]bool{true, true}], tally[[2]bool{false, false}], tally[[2]bool{false, true}], tally[[2]bool{true, false}])
 }
