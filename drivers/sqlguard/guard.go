@@ -159,10 +159,17 @@ func Statements(d Dialect, sql string) ([]Statement, error) {
 }
 
 // The other readings of a text, by the session settings that change how
-// a backslash in a quoted string is read.
+// a backslash in a quoted string (or, for MariaDB, a '[') is read: every
+// combination that reads differently.
 var (
 	pgReadings = []mode{modePGBackslash}
-	myReadings = []mode{modeMyNoBackslash, modeMyANSIQuotes}
+	myReadings = []mode{
+		modeMyDoubleRaw,                   // ANSI_QUOTES
+		modeMySingleRaw | modeMyDoubleRaw, // NO_BACKSLASH_ESCAPES (with or without ANSI_QUOTES)
+		modeMyBrackets,                    // MSSQL without ANSI_QUOTES
+		modeMyBrackets | modeMyDoubleRaw,  // MSSQL
+		modeMyBrackets | modeMySingleRaw | modeMyDoubleRaw,
+	}
 )
 
 // check runs the plain reading and, when the text holds a construct whose

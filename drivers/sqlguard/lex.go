@@ -2,27 +2,44 @@ package sqlguard
 
 import "strings"
 
-// mode is one way the server may read the text, by a session setting the
-// guard cannot see.
+// mode is one way the server may read the text, by session settings the
+// guard cannot see: a set of bits.
 type mode uint8
 
 const (
-	modeDefault       mode = iota // PostgreSQL standard_conforming_strings=on; MySQL default sql_mode
-	modePGBackslash               // PostgreSQL standard_conforming_strings=off: '…' takes backslash escapes
-	modeMyNoBackslash             // MySQL NO_BACKSLASH_ESCAPES: no backslash escapes in '…' or "…"
-	modeMyANSIQuotes              // MySQL ANSI_QUOTES: "…" is an identifier (no backslash escapes)
+	modeDefault mode = 0 // PostgreSQL standard_conforming_strings=on; MySQL's default sql_mode
+
+	// PostgreSQL standard_conforming_strings=off: '…' takes backslash escapes.
+	modePGBackslash mode = 1 << 0
+
+	// MySQL: '…' takes no backslash escapes (NO_BACKSLASH_ESCAPES).
+	modeMySingleRaw mode = 1 << 0
+	// MySQL: "…" takes no backslash escapes (NO_BACKSLASH_ESCAPES, or
+	// ANSI_QUOTES, which makes it an identifier).
+	modeMyDoubleRaw mode = 1 << 1
+	// MariaDB sql_mode MSSQL: [ … ] is an identifier, ]] escaping ].
+	modeMyBrackets mode = 1 << 2
 )
 
 func (m mode) String() string {
-	switch m {
-	case modePGBackslash:
+	switch {
+	case m == modeDefault:
+		return ""
+	case m == modePGBackslash:
+		// (Only PostgreSQL passes use it; the bit is MySQL's
+		// modeMySingleRaw too, which never comes alone.)
 		return "with standard_conforming_strings=off"
-	case modeMyNoBackslash:
-		return "with sql_mode NO_BACKSLASH_ESCAPES"
-	case modeMyANSIQuotes:
-		return "with sql_mode ANSI_QUOTES"
 	}
-	return ""
+	var parts []string
+	if m&modeMySingleRaw != 0 {
+		parts = append(parts, "NO_BACKSLASH_ESCAPES")
+	} else if m&modeMyDoubleRaw != 0 {
+		parts = append(parts, "ANSI_QUOTES")
+	}
+	if m&modeMyBrackets != 0 {
+		parts = append(parts, "MSSQL")
+	}
+	return "with sql_mode " + strings.Join(parts, ",")
 }
 
 type tokKind uint8
@@ -69,6 +86,7 @@ type scanner struct {
 	ntok    int // tokens seen (kept up to maxToks)
 	toks    [maxToks]token
 	flags   stmtFlags
+	prev    token  // the statement's previous token
 	sawFor  bool   // a FOR of SET STATEMENT … FOR was met
 	pending *Error // a refusal found before the statement's end
 }
@@ -174,8 +192,11 @@ func (s *scanner) lex() error {
 		case c == '"':
 			kind := tkQuoted
 			bs, dep := false, false
-			if s.d == MySQL && s.m != modeMyANSIQuotes {
-				kind, bs, dep = tkString, s.m != modeMyNoBackslash, true
+			if s.d == MySQL {
+				// A string, or under ANSI_QUOTES an identifier: it is
+				// kept as a string token either way (the SET checks read
+				// its content as a name too).
+				kind, bs, dep = tkString, s.m&modeMyDoubleRaw == 0, true
 			}
 			j, err := s.quoted(i, '"', bs, dep)
 			if err != nil {
@@ -210,11 +231,11 @@ func (s *scanner) backslashInSingle() bool {
 	if s.d == Postgres {
 		return s.m == modePGBackslash
 	}
-	return s.m != modeMyNoBackslash
+	return s.m&modeMySingleRaw == 0
 }
 
-// quoted scans a quoted string or identifier opening at i with quote q,
-// where a doubled quote stands for itself and, if backslash, a backslash
+// quoted scans a quoted string or identifier opening at i and closed by q,
+// where a doubled q stands for itself and, if backslash, a backslash
 // escapes the next byte. modeDep says whether this construct reads
 // differently in another mode when it holds a backslash. It returns the
 // offset just past the closing quote.
@@ -300,9 +321,12 @@ func (s *scanner) add(start, end int, kind tokKind) {
 		s.ntok = 0
 		return
 	}
-	if (kind == tkWord || kind == tkQuoted) && s.ntok > 0 && s.isSet() {
+	if s.ntok > 0 && s.isSet() && (kind == tkWord || kind == tkQuoted || kind == tkString && s.src[start] == '"' && s.nameFollows()) {
+		// A "…" string where a name may stand too: under ANSI_QUOTES it
+		// is one.
 		s.flags |= setFlags(s.d, s.src, start, end, kind)
 	}
+	s.prev = token{int32(start), int32(end), kind}
 	if s.ntok < maxToks {
 		s.toks[s.ntok] = token{int32(start), int32(end), kind}
 		if s.ntok == 1 && s.d == MySQL && s.isSet() && kind == tkWord && eqKw(s.src[start:end], "STATEMENT") {
@@ -310,6 +334,21 @@ func (s *scanner) add(start, end int, kind tokKind) {
 		}
 	}
 	s.ntok++
+}
+
+// nameFollows reports whether, in a SET statement, the token after the
+// previous one may be a setting's name: after SET, ',', '.', '@@' or a
+// scope word.
+func (s *scanner) nameFollows() bool {
+	p := s.prev
+	w := s.src[p.start:p.end]
+	switch p.kind {
+	case tkPunct:
+		return w == "," || w == "." || w == "@"
+	case tkWord:
+		return eqKw(w, "SET") || eqKw(w, "SESSION") || eqKw(w, "LOCAL") || eqKw(w, "GLOBAL") || eqKw(w, "PERSIST") || eqKw(w, "PERSIST_ONLY")
+	}
+	return false
 }
 
 func (s *scanner) isSet() bool {
@@ -320,7 +359,7 @@ func (s *scanner) isSet() bool {
 // setFlags classifies a word of a SET statement.
 func setFlags(d Dialect, src string, start, end int, kind tokKind) stmtFlags {
 	w := src[start:end]
-	if kind == tkQuoted {
+	if kind != tkWord {
 		w = w[1 : len(w)-1]
 	} else if start > 0 && src[start-1] == '@' && (start < 2 || src[start-2] != '@') {
 		// A MySQL user variable (@autocommit) is not the setting.
@@ -476,6 +515,21 @@ func (s *scanner) lexMy(i int) (int, error) {
 	case c == '*' && s.inExec && i+1 < n && src[i+1] == '/':
 		s.inExec = false
 		return i + 2, nil
+	case c == '[':
+		if s.m&modeMyBrackets == 0 {
+			// Under sql_mode MSSQL (MariaDB) it would open an identifier.
+			if s.m == modeDefault {
+				s.modeDependent = true
+			}
+			s.add(i, i+1, tkPunct)
+			return i + 1, nil
+		}
+		j, err := s.quoted(i, ']', false, false)
+		if err != nil {
+			return 0, err
+		}
+		s.add(i, j, tkQuoted)
+		return j, nil
 	case c == '`':
 		j, err := s.quoted(i, '`', false, false)
 		if err != nil {

@@ -208,6 +208,10 @@ func TestServerMariaDB(t *testing.T) {
 		{pre: "SET sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')", sql: "SELECT 'a\\'; COMMIT; -- '", server: ends, refused: true},
 		{sql: "SELECT 1 AS \"a\\\"; COMMIT; -- \"", server: stays, refused: true, why: "one string by default; under ANSI_QUOTES the COMMIT runs (next row)"},
 		{pre: "SET sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')", sql: "SELECT 1 AS \"a\\\"; COMMIT; -- \"", server: ends, refused: true},
+		{sql: "SELECT 1 AS [a']; COMMIT; -- '", server: stays, refused: true, why: "by default [ is an error; under MSSQL the COMMIT runs (next row)"},
+		{pre: "SET sql_mode = 'MSSQL'", sql: "SELECT 1 AS [a']; COMMIT; -- '", server: ends, refused: true},
+		{pre: "SET sql_mode = 'MSSQL'", sql: "SELECT 1 AS [a]]'; COMMIT; -- ']", server: stays},
+		{pre: "SET sql_mode = 'ANSI_QUOTES'", sql: "SET \"autocommit\" = 0", server: stays, refused: true, why: "autocommit named under ANSI_QUOTES"},
 		{sql: "SELECT 1 --\x01; COMMIT", server: stays},
 		{sql: "SELECT 1 --\v; COMMIT", server: stays},
 		{sql: "SELECT 1 # x\r; COMMIT", server: stays},
@@ -357,7 +361,7 @@ var (
 	}, commonFragments...)
 	myFragments = append([]string{
 		"#", "# c\n", "`", "``", "/*!", "/*!COMMIT*/", "/*! SELECT 1 */", "--\x01", "--\v", "--1", "\"\\\"", "?",
-		"_utf8mb4'", "N'", "X'", "@", "@@", "BEGIN", "XA END 'sqlguard-x'",
+		"_utf8mb4'", "N'", "X'", "@", "@@", "BEGIN", "XA END 'sqlguard-x'", " AS [", "[", "]", "]]",
 	}, commonFragments...)
 )
 
@@ -423,8 +427,8 @@ func TestServerDifferentialPostgres(t *testing.T) {
 }
 
 // TestServerDifferentialMariaDB does the same on MariaDB in a local
-// transaction, in the default sql_mode, NO_BACKSLASH_ESCAPES and
-// ANSI_QUOTES.
+// transaction, in the default sql_mode, NO_BACKSLASH_ESCAPES, ANSI_QUOTES
+// and MSSQL.
 func TestServerDifferentialMariaDB(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -446,7 +450,7 @@ func TestServerDifferentialMariaDB(t *testing.T) {
 	}
 	r := rand.New(rand.NewPCG(14, 8))
 	n, tally := differentialCount(t), map[[2]bool]int{}
-	for _, pre := range []string{"", "SET sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')", "SET sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')"} {
+	for _, pre := range []string{"", "SET sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')", "SET sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')", "SET sql_mode = 'MSSQL'"} {
 		for range n {
 			c := serverCase{pre: pre, sql: randomText(r, myFragments)}
 			got, detail := mariaRun(ctx, t, conn, db, c, mariaLocal, false)
