@@ -451,6 +451,9 @@ func (s *Store) End(gtrid drivers.GlobalID) error {
 		return fmt.Errorf("pgstore: end: %w", err)
 	}
 	key := g.String()
+	if err := s.writable(); err != nil {
+		return fmt.Errorf("pgstore: end %s: %w", key, err)
+	}
 	l, err := s.leaseFor(nodeOf(g), "end "+key)
 	if err != nil {
 		return err

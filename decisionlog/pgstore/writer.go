@@ -115,15 +115,22 @@ func (s *Store) submit(ctx context.Context, r *request) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("pgstore: %s %s: %w", r.kind, r.key, err)
 	}
+	// Closed and fail-stopped first: they say more than a lease refusal.
+	if err := s.writable(); err != nil {
+		return fmt.Errorf("pgstore: %s %s: %w", r.kind, r.key, err)
+	}
 	l, err := s.leaseFor(nodeOf(r.g), r.kind.String()+" "+r.key)
 	if err != nil {
 		return err
 	}
 	epoch, lerr := l.usable(time.Now())
-	if lerr != nil {
+	if lerr != nil && r.kind != kindCommit {
 		s.stats.localLeaseRefused.Add(1)
 		return s.leaseRefusal(r, lerr)
 	}
+	// A commit under a lost lease still goes to the writer: it must tell a
+	// repeat of a durable decision (nil) from a new one (fenced), and only
+	// the writer, after every earlier batch has settled, can read that.
 	r.epoch = epoch
 	r.done = make(chan error, 1)
 	if err := s.enqueue(r); err != nil {
@@ -134,6 +141,34 @@ func (s *Store) submit(ctx context.Context, r *request) error {
 	// early would turn a decision that happens into an unknown outcome.
 	// WriteTimeout bounds the wait.
 	return <-r.done
+}
+
+// refuseCommitLocally answers a commit decision the writer will not send
+// because its lease is lost. Answering ErrFenced (abort) for a decision that
+// is already durable would be a lie that breaks atomicity, so it reads the
+// row first: a durable decision is nil; none (or an abort) is ErrLeaseLost
+// and ErrFenced, since nothing will ever be written under this epoch. If the
+// read fails the answer is ErrLeaseLost alone, which a coordinator must
+// treat as unknown (it matches neither ErrFenced nor a success).
+func (s *Store) refuseCommitLocally(r *request, lost error) error {
+	s.cmu.Lock()
+	_, known := s.known[r.key]
+	_, ending := s.ending[r.key]
+	s.cmu.Unlock()
+	if known || ending {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.opts.ReadTimeout)
+	defer cancel()
+	e, found, err := s.LookupContext(ctx, r.g)
+	switch {
+	case err != nil:
+		return fmt.Errorf("pgstore: commit %s: %w; whether an earlier decision for it is durable could not be read: %w", r.key, lost, err)
+	case found && e.Decision != nil:
+		return nil
+	}
+	s.stats.fenced.Add(1)
+	return s.leaseRefusal(r, lost)
 }
 
 // leaseRefusal is the answer to r when its lease is lost: nothing written.
@@ -232,7 +267,11 @@ func (s *Store) writeBatch(batch []*request) {
 		}
 		if lerr != nil {
 			s.stats.localLeaseRefused.Add(1)
-			s.dropOne(r, s.leaseRefusal(r, lerr))
+			if r.kind == kindCommit {
+				reply(r, s.refuseCommitLocally(r, lerr))
+			} else {
+				s.dropOne(r, s.leaseRefusal(r, lerr))
+			}
 			continue
 		}
 		send = append(send, r)
