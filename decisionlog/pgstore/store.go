@@ -155,18 +155,21 @@ type counters struct {
 	batches, requests, commits, aborts, records, ends        atomic.Int64
 	fenced, leaseRefused, endsDropped, refusedBatches        atomic.Int64
 	renewals, renewFailures, reads, swept, localLeaseRefused atomic.Int64
+	batchNanos                                               atomic.Int64
 	batchSizes                                               [decisionlog.BatchSizeBuckets]atomic.Int64
 }
 
 // Stats are counters of a Store since it was opened.
 type Stats struct {
-	Batches  int64 // write statements sent (one round trip and one commit each)
-	Requests int64 // requests written by them (commits, aborts, records, ends)
-	Commits  int64 // commit decisions answered nil (new or repeated)
-	Aborts   int64 // aborts recorded
-	Records  int64 // actions recorded
-	Ends     int64 // end records written
-	Fenced   int64 // commits refused with decisionlog.ErrFenced by the deadline or an abort row
+	Batches int64 // write statements sent (one round trip and one commit each)
+	// BatchTime is the time spent in them, from sending to the last answer.
+	BatchTime time.Duration
+	Requests  int64 // requests written by them (commits, aborts, records, ends)
+	Commits   int64 // commit decisions answered nil (new or repeated)
+	Aborts    int64 // aborts recorded
+	Records   int64 // actions recorded
+	Ends      int64 // end records written
+	Fenced    int64 // commits refused with decisionlog.ErrFenced by the deadline or an abort row
 	// LeaseRefused: requests the database refused because the lease check
 	// failed; LocalLeaseRefused: requests refused before sending because the
 	// local estimate said the lease may have expired.
@@ -186,7 +189,7 @@ type Stats struct {
 func (s *Store) Stats() Stats {
 	c := &s.stats
 	st := Stats{
-		Batches: c.batches.Load(), Requests: c.requests.Load(), Commits: c.commits.Load(),
+		Batches: c.batches.Load(), BatchTime: time.Duration(c.batchNanos.Load()), Requests: c.requests.Load(), Commits: c.commits.Load(),
 		Aborts: c.aborts.Load(), Records: c.records.Load(), Ends: c.ends.Load(), Fenced: c.fenced.Load(),
 		LeaseRefused: c.leaseRefused.Load(), LocalLeaseRefused: c.localLeaseRefused.Load(),
 		EndsDropped: c.endsDropped.Load(), RefusedBatches: c.refusedBatches.Load(),

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -297,15 +298,18 @@ func TestGroupCommit(t *testing.T) {
 	schema := testSchema(t, pool)
 	const n = 32
 	release := make(chan struct{})
-	var once sync.Once
-	var s *Store
-	s = openStore(t, pool, schema, "gc", func(o *Options) {
-		o.hooks = &testHooks{beforeBatch: func(int) {
+	var releaseOnce, once sync.Once
+	var first atomic.Int64
+	s := openStore(t, pool, schema, "gc", func(o *Options) {
+		o.hooks = &testHooks{beforeBatch: func(n int) {
 			// Hold the first batch until every other committer is queued,
 			// so the test does not depend on timing.
-			once.Do(func() { <-release })
+			once.Do(func() { first.Store(int64(n)); <-release })
 		}}
 	})
+	// Registered after openStore's Close: runs before it, even if the test
+	// fails, so the writer is never left blocked.
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
 	var wg sync.WaitGroup
 	errs := make([]error, n)
 	for i := range n {
@@ -318,9 +322,9 @@ func TestGroupCommit(t *testing.T) {
 	waitFor(t, 10*time.Second, "committers queued", func() bool {
 		s.qmu.Lock()
 		defer s.qmu.Unlock()
-		return len(s.queue) == n-1
+		return first.Load() > 0 && first.Load()+int64(len(s.queue)) == n
 	})
-	close(release)
+	releaseOnce.Do(func() { close(release) })
 	wg.Wait()
 	for i, err := range errs {
 		if err != nil {

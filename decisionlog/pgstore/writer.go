@@ -52,11 +52,19 @@ type request struct {
 // batchSQL is the whole of one batch: one statement, so one round trip and
 // one commit (group commit: its WAL flush covers every decision in it).
 //
-// Each request row carries its lease (node, epoch). The lease rows are
-// locked FOR SHARE, so a Claim or a renewal of them waits for this
-// statement's commit, and the check "this epoch, not expired by the
-// database's clock" holds until the commit: a claimant that bumps the epoch
-// afterwards sees every row written here. now is read after the lock.
+// Each request row carries its lease (node, epoch), checked against the
+// nodes table in the statement: this epoch, not expired by the database's
+// clock (now, clock_timestamp(), read once per lease row). The check reads
+// the statement's snapshot and does not lock the lease row: a Claim that
+// commits while this statement runs is not seen, so a commit decision can
+// land just after its lease was claimed. That is safe, and it is why rule 11
+// has the claimant record an abort before it rolls anything back: the abort
+// and the late commit collide on the gtrid's primary key, the abort waits
+// for the commit and reports it (ErrAlreadyCommitted: the claimant drives
+// it to commit), or the commit finds the abort (ErrFenced). Locking the
+// lease row FOR SHARE in every batch would close that window too, but it
+// cost 3 to 5 ms per batch on the test machine (a tuple lock per commit,
+// on a row every batch of the node shares), for no safety gained.
 //
 // Commit and abort rows exclude each other by the primary key on gtrid.
 // ON CONFLICT DO UPDATE (a no-op update) rather than DO NOTHING: it waits
@@ -64,6 +72,10 @@ type request struct {
 // late commit) and RETURNs the row that won, even one committed after this
 // statement's snapshot. A batch never holds one gtrid twice (the writer
 // splits batches there), which DO UPDATE requires.
+//
+// The rows of the decisions table are only ever reached through its primary
+// key (= ANY of the batch's gtrids, $14 those of the End requests): a join
+// on the CTE would let the planner scan every pending row per batch.
 //
 // The result has one row per request: whether its lease held, the
 // database's clock, the row's state after the statement (commit, abort) and
@@ -75,13 +87,11 @@ WITH req AS (
 		WITH ORDINALITY AS r(node, epoch, kind, gtrid, participants, at, deadline,
 			resource, branch, op, reason, actor, heuristic, i)
 ), lease AS (
-	SELECT n.node, n.epoch, n.expires_at FROM {nodes} n
-	WHERE n.node = ANY($1::text[]) FOR SHARE
-), held AS (
-	SELECT l.node, l.epoch, l.expires_at, clock_timestamp() AS now FROM lease l
+	SELECT n.node, n.epoch, n.expires_at, clock_timestamp() AS now FROM {nodes} n
+	WHERE n.node = ANY($1::text[])
 ), chk AS (
 	SELECT r.*, h.now, coalesce(h.epoch = r.epoch AND h.expires_at > h.now, false) AS leased
-	FROM req r LEFT JOIN held h ON h.node = r.node
+	FROM req r LEFT JOIN lease h ON h.node = r.node
 ), dec AS (
 	INSERT INTO {decisions} AS d (gtrid, node, state, epoch, participants, decided_at, deadline)
 	SELECT c.gtrid, c.node, c.kind, c.epoch, nullif(c.participants, '')::jsonb, c.at, c.deadline
@@ -100,13 +110,15 @@ WITH req AS (
 ), ended AS (
 	UPDATE {decisions} d SET ended_at = c.now
 	FROM chk c
-	WHERE c.kind = 'E' AND c.leased AND d.gtrid = c.gtrid AND d.state = 'C' AND d.ended_at IS NULL
+	WHERE d.gtrid = ANY($14::text[]) AND d.gtrid = c.gtrid AND c.kind = 'E' AND c.leased
+	  AND d.state = 'C' AND d.ended_at IS NULL
 	RETURNING 1
 )
 SELECT c.i, c.leased, c.now, dec.state, prior.state
 FROM chk c
 LEFT JOIN dec ON dec.gtrid = c.gtrid
-LEFT JOIN {decisions} prior ON prior.gtrid = c.gtrid
+LEFT JOIN (SELECT p.gtrid, p.state FROM {decisions} p WHERE p.gtrid = ANY($4::text[])) prior
+	ON prior.gtrid = c.gtrid
 ORDER BY c.i`
 
 // submit stamps r with its lease's epoch, hands it to the writer and waits
@@ -298,6 +310,7 @@ func (s *Store) writeBatch(batch []*request) {
 		reasons  = make([]string, n)
 		actors   = make([]string, n)
 		heur     = make([]bool, n)
+		ends     []string
 	)
 	for i, r := range send {
 		nodes[i], epochs[i], kinds[i], gtrids[i] = nodeOf(r.g), r.epoch, string(r.kind), r.key
@@ -306,6 +319,12 @@ func (s *Store) writeBatch(batch []*request) {
 			ats[i] = dls[i] // End rows: unused
 		}
 		res[i], branches[i], ops[i], reasons[i], actors[i], heur[i] = r.resource, int32(r.branch), r.op, r.reason, r.actor, r.heuristic
+		if r.kind == kindEnd {
+			ends = append(ends, r.key)
+		}
+	}
+	if ends == nil {
+		ends = []string{} // an empty array, not NULL
 	}
 
 	type result struct {
@@ -318,8 +337,10 @@ func (s *Store) writeBatch(batch []*request) {
 	defer cancel()
 	s.stats.batches.Add(1)
 	s.stats.batchSizes[min(bits.Len64(uint64(n-1)), decisionlog.BatchSizeBuckets-1)].Add(1)
+	sent := time.Now()
+	defer func() { s.stats.batchNanos.Add(int64(time.Since(sent))) }()
 	rows, err := s.pool.Query(ctx, s.sqlBatch, nodes, epochs, kinds, gtrids, parts, ats, dls,
-		res, branches, ops, reasons, actors, heur)
+		res, branches, ops, reasons, actors, heur, ends)
 	if err == nil {
 		var (
 			i   int64
