@@ -108,7 +108,11 @@ func (s *Store) Lookup(g drivers.GlobalID) (decisionlog.Entry, bool) {
 		return decisionlog.Entry{}, false
 	}
 	if e.State == decisionlog.StateCommitted {
-		s.noteCommitted(e.GTRID.String())
+		// Only for nodes this store writes for: End needs it, and recovery
+		// looking up other nodes' transactions must not grow the set.
+		if _, err := s.leaseFor(nodeOf(e.GTRID), ""); err == nil {
+			s.noteCommitted(e.GTRID.String())
+		}
 	}
 	return e, found
 }

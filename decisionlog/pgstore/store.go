@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -437,7 +438,17 @@ func (s *Store) actionRequest(k kind, a decisionlog.Action) (*request, error) {
 		return nil, fmt.Errorf("pgstore: %s: %w", k, err)
 	}
 	return &request{kind: k, g: g, key: g.String(), at: s.timeOr(a.At),
-		resource: a.Resource, branch: a.Branch, op: a.Op, reason: a.Reason, actor: a.Actor, heuristic: a.Heuristic}, nil
+		resource: pgText(a.Resource), branch: a.Branch, op: pgText(a.Op), reason: pgText(a.Reason),
+		actor: pgText(a.Actor), heuristic: a.Heuristic}, nil
+}
+
+// pgText makes s storable as PostgreSQL text, which refuses NUL bytes and
+// invalid UTF-8: one such byte in a reason (say, from a driver's error
+// message) would otherwise fail the whole batch, and with it other
+// transactions' decisions.
+func pgText(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	return strings.ReplaceAll(s, "\x00", "\uFFFD")
 }
 
 // End records that phase 2 of a committed transaction finished. It returns

@@ -432,3 +432,35 @@ func TestSchemaVersion(t *testing.T) {
 		t.Fatal("Open accepted a bad node id")
 	}
 }
+
+// TestRefusedBatch: a statement the database refuses has a known outcome
+// (nothing written): ErrRefused, and the store stays usable. Text the
+// database cannot store never gets that far.
+func TestRefusedBatch(t *testing.T) {
+	t.Parallel()
+	pool := testPool(t, nil)
+	schema := testSchema(t, pool)
+	s := openStore(t, pool, schema, "rf", nil)
+	ctx := ctxT(t)
+	g := liveGid("rf")
+	if err := s.Record(ctx, decisionlog.Action{GTRID: g, Op: "note", Reason: "bad \x00 byte \xff here"}); err != nil {
+		t.Fatalf("record with a NUL byte and invalid UTF-8: %v", err)
+	}
+	if e, _ := s.Lookup(g); len(e.Actions) != 1 || e.Actions[0].Reason != "bad \uFFFD byte \uFFFD here" {
+		t.Fatalf("entry %+v", e)
+	}
+	exec(t, pool, schema, `ALTER TABLE {actions} ADD CONSTRAINT no_forbidden CHECK (op <> 'forbidden')`)
+	err := s.Record(ctx, decisionlog.Action{GTRID: g, Op: "forbidden"})
+	if !errors.Is(err, ErrRefused) || errors.Is(err, decisionlog.ErrLogFailed) {
+		t.Fatalf("refused record: %v", err)
+	}
+	if err := s.Commit(ctx, decisionlog.Decision{GTRID: g, Participants: parts()}); err != nil {
+		t.Fatalf("commit after a refused batch: %v", err)
+	}
+	if e, _ := s.Lookup(g); len(e.Actions) != 1 || e.State != decisionlog.StateCommitted {
+		t.Fatalf("entry %+v", e)
+	}
+	if st := s.Stats(); st.RefusedBatches != 1 || st.Failed {
+		t.Fatalf("stats %+v", st)
+	}
+}
