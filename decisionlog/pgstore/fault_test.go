@@ -101,3 +101,71 @@ func TestFailStopOnUnknownOutcome(t *testing.T) {
 		t.Fatalf("repeat of the decision after reopen: %v", err)
 	}
 }
+
+// TestPartitionedStoreStopsDeciding: a store cut off from PostgreSQL (a
+// black hole: nothing answers, nothing fails) stops deciding when its own
+// estimate of the lease runs out; a peer claims the node and aborts its
+// transaction; when the partition heals the old store writes nothing stale
+// and comes back under a new epoch.
+func TestPartitionedStoreStopsDeciding(t *testing.T) {
+	t.Parallel()
+	pool, proxy := proxiedPool(t)
+	direct := testPool(t, nil)
+	schema := testSchema(t, direct)
+	s := openStore(t, pool, schema, "cutoff", func(o *Options) {
+		o.LeaseTTL = time.Second
+		o.ReadTimeout = 500 * time.Millisecond
+	})
+	peer := openStore(t, direct, schema, "peer", nil)
+	ctx := ctxT(t)
+	g := liveGid("cutoff")
+
+	proxy.Blackhole()
+	select {
+	case <-s.Lost():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the partitioned store did not notice it lost its lease")
+	}
+	// Fenced without a round trip: the store could not even check the row,
+	// so the answer is ErrLeaseLost alone (in doubt for the coordinator) or
+	// ErrFenced; never success, never a write.
+	if err := s.Commit(ctx, decisionlog.Decision{GTRID: g, Participants: parts()}); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("commit while partitioned: %v", err)
+	}
+	waitFor(t, 10*time.Second, "the lease to expire by the database's clock", func() bool {
+		info, err := peer.NodeInfo(ctx, "cutoff")
+		return err == nil && info.State == NodeExpired
+	})
+	if _, err := peer.Claim(ctx, "cutoff"); err != nil {
+		t.Fatal(err)
+	}
+	nl, err := peer.ForNode("cutoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nl.Abort(ctx, decisionlog.Action{GTRID: g, Actor: "takeover@peer"}); err != nil {
+		t.Fatal(err)
+	}
+
+	proxy.Heal()
+	err = s.Commit(ctx, decisionlog.Decision{GTRID: g, Participants: parts()})
+	if !errors.Is(err, decisionlog.ErrFenced) {
+		t.Fatalf("commit after the partition healed: %v", err)
+	}
+	if e, _ := peer.Lookup(g); e.State != decisionlog.StateAborted {
+		t.Fatalf("after heal: %+v", e)
+	}
+	if _, err := s.Reacquire(ctx); !errors.Is(err, ErrNodeLeased) {
+		t.Fatalf("reacquire while the peer holds the claim: %v", err)
+	}
+	if err := peer.Release(ctx, "cutoff"); err != nil {
+		t.Fatal(err)
+	}
+	epoch, err := s.Reacquire(ctx)
+	if err != nil || epoch != 3 {
+		t.Fatalf("reacquire after the release: %d, %v", epoch, err)
+	}
+	if err := s.Commit(ctx, decisionlog.Decision{GTRID: g, Participants: parts()}); !errors.Is(err, decisionlog.ErrFenced) || errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("commit of the aborted transaction under the new epoch: %v", err)
+	}
+}

@@ -391,3 +391,37 @@ func TestCloseStopsGoroutines(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "goroutines to end", func() bool { return runtime.NumGoroutine() <= base })
 }
+
+// TestClaimIsRenewed: a claimed lease is renewed with the store's own
+// until Release, which leaves it expired for the node to come back.
+func TestClaimIsRenewed(t *testing.T) {
+	t.Parallel()
+	pool := testPool(t, nil)
+	schema := testSchema(t, pool)
+	dead := openStore(t, pool, schema, "gone", nil)
+	if err := dead.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c := openStore(t, pool, schema, "claimant", func(o *Options) { o.LeaseTTL = 600 * time.Millisecond })
+	ctx := ctxT(t)
+	if _, err := c.Claim(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	start := c.Stats().Renewals
+	// Both leases renewed several times: the claim outlives its TTL.
+	waitFor(t, 10*time.Second, "renewals", func() bool { return c.Stats().Renewals >= start+8 })
+	info, err := c.NodeInfo(ctx, "gone")
+	if err != nil || info.State != NodeTakenOver || info.Holder.Node != "claimant" || info.Epoch != 2 {
+		t.Fatalf("claimed node %+v, %v", info, err)
+	}
+	if err := c.Release(ctx, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := c.NodeInfo(ctx, "gone"); info.State != NodeExpired {
+		t.Fatalf("released node %+v", info)
+	}
+	back := openStore(t, pool, schema, "gone", nil)
+	if back.Epoch() != 3 {
+		t.Fatalf("epoch of the node back %d, want 3", back.Epoch())
+	}
+}
