@@ -134,6 +134,18 @@ func (n sqlNames) sql(s string) string { return n.r.Replace(s) }
 // their version, under a transaction-scoped advisory lock so that processes
 // opening the store at once do not collide.
 func ensureSchema(ctx context.Context, pool *pgxpool.Pool, n sqlNames) error {
+	// The usual case, tables already there at this version, without DDL:
+	// CREATE INDEX IF NOT EXISTS takes a SHARE lock on its table even when
+	// the index exists, which would stall every other coordinator's
+	// decision writes while this one opens.
+	var v int
+	err := pool.QueryRow(ctx, n.sql(`SELECT version FROM {meta}`)).Scan(&v)
+	switch {
+	case err == nil && v == SchemaVersion:
+		return nil
+	case err == nil && v > SchemaVersion:
+		return fmt.Errorf("%w: the tables are version %d, this xabridge knows %d", ErrSchemaVersion, v, SchemaVersion)
+	}
 	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, schemaLockKey); err != nil {
 			return fmt.Errorf("pgstore: lock schema: %w", err)

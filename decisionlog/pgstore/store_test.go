@@ -464,3 +464,30 @@ func TestRefusedBatch(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// TestConcurrentFirstOpen: processes opening a fresh store at once create
+// the schema once, without colliding.
+func TestConcurrentFirstOpen(t *testing.T) {
+	t.Parallel()
+	pool := testPool(t, nil)
+	schema := testSchema(t, pool)
+	var wg sync.WaitGroup
+	errs := make([]error, 6)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := Open(ctxT(t), pool, Options{Node: fmt.Sprintf("first-%d", i), Schema: schema})
+			if err == nil {
+				err = s.Close()
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("open %d: %v", i, err)
+		}
+	}
+}
