@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 )
@@ -339,25 +340,59 @@ func (s *Store) writeBatch(batch []*request) {
 	s.stats.batchSizes[min(bits.Len64(uint64(n-1)), decisionlog.BatchSizeBuckets-1)].Add(1)
 	sent := time.Now()
 	defer func() { s.stats.batchNanos.Add(int64(time.Since(sent))) }()
-	rows, err := s.pool.Query(ctx, s.sqlBatch, nodes, epochs, kinds, gtrids, parts, ats, dls,
+	// One round trip: BEGIN, SET LOCAL, the statement and COMMIT are
+	// pipelined with one Sync. SET LOCAL plan_cache_mode: left to itself
+	// PostgreSQL re-plans this statement at every execution (its custom
+	// plans look cheaper than the generic one), and planning was most of
+	// the batch's cost: 5.8 ms against 1.2 ms per batch of 32 here, 2,700
+	// against 13,000 decisions/s. LOCAL, so the pool's session is left as
+	// it was (it may be a participant's pool).
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue("SET LOCAL plan_cache_mode = force_generic_plan")
+	b.Queue(s.sqlBatch, nodes, epochs, kinds, gtrids, parts, ats, dls,
 		res, branches, ops, reasons, actors, heur, ends)
+	b.Queue("COMMIT")
+	br := s.pool.SendBatch(ctx, b)
+	_, err := br.Exec()
 	if err == nil {
-		var (
-			i   int64
-			res result
-			now *time.Time
-		)
-		_, err = pgx.ForEachRow(rows, []any{&i, &res.leased, &now, &res.state, &res.prior}, func() error {
-			if i < 1 || i > int64(n) {
-				return fmt.Errorf("result row %d of %d", i, n)
-			}
-			if now != nil {
-				res.now = *now
-			}
-			results[i-1] = res
-			res = result{}
-			return nil
-		})
+		_, err = br.Exec()
+	}
+	if err == nil {
+		var rows pgx.Rows
+		rows, err = br.Query()
+		if err == nil {
+			var (
+				i   int64
+				res result
+				now *time.Time
+			)
+			_, err = pgx.ForEachRow(rows, []any{&i, &res.leased, &now, &res.state, &res.prior}, func() error {
+				if i < 1 || i > int64(n) {
+					return fmt.Errorf("result row %d of %d", i, n)
+				}
+				if now != nil {
+					res.now = *now
+				}
+				results[i-1] = res
+				res = result{}
+				return nil
+			})
+		}
+	}
+	if err == nil {
+		var tag pgconn.CommandTag
+		tag, err = br.Exec()
+		if err == nil && tag.String() != "COMMIT" {
+			// The server rolled back: nothing is written (an error before
+			// would have been reported; this is belt and braces).
+			err = &pgconn.PgError{Severity: "ERROR", Code: "40000", Message: "batch transaction ended with " + tag.String()}
+		}
+	}
+	// Close reads what is left, up to ReadyForQuery; pgxpool then discards
+	// a connection left inside a failed transaction.
+	if cerr := br.Close(); err == nil {
+		err = cerr
 	}
 	if err != nil {
 		if outcomeKnown(err) {
