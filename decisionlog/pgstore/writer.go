@@ -63,9 +63,10 @@ type request struct {
 // and the late commit collide on the gtrid's primary key, the abort waits
 // for the commit and reports it (ErrAlreadyCommitted: the claimant drives
 // it to commit), or the commit finds the abort (ErrFenced). Locking the
-// lease row FOR SHARE in every batch would close that window too, but it
-// cost 3 to 5 ms per batch on the test machine (a tuple lock per commit,
-// on a row every batch of the node shares), for no safety gained.
+// lease row FOR SHARE in every batch would close that window too, at the
+// price of a tuple lock (and its WAL) per batch on the one row every batch
+// of the node touches: in our runs it cost up to half the throughput at 32
+// committers (noisy, on a shared machine), for no safety gained.
 //
 // Commit and abort rows exclude each other by the primary key on gtrid.
 // ON CONFLICT DO UPDATE (a no-op update) rather than DO NOTHING: it waits
