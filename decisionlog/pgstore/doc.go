@@ -77,8 +77,11 @@
 // wait; the writer sends everything queued while the previous batch was in
 // flight as one statement (one round trip, one commit, one WAL flush): an
 // INSERT … SELECT FROM unnest(arrays) … ON CONFLICT (gtrid) DO UPDATE with
-// data-modifying CTEs for actions and ends (batchSQL in writer.go). Per
-// request row the statement checks, with the database's clock_timestamp():
+// data-modifying CTEs for actions and ends (batchSQL in writer.go), sent as
+// BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; statement; COMMIT
+// in one pipeline (re-planning at every execution was most of its cost;
+// LOCAL leaves the pool's sessions as they were). Per request row the
+// statement checks, with the database's clock_timestamp():
 //
 //   - the lease: the row's (node, epoch) is the one in xabridge_store_nodes
 //     and not expired. Otherwise nothing is written for it;
