@@ -1,0 +1,265 @@
+package pgstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/xabridge/xabridge/decisionlog"
+	"github.com/xabridge/xabridge/drivers"
+)
+
+// Reads go to the database, which is the truth: recovery in another
+// process reads the same rows. The only local state they consult is the
+// set of End records queued by this store and not yet written, so that End
+// shows at once in this process, as the contract asks.
+
+// lookupSQL reads one transaction in one statement (one snapshot): its
+// decision row, if any, and its actions in the order written.
+const lookupSQL = `
+SELECT d.state, d.participants::text, d.decided_at, d.ended_at IS NOT NULL,
+	(SELECT coalesce(json_agg(json_build_object(
+		'r', a.resource, 'b', a.branch, 'op', a.op, 'why', a.reason, 'by', a.actor,
+		'h', a.heuristic, 'at', a.at) ORDER BY a.id), '[]')
+	 FROM {actions} a WHERE a.gtrid = $1)
+FROM (SELECT 1) one LEFT JOIN {decisions} d ON d.gtrid = $1`
+
+// pendingSQL lists a node's commit decisions whose phase 2 has not ended,
+// in decision order.
+const pendingSQL = `
+SELECT gtrid, participants::text, decided_at FROM {decisions}
+WHERE node = $1 AND state = 'C' AND ended_at IS NULL ORDER BY seq`
+
+type wireAction struct {
+	Resource  string    `json:"r"`
+	Branch    uint8     `json:"b"`
+	Op        string    `json:"op"`
+	Reason    string    `json:"why"`
+	Actor     string    `json:"by"`
+	Heuristic bool      `json:"h"`
+	At        time.Time `json:"at"`
+}
+
+// LookupContext returns what the store holds for g: found is false when it
+// holds nothing (no decision row, no action).
+func (s *Store) LookupContext(ctx context.Context, g drivers.GlobalID) (decisionlog.Entry, bool, error) {
+	g, err := canonical(g)
+	if err != nil {
+		return decisionlog.Entry{}, false, fmt.Errorf("pgstore: lookup: %w", err)
+	}
+	key := g.String()
+	s.stats.reads.Add(1)
+	var (
+		state   *string
+		parts   *string
+		at      *time.Time
+		ended   *bool
+		actions []byte
+	)
+	if err := s.pool.QueryRow(ctx, s.sqlLookup, key).Scan(&state, &parts, &at, &ended, &actions); err != nil {
+		return decisionlog.Entry{}, false, fmt.Errorf("pgstore: lookup %s: %w", key, err)
+	}
+	e := decisionlog.Entry{GTRID: g}
+	var was []wireAction
+	if err := json.Unmarshal(actions, &was); err != nil {
+		return decisionlog.Entry{}, false, fmt.Errorf("pgstore: lookup %s: actions: %w", key, err)
+	}
+	for _, w := range was {
+		e.Actions = append(e.Actions, decisionlog.Action{GTRID: g, Resource: w.Resource, Branch: w.Branch,
+			Op: w.Op, Reason: w.Reason, Actor: w.Actor, Heuristic: w.Heuristic, At: w.At.UTC()})
+	}
+	if state == nil {
+		return e, len(e.Actions) > 0, nil
+	}
+	switch *state {
+	case "A":
+		e.State = decisionlog.StateAborted
+	case "C":
+		d := decisionlog.Decision{GTRID: g, At: at.UTC()}
+		if parts != nil {
+			if err := json.Unmarshal([]byte(*parts), &d.Participants); err != nil {
+				return decisionlog.Entry{}, false, fmt.Errorf("pgstore: lookup %s: participants: %w", key, err)
+			}
+		}
+		e.Decision = &d
+		e.State = decisionlog.StateCommitted
+		if *ended || s.isEnding(key) {
+			e.State = decisionlog.StateDone
+		}
+	default:
+		return decisionlog.Entry{}, false, fmt.Errorf("pgstore: lookup %s: unknown state %q", key, *state)
+	}
+	return e, true, nil
+}
+
+// Lookup returns what the store holds for g, read from the database with
+// Options.ReadTimeout. A read that fails reports found = false; callers
+// that can handle the error use LookupContext. (That answer is never
+// unsafe by itself: recovery records an abort before it rolls anything
+// back, and the store refuses an abort once a commit decision exists.)
+func (s *Store) Lookup(g drivers.GlobalID) (decisionlog.Entry, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.opts.ReadTimeout)
+	defer cancel()
+	e, found, err := s.LookupContext(ctx, g)
+	if err != nil {
+		return decisionlog.Entry{}, false
+	}
+	if e.State == decisionlog.StateCommitted {
+		// Only for nodes this store writes for: End needs it, and recovery
+		// looking up other nodes' transactions must not grow the set.
+		if _, err := s.leaseFor(nodeOf(e.GTRID), ""); err == nil {
+			s.noteCommitted(e.GTRID.String())
+		}
+	}
+	return e, found
+}
+
+// PendingContext returns the commit decisions of node whose phase 2 has
+// not ended, in decision order.
+func (s *Store) PendingContext(ctx context.Context, node string) ([]decisionlog.Decision, error) {
+	if err := drivers.ValidateNodeID(node); err != nil {
+		return nil, fmt.Errorf("pgstore: pending: %w", err)
+	}
+	s.stats.reads.Add(1)
+	rows, err := s.pool.Query(ctx, s.sqlPending, node)
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: pending of %s: %w", node, err)
+	}
+	var out []decisionlog.Decision
+	var key, parts string
+	var at time.Time
+	_, err = pgx.ForEachRow(rows, []any{&key, &parts, &at}, func() error {
+		if s.isEnding(key) {
+			return nil
+		}
+		g, err := drivers.ParseGlobalID(key)
+		if err != nil {
+			return fmt.Errorf("gtrid %q: %w", key, err)
+		}
+		d := decisionlog.Decision{GTRID: g, At: at.UTC()}
+		if err := json.Unmarshal([]byte(parts), &d.Participants); err != nil {
+			return fmt.Errorf("participants of %s: %w", key, err)
+		}
+		out = append(out, d)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pgstore: pending of %s: %w", node, err)
+	}
+	return out, nil
+}
+
+// Pending returns the store's own node's commit decisions whose phase 2
+// has not ended, read with Options.ReadTimeout; nil if the read fails
+// (PendingContext returns the error).
+func (s *Store) Pending() []decisionlog.Decision {
+	ctx, cancel := context.WithTimeout(context.Background(), s.opts.ReadTimeout)
+	defer cancel()
+	ds, err := s.PendingContext(ctx, s.node)
+	if err != nil {
+		return nil
+	}
+	for _, d := range ds {
+		s.noteCommitted(d.GTRID.String())
+	}
+	return ds
+}
+
+func (s *Store) isEnding(key string) bool {
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	_, ok := s.ending[key]
+	return ok
+}
+
+// NodeLog is the decision log of a node this store claimed (see Claim),
+// as recovery needs it: Pending lists that node's decisions; Abort, Record
+// and End write under the claimed lease's epoch. It never writes a commit
+// decision: a claimant only drives decisions the dead node made.
+type NodeLog struct {
+	s    *Store
+	node string
+}
+
+var _ decisionlog.Log = (*NodeLog)(nil)
+
+// ForNode returns the log of node as seen through this store: the store's
+// own node or one it holds by Claim.
+func (s *Store) ForNode(node string) (*NodeLog, error) {
+	if _, err := s.leaseFor(node, "log"); err != nil {
+		return nil, err
+	}
+	return &NodeLog{s: s, node: node}, nil
+}
+
+// Node returns the node whose log this is.
+func (n *NodeLog) Node() string { return n.node }
+
+// Commit refuses: a claimant never decides for another node. On the
+// store's own node it is Store.Commit.
+func (n *NodeLog) Commit(ctx context.Context, d decisionlog.Decision) error {
+	if n.node == n.s.node {
+		return n.s.Commit(ctx, d)
+	}
+	return fmt.Errorf("pgstore: commit %s: a claimant of node %s never writes its commit decisions: %w", d.GTRID, n.node, ErrNotHolder)
+}
+
+// Abort is Store.Abort for a transaction of the node.
+func (n *NodeLog) Abort(ctx context.Context, a decisionlog.Action) error {
+	if err := n.check(a.GTRID); err != nil {
+		return err
+	}
+	return n.s.Abort(ctx, a)
+}
+
+// Record is Store.Record for a transaction of the node.
+func (n *NodeLog) Record(ctx context.Context, a decisionlog.Action) error {
+	if err := n.check(a.GTRID); err != nil {
+		return err
+	}
+	return n.s.Record(ctx, a)
+}
+
+// End is Store.End for a transaction of the node.
+func (n *NodeLog) End(g drivers.GlobalID) error {
+	if err := n.check(g); err != nil {
+		return err
+	}
+	return n.s.End(g)
+}
+
+// Lookup is Store.Lookup.
+func (n *NodeLog) Lookup(g drivers.GlobalID) (decisionlog.Entry, bool) { return n.s.Lookup(g) }
+
+// Pending returns the node's pending commit decisions (nil if the read
+// fails).
+func (n *NodeLog) Pending() []decisionlog.Decision {
+	ctx, cancel := context.WithTimeout(context.Background(), n.s.opts.ReadTimeout)
+	defer cancel()
+	ds, err := n.s.PendingContext(ctx, n.node)
+	if err != nil {
+		return nil
+	}
+	for _, d := range ds {
+		n.s.noteCommitted(d.GTRID.String())
+	}
+	return ds
+}
+
+// Close does nothing: the store owns the connection and the leases
+// (Release gives a claimed lease back).
+func (n *NodeLog) Close() error { return nil }
+
+func (n *NodeLog) check(g drivers.GlobalID) error {
+	if nodeOf(g) != n.node {
+		return fmt.Errorf("pgstore: %s is not a transaction of node %s", g, n.node)
+	}
+	return nil
+}
+
+var errNoRows = pgx.ErrNoRows
+
+func isNoRows(err error) bool { return errors.Is(err, errNoRows) }
