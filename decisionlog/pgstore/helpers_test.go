@@ -76,7 +76,7 @@ var seqs atomic.Uint32
 
 // gid returns a fresh global id of node whose deadline is deadline.
 func gid(node string, deadline time.Time) drivers.GlobalID {
-	return drivers.GlobalID{Node: node, Begin: deadline.Add(-time.Minute), Seq: seqs.Add(1), Deadline: deadline}
+	return drivers.MustGlobalID(node, deadline.Add(-time.Minute), seqs.Add(1), deadline)
 }
 
 // liveGid returns a fresh global id of node with a deadline a minute away.

@@ -365,8 +365,8 @@ func canonical(g drivers.GlobalID) (drivers.GlobalID, error) {
 }
 
 // The two fields of drivers.GlobalID this package reads, in one place.
-func nodeOf(g drivers.GlobalID) string        { return g.Node }
-func deadlineOf(g drivers.GlobalID) time.Time { return g.Deadline }
+func nodeOf(g drivers.GlobalID) string        { return g.Node() }
+func deadlineOf(g drivers.GlobalID) time.Time { return g.Deadline() }
 
 func (s *Store) timeOr(t time.Time) time.Time {
 	if t.IsZero() {

@@ -237,7 +237,7 @@ func TestDeadlineByDatabaseClock(t *testing.T) {
 			o.Now = func() time.Time { return time.Now().Add(-time.Hour) }
 		})
 		g := gid("slow", dbNow(t, pool).Add(-time.Second))
-		if !time.Now().Add(-time.Hour).Before(g.Deadline) {
+		if !time.Now().Add(-time.Hour).Before(g.Deadline()) {
 			t.Fatal("test setup: the skewed local clock must be before the deadline")
 		}
 		err := s.Commit(ctxT(t), decisionlog.Decision{GTRID: g, Participants: parts()})
@@ -273,12 +273,12 @@ func TestDeadlineByDatabaseClock(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitFor(t, 5*time.Second, "deadline to pass by the database's clock", func() bool {
-			return dbNow(t, pool).After(g2.Deadline)
+			return dbNow(t, pool).After(g2.Deadline())
 		})
 		if err := s.Commit(ctxT(t), decisionlog.Decision{GTRID: g2, Participants: parts()}); err != nil {
 			t.Fatalf("repeat after the deadline: %v", err)
 		}
-		if err := s.Commit(ctxT(t), decisionlog.Decision{GTRID: gid("rep", g2.Deadline)}); !errors.Is(err, decisionlog.ErrFenced) {
+		if err := s.Commit(ctxT(t), decisionlog.Decision{GTRID: gid("rep", g2.Deadline())}); !errors.Is(err, decisionlog.ErrFenced) {
 			t.Fatalf("new decision after the deadline: %v", err)
 		}
 	})
@@ -390,7 +390,7 @@ func TestSweep(t *testing.T) {
 		}
 	}
 	waitFor(t, 10*time.Second, "ends written", func() bool { return s.Stats().Ends == 2 })
-	waitFor(t, 10*time.Second, "abort deadline passed", func() bool { return dbNow(t, pool).After(expiring.Deadline) })
+	waitFor(t, 10*time.Second, "abort deadline passed", func() bool { return dbNow(t, pool).After(expiring.Deadline()) })
 	n, err := s.Sweep(ctx)
 	if err != nil {
 		t.Fatal(err)
