@@ -88,7 +88,7 @@ func (tx *Tx) commitWithKeeper(ctx context.Context, branches []*txBranch, kb *tx
 	}
 	parts := make([]decisionlog.Participant, len(voters))
 	for i, tb := range voters {
-		parts[i] = decisionlog.Participant{Resource: tb.res.Name(), Branch: uint8(tb.num)}
+		parts[i] = participant(tb.res, tb.num)
 	}
 	// Like a log write, the decision is not abandoned half way because the
 	// caller gave up: that would turn it into an unknown outcome. It is

@@ -69,6 +69,7 @@ func (tx *Tx) Enlist(ctx context.Context, r drivers.Resource) (drivers.Branch, e
 	}
 	num := len(tx.branches)
 	xid := drivers.XID{Global: tx.gtrid, Branch: uint8(num)}
+	participant(r, num) // starts reading r's identity for the decision, if unknown
 	begin := r.Begin
 	if kb, ok := r.(decisionlog.KeptBeginner); ok && drivers.Resource(tx.c.keeper) == r {
 		// The keeper's branch never prepares; its adapter may begin it
@@ -229,7 +230,7 @@ func (tx *Tx) commit(ctx context.Context, branches []*txBranch) error {
 	// write abandoned half way would leave the outcome unknown.
 	d := decisionlog.Decision{GTRID: tx.gtrid, At: c.cfg.Now()}
 	for _, tb := range voters {
-		d.Participants = append(d.Participants, decisionlog.Participant{Resource: tb.res.Name(), Branch: uint8(tb.num)})
+		d.Participants = append(d.Participants, participant(tb.res, tb.num))
 	}
 	start := c.stamp()
 	c.hook(StepDeciding, StepInfo{GTRID: tx.gtrid, Branch: -1})
