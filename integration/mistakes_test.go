@@ -1,0 +1,407 @@
+package integration
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"testing"
+	"time"
+
+	mysqldriver "github.com/go-sql-driver/mysql"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/xabridge/xabridge/decisionlog"
+	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/dbtest"
+	"github.com/xabridge/xabridge/mysql"
+	"github.com/xabridge/xabridge/postgres"
+	"github.com/xabridge/xabridge/recovery"
+)
+
+// Operator mistakes (issue 14): a resource name pointed at the wrong
+// database, server or engine, and a keeper URL naming a database without
+// the decision table. Each test leaves a transaction in doubt as a crashed
+// coordinator leaves it, makes the mistake with recovery and resolve,
+// checks the refusal and that nothing changed, then recovers with the
+// right configuration and checks the transaction committed everywhere.
+
+// mistakeDB is the second database, on the same servers, that the wrong
+// URLs name.
+const mistakeDB = "xabridge_mistake"
+
+// withDB returns rawURL naming database db instead.
+func withDB(t *testing.T, rawURL, db string) string {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + db
+	return u.String()
+}
+
+// ensureMistakeDBs creates mistakeDB on both servers (empty: no tables).
+func ensureMistakeDBs(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	pc, err := pgx.Connect(ctx, dbtest.PG(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = pc.Close(ctx) }()
+	var pe *pgconn.PgError
+	if _, err := pc.Exec(ctx, "CREATE DATABASE "+mistakeDB); err != nil && !(errors.As(err, &pe) && pe.Code == "42P04") {
+		t.Fatal(err)
+	}
+	cfg, err := mysql.ParseURL(dbtest.MySQL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := mysqldriver.NewConnector(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(conn)
+	defer func() { _ = db.Close() }()
+	if _, err := db.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS "+mistakeDB); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// openRes opens the resource name on rawURL, as the CLI's --resource does.
+func openRes(t *testing.T, name, rawURL string) drivers.Resource {
+	t.Helper()
+	r, c, err := drivers.Open(context.Background(), name, rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return r
+}
+
+// mistakeGID is a fresh global id of node, past its fence after MinAge 0.
+func mistakeGID(t *testing.T, node string) drivers.GlobalID {
+	t.Helper()
+	now := time.Now()
+	g, err := drivers.ParseGlobalID(fmt.Sprintf("%s.%012x.%08x.%012x", node, now.UnixMilli(), 1, now.Add(time.Minute).UnixMilli()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// oneXID is a drivers.Enlister for one branch begun by hand.
+type oneXID struct {
+	xid drivers.XID
+	b   drivers.Branch
+}
+
+func (o *oneXID) Enlist(ctx context.Context, r drivers.Resource) (drivers.Branch, error) {
+	if o.b == nil {
+		b, err := r.Begin(ctx, o.xid)
+		if err != nil {
+			return nil, err
+		}
+		o.b = b
+	}
+	return o.b, nil
+}
+
+// prepareInDoubt prepares branch xid on r with one statement of work and
+// closes its session: the branch is left in doubt, as a crash leaves it.
+// Cleanup rolls it back if a test left it prepared.
+func prepareInDoubt(t *testing.T, r drivers.Resource, xid drivers.XID) {
+	t.Helper()
+	ctx := context.Background()
+	o := &oneXID{xid: xid}
+	switch r := r.(type) {
+	case *postgres.Resource:
+		h, err := r.Enlist(ctx, o)
+		if err == nil {
+			_, err = h.Exec(ctx, "SELECT 1")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	case *mysql.Resource:
+		h, err := r.Enlist(ctx, o)
+		if err == nil {
+			_, err = h.ExecContext(ctx, "DO 1")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Fatalf("unexpected resource %T", r)
+	}
+	if v, err := o.b.Prepare(ctx); err != nil || v != drivers.VoteCommit {
+		t.Fatalf("prepare %s on %s = %v, %v", xid, r.Name(), v, err)
+	}
+	if err := o.b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.RollbackPrepared(context.Background(), xid) })
+}
+
+// identity is r's identity in its stored form.
+func identity(t *testing.T, r drivers.Resource) string {
+	t.Helper()
+	id, err := r.(drivers.Identifier).Identity(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id.String()
+}
+
+// preparedOn reports which of xids r lists as prepared (ours).
+func preparedOn(t *testing.T, r drivers.Resource, xids ...drivers.XID) []bool {
+	t.Helper()
+	ps, err := r.Recover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]bool, len(xids))
+	for _, p := range ps {
+		for i, x := range xids {
+			if p.Ours && p.XID == x {
+				out[i] = true
+			}
+		}
+	}
+	return out
+}
+
+// newMistakeRecoverer is recovery as the CLI runs it, with MinAge 0 (the
+// operator says the coordinator is dead) and no settle wait.
+func newMistakeRecoverer(t *testing.T, node string, log decisionlog.Log, fence string, rs ...drivers.Resource) *recovery.Recoverer {
+	t.Helper()
+	zero := time.Duration(0)
+	rc, err := recovery.New(recovery.Config{NodeID: node, Log: log, Resources: rs, MinAge: &zero, Settle: -1, DecisionResource: fence})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rc
+}
+
+// scanErr returns the first scan error of rep that wraps target.
+func scanErr(rep *recovery.Report, target error) error {
+	for _, e := range rep.ScanErrors {
+		if errors.Is(e.Err, target) {
+			return e.Err
+		}
+	}
+	return nil
+}
+
+// wrongMySQL and friends are the mistaken resources: the names of the
+// right ones on another database, or on the other engine.
+type wrongCase struct {
+	name  string
+	wrong string // "pg" or "mysql": which resource is mistaken
+	url   func(t *testing.T) string
+}
+
+var wrongCases = []wrongCase{
+	{"mysql-names-another-database", "mysql", func(t *testing.T) string { return withDB(t, dbtest.MySQL(t), mistakeDB) }},
+	{"mysql-names-a-postgres-url", "mysql", func(t *testing.T) string { return dbtest.PG(t) }},
+	{"pg-names-another-database", "pg", func(t *testing.T) string { return withDB(t, dbtest.PG(t), mistakeDB) }},
+}
+
+// TestOperatorMistakeWrongResourceLog: with the decision in the log, a
+// resource name pointed at another database or engine is refused by
+// recovery passes and by resolve: the wrong resource's branch stays
+// prepared and the decision stays pending (it is not ended on the wrong
+// server's empty listing). Recovery with the right URLs then commits.
+func TestOperatorMistakeWrongResourceLog(t *testing.T) {
+	ensureMistakeDBs(t)
+	for _, tc := range wrongCases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			node := "mk-" + suffix()
+			pg, my := openRes(t, "pg", dbtest.PG(t)), openRes(t, "mysql", dbtest.MySQL(t))
+			g := mistakeGID(t, node)
+			x0, x1 := drivers.XID{Global: g, Branch: 0}, drivers.XID{Global: g, Branch: 1}
+			prepareInDoubt(t, pg, x0)
+			prepareInDoubt(t, my, x1)
+			log := decisionlog.NewMemLog(nil)
+			if err := log.Commit(ctx, decisionlog.Decision{GTRID: g, At: time.Now(), Participants: []decisionlog.Participant{
+				{Resource: "pg", Branch: 0, ID: identity(t, pg)}, {Resource: "mysql", Branch: 1, ID: identity(t, my)},
+			}}); err != nil {
+				t.Fatal(err)
+			}
+
+			rs := []drivers.Resource{pg, my}
+			wrongX := x1
+			if tc.wrong == "pg" {
+				rs[0] = openRes(t, "pg", tc.url(t))
+				wrongX = x0
+			} else {
+				rs[1] = openRes(t, "mysql", tc.url(t))
+			}
+			wrongRight := my
+			if tc.wrong == "pg" {
+				wrongRight = pg
+			}
+			rc := newMistakeRecoverer(t, node, log, "", rs...)
+			for i := range 2 {
+				rep := rc.Pass(ctx, false)
+				err := scanErr(rep, drivers.ErrWrongResource)
+				if err == nil {
+					t.Fatalf("pass %d: no wrong-resource error; scan errors %v", i, rep.ScanErrors)
+				}
+				t.Logf("pass %d: %v", i, err)
+				if len(rep.Ended) != 0 {
+					t.Fatalf("pass %d ended %v on the wrong resource's listing", i, rep.Ended)
+				}
+			}
+			for _, commit := range []bool{true, false} {
+				if _, err := rc.Resolve(ctx, g, commit, false, "operator"); !errors.Is(err, drivers.ErrWrongResource) {
+					t.Fatalf("resolve commit=%v = %v, want ErrWrongResource", commit, err)
+				}
+			}
+			if e, ok := log.Lookup(g); !ok || e.State != decisionlog.StateCommitted {
+				t.Fatalf("decision after the mistake: %+v, want committed and pending", e)
+			}
+			if got := preparedOn(t, wrongRight, wrongX); !got[0] {
+				t.Fatal("the branch on the mistaken resource's real database is no longer prepared")
+			}
+			// The correctly named resource's branch may be committed: the
+			// decision is durable, so that is progress, not a change.
+
+			recoverRight(t, newMistakeRecoverer(t, node, log, "", pg, my), func() bool {
+				got := append(preparedOn(t, pg, x0), preparedOn(t, my, x1)...)
+				return !got[0] && !got[1]
+			})
+			if e, _ := log.Lookup(g); e.State != decisionlog.StateDone {
+				t.Fatalf("decision state %s after the right recovery, want done", e.State)
+			}
+		})
+	}
+}
+
+// recoverRight runs passes of rc, the right configuration, until done
+// holds (a MariaDB branch is finished once its closed owner session has
+// left the processlist, which can take a pass or two).
+func recoverRight(t *testing.T, rc *recovery.Recoverer, done func() bool) {
+	t.Helper()
+	waitUntil(t, "the right recovery to finish the transaction", 50*time.Millisecond, func() (bool, error) {
+		rep := rc.Pass(context.Background(), false)
+		if len(rep.ScanErrors) != 0 {
+			return false, fmt.Errorf("right configuration: scan errors %v", rep.ScanErrors)
+		}
+		return done() && len(rep.Ended) > 0, nil
+	})
+}
+
+// keptRow writes the commit decision of g, naming the participants, into
+// the keeper's table as CommitWithDecision would have.
+func keptRow(t *testing.T, keeperURL string, g drivers.GlobalID, ps []decisionlog.Participant) {
+	t.Helper()
+	ctx := context.Background()
+	parts, err := decisionlog.EncodeParticipants(ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := pgx.Connect(ctx, keeperURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = pc.Close(ctx) }()
+	if _, err := pc.Exec(ctx, "INSERT INTO "+postgres.DecisionTable+" (gtrid, state, participants) VALUES ($1, 'C', $2)", g.String(), string(parts)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c, err := pgx.Connect(context.Background(), keeperURL)
+		if err == nil {
+			_, _ = c.Exec(context.Background(), "DELETE FROM "+postgres.DecisionTable+" WHERE gtrid = $1", g.String())
+			_ = c.Close(context.Background())
+		}
+	})
+}
+
+// hasTable reports whether database url holds the decision table.
+func hasTable(t *testing.T, rawURL string) bool {
+	t.Helper()
+	ctx := context.Background()
+	pc, err := pgx.Connect(ctx, rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = pc.Close(ctx) }()
+	var ok bool
+	if err := pc.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", postgres.DecisionTable).Scan(&ok); err != nil {
+		t.Fatal(err)
+	}
+	return ok
+}
+
+// TestOperatorMistakeKeeper: the decision kept in PostgreSQL's table.
+// (a) The MySQL name pointed at another database: the row is not deleted
+// and the branch stays prepared. (b) The keeper's URL names a database
+// without the decision table: that is an error, not "no decisions", the
+// MySQL branch is not presumed aborted, resolve --rollback is refused,
+// and no table is created there.
+func TestOperatorMistakeKeeper(t *testing.T) {
+	ensureMistakeDBs(t)
+	for _, wrong := range []string{"mysql", "keeper"} {
+		t.Run(wrong, func(t *testing.T) {
+			ctx := context.Background()
+			node := "mk-" + suffix()
+			pg, my := openRes(t, "pg", dbtest.PG(t)), openRes(t, "mysql", dbtest.MySQL(t))
+			if err := pg.(*postgres.Resource).EnsureDecisionTable(ctx); err != nil {
+				t.Fatal(err)
+			}
+			g := mistakeGID(t, node)
+			x1 := drivers.XID{Global: g, Branch: 1}
+			prepareInDoubt(t, my, x1)
+			keptRow(t, dbtest.PG(t), g, []decisionlog.Participant{{Resource: "mysql", Branch: 1, ID: identity(t, my)}})
+			wrongURL := withDB(t, dbtest.PG(t), mistakeDB)
+			if hasTable(t, wrongURL) {
+				t.Fatalf("%s already has a decision table", mistakeDB)
+			}
+
+			rs := []drivers.Resource{pg, openRes(t, "mysql", withDB(t, dbtest.MySQL(t), mistakeDB))}
+			want := drivers.ErrWrongResource
+			if wrong == "keeper" {
+				rs = []drivers.Resource{openRes(t, "pg", wrongURL), my}
+				want = decisionlog.ErrNoDecisionTable
+			}
+			rc := newMistakeRecoverer(t, node, decisionlog.NewMemLog(nil), "pg", rs...)
+			for i := range 2 {
+				rep := rc.Pass(ctx, false)
+				err := scanErr(rep, want)
+				if err == nil {
+					t.Fatalf("pass %d: scan errors %v, want %v", i, rep.ScanErrors, want)
+				}
+				t.Logf("pass %d: %v", i, err)
+				for _, b := range rep.Branches {
+					if b.XID == x1 && b.Result != "" {
+						t.Fatalf("pass %d acted on the branch: %+v", i, b)
+					}
+				}
+			}
+			if _, err := rc.Resolve(ctx, g, false, false, "operator"); !errors.Is(err, want) {
+				t.Fatalf("resolve --rollback = %v, want %v", err, want)
+			}
+			if d, found, err := pg.(decisionlog.Keeper).LookupDecision(ctx, g); err != nil || !found || d.Abort {
+				t.Fatalf("kept decision after the mistake: %+v, %v, %v", d, found, err)
+			}
+			if !preparedOn(t, my, x1)[0] {
+				t.Fatal("the MySQL branch is no longer prepared")
+			}
+			if hasTable(t, wrongURL) {
+				t.Fatal("recovery created a decision table in the wrong database")
+			}
+
+			recoverRight(t, newMistakeRecoverer(t, node, decisionlog.NewMemLog(nil), "pg", pg, my), func() bool {
+				return !preparedOn(t, my, x1)[0]
+			})
+			if _, found, err := pg.(decisionlog.Keeper).LookupDecision(ctx, g); err != nil || found {
+				t.Fatalf("kept decision after the right recovery: found %v, %v", found, err)
+			}
+		})
+	}
+}
