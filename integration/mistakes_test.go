@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 
 	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/dbproc"
 	"github.com/xabridge/xabridge/internal/dbtest"
 	"github.com/xabridge/xabridge/mysql"
 	"github.com/xabridge/xabridge/postgres"
@@ -218,67 +220,94 @@ var wrongCases = []wrongCase{
 func TestOperatorMistakeWrongResourceLog(t *testing.T) {
 	ensureMistakeDBs(t)
 	for _, tc := range wrongCases {
-		t.Run(tc.name, func(t *testing.T) {
-			ctx := context.Background()
-			node := "mk-" + suffix()
-			pg, my := openRes(t, "pg", dbtest.PG(t)), openRes(t, "mysql", dbtest.MySQL(t))
-			g := mistakeGID(t, node)
-			x0, x1 := drivers.XID{Global: g, Branch: 0}, drivers.XID{Global: g, Branch: 1}
-			prepareInDoubt(t, pg, x0)
-			prepareInDoubt(t, my, x1)
-			log := decisionlog.NewMemLog(nil)
-			if err := log.Commit(ctx, decisionlog.Decision{GTRID: g, At: time.Now(), Participants: []decisionlog.Participant{
-				{Resource: "pg", Branch: 0, ID: identity(t, pg)}, {Resource: "mysql", Branch: 1, ID: identity(t, my)},
-			}}); err != nil {
-				t.Fatal(err)
-			}
+		t.Run(tc.name, func(t *testing.T) { wrongResourceLog(t, tc.wrong, tc.url(t)) })
+	}
+}
 
-			rs := []drivers.Resource{pg, my}
-			wrongX := x1
-			if tc.wrong == "pg" {
-				rs[0] = openRes(t, "pg", tc.url(t))
-				wrongX = x0
-			} else {
-				rs[1] = openRes(t, "mysql", tc.url(t))
-			}
-			wrongRight := my
-			if tc.wrong == "pg" {
-				wrongRight = pg
-			}
-			rc := newMistakeRecoverer(t, node, log, "", rs...)
-			for i := range 2 {
-				rep := rc.Pass(ctx, false)
-				err := scanErr(rep, drivers.ErrWrongResource)
-				if err == nil {
-					t.Fatalf("pass %d: no wrong-resource error; scan errors %v", i, rep.ScanErrors)
-				}
-				t.Logf("pass %d: %v", i, err)
-				if len(rep.Ended) != 0 {
-					t.Fatalf("pass %d ended %v on the wrong resource's listing", i, rep.Ended)
-				}
-			}
-			for _, commit := range []bool{true, false} {
-				if _, err := rc.Resolve(ctx, g, commit, false, "operator"); !errors.Is(err, drivers.ErrWrongResource) {
-					t.Fatalf("resolve commit=%v = %v, want ErrWrongResource", commit, err)
-				}
-			}
-			if e, ok := log.Lookup(g); !ok || e.State != decisionlog.StateCommitted {
-				t.Fatalf("decision after the mistake: %+v, want committed and pending", e)
-			}
-			if got := preparedOn(t, wrongRight, wrongX); !got[0] {
-				t.Fatal("the branch on the mistaken resource's real database is no longer prepared")
-			}
-			// The correctly named resource's branch may be committed: the
-			// decision is durable, so that is progress, not a change.
+// TestOperatorMistakeAnotherServer: the resource names pointed at another
+// server (a private pair, its database named like ours) are refused as in
+// TestOperatorMistakeWrongResourceLog: the database names agree, the
+// server identities do not.
+func TestOperatorMistakeAnotherServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a private server pair")
+	}
+	ctx := context.Background()
+	root, err := dbtest.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := dbproc.Start(ctx, filepath.Join(root, "scripts", "devdb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := pair.Stop(context.Background()); err != nil {
+			t.Errorf("stopping the pair: %v", err)
+		}
+	})
+	t.Run("mysql", func(t *testing.T) { wrongResourceLog(t, "mysql", pair.MyURL()) })
+	t.Run("pg", func(t *testing.T) { wrongResourceLog(t, "pg", pair.PGURL()) })
+}
 
-			recoverRight(t, newMistakeRecoverer(t, node, log, "", pg, my), func() bool {
-				got := append(preparedOn(t, pg, x0), preparedOn(t, my, x1)...)
-				return !got[0] && !got[1]
-			})
-			if e, _ := log.Lookup(g); e.State != decisionlog.StateDone {
-				t.Fatalf("decision state %s after the right recovery, want done", e.State)
-			}
-		})
+// wrongResourceLog leaves a transaction with a logged commit decision in
+// doubt on both servers, runs recovery passes and resolve with resource
+// wrong ("pg" or "mysql") on wrongURL, checks the refusal and that nothing
+// changed, then recovers with the right URLs.
+func wrongResourceLog(t *testing.T, wrong, wrongURL string) {
+	ctx := context.Background()
+	node := "mk-" + suffix()
+	pg, my := openRes(t, "pg", dbtest.PG(t)), openRes(t, "mysql", dbtest.MySQL(t))
+	g := mistakeGID(t, node)
+	x0, x1 := drivers.XID{Global: g, Branch: 0}, drivers.XID{Global: g, Branch: 1}
+	prepareInDoubt(t, pg, x0)
+	prepareInDoubt(t, my, x1)
+	log := decisionlog.NewMemLog(nil)
+	if err := log.Commit(ctx, decisionlog.Decision{GTRID: g, At: time.Now(), Participants: []decisionlog.Participant{
+		{Resource: "pg", Branch: 0, ID: identity(t, pg)}, {Resource: "mysql", Branch: 1, ID: identity(t, my)},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	rs := []drivers.Resource{pg, my}
+	wrongX, wrongRight := x1, my
+	if wrong == "pg" {
+		rs[0] = openRes(t, "pg", wrongURL)
+		wrongX, wrongRight = x0, pg
+	} else {
+		rs[1] = openRes(t, "mysql", wrongURL)
+	}
+	rc := newMistakeRecoverer(t, node, log, "", rs...)
+	for i := range 2 {
+		rep := rc.Pass(ctx, false)
+		err := scanErr(rep, drivers.ErrWrongResource)
+		if err == nil {
+			t.Fatalf("pass %d: no wrong-resource error; scan errors %v", i, rep.ScanErrors)
+		}
+		t.Logf("pass %d: %v", i, err)
+		if len(rep.Ended) != 0 {
+			t.Fatalf("pass %d ended %v on the wrong resource's listing", i, rep.Ended)
+		}
+	}
+	for _, commit := range []bool{true, false} {
+		if _, err := rc.Resolve(ctx, g, commit, false, "operator"); !errors.Is(err, drivers.ErrWrongResource) {
+			t.Fatalf("resolve commit=%v = %v, want ErrWrongResource", commit, err)
+		}
+	}
+	if e, ok := log.Lookup(g); !ok || e.State != decisionlog.StateCommitted {
+		t.Fatalf("decision after the mistake: %+v, want committed and pending", e)
+	}
+	if got := preparedOn(t, wrongRight, wrongX); !got[0] {
+		t.Fatal("the branch on the mistaken resource's real database is no longer prepared")
+	}
+	// The correctly named resource's branch may be committed: the
+	// decision is durable, so that is progress, not a change.
+
+	recoverRight(t, newMistakeRecoverer(t, node, log, "", pg, my), func() bool {
+		got := append(preparedOn(t, pg, x0), preparedOn(t, my, x1)...)
+		return !got[0] && !got[1]
+	})
+	if e, _ := log.Lookup(g); e.State != decisionlog.StateDone {
+		t.Fatalf("decision state %s after the right recovery, want done", e.State)
 	}
 }
 
