@@ -73,6 +73,13 @@ type TableChecker interface {
 	CheckDecisionTable(ctx context.Context) error
 }
 
+// TableCreator is an optional interface of a Keeper whose decision table
+// must be created before use. Only a coordinator configured with the keeper
+// calls it (at start); recovery never does.
+type TableCreator interface {
+	EnsureDecisionTable(ctx context.Context) error
+}
+
 // KeptBeginner is an optional interface of a Keeper whose keeper branch
 // differs from an ordinary branch from its very first statement (the
 // MySQL/MariaDB adapter runs it as a plain local transaction, where an

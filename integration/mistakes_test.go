@@ -18,6 +18,7 @@ import (
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/dbproc"
 	"github.com/xabridge/xabridge/internal/dbtest"
+	"github.com/xabridge/xabridge/internal/strand"
 	"github.com/xabridge/xabridge/mysql"
 	"github.com/xabridge/xabridge/postgres"
 	"github.com/xabridge/xabridge/recovery"
@@ -45,19 +46,15 @@ func withDB(t *testing.T, rawURL, db string) string {
 	return u.String()
 }
 
-// ensureMistakeDBs creates mistakeDB on both servers (empty: no tables).
-func ensureMistakeDBs(t *testing.T) {
+// admins opens admin connections to both servers' test databases.
+func admins(t *testing.T) (*pgx.Conn, *sql.DB) {
 	t.Helper()
 	ctx := context.Background()
 	pc, err := pgx.Connect(ctx, dbtest.PG(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = pc.Close(ctx) }()
-	var pe *pgconn.PgError
-	if _, err := pc.Exec(ctx, "CREATE DATABASE "+mistakeDB); err != nil && !(errors.As(err, &pe) && pe.Code == "42P04") {
-		t.Fatal(err)
-	}
+	t.Cleanup(func() { _ = pc.Close(context.Background()) })
 	cfg, err := mysql.ParseURL(dbtest.MySQL(t))
 	if err != nil {
 		t.Fatal(err)
@@ -67,9 +64,51 @@ func ensureMistakeDBs(t *testing.T) {
 		t.Fatal(err)
 	}
 	db := sql.OpenDB(conn)
-	defer func() { _ = db.Close() }()
-	if _, err := db.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS "+mistakeDB); err != nil {
+	t.Cleanup(func() { _ = db.Close() })
+	return pc, db
+}
+
+// ensureMistakeDBs creates mistakeDB on both servers (empty: no tables).
+func ensureMistakeDBs(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	pc, my := admins(t)
+	var pe *pgconn.PgError
+	if _, err := pc.Exec(ctx, "CREATE DATABASE "+mistakeDB); err != nil && !(errors.As(err, &pe) && pe.Code == "42P04") {
 		t.Fatal(err)
+	}
+	if _, err := my.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS "+mistakeDB); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// mistakeTable creates a table of one test on both servers, and returns
+// its name and a function counting its rows on each (the transfer ids a
+// transaction wrote: all-or-nothing means both counts agree).
+func mistakeTable(t *testing.T) (string, func() (pg, my int)) {
+	t.Helper()
+	ctx := context.Background()
+	pc, my := admins(t)
+	tbl := "xab_mk_" + suffix()
+	if _, err := pc.Exec(ctx, "CREATE TABLE "+tbl+" (id INT PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := my.ExecContext(ctx, "CREATE TABLE "+tbl+" (id INT PRIMARY KEY) ENGINE=InnoDB"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = pc.Exec(context.Background(), "DROP TABLE IF EXISTS "+tbl)
+		_, _ = my.ExecContext(context.Background(), "DROP TABLE IF EXISTS "+tbl)
+	})
+	return tbl, func() (int, int) {
+		var a, b int
+		if err := pc.QueryRow(ctx, "SELECT COUNT(*) FROM "+tbl).Scan(&a); err != nil {
+			t.Fatal(err)
+		}
+		if err := my.QueryRowContext(ctx, "SELECT COUNT(*) FROM "+tbl).Scan(&b); err != nil {
+			t.Fatal(err)
+		}
+		return a, b
 	}
 }
 
@@ -85,64 +124,17 @@ func openRes(t *testing.T, name, rawURL string) drivers.Resource {
 }
 
 // mistakeGID is a fresh global id of node, past its fence after MinAge 0.
-func mistakeGID(t *testing.T, node string) drivers.GlobalID {
-	t.Helper()
+func mistakeGID(node string) drivers.GlobalID {
 	now := time.Now()
-	g, err := drivers.ParseGlobalID(fmt.Sprintf("%s.%012x.%08x.%012x", node, now.UnixMilli(), 1, now.Add(time.Minute).UnixMilli()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return g
+	return strand.GlobalID(node, now, now.Add(time.Minute), 1)
 }
 
-// oneXID is a drivers.Enlister for one branch begun by hand.
-type oneXID struct {
-	xid drivers.XID
-	b   drivers.Branch
-}
-
-func (o *oneXID) Enlist(ctx context.Context, r drivers.Resource) (drivers.Branch, error) {
-	if o.b == nil {
-		b, err := r.Begin(ctx, o.xid)
-		if err != nil {
-			return nil, err
-		}
-		o.b = b
-	}
-	return o.b, nil
-}
-
-// prepareInDoubt prepares branch xid on r with one statement of work and
-// closes its session: the branch is left in doubt, as a crash leaves it.
-// Cleanup rolls it back if a test left it prepared.
-func prepareInDoubt(t *testing.T, r drivers.Resource, xid drivers.XID) {
+// prepareInDoubt prepares branch xid on r, inserting one row into tbl,
+// and closes its session: the branch is left in doubt, as a crash leaves
+// it. Cleanup rolls it back if a test left it prepared.
+func prepareInDoubt(t *testing.T, r drivers.Resource, xid drivers.XID, tbl string) {
 	t.Helper()
-	ctx := context.Background()
-	o := &oneXID{xid: xid}
-	switch r := r.(type) {
-	case *postgres.Resource:
-		h, err := r.Enlist(ctx, o)
-		if err == nil {
-			_, err = h.Exec(ctx, "SELECT 1")
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	case *mysql.Resource:
-		h, err := r.Enlist(ctx, o)
-		if err == nil {
-			_, err = h.ExecContext(ctx, "DO 1")
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	default:
-		t.Fatalf("unexpected resource %T", r)
-	}
-	if v, err := o.b.Prepare(ctx); err != nil || v != drivers.VoteCommit {
-		t.Fatalf("prepare %s on %s = %v, %v", xid, r.Name(), v, err)
-	}
-	if err := o.b.Close(); err != nil {
+	if err := strand.Prepare(context.Background(), r, xid, "INSERT INTO "+tbl+" VALUES (1)"); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = r.RollbackPrepared(context.Background(), xid) })
@@ -177,11 +169,13 @@ func preparedOn(t *testing.T, r drivers.Resource, xids ...drivers.XID) []bool {
 }
 
 // newMistakeRecoverer is recovery as the CLI runs it, with MinAge 0 (the
-// operator says the coordinator is dead) and no settle wait.
+// operator says the coordinator is dead). The settle wait stays (1s): a
+// MariaDB XA COMMIT sent while the preparing session is still closing
+// answers OK and commits nothing.
 func newMistakeRecoverer(t *testing.T, node string, log decisionlog.Log, fence string, rs ...drivers.Resource) *recovery.Recoverer {
 	t.Helper()
 	zero := time.Duration(0)
-	rc, err := recovery.New(recovery.Config{NodeID: node, Log: log, Resources: rs, MinAge: &zero, Settle: -1, DecisionResource: fence})
+	rc, err := recovery.New(recovery.Config{NodeID: node, Log: log, Resources: rs, MinAge: &zero, DecisionResource: fence})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,10 +252,11 @@ func wrongResourceLog(t *testing.T, wrong, wrongURL string) {
 	ctx := context.Background()
 	node := "mk-" + suffix()
 	pg, my := openRes(t, "pg", dbtest.PG(t)), openRes(t, "mysql", dbtest.MySQL(t))
-	g := mistakeGID(t, node)
+	g := mistakeGID(node)
 	x0, x1 := drivers.XID{Global: g, Branch: 0}, drivers.XID{Global: g, Branch: 1}
-	prepareInDoubt(t, pg, x0)
-	prepareInDoubt(t, my, x1)
+	tbl, rows := mistakeTable(t)
+	prepareInDoubt(t, pg, x0, tbl)
+	prepareInDoubt(t, my, x1, tbl)
 	log := decisionlog.NewMemLog(nil)
 	if err := log.Commit(ctx, decisionlog.Decision{GTRID: g, At: time.Now(), Participants: []decisionlog.Participant{
 		{Resource: "pg", Branch: 0, ID: identity(t, pg)}, {Resource: "mysql", Branch: 1, ID: identity(t, my)},
@@ -308,6 +303,9 @@ func wrongResourceLog(t *testing.T, wrong, wrongURL string) {
 	})
 	if e, _ := log.Lookup(g); e.State != decisionlog.StateDone {
 		t.Fatalf("decision state %s after the right recovery, want done", e.State)
+	}
+	if a, b := rows(); a != 1 || b != 1 {
+		t.Fatalf("rows after the right recovery: postgres %d, mysql %d; want the transaction committed on both", a, b)
 	}
 }
 
@@ -383,9 +381,10 @@ func TestOperatorMistakeKeeper(t *testing.T) {
 			if err := pg.(*postgres.Resource).EnsureDecisionTable(ctx); err != nil {
 				t.Fatal(err)
 			}
-			g := mistakeGID(t, node)
+			g := mistakeGID(node)
 			x1 := drivers.XID{Global: g, Branch: 1}
-			prepareInDoubt(t, my, x1)
+			tbl, rows := mistakeTable(t)
+			prepareInDoubt(t, my, x1, tbl)
 			keptRow(t, dbtest.PG(t), g, []decisionlog.Participant{{Resource: "mysql", Branch: 1, ID: identity(t, my)}})
 			wrongURL := withDB(t, dbtest.PG(t), mistakeDB)
 			if hasTable(t, wrongURL) {
@@ -430,6 +429,9 @@ func TestOperatorMistakeKeeper(t *testing.T) {
 			})
 			if _, found, err := pg.(decisionlog.Keeper).LookupDecision(ctx, g); err != nil || found {
 				t.Fatalf("kept decision after the right recovery: found %v, %v", found, err)
+			}
+			if _, b := rows(); b != 1 {
+				t.Fatalf("mysql rows after the right recovery: %d, want the kept commit applied", b)
 			}
 		})
 	}
