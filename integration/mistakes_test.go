@@ -5,12 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"net/url"
 	"path/filepath"
 	"testing"
 	"time"
 
-	mysqldriver "github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -19,7 +17,6 @@ import (
 	"github.com/xabridge/xabridge/internal/dbproc"
 	"github.com/xabridge/xabridge/internal/dbtest"
 	"github.com/xabridge/xabridge/internal/strand"
-	"github.com/xabridge/xabridge/mysql"
 	"github.com/xabridge/xabridge/postgres"
 	"github.com/xabridge/xabridge/recovery"
 )
@@ -35,37 +32,15 @@ import (
 // URLs name.
 const mistakeDB = "xabridge_mistake"
 
-// withDB returns rawURL naming database db instead.
-func withDB(t *testing.T, rawURL, db string) string {
-	t.Helper()
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + db
-	return u.String()
-}
-
 // admins opens admin connections to both servers' test databases.
 func admins(t *testing.T) (*pgx.Conn, *sql.DB) {
 	t.Helper()
-	ctx := context.Background()
-	pc, err := pgx.Connect(ctx, dbtest.PG(t))
+	pc, err := pgx.Connect(context.Background(), dbtest.PG(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = pc.Close(context.Background()) })
-	cfg, err := mysql.ParseURL(dbtest.MySQL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := mysqldriver.NewConnector(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := sql.OpenDB(conn)
-	t.Cleanup(func() { _ = db.Close() })
-	return pc, db
+	return pc, openMy(t, dbtest.MySQL(t), 2)
 }
 
 // ensureMistakeDBs creates mistakeDB on both servers (empty: no tables).
@@ -201,9 +176,9 @@ type wrongCase struct {
 }
 
 var wrongCases = []wrongCase{
-	{"mysql-names-another-database", "mysql", func(t *testing.T) string { return withDB(t, dbtest.MySQL(t), mistakeDB) }},
+	{"mysql-names-another-database", "mysql", func(t *testing.T) string { return dbtest.WithDatabase(t, dbtest.MySQL(t), mistakeDB) }},
 	{"mysql-names-a-postgres-url", "mysql", func(t *testing.T) string { return dbtest.PG(t) }},
-	{"pg-names-another-database", "pg", func(t *testing.T) string { return withDB(t, dbtest.PG(t), mistakeDB) }},
+	{"pg-names-another-database", "pg", func(t *testing.T) string { return dbtest.WithDatabase(t, dbtest.PG(t), mistakeDB) }},
 }
 
 // TestOperatorMistakeWrongResourceLog: with the decision in the log, a
@@ -386,12 +361,12 @@ func TestOperatorMistakeKeeper(t *testing.T) {
 			tbl, rows := mistakeTable(t)
 			prepareInDoubt(t, my, x1, tbl)
 			keptRow(t, dbtest.PG(t), g, []decisionlog.Participant{{Resource: "mysql", Branch: 1, ID: identity(t, my)}})
-			wrongURL := withDB(t, dbtest.PG(t), mistakeDB)
+			wrongURL := dbtest.WithDatabase(t, dbtest.PG(t), mistakeDB)
 			if hasTable(t, wrongURL) {
 				t.Fatalf("%s already has a decision table", mistakeDB)
 			}
 
-			rs := []drivers.Resource{pg, openRes(t, "mysql", withDB(t, dbtest.MySQL(t), mistakeDB))}
+			rs := []drivers.Resource{pg, openRes(t, "mysql", dbtest.WithDatabase(t, dbtest.MySQL(t), mistakeDB))}
 			want := drivers.ErrWrongResource
 			if wrong == "keeper" {
 				rs = []drivers.Resource{openRes(t, "pg", wrongURL), my}

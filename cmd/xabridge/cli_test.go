@@ -9,7 +9,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -440,17 +439,6 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-// withDB returns rawURL naming database db instead.
-func withDB(t *testing.T, rawURL, db string) string {
-	t.Helper()
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + db
-	return u.String()
-}
-
 // mistakeDB is an empty database on the shared servers, for URLs that
 // name the wrong database.
 const mistakeDB = "xabridge_cli_mistake"
@@ -472,7 +460,7 @@ func TestOperatorMistakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	committed := s.gids["committed"].String()
-	wrongMy, wrongPG := withDB(t, s.myURL, mistakeDB), withDB(t, s.pgURL, mistakeDB)
+	wrongMy, wrongPG := dbtest.WithDatabase(t, s.myURL, mistakeDB), dbtest.WithDatabase(t, s.pgURL, mistakeDB)
 	flags := func(pg, my string, extra ...string) []string {
 		return append([]string{"--node-id", s.node, "--log-dir", s.logDir, "--resource", "pg=" + pg, "--resource", "mysql=" + my}, extra...)
 	}
