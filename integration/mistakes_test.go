@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,11 +15,13 @@ import (
 
 	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/dbproc"
 	"github.com/xabridge/xabridge/internal/dbtest"
 	"github.com/xabridge/xabridge/internal/strand"
 	"github.com/xabridge/xabridge/postgres"
 	"github.com/xabridge/xabridge/recovery"
+	"github.com/xabridge/xabridge/xa"
 )
 
 // Operator mistakes (issue 14): a resource name pointed at the wrong
@@ -407,6 +410,62 @@ func TestOperatorMistakeKeeper(t *testing.T) {
 			}
 			if _, b := rows(); b != 1 {
 				t.Fatalf("mysql rows after the right recovery: %d, want the kept commit applied", b)
+			}
+		})
+	}
+}
+
+// A coordinator records each participant's identity with its commit
+// decision, in the log and in a keeper's row. (The identities are read
+// first here, so the first decision has them; a coordinator starts reading
+// them at New and never waits for them.)
+func TestCoordinatorRecordsResourceIdentities(t *testing.T) {
+	for _, keeper := range []bool{false, true} {
+		t.Run(fmt.Sprintf("keeper=%v", keeper), func(t *testing.T) {
+			ctx := context.Background()
+			b := newBank(t, 8)
+			want := map[string]string{b.PG.Name(): identity(t, b.PG), b.My.Name(): identity(t, b.My)}
+			log := decisionlog.NewMemLog(nil)
+			var (
+				mu sync.Mutex
+				ps []decisionlog.Participant
+			)
+			c := newCoord(t, b, func(cfg *xa.Config) {
+				cfg.Log, cfg.LogDir = log, ""
+				if keeper {
+					cfg.DecisionResource = b.PG.Name()
+				}
+				cfg.Hook = func(s xa.Step, info xa.StepInfo) {
+					if s != xa.StepDecided {
+						return
+					}
+					var d decisionlog.Decision
+					if keeper {
+						var found bool
+						var err error
+						if d, found, err = b.PG.LookupDecision(context.Background(), info.GTRID); err != nil || !found {
+							t.Errorf("kept decision: %v, %v", found, err)
+						}
+					} else if e, ok := log.Lookup(info.GTRID); ok && e.Decision != nil {
+						d = *e.Decision
+					}
+					mu.Lock()
+					ps = d.Participants
+					mu.Unlock()
+				}
+			})
+			if _, err := b.Do(ctx, c, bank.Transfer{PGAccount: 1, MyAccount: 2, Amount: 1}); err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(ps) == 0 {
+				t.Fatal("no participants recorded")
+			}
+			for _, p := range ps {
+				if p.ID == "" || p.ID != want[p.Resource] {
+					t.Errorf("participant %s recorded identity %q, want %q", p.Resource, p.ID, want[p.Resource])
+				}
 			}
 		})
 	}

@@ -9,9 +9,9 @@ import (
 // when res can tell and has told already, by the database it reaches, so
 // that recovery can refuse a resource name pointed at another database.
 // It never waits for the identity (branches hold pool connections now);
-// Enlist starts reading it, so only the first decisions of a process can
-// go without, and they are treated as decisions written before
-// identities were recorded.
+// New and Enlist start reading it, so only decisions made before a
+// resource first answered go without, and they are treated as decisions
+// written before identities were recorded.
 func participant(res drivers.Resource, num int) decisionlog.Participant {
 	p := decisionlog.Participant{Resource: res.Name(), Branch: uint8(num)}
 	if idr, ok := res.(drivers.Identifier); ok {
