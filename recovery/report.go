@@ -141,8 +141,9 @@ type Report struct {
 	// noFenceTable: the DecisionResource has no decision table (a wrong
 	// database); nothing may be presumed aborted.
 	noFenceTable bool
-	// ids are the identities of the resources listed (drivers.Identifier),
-	// idErrs why one could not be read.
+	// listed holds the resources whose branches were listed; ids their
+	// identities (drivers.Identifier), idErrs why one could not be read.
+	listed map[string]bool
 	ids    map[string]drivers.Identity
 	idErrs map[string]error
 	// wrong holds the resources whose identity contradicts a decision (or

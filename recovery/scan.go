@@ -100,13 +100,14 @@ func (r *Recoverer) scanBranches(ctx context.Context, rep *Report) {
 		}()
 	}
 	wg.Wait()
-	rep.ids, rep.idErrs = map[string]drivers.Identity{}, map[string]error{}
+	rep.listed, rep.ids, rep.idErrs = map[string]bool{}, map[string]drivers.Identity{}, map[string]error{}
 	for _, res := range results {
 		if res.err != nil {
 			rep.ScanErrors = append(rep.ScanErrors, ResourceError{res.name, res.err})
 			r.logger.Log(ctx, errLevel(ctx), "recovery scan failed", "resource", res.name, "err", res.err)
 			continue
 		}
+		rep.listed[res.name] = true
 		if res.idErr != nil {
 			rep.idErrs[res.name] = res.idErr
 		} else if !res.id.IsZero() {
@@ -207,7 +208,9 @@ func (r *Recoverer) checkIdentities(rep *Report, s *snapshot) {
 			continue
 		}
 		for _, p := range d.Participants {
-			if _, ok := r.res[p.Resource]; !ok || p.ID == "" || rep.wrong[p.Resource] != nil || scanFailed(rep, p.Resource) {
+			// Not configured, or not listed: coversAll already keeps the
+			// decision, and there is no branch of it to act on.
+			if !rep.listed[p.Resource] || p.ID == "" || rep.wrong[p.Resource] != nil {
 				continue
 			}
 			var err error
