@@ -16,8 +16,9 @@ var _ drivers.Identifier = (*Resource)(nil)
 // of the same server.
 //
 // MySQL has @@server_uuid, generated once per data directory. MariaDB has no
-// server_uuid; its @@server_uid (present on the 10.11 we test; absent on older releases) is a hash of the host's
-// hardware address and the port, stable across restarts and different for
+// server_uuid; its @@server_uid (present on the 10.11 we test; older
+// releases may lack it) is a hash of the host's hardware address and the
+// port, stable across restarts and different for
 // two servers on one host or on two hosts, but the same for another server
 // started later on the same host and port, so the data directory is added.
 // Without either, the host name, port and data directory stand in.
