@@ -47,7 +47,7 @@ func TestCrashHelperProcess(t *testing.T) {
 			for {
 				n := next.Add(1)
 				g := crashGID(n)
-				if err := l.Commit(ctx, Decision{GTRID: g, Participants: []Participant{{"pg", 0}, {"mysql", 1}}}); err != nil {
+				if err := l.Commit(ctx, Decision{GTRID: g, Participants: []Participant{{Resource: "pg", Branch: 0}, {Resource: "mysql", Branch: 1}}}); err != nil {
 					fmt.Fprintln(os.Stderr, "commit:", err)
 					os.Exit(1)
 				}

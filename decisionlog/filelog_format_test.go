@@ -264,8 +264,8 @@ func TestFileLogVersion1(t *testing.T) {
 	clock := newFLClock(flT0)
 	v1 := []byte(logMagicV1)
 	for i, w := range []wireRecord{
-		{Kind: "commit", GTRID: flG(1).String(), At: flT0, Participants: []Participant{{"pg", 0}}},
-		{Kind: "commit", GTRID: flG(2).String(), At: flT0, Participants: []Participant{{"pg", 0}, {"mysql", 1}}},
+		{Kind: "commit", GTRID: flG(1).String(), At: flT0, Participants: []Participant{{Resource: "pg", Branch: 0}}},
+		{Kind: "commit", GTRID: flG(2).String(), At: flT0, Participants: []Participant{{Resource: "pg", Branch: 0}, {Resource: "mysql", Branch: 1}}},
 		{Kind: "end", GTRID: flG(1).String(), At: flT0},
 		{Kind: "abort", GTRID: flG(3).String(), At: flT0, Op: "abort"},
 	} {

@@ -127,7 +127,7 @@ func flWriteFinished(t *testing.T, dir string, n int) int64 {
 		put(frame)
 		durable, inBatch = size, 0
 	}
-	parts := []Participant{{"pg", 0}, {"mysql", 1}}
+	parts := []Participant{{Resource: "pg", Branch: 0}, {Resource: "mysql", Branch: 1}}
 	for i := range n {
 		begin := flT0.Add(time.Duration(i) * time.Millisecond)
 		g := drivers.MustGlobalID("node-1", begin, uint32(i), begin.Add(30*time.Second))

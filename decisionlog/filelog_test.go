@@ -254,7 +254,7 @@ func TestFileLogStateAndReopen(t *testing.T) {
 			}
 		}
 		ea, _ := l.Lookup(a)
-		if ea.Decision == nil || len(ea.Decision.Participants) != 2 || ea.Decision.Participants[1] != (Participant{"mysql", 1}) {
+		if ea.Decision == nil || len(ea.Decision.Participants) != 2 || ea.Decision.Participants[1] != (Participant{Resource: "mysql", Branch: 1}) {
 			t.Errorf("decision of a = %+v", ea.Decision)
 		}
 		if !ea.Decision.At.Equal(flT0) {

@@ -3,6 +3,7 @@ package decisionlog
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/xabridge/xabridge/drivers"
@@ -57,6 +58,26 @@ type Keeper interface {
 
 	// ListDecisions returns everything the keeper holds, oldest first.
 	ListDecisions(ctx context.Context) ([]Decision, error)
+}
+
+// ErrNoDecisionTable: the database a keeper reaches has no decision table.
+// For the keeper recovery fences in (its DecisionResource) that is a wrong
+// database, never "no decisions"; recovery never creates the table.
+var ErrNoDecisionTable = errors.New("no decision table")
+
+// TableChecker is an optional interface of a Keeper: CheckDecisionTable
+// returns an error wrapping ErrNoDecisionTable, naming the database, when
+// the keeper's decision table does not exist. Recovery calls it for its
+// DecisionResource before trusting an empty listing; it creates nothing.
+type TableChecker interface {
+	CheckDecisionTable(ctx context.Context) error
+}
+
+// TableCreator is an optional interface of a Keeper whose decision table
+// must be created before use. Only a coordinator configured with the keeper
+// calls it (at start); recovery never does.
+type TableCreator interface {
+	EnsureDecisionTable(ctx context.Context) error
 }
 
 // KeptBeginner is an optional interface of a Keeper whose keeper branch

@@ -43,6 +43,12 @@ var (
 type Participant struct {
 	Resource string `json:"r"`
 	Branch   uint8  `json:"b"`
+	// ID is the resource's identity when the decision was made (the stored
+	// form of a drivers.Identity), empty in decisions written before it was
+	// recorded or by a resource that cannot tell. Recovery refuses to act
+	// on the branch, or to end the decision, through a resource whose
+	// identity differs.
+	ID string `json:"id,omitempty"`
 }
 
 // XID returns the participant's XID within global transaction g.

@@ -67,7 +67,8 @@ func gtridLiteral(g drivers.GlobalID) (string, error) {
 }
 
 // EnsureDecisionTable creates DecisionTable (InnoDB) if it does not exist.
-// BeginKept calls it on first use; call it at setup when the account the
+// BeginKept (the coordinator's) calls it on first use; recovery never does
+// (FenceAbort refuses a missing table); call it at setup when the account the
 // coordinator runs as may not create tables (then create the table with a
 // privileged account using the same statement, see DecisionTable).
 func (r *Resource) EnsureDecisionTable(ctx context.Context) error {
@@ -434,6 +435,46 @@ func (r *Resource) LookupDecision(ctx context.Context, g drivers.GlobalID) (deci
 	return d, true, nil
 }
 
+// CheckDecisionTable returns an error wrapping
+// decisionlog.ErrNoDecisionTable, naming the database, when DecisionTable
+// does not exist in the session's database (or none is selected). It
+// creates nothing.
+func (r *Resource) CheckDecisionTable(ctx context.Context) error {
+	const op = "check-decision-table"
+	var (
+		db sql.NullString
+		n  int
+	)
+	err := r.db.QueryRowContext(ctx, "SELECT DATABASE(), (SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '"+
+		DecisionTable+"')").Scan(&db, &n)
+	if err != nil {
+		return r.errorf(op, drivers.XID{}, classifyPlain(err), err)
+	}
+	if n == 0 {
+		return r.noTableError(op, db)
+	}
+	return nil
+}
+
+// noDecisionTable is the error of op finding no DecisionTable, naming the
+// database the session is in when it can be read.
+func (r *Resource) noDecisionTable(ctx context.Context, op string) error {
+	var db sql.NullString
+	if err := r.db.QueryRowContext(ctx, "SELECT DATABASE()").Scan(&db); err != nil {
+		db = sql.NullString{String: "?", Valid: true}
+	}
+	return r.noTableError(op, db)
+}
+
+func (r *Resource) noTableError(op string, db sql.NullString) error {
+	where := fmt.Sprintf("in database %q", db.String)
+	if !db.Valid {
+		where = "(no database selected: the URL names none)"
+	}
+	return r.errorf(op, drivers.XID{}, drivers.ErrFailed,
+		fmt.Errorf("%w %s %s: is this the keeper's database?", decisionlog.ErrNoDecisionTable, DecisionTable, where))
+}
+
 // FenceAbort inserts an abort marker for g unless g has a row, and reports
 // the state of g's row either way, in one transaction on a fresh session.
 // INSERT … ON DUPLICATE KEY UPDATE waits, on the row lock of the duplicate
@@ -448,9 +489,9 @@ func (r *Resource) FenceAbort(ctx context.Context, g drivers.GlobalID) (bool, er
 		return false, r.errorf(op, drivers.XID{}, drivers.ErrFailed, err)
 	}
 	xid := drivers.XID{Global: g}
-	if err := r.EnsureDecisionTable(ctx); err != nil {
-		return false, err
-	}
+	// Never EnsureDecisionTable here: recovery calls FenceAbort, and a
+	// table it created would turn a keeper URL naming the wrong database
+	// into "no decisions there" (see CheckDecisionTable).
 	conn, err := r.db.Conn(ctx)
 	if err != nil {
 		return false, r.errorf(op, xid, drivers.ErrRetryable, err)
@@ -470,6 +511,9 @@ func (r *Resource) FenceAbort(ctx context.Context, g drivers.GlobalID) (bool, er
 			", 'A', '', UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE state = state",
 	} {
 		if _, err := conn.ExecContext(ctx, q); err != nil {
+			if isNumber(err, erNoSuchTable) {
+				return false, r.noDecisionTable(ctx, op)
+			}
 			return false, r.errorf(op, xid, classifyPlain(err), err) // nothing committed
 		}
 	}

@@ -47,6 +47,7 @@ type Resource struct {
 	detached map[drivers.XID]session // branches this process detached → the session that prepared them
 	gone     map[session]time.Time   // owner session (id and boot: ids restart with the server) → when first seen out of the processlist
 	keep     keeperState             // decision keeping (decision.go)
+	ident    drivers.IdentityCache   // identity.go
 }
 
 var _ drivers.Resource = (*Resource)(nil)

@@ -46,7 +46,8 @@ type decisionTable struct {
 }
 
 // EnsureDecisionTable creates DecisionTable if it does not exist. The
-// keeper methods call it on first use; call it at setup when the role the
+// coordinator's keeper methods (CommitWithDecision) call it on first use;
+// recovery's never do (FenceAbort refuses a missing table). Call it at setup when the role the
 // coordinator runs as may not create tables (then create the table with a
 // privileged role using the same statement, see DecisionTable).
 func (r *Resource) EnsureDecisionTable(ctx context.Context) error {
@@ -188,6 +189,38 @@ func (r *Resource) LookupDecision(ctx context.Context, g drivers.GlobalID) (deci
 	return d, true, nil
 }
 
+// CheckDecisionTable returns an error wrapping
+// decisionlog.ErrNoDecisionTable, naming the database, when DecisionTable
+// does not exist where r's sessions look for it. It creates nothing.
+func (r *Resource) CheckDecisionTable(ctx context.Context) error {
+	var (
+		db     string
+		exists bool
+	)
+	if err := r.pool.QueryRow(ctx, `SELECT current_database(), to_regclass($1) IS NOT NULL`, DecisionTable).Scan(&db, &exists); err != nil {
+		return drivers.NewError(r.name, "check-decision-table", drivers.XID{}, noEffectKind(err), err)
+	}
+	if !exists {
+		return noDecisionTable(r.name, "check-decision-table", db)
+	}
+	return nil
+}
+
+// noDecisionTable is the error of op finding no DecisionTable, naming the
+// database the session is in when it can be read.
+func (r *Resource) noDecisionTable(ctx context.Context, op string) error {
+	var db string
+	if err := r.pool.QueryRow(ctx, `SELECT current_database()`).Scan(&db); err != nil {
+		db = "?"
+	}
+	return noDecisionTable(r.name, op, db)
+}
+
+func noDecisionTable(name, op, db string) error {
+	return drivers.NewError(name, op, drivers.XID{}, drivers.ErrFailed,
+		fmt.Errorf("%w %s in database %q: is this the keeper's database?", decisionlog.ErrNoDecisionTable, DecisionTable, db))
+}
+
 // FenceAbort inserts an abort marker for g unless a row for g exists, and
 // returns the state of g's row either way. ON CONFLICT DO UPDATE (a no-op
 // update) is used rather than DO NOTHING because it waits for a concurrent
@@ -197,9 +230,9 @@ func (r *Resource) FenceAbort(ctx context.Context, g drivers.GlobalID) (bool, er
 	if err := g.Validate(); err != nil {
 		return false, drivers.NewError(r.name, "fence-abort", drivers.XID{}, drivers.ErrFailed, err)
 	}
-	if err := r.EnsureDecisionTable(ctx); err != nil {
-		return false, err
-	}
+	// Never EnsureDecisionTable here: recovery calls FenceAbort, and a
+	// table it created would turn a keeper URL naming the wrong database
+	// into "no decisions there" (see CheckDecisionTable).
 	var state string
 	err := r.pool.QueryRow(ctx, `INSERT INTO `+DecisionTable+` AS d (gtrid, state, participants) VALUES ($1, 'A', '')
 		ON CONFLICT (gtrid) DO UPDATE SET state = d.state RETURNING d.state`, g.String()).Scan(&state)
@@ -207,6 +240,9 @@ func (r *Resource) FenceAbort(ctx context.Context, g drivers.GlobalID) (bool, er
 		kind := drivers.ErrInDoubt
 		if f, _ := fateOf(err); f != unknown {
 			kind = noEffectKind(err)
+		}
+		if isUndefinedTable(err) {
+			return false, r.noDecisionTable(ctx, "fence-abort")
 		}
 		return false, drivers.NewError(r.name, "fence-abort", drivers.XID{Global: g}, kind, err)
 	}

@@ -81,7 +81,8 @@ type Resource struct {
 	beginSQL string
 	optErr   error // a bad option, reported by Begin
 
-	decisions decisionTable // see DecisionKeeper methods in decision.go
+	decisions decisionTable         // see DecisionKeeper methods in decision.go
+	ident     drivers.IdentityCache // see identity.go
 }
 
 // Option configures a Resource.

@@ -117,7 +117,7 @@ func (r *Recoverer) forgetKept(ctx context.Context, rep *Report, still map[drive
 			continue
 		}
 		if !k.Abort {
-			if !r.coversAll(k.Decision) {
+			if !r.coversAll(rep, k.Decision) {
 				continue
 			}
 		} else if rep.At.Before(g.Deadline().Add(r.cfg.Skew + keptRetention)) {
@@ -171,7 +171,7 @@ func (r *Recoverer) endFinished(ctx context.Context, rep *Report) {
 		if r.active(d.GTRID) {
 			continue // its coordinator is finishing phase 2 itself
 		}
-		if !r.coversAll(d) {
+		if !r.coversAll(rep, d) {
 			continue
 		}
 		if err := r.cfg.Log.End(d.GTRID); err == nil {
@@ -190,23 +190,31 @@ func (r *Recoverer) endOne(ctx context.Context, rep *Report, g drivers.GlobalID)
 		return
 	}
 	if k, ok := rep.kept[g]; ok && !k.Abort {
-		if r.coversAll(k.Decision) && k.keeper.ForgetDecisions(ctx, []drivers.GlobalID{g}) == nil {
+		if r.coversAll(rep, k.Decision) && k.keeper.ForgetDecisions(ctx, []drivers.GlobalID{g}) == nil {
 			rep.Ended = append(rep.Ended, g.String())
 		}
 	}
 	for _, d := range r.cfg.Log.Pending() {
-		if d.GTRID == g && r.coversAll(d) && r.cfg.Log.End(g) == nil && !slices.Contains(rep.Ended, g.String()) {
+		if d.GTRID == g && r.coversAll(rep, d) && r.cfg.Log.End(g) == nil && !slices.Contains(rep.Ended, g.String()) {
 			rep.Ended = append(rep.Ended, g.String())
 		}
 	}
 }
 
-// coversAll reports whether every participant of d is a configured resource,
-// so "not listed anywhere" really means finished.
-func (r *Recoverer) coversAll(d decisionlog.Decision) bool {
+// coversAll reports whether every participant of d is a configured
+// resource that rep listed and, where d recorded its identity, that it is
+// that database, so "not listed anywhere" is positive evidence that d is
+// finished (and not a listing of the wrong server).
+func (r *Recoverer) coversAll(rep *Report, d decisionlog.Decision) bool {
 	for _, p := range d.Participants {
-		if _, ok := r.res[p.Resource]; !ok {
+		if _, ok := r.res[p.Resource]; !ok || scanFailed(rep, p.Resource) || rep.wrong[p.Resource] != nil {
 			return false
+		}
+		if p.ID != "" {
+			id, ok := rep.ids[p.Resource]
+			if !ok || drivers.CheckIdentity(p.Resource, p.ID, id) != nil {
+				return false
+			}
 		}
 	}
 	return true

@@ -41,6 +41,9 @@ type snapshot struct {
 	fenced map[drivers.GlobalID]bool
 	// scanErrors counts the resources that could not be listed.
 	scanErrors int
+	// wrong holds the resources that are not the database a decision
+	// names, and why (see Recoverer.checkIdentities).
+	wrong map[string]error
 
 	skew   time.Duration  // Config.Skew
 	minAge *time.Duration // Config.MinAge
@@ -80,6 +83,11 @@ func (s *snapshot) classifyBranch(b Branch) Branch {
 	entry, logged := s.entries[g]
 	if logged {
 		b.LogState = entry.State
+	}
+	if err := s.wrong[b.Resource]; err != nil {
+		// Whatever the decision says, this is not where it was made.
+		b.Class, b.Action, b.Reason, b.Attention = WrongResource, ActionNone, err.Error(), true
+		return b
 	}
 	k, kok := s.kept[g]
 	logCommitted := logged && (entry.State == decisionlog.StateCommitted || entry.State == decisionlog.StateDone)
@@ -147,7 +155,7 @@ func (s *snapshot) classifyBranch(b Branch) Branch {
 // phase 2 at once, so only a crashed or stuck one leaves it later.
 func (s *snapshot) needsAttention(b Branch) bool {
 	switch b.Class {
-	case Orphan, AbortPending:
+	case Orphan, AbortPending, WrongResource:
 		return true
 	case Heuristic:
 		return !b.unconfirmed
@@ -245,6 +253,36 @@ func forced(e decisionlog.Entry) bool {
 	return false
 }
 
+// wrongFor returns the error of the first wrong resource (see s.wrong) that
+// lists a branch of g or that g's decision names, or nil.
+func (s *snapshot) wrongFor(g drivers.GlobalID, lists ...[]Branch) error {
+	for _, bs := range lists {
+		for _, b := range bs {
+			if err := s.wrong[b.Resource]; err != nil {
+				return err
+			}
+		}
+	}
+	var ds []*decisionlog.Decision
+	if e, ok := s.entries[g]; ok {
+		ds = append(ds, e.Decision)
+	}
+	if k, ok := s.kept[g]; ok {
+		ds = append(ds, &k.Decision)
+	}
+	for _, d := range ds {
+		if d == nil {
+			continue
+		}
+		for _, p := range d.Participants {
+			if err := s.wrong[p.Resource]; err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // resolveRequest is an operator's request to settle one transaction.
 type resolveRequest struct {
 	gtrid  drivers.GlobalID
@@ -298,6 +336,10 @@ func (s *snapshot) planResolve(req resolveRequest, first map[drivers.XID]bool) r
 			continue
 		}
 		p.act = append(p.act, b)
+	}
+	if err := s.wrongFor(g, p.act, p.waiting); err != nil {
+		p.err = err
+		return p
 	}
 	entry, logged := s.entries[g]
 	if _, kok := s.kept[g]; !logged && !kok && len(p.act) == 0 {

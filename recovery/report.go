@@ -32,6 +32,11 @@ const (
 	// Foreign: not created by xabridge, or not reachable through this
 	// resource. Never touched.
 	Foreign Class = "foreign"
+	// WrongResource: ours, listed by a resource that is not the database
+	// a decision names (another server, database or engine: a resource
+	// name pointed at the wrong URL). Never touched, and no decision is
+	// ended while it lasts; the resource is also in ScanErrors.
+	WrongResource Class = "wrong-resource"
 )
 
 // Action is what recovery does (or would do) with a branch.
@@ -133,6 +138,17 @@ type Report struct {
 
 	kept       map[drivers.GlobalID]kept // the keepers' decisions, read before the scan
 	keptFailed []decisionlog.Keeper      // keepers whose decisions could not be read
+	// noFenceTable: the DecisionResource has no decision table (a wrong
+	// database); nothing may be presumed aborted.
+	noFenceTable bool
+	// listed holds the resources whose branches were listed; ids their
+	// identities (drivers.Identifier), idErrs why one could not be read.
+	listed map[string]bool
+	ids    map[string]drivers.Identity
+	idErrs map[string]error
+	// wrong holds the resources whose identity contradicts a decision (or
+	// could not be read to compare with one), and why.
+	wrong map[string]error
 }
 
 // Remaining counts this node's branches still prepared after the pass:

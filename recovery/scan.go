@@ -2,6 +2,7 @@ package recovery
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -43,7 +44,19 @@ func (r *Recoverer) readKept(ctx context.Context, rep *Report) map[drivers.Globa
 	out := map[drivers.GlobalID]kept{}
 	for _, k := range r.keepers {
 		lctx, cancel := context.WithTimeout(ctx, opTimeout)
-		ds, err := k.ListDecisions(lctx)
+		var err error
+		if tc, ok := k.(decisionlog.TableChecker); ok && k == r.fence {
+			// An empty listing of the fence's table is "no decisions" only
+			// if the table is there: a keeper URL naming the wrong
+			// database must not read as a keeper holding nothing.
+			if err = tc.CheckDecisionTable(lctx); errors.Is(err, decisionlog.ErrNoDecisionTable) {
+				rep.noFenceTable = true
+			}
+		}
+		var ds []decisionlog.Decision
+		if err == nil {
+			ds, err = k.ListDecisions(lctx)
+		}
 		cancel()
 		if err != nil {
 			rep.ScanErrors = append(rep.ScanErrors, ResourceError{k.Name(), fmt.Errorf("reading its decision table: %w", err)})
@@ -65,9 +78,11 @@ func (r *Recoverer) readKept(ctx context.Context, rep *Report) map[drivers.Globa
 // first, in global id order.
 func (r *Recoverer) scanBranches(ctx context.Context, rep *Report) {
 	type result struct {
-		name string
-		p    []drivers.Prepared
-		err  error
+		name  string
+		p     []drivers.Prepared
+		err   error
+		id    drivers.Identity
+		idErr error
 	}
 	results := make([]result, len(r.cfg.Resources))
 	var wg sync.WaitGroup
@@ -78,15 +93,25 @@ func (r *Recoverer) scanBranches(ctx context.Context, rep *Report) {
 			rctx, cancel := context.WithTimeout(ctx, opTimeout)
 			defer cancel()
 			p, err := res.Recover(rctx)
-			results[i] = result{res.Name(), p, err}
+			results[i] = result{name: res.Name(), p: p, err: err}
+			if idr, ok := res.(drivers.Identifier); ok && err == nil {
+				results[i].id, results[i].idErr = idr.Identity(rctx)
+			}
 		}()
 	}
 	wg.Wait()
+	rep.listed, rep.ids, rep.idErrs = map[string]bool{}, map[string]drivers.Identity{}, map[string]error{}
 	for _, res := range results {
 		if res.err != nil {
 			rep.ScanErrors = append(rep.ScanErrors, ResourceError{res.name, res.err})
 			r.logger.Log(ctx, errLevel(ctx), "recovery scan failed", "resource", res.name, "err", res.err)
 			continue
+		}
+		rep.listed[res.name] = true
+		if res.idErr != nil {
+			rep.idErrs[res.name] = res.idErr
+		} else if !res.id.IsZero() {
+			rep.ids[res.name] = res.id
 		}
 		for _, p := range res.p {
 			rep.Branches = append(rep.Branches, Branch{Resource: res.name, Prepared: p})
@@ -122,6 +147,9 @@ func (r *Recoverer) snapshot(rep *Report, firstSeen map[drivers.XID]time.Time, a
 	if r.fence != nil {
 		s.fence = r.fence.Name()
 	}
+	if rep.noFenceTable {
+		s.keptUnknown = true
+	}
 	for _, k := range rep.keptFailed {
 		if k != r.fence {
 			// The configured fence's FenceAbort finds a decision, or
@@ -150,7 +178,71 @@ func (r *Recoverer) snapshot(rep *Report, firstSeen map[drivers.XID]time.Time, a
 	for _, g := range also {
 		look(g)
 	}
+	r.checkIdentities(rep, s)
 	return s
+}
+
+// checkIdentities compares the identity of every resource a decision names
+// (in the log, pending or looked up, or in a keeper) with the identity
+// recorded with the decision's participants. A resource that differs, or
+// whose identity cannot be read to compare, is the wrong one: it goes into
+// s.wrong (its branches are not touched) and rep.ScanErrors (no decision is
+// ended, and the command exits non-zero). Decisions recorded without
+// identities are not checked.
+func (r *Recoverer) checkIdentities(rep *Report, s *snapshot) {
+	var ds []decisionlog.Decision
+	for _, e := range s.entries {
+		if e.Decision != nil {
+			ds = append(ds, *e.Decision)
+		}
+	}
+	for _, k := range s.kept {
+		if !k.Abort {
+			ds = append(ds, k.Decision)
+		}
+	}
+	ds = append(ds, r.cfg.Log.Pending()...)
+	rep.wrong = map[string]error{}
+	for _, d := range ds {
+		if d.GTRID.Node() != r.cfg.NodeID {
+			continue
+		}
+		for _, p := range d.Participants {
+			// Not configured, or not listed: coversAll already keeps the
+			// decision, and there is no branch of it to act on.
+			if !rep.listed[p.Resource] || p.ID == "" || rep.wrong[p.Resource] != nil {
+				continue
+			}
+			var err error
+			if id, ok := rep.ids[p.Resource]; ok {
+				err = drivers.CheckIdentity(p.Resource, p.ID, id)
+			} else {
+				cause := rep.idErrs[p.Resource]
+				if cause == nil {
+					cause = errors.New("it cannot tell which database it is")
+				}
+				err = fmt.Errorf("%w: resource %q: cannot compare it with the database %s names (%s): %v",
+					drivers.ErrWrongResource, p.Resource, d.GTRID, p.ID, cause)
+			}
+			if err != nil {
+				rep.wrong[p.Resource] = err
+				rep.ScanErrors = append(rep.ScanErrors, ResourceError{p.Resource, err})
+				r.logger.Error("a resource is not the database a decision names; leaving its branches and the decisions alone",
+					"resource", p.Resource, "gtrid", d.GTRID.String(), "err", err)
+			}
+		}
+	}
+	s.wrong = rep.wrong
+}
+
+// scanFailed reports whether rep holds a scan error for the resource.
+func scanFailed(rep *Report, name string) bool {
+	for _, e := range rep.ScanErrors {
+		if e.Resource == name {
+			return true
+		}
+	}
+	return false
 }
 
 // recheckDone looks again at the heuristic suspects (see suspect): each

@@ -279,6 +279,9 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	}
 	c.bgCtx, c.bgCancel = context.WithCancel(context.WithoutCancel(ctx))
 	c.logDecider = logDecider{log: c.log}
+	for _, r := range cfg.Resources {
+		participant(r, 0) // start reading each identity now, before the first decision needs it
+	}
 	for _, d := range c.log.Pending() {
 		if d.GTRID.Node() != cfg.NodeID {
 			continue // another node's log mounted here; its own coordinator or recovery finishes it

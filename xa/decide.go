@@ -49,7 +49,7 @@ func (tx *Tx) decider(branches []*txBranch) (decider, []*txBranch) {
 func participants(voters []*txBranch) []decisionlog.Participant {
 	parts := make([]decisionlog.Participant, len(voters))
 	for i, tb := range voters {
-		parts[i] = decisionlog.Participant{Resource: tb.res.Name(), Branch: uint8(tb.num)}
+		parts[i] = participant(tb.res, tb.num)
 	}
 	return parts
 }

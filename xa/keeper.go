@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 )
 
@@ -14,6 +15,15 @@ import (
 // abort markers recovery no longer needs. A keeper that cannot be read now
 // is left to recovery.
 func (c *Coordinator) resumeKept(ctx context.Context) {
+	// The coordinator configured with the keeper is the one place its
+	// table is created (recovery refuses a missing one): now, so that
+	// recovery finds it even if this process dies before its first
+	// decision. A failure here is retried by the first decision.
+	if tc, ok := c.keeper.(decisionlog.TableCreator); ok {
+		if err := tc.EnsureDecisionTable(ctx); err != nil {
+			c.logger.Warn("cannot create the decision keeper's table at start-up; the first kept decision tries again", "err", err)
+		}
+	}
 	kept, err := c.keeper.ListDecisions(ctx)
 	if err != nil {
 		c.logger.Warn("cannot read the decision keeper's decisions at start-up; recovery will finish them", "err", err)

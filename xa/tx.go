@@ -95,6 +95,7 @@ func (tx *Tx) Enlist(ctx context.Context, r drivers.Resource) (drivers.Branch, e
 	num := len(tx.branches)
 	xid := drivers.XID{Global: tx.gtrid, Branch: uint8(num)}
 	isKeeper := tx.c.keeper != nil && drivers.Resource(tx.c.keeper) == r
+	participant(r, num) // starts reading r's identity for the decision, if unknown
 	begin := r.Begin
 	if kb, ok := r.(decisionlog.KeptBeginner); ok && isKeeper {
 		// The keeper's branch never prepares; its adapter may begin it

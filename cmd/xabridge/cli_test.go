@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -129,7 +130,12 @@ func newScene(t *testing.T) *scene {
 
 	l, err := decisionlog.OpenFileLog(s.logDir, decisionlog.FileLogOptions{})
 	must(err)
-	must(l.Commit(ctx, decisionlog.Decision{GTRID: s.gids["committed"], Participants: []decisionlog.Participant{{Resource: "pg", Branch: 0}, {Resource: "mysql", Branch: 1}}}))
+	pgID, err := b.PG.Identity(ctx)
+	must(err)
+	myID, err := b.My.Identity(ctx)
+	must(err)
+	must(l.Commit(ctx, decisionlog.Decision{GTRID: s.gids["committed"], Participants: []decisionlog.Participant{
+		{Resource: "pg", Branch: 0, ID: pgID.String()}, {Resource: "mysql", Branch: 1, ID: myID.String()}}}))
 	must(l.Close())
 
 	t.Cleanup(func() {
@@ -431,6 +437,115 @@ func TestBadInput(t *testing.T) {
 			t.Errorf("bad input wrote %d log entries", n)
 		}
 	}
+}
+
+// mistakeDB is an empty database on the shared servers, for URLs that
+// name the wrong database.
+const mistakeDB = "xabridge_cli_mistake"
+
+// TestOperatorMistakes: list, resolve and recover with a resource name
+// pointed at the wrong database or engine, or a keeper URL naming a
+// database without the decision table, are refused with a clear message
+// and exit 1, and change nothing: the committed transaction's MySQL branch
+// stays prepared and its decision pending (never ended on the wrong
+// listing), and no decision table is created. A recover with the right
+// URLs then finishes it.
+func TestOperatorMistakes(t *testing.T) {
+	s := newScene(t)
+	ctx := context.Background()
+	if _, err := s.pool.Exec(ctx, "CREATE DATABASE "+mistakeDB); err != nil && !strings.Contains(err.Error(), "42P04") {
+		t.Fatal(err)
+	}
+	if _, err := s.b.MyDB.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS "+mistakeDB); err != nil {
+		t.Fatal(err)
+	}
+	committed := s.gids["committed"].String()
+	wrongMy, wrongPG := dbtest.WithDatabase(t, s.myURL, mistakeDB), dbtest.WithDatabase(t, s.pgURL, mistakeDB)
+	flags := func(pg, my string, extra ...string) []string {
+		return append([]string{"--node-id", s.node, "--log-dir", s.logDir, "--resource", "pg=" + pg, "--resource", "mysql=" + my}, extra...)
+	}
+	const wrongRes, noTable = "is --resource mysql pointing at the right server?", "no decision table xabridge_decisions in database \"" + mistakeDB + "\": is this the keeper's database?"
+	tests := []struct {
+		name string
+		args []string
+		want string
+		// committedMy: recovery may commit the MySQL branch (named right,
+		// with a durable decision): progress, not a change.
+		committedMy bool
+	}{
+		{"mysql names another database: list", flags(s.pgURL, wrongMy, "list"), wrongRes, false},
+		{"mysql names another database: resolve --commit", flags(s.pgURL, wrongMy, "resolve", committed, "--commit"), wrongRes, false},
+		{"mysql names another database: resolve --rollback --force", flags(s.pgURL, wrongMy, "resolve", committed, "--rollback", "--force"), wrongRes, false},
+		{"mysql names a PostgreSQL URL: resolve --commit", flags(s.pgURL, s.pgURL, "resolve", committed, "--commit"), "resource \"mysql\" is a postgres database but the decision names a mysql one", false},
+		{"keeper URL names a database without the table: list", flags(wrongPG, s.myURL, "--decision-resource", "pg", "list"), noTable, false},
+		{"mysql names another database: recover", flags(s.pgURL, wrongMy, "recover"), wrongRes, false},
+		{"mysql names a PostgreSQL URL: recover", flags(s.pgURL, s.pgURL, "recover"), "is a postgres database but the decision names a mysql one", false},
+		{"keeper URL names a database without the table: recover", flags(wrongPG, s.myURL, "--decision-resource", "pg", "recover", "--min-age", "0s"), noTable, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errOut, code := cli(t, tt.args...)
+			if code != exitError {
+				t.Errorf("exit %d, want %d\n%s%s", code, exitError, out, errOut)
+			}
+			if !strings.Contains(out+errOut, tt.want) {
+				t.Errorf("output does not mention %q:\n%s%s", tt.want, out, errOut)
+			}
+			// Nothing changed: the MySQL branch is prepared, the decision
+			// pending, no decision table where the keeper URL pointed.
+			x := drivers.XID{Global: s.gids["committed"], Branch: 1}
+			ps, err := s.b.My.Recover(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.committedMy && !slices.ContainsFunc(ps, func(p drivers.Prepared) bool { return p.Ours && p.XID == x }) {
+				t.Fatal("the committed transaction's MySQL branch is no longer prepared")
+			}
+			l, err := decisionlog.OpenFileLog(s.logDir, decisionlog.FileLogOptions{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, _ := l.Lookup(s.gids["committed"])
+			_ = l.Close()
+			if e.State != decisionlog.StateCommitted {
+				t.Fatalf("decision state %s after the mistake, want committed (pending)", e.State)
+			}
+			wc, err := pgx.Connect(ctx, wrongPG)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var created bool
+			err = wc.QueryRow(ctx, "SELECT to_regclass('xabridge_decisions') IS NOT NULL").Scan(&created)
+			_ = wc.Close(ctx)
+			if err != nil || created {
+				t.Fatalf("decision table in %s: %v, %v", mistakeDB, created, err)
+			}
+		})
+	}
+	// The right URLs finish it (the MariaDB branch may answer busy for a
+	// pass while its preparing session is certainly gone).
+	for i := 0; ; i++ {
+		out, errOut, _ := cli(t, s.args("recover")...)
+		if !strings.Contains(s.ids(out), "<committed>") || i == 100 {
+			if e := s.logState(t, s.gids["committed"]); e != decisionlog.StateDone {
+				t.Fatalf("after the right recover: decision %s, want done\n%s%s", e, out, errOut)
+			}
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// logState is what the scene's log says about g.
+func (s *scene) logState(t *testing.T, g drivers.GlobalID) decisionlog.State {
+	t.Helper()
+	l, err := decisionlog.OpenFileLog(s.logDir, decisionlog.FileLogOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	e, _ := l.Lookup(g)
+	return e.State
 }
 
 func TestHelpMentionsEveryCommand(t *testing.T) {

@@ -133,6 +133,18 @@ func PG(t testing.TB) string { t.Helper(); return get(t, "XABRIDGE_PG") }
 // MySQL returns the MySQL/MariaDB URL for tests (mysql://user@host:port/db).
 func MySQL(t testing.TB) string { t.Helper(); return get(t, "XABRIDGE_MYSQL") }
 
+// WithDatabase returns rawURL (a test database URL) naming database db
+// instead: for tests of a URL pointed at the wrong database.
+func WithDatabase(t testing.TB, rawURL, db string) string {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + db
+	return u.String()
+}
+
 func get(t testing.TB, key string) string {
 	t.Helper()
 	if v := os.Getenv(key); v != "" {
