@@ -165,19 +165,7 @@ func pgRun(ctx context.Context, t *testing.T, conn, other *pgx.Conn, c serverCas
 func TestServerMariaDB(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cfg := mysqlConfig(t, dbtest.MySQL(t))
-	cfg.MultiStatements = true
-	connector, err := mysqldriver.NewConnector(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := sql.OpenDB(connector)
-	defer db.Close()
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn, db := mariaConn(ctx, t)
 	for _, q := range []string{
 		"CREATE TABLE IF NOT EXISTS sqlguard_t (id int PRIMARY KEY) ENGINE=InnoDB",
 		"CREATE TABLE IF NOT EXISTS sqlguard_u (id int PRIMARY KEY) ENGINE=InnoDB",
@@ -454,19 +442,7 @@ func TestServerDifferentialPostgres(t *testing.T) {
 func TestServerDifferentialMariaDB(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cfg := mysqlConfig(t, dbtest.MySQL(t))
-	cfg.MultiStatements = true
-	connector, err := mysqldriver.NewConnector(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := sql.OpenDB(connector)
-	defer db.Close()
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn, db := mariaConn(ctx, t)
 	if _, err := conn.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS sqlguard_t (id int PRIMARY KEY) ENGINE=InnoDB"); err != nil {
 		t.Fatal(err)
 	}
@@ -490,4 +466,25 @@ func TestServerDifferentialMariaDB(t *testing.T) {
 func logTally(t *testing.T, tally map[[2]bool]int) {
 	t.Logf("server ended & guard refused %d; server kept & guard allowed %d; server kept & guard refused (conservative) %d; server ended & guard allowed (must be 0) %d",
 		tally[[2]bool{true, true}], tally[[2]bool{false, false}], tally[[2]bool{false, true}], tally[[2]bool{true, false}])
+}
+
+// mariaConn returns one session of the test MariaDB that accepts several
+// statements in one string, and its pool; both are closed at the end of the
+// test.
+func mariaConn(ctx context.Context, t *testing.T) (*sql.Conn, *sql.DB) {
+	t.Helper()
+	cfg := mysqlConfig(t, dbtest.MySQL(t))
+	cfg.MultiStatements = true
+	connector, err := mysqldriver.NewConnector(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(connector)
+	t.Cleanup(func() { _ = db.Close() })
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn, db
 }
