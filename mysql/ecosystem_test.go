@@ -2,10 +2,12 @@ package mysql
 
 import (
 	"database/sql"
+	"errors"
 	"fmt"
 	"testing"
 
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/drivers/sqlguard"
 )
 
 // Savepoints run inside an XA branch on MariaDB, also after an error: the
@@ -52,8 +54,8 @@ func TestSavepoints(t *testing.T) {
 // PrepareContext prepares on the pinned session; the statement runs only
 // while the branch is active and is closed on the server when the session
 // leaves the branch. The database/sql view nests BeginTx as savepoints, and
-// COMMIT or ROLLBACK sent through it are refused by the server without
-// ending the branch.
+// COMMIT or ROLLBACK sent through it are refused by the guard, before they
+// reach the server, without ending the branch.
 func TestPrepareContextAndView(t *testing.T) {
 	e := newEnv(t, 2)
 	tbl := e.table("view")
@@ -108,8 +110,11 @@ func TestPrepareContextAndView(t *testing.T) {
 		t.Error("a read-only nested transaction was accepted")
 	}
 	for _, stmt := range []string{"COMMIT", "ROLLBACK", "START TRANSACTION"} {
-		if _, err := h.DB().ExecContext(ctx, stmt); err == nil {
-			t.Errorf("%s accepted inside the XA branch", stmt)
+		if _, err := h.DB().ExecContext(ctx, stmt); !errors.Is(err, sqlguard.ErrTransactionControl) {
+			t.Errorf("%s inside the XA branch: %v, want sqlguard.ErrTransactionControl", stmt, err)
+		}
+		if _, err := h.DB().PrepareContext(ctx, stmt); !errors.Is(err, sqlguard.ErrTransactionControl) {
+			t.Errorf("PrepareContext(%s) inside the XA branch: %v, want sqlguard.ErrTransactionControl", stmt, err)
 		}
 	}
 	var n int64
