@@ -3,6 +3,7 @@ package mysql
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/xabridge/xabridge/drivers"
@@ -114,5 +115,25 @@ func TestGuardKeepsBranchUsable(t *testing.T) {
 			}
 			wantCleanPool(t, e.db, 2)
 		})
+	}
+}
+
+// The guard on the handle's hot path allocates nothing for a statement it
+// lets through, and a refusal names the statement.
+func TestGuardHotPathAllocs(t *testing.T) {
+	b := &branch{r: &Resource{name: "my"}}
+	for _, nargs := range []int{0, 2} {
+		n := testing.AllocsPerRun(100, func() {
+			if err := b.check("exec", "UPDATE accounts SET balance = balance + ? WHERE id = ?", nargs); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if n != 0 {
+			t.Errorf("check with %d arguments: %v allocations, want 0", nargs, n)
+		}
+	}
+	err := b.check("exec", "XA END 'g','b',1; XA COMMIT 'g','b',1 ONE PHASE", 0)
+	if !errors.Is(err, sqlguard.ErrTransactionControl) || !errors.Is(err, drivers.ErrFailed) || !strings.Contains(err.Error(), "(XA END)") {
+		t.Errorf("check(XA END …) = %v, want a refusal naming XA END", err)
 	}
 }
