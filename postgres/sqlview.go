@@ -21,7 +21,8 @@ import (
 // flavour. Nothing through it can end the branch's transaction: BeginTx
 // opens a savepoint (xab_sqlsp_N), the *sql.Tx's Commit releases it and its
 // Rollback rolls back to it (isolation and read-only options are refused);
-// COMMIT or ROLLBACK sent as SQL meets the handle's guard. Values come back
+// COMMIT or ROLLBACK sent as SQL is refused by the handle's guard before it
+// is sent. Values come back
 // as pgx's database/sql driver (stdlib) returns them. Only positional
 // arguments ($1, $2, …) are supported.
 //
