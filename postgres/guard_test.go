@@ -117,3 +117,39 @@ func TestGuardRefusesBeforeSending(t *testing.T) {
 	}
 	e.assertPoolClean()
 }
+
+// A refused first statement sends nothing, not even the branch's BEGIN;
+// the branch begins with the next one, also when that one is pipelined
+// behind BEGIN with pgx.NamedArgs rewritten by the guard.
+func TestGuardFirstStatement(t *testing.T) {
+	e := newEnv(t)
+	ctx := ctxT(t)
+	tbl := e.table("xab_pg_guard1", "id BIGINT PRIMARY KEY")
+	b, h := e.begin(ctx)
+	_, err := h.Exec(ctx, "INSERT INTO "+tbl+" VALUES (@id); COMMIT", pgx.NamedArgs{"id": 100})
+	if !errors.Is(err, sqlguard.ErrTransactionControl) {
+		t.Fatalf("first statement: %v, want sqlguard.ErrTransactionControl", err)
+	}
+	// No session of this test's server is inside a transaction: the
+	// branch's BEGIN was not sent either.
+	if n := e.queryInt("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'"); n != 0 {
+		t.Errorf("%d sessions idle in a transaction after the refused first statement", n)
+	}
+	if _, err := h.Exec(ctx, "INSERT INTO "+tbl+" VALUES (@id)", pgx.NamedArgs{"id": 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_ = b.Close()
+	if n := e.queryInt("SELECT COUNT(*) FROM " + tbl + " WHERE id = 1"); n != 1 {
+		t.Errorf("row 1: %d, want 1", n)
+	}
+	if n := e.queryInt("SELECT COUNT(*) FROM " + tbl + " WHERE id = 100"); n != 0 {
+		t.Errorf("row 100 of the refused text: %d, want 0", n)
+	}
+	e.assertPoolClean()
+}

@@ -71,6 +71,16 @@ func (h *Branch) PrepareContext(ctx context.Context, query string) (*sql.Stmt, e
 // sqlBackend runs the view's statements through the handle.
 type sqlBackend struct{ h *Branch }
 
+// Check refuses, at PrepareContext, a text the handle's guard would refuse
+// when it runs (checked as without arguments; the run checks again with
+// them).
+func (s sqlBackend) Check(query string) error {
+	b := s.h.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.check("prepare-statement", query, 0)
+}
+
 func (s sqlBackend) Exec(ctx context.Context, query string, args []any) (driver.Result, error) {
 	tag, err := s.h.Exec(ctx, query, args...)
 	if err != nil {
