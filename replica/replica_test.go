@@ -403,10 +403,12 @@ func TestLeaseLostMidTraffic(t *testing.T) {
 func TestLeaseLostDecisionOutcome(t *testing.T) {
 	tests := []struct {
 		name      string
-		lose      func(t *testing.T, w *world, n *node)
+		// lose makes the node lose its lease; it returns what ends the
+		// loss once the caller has its answer.
+		lose      func(t *testing.T, w *world, n *node) (heal func())
 		wantFence bool
 	}{
-		{"partitioned", func(t *testing.T, w *world, n *node) {
+		{"partitioned", func(t *testing.T, w *world, n *node) func() {
 			n.proxies[0].Blackhole()
 			t.Cleanup(n.proxies[0].Heal)
 			select {
@@ -414,8 +416,9 @@ func TestLeaseLostDecisionOutcome(t *testing.T) {
 			case <-time.After(20 * time.Second):
 				t.Fatal("the lease was not lost")
 			}
+			return n.proxies[0].Heal
 		}, false},
-		{"paused-and-claimed", func(t *testing.T, w *world, n *node) {
+		{"paused-and-claimed", func(t *testing.T, w *world, n *node) func() {
 			// As if the process had been paused past its lease: the
 			// database's expiry passes and a peer claims the node.
 			ctx := ctxT(t)
@@ -429,7 +432,12 @@ func TestLeaseLostDecisionOutcome(t *testing.T) {
 			if _, err := peer.Claim(ctx, n.id); err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(func() { _ = peer.Close() }) // releases the claim
+			t.Cleanup(func() { _ = peer.Close() })
+			return func() {
+				if err := peer.Release(ctx, n.id); err != nil {
+					t.Error(err)
+				}
+			}
 		}, true},
 	}
 	for _, tt := range tests {
@@ -439,7 +447,7 @@ func TestLeaseLostDecisionOutcome(t *testing.T) {
 			n := w.open("fenced-"+suffix(), nodeOpts{storeProxy: true, hook: stop.hook, ttl: time.Second, noTakeover: true, timeout: 3 * time.Second})
 			epoch0 := n.r.Store().Epoch()
 			results, gs := runStopped(t, n, stop, []stopAt{{step: xa.StepAllPrepared}}, 1)
-			tt.lose(t, w, n)
+			heal := tt.lose(t, w, n)
 			close(stop.release)
 			r := <-results
 			out := xa.OutcomeOf(r.err)
@@ -450,7 +458,7 @@ func TestLeaseLostDecisionOutcome(t *testing.T) {
 				t.Fatalf("decision without a lease: %v (outcome %v), want aborted or in doubt", r.err, out)
 			}
 			t.Logf("caller told %v: %v", out, r.err)
-			n.proxies[0].Heal()
+			heal()
 			waitFor(t, 20*time.Second, "the lease taken again", func() bool { return n.r.Stats().Reacquired >= 1 })
 			if e := n.r.Store().Epoch(); e <= epoch0 {
 				t.Errorf("epoch after reacquire %d, was %d", e, epoch0)
