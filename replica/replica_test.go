@@ -402,7 +402,7 @@ func TestLeaseLostMidTraffic(t *testing.T) {
 // lease again afterwards and nothing is left prepared.
 func TestLeaseLostDecisionOutcome(t *testing.T) {
 	tests := []struct {
-		name      string
+		name string
 		// lose makes the node lose its lease; it returns what ends the
 		// loss once the caller has its answer.
 		lose      func(t *testing.T, w *world, n *node) (heal func())
