@@ -395,7 +395,7 @@ var ErrUnfinished = errors.New("replica: takeover unfinished: the node's transac
 
 // DefaultTakeoverPasses bounds the recovery passes one TakeOver runs
 // before it gives the claim back.
-const DefaultTakeoverPasses = 10
+const DefaultTakeoverPasses = 5
 
 // TakeOver claims one expired node (epoch + 1), drives its commit decisions
 // to completion, rolls back its undecided branches (the abort recorded
