@@ -279,6 +279,9 @@ func (r *Replica) pass(ctx context.Context, settled bool) (PassReport, error) {
 	r.passMu.Lock()
 	defer r.passMu.Unlock()
 	var rep PassReport
+	if r.ctx.Err() != nil {
+		return rep, ErrClosed
+	}
 	if settled {
 		reps := r.own.PassSettled(ctx)
 		rep.Own = reps[len(reps)-1]
@@ -414,6 +417,9 @@ func (r *Replica) leaseLoop() {
 		}
 	}
 }
+
+// ErrClosed: Pass on a closed Replica.
+var ErrClosed = errors.New("replica: closed")
 
 // ErrUnfinished: a takeover released its claim with branches of the node
 // still prepared or decisions not ended (a resource could not be reached,
