@@ -97,6 +97,11 @@ type PassReport struct {
 	// NodesErr is set when the store's node leases could not be read: no
 	// takeover was tried.
 	NodesErr error
+	// Epoch is the node's lease epoch at the end of the pass, and LeaseErr
+	// why the lease is lost, if it is (the node decides nothing until the
+	// replica takes it again). Zero and nil with a file log.
+	Epoch    int64
+	LeaseErr error
 }
 
 // Takeover is one attempt at taking over an expired peer.
@@ -298,6 +303,9 @@ func (r *Replica) pass(ctx context.Context, settled bool) (PassReport, error) {
 		if rep.NodesErr != nil {
 			err = errors.Join(err, rep.NodesErr)
 		}
+	}
+	if r.store != nil {
+		rep.Epoch, rep.LeaseErr = r.store.Epoch(), r.store.LeaseErr()
 	}
 	r.passes.Add(1)
 	return rep, err
