@@ -397,7 +397,8 @@ func TestLeaseLostMidTraffic(t *testing.T) {
 			unknown++
 		}
 	}
-	t.Logf("%d transfers: %d committed, %d aborted, %d in doubt; epoch %d → %d", len(results), committed, aborted, unknown, epoch0, n.r.Store().Epoch())
+	t.Logf("%d transfers: %d committed, %d aborted, %d in doubt; epoch %d → %d; node %+v; survivor %+v",
+		len(results), committed, aborted, unknown, epoch0, n.r.Store().Epoch(), n.r.Stats(), surv.r.Stats())
 	if aborted+unknown == 0 {
 		t.Errorf("no transfer was refused while the node had no lease")
 	}
