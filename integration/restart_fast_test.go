@@ -12,6 +12,7 @@ import (
 	mysqldriver "github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/crashcheck"
 )
@@ -30,17 +31,36 @@ const restartTimeout = 60 * time.Second
 // (restartTimeout), then runs its own transfers. It measures restart → zero
 // stranded branches of the dead process, checks that the row locks are
 // gone, and checks every invariant over both processes' transfers.
+//
+// With the decision kept in a participant (keeper mode) that participant's
+// branch never prepares, so the dead process's branches are on the other
+// engine only; the start-up pass fences each orphan in the keeper's table
+// (an abort row) before it rolls it back.
 func TestRestartFastCleanup(t *testing.T) {
 	e := getEnv(t)
-	for i, order := range []crashcheck.Order{crashcheck.PGFirst, crashcheck.MyFirst} {
-		t.Run(string(order), func(t *testing.T) {
-			e.restartFast(t, order, uint64(7000+i))
+	for i, c := range []struct {
+		order   crashcheck.Order
+		keeper  crashcheck.Keeper
+		engines []string // where the dead process leaves prepared branches
+	}{
+		{crashcheck.PGFirst, crashcheck.KeeperNone, []string{"postgres", "mariadb"}},
+		{crashcheck.MyFirst, crashcheck.KeeperNone, []string{"postgres", "mariadb"}},
+		{crashcheck.MyFirst, crashcheck.KeeperPG, []string{"mariadb"}},
+		{crashcheck.PGFirst, crashcheck.KeeperMy, []string{"postgres"}},
+	} {
+		name := string(c.order)
+		if c.keeper != crashcheck.KeeperNone {
+			name += "/keeper-" + string(c.keeper)
+		}
+		t.Run(name, func(t *testing.T) {
+			e.restartFast(t, c.order, c.keeper, c.engines, uint64(7000+i))
 		})
 	}
 }
 
-func (e *chaosEnv) restartFast(t *testing.T, order crashcheck.Order, seed uint64) {
+func (e *chaosEnv) restartFast(t *testing.T, order crashcheck.Order, keeper crashcheck.Keeper, engines []string, seed uint64) {
 	s := e.newScenario(t, 4)
+	s.keeper = keeper
 	ctx := context.Background()
 	timeout := "-timeout=" + restartTimeout.String()
 	r := s.runChild(order, "after-all-prepared", 3, 4, 60, 0, seed, timeout)
@@ -60,15 +80,19 @@ func (e *chaosEnv) restartFast(t *testing.T, order crashcheck.Order, seed uint64
 		if before, err = s.deadBranches(ctx, killed); err != nil {
 			t.Fatal(err)
 		}
-		if before["postgres"] > 0 && before["mariadb"] > 0 {
+		all := true
+		for _, engine := range engines {
+			all = all && before[engine] > 0
+		}
+		if all {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after the kill, prepared branches of the dead process: %v; want some on both engines", before)
+			t.Fatalf("after the kill, prepared branches of the dead process: %v; want some on %v", before, engines)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	for _, engine := range []string{"postgres", "mariadb"} {
+	for _, engine := range engines {
 		if err := s.lockProbe(ctx, engine); !isLockTimeout(err) {
 			t.Fatalf("%s: updating every account while the dead process's branches are prepared: %v; want a lock timeout", engine, err)
 		}
@@ -133,10 +157,24 @@ func (e *chaosEnv) restartFast(t *testing.T, order crashcheck.Order, seed uint64
 	for id, o := range r2.journal {
 		j[id] = o
 	}
+	if keeper != crashcheck.KeeperNone {
+		// The victim was fenced in the keeper before its rollback (abort
+		// markers are kept for 10 minutes past the deadline).
+		row, found, err := s.keptRow(ctx, keeper, r.victim)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !found || !row.Abort {
+			t.Errorf("the keeper's row for the killed undecided transfer %s: found %v, abort %v; want the abort marker the start-up pass fenced it with", r.victim, found, row.Abort)
+		}
+	}
 	res := s.recoverAndCheck(j)
 	s.wantPresent(r.victim, false)
-	results.add("coordinator SIGKILL after-all-prepared, restarted: start-up pass (DeadBefore), cleared in "+
-		cleared.Round(100*time.Millisecond).String()+" with a "+restartTimeout.String()+" fence", enginesFor(order), 1, len(j), res)
+	scenario := "coordinator SIGKILL after-all-prepared, restarted: start-up pass (DeadBefore)"
+	if keeper != crashcheck.KeeperNone {
+		scenario += ", decision kept in " + keeperName(keeper)
+	}
+	results.add(scenario, enginesFor(order), 1, len(j), res)
 }
 
 // deadBranches counts, per engine, the prepared branches of the scenario's
@@ -204,4 +242,17 @@ func isLockTimeout(err error) bool {
 		return me.Number == 1205
 	}
 	return false
+}
+
+// keptRow looks the transfer's decision up in the keeper's table.
+func (s *scenario) keptRow(ctx context.Context, keeper crashcheck.Keeper, id string) (decisionlog.Decision, bool, error) {
+	g, err := drivers.ParseGlobalID(id)
+	if err != nil {
+		return decisionlog.Decision{}, false, err
+	}
+	var k decisionlog.Keeper = s.bank.PG
+	if keeper == crashcheck.KeeperMy {
+		k = s.bank.My
+	}
+	return k.LookupDecision(ctx, g)
 }
