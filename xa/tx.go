@@ -44,6 +44,7 @@ type Tx struct {
 	byRes    map[drivers.Resource]*txBranch
 	kept     *txBranch // the branch on the decision keeper, if enlisted
 	finished bool
+	label    string // the caller's label (SetLabel); part of every XID
 
 	// handedOff: Commit stopped waiting for phase 2, which goes on in the
 	// background (a field, not a local, so that it costs no allocation).
@@ -75,6 +76,50 @@ func (tx *Tx) GlobalID() drivers.GlobalID { return tx.gtrid }
 // at or after it.
 func (tx *Tx) Deadline() time.Time { return tx.gtrid.Deadline() }
 
+// ErrLabel is wrapped by every error of Tx.SetLabel: an invalid label, or
+// a label set after the first branch was enlisted.
+var ErrLabel = errors.New("xa: label refused")
+
+// SetLabel attaches a short label of the caller's (an order id, a request
+// id) to the transaction. It is optional. A label is 1 to
+// drivers.MaxLabelLen bytes of [A-Za-z0-9._:/#@+-] (see
+// drivers.ValidateLabel); anything else is refused with an error wrapping
+// ErrLabel, never truncated or rewritten, and leaves the transaction as it
+// was.
+//
+// Set it before the first Enlist: every branch carries the label in its
+// XID (the bqual), so that an operator sees it on a branch left prepared
+// by a crash before any decision was written, with no extra write to any
+// database or log. Setting a label once a branch is enlisted is refused
+// (setting the same label again is not an error). The label is also kept
+// with the commit decision, and shown in error messages (*Error.Label),
+// in hooks (StepInfo.Label) and so in spans, and by the CLI's list, show
+// and log dump. It is never a metric label: its values are unbounded.
+func (tx *Tx) SetLabel(label string) error {
+	if err := drivers.ValidateLabel(label); err != nil {
+		return fmt.Errorf("%w: %w", ErrLabel, err)
+	}
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	switch {
+	case tx.finished:
+		return ErrTxDone
+	case label == tx.label:
+		return nil
+	case len(tx.branches) > 0:
+		return fmt.Errorf("%w: label %q set after the first branch was enlisted (branches carry the label in their XIDs): call SetLabel first", ErrLabel, label)
+	}
+	tx.label = label
+	return nil
+}
+
+// Label returns the transaction's label ("" when it has none).
+func (tx *Tx) Label() string {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return tx.label
+}
+
 // Enlist returns the transaction's branch on r, beginning it on first use.
 // r must be one of the coordinator's configured resources.
 func (tx *Tx) Enlist(ctx context.Context, r drivers.Resource) (drivers.Branch, error) {
@@ -93,7 +138,7 @@ func (tx *Tx) Enlist(ctx context.Context, r drivers.Resource) (drivers.Branch, e
 		return nil, fmt.Errorf("xa: a global transaction can have at most %d branches", drivers.MaxBranches)
 	}
 	num := len(tx.branches)
-	xid := drivers.XID{Global: tx.gtrid, Branch: uint8(num)}
+	xid := drivers.XID{Global: tx.gtrid, Branch: uint8(num), Label: tx.label}
 	isKeeper := tx.c.keeper != nil && drivers.Resource(tx.c.keeper) == r
 	participant(r, num) // starts reading r's identity for the decision, if unknown
 	begin := r.Begin
@@ -112,7 +157,7 @@ func (tx *Tx) Enlist(ctx context.Context, r drivers.Resource) (drivers.Branch, e
 	if isKeeper {
 		tx.kept = tb
 	}
-	tx.c.hook(StepEnlisted, StepInfo{GTRID: tx.gtrid, Resource: r.Name(), Branch: num})
+	tx.c.hook(StepEnlisted, StepInfo{GTRID: tx.gtrid, Resource: r.Name(), Branch: num, Label: tx.label})
 	return b, nil
 }
 
@@ -128,7 +173,7 @@ func (tx *Tx) finish() ([]*txBranch, error) {
 }
 
 func (tx *Tx) errorf(o Outcome, op Op, resource string, err error) *Error {
-	return &Error{GTRID: tx.gtrid.String(), Outcome: o, Op: op, Resource: resource, Err: err}
+	return &Error{GTRID: tx.gtrid.String(), Label: tx.label, Outcome: o, Op: op, Resource: resource, Err: err}
 }
 
 // Commit commits the transaction: one-phase commit for a single branch;
@@ -484,7 +529,7 @@ func (tx *Tx) rollback(ctx context.Context, why string, final *Error) error {
 // reportFinished reports StepFinished: the transaction is over for its caller,
 // who gets err.
 func (tx *Tx) reportFinished(err error, branches int) {
-	tx.c.hook(StepFinished, StepInfo{GTRID: tx.gtrid, Branch: -1, Err: err, Outcome: OutcomeOf(err), Branches: branches, Elapsed: since(tx.began)})
+	tx.c.hook(StepFinished, StepInfo{GTRID: tx.gtrid, Label: tx.label, Branch: -1, Err: err, Outcome: OutcomeOf(err), Branches: branches, Elapsed: since(tx.began)})
 }
 
 // rollbackBranches rolls back the branches in parallel, skipping read-only
