@@ -254,7 +254,7 @@ func (tx *Tx) commitOnePhase(ctx context.Context, tb *txBranch) error {
 	}
 	c.hook(StepCommitFailed, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num, Err: err})
 	if drivers.Classify(err) == drivers.ErrInDoubt {
-		c.logger.Warn("one-phase commit in doubt", "gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "err", err)
+		c.logger.Warn("one-phase commit in doubt", "gtrid", tx.gtrid.String(), tx.labelAttr(), "resource", tb.res.Name(), "err", err)
 		return tx.errorf(Unknown, OpCommitOnePhase, tb.res.Name(), err)
 	}
 	// The server answered with an error: it did not commit.
@@ -285,7 +285,7 @@ func (tx *Tx) prepareAll(ctx context.Context, toPrepare, all []*txBranch) error 
 	for i, err := range errs {
 		if err != nil {
 			if drivers.Classify(err) == drivers.ErrInDoubt {
-				c.logger.Warn("branch in doubt during prepare; aborting", "gtrid", tx.gtrid.String(), "resource", toPrepare[i].res.Name(), "err", err)
+				c.logger.Warn("branch in doubt during prepare; aborting", "gtrid", tx.gtrid.String(), tx.labelAttr(), "resource", toPrepare[i].res.Name(), "err", err)
 			}
 			_ = tx.rollbackBranches(ctx, all, "prepare failed")
 			return tx.errorf(Aborted, OpPrepare, toPrepare[i].res.Name(), err)
@@ -317,13 +317,13 @@ func (tx *Tx) decide(ctx context.Context, dec decider, branches, voters []*txBra
 	if err := dec.decide(ctx, tx, voters); err != nil {
 		if dec.refused(err) {
 			c.logger.Warn("commit decision refused (past the fence, or by the decision keeper); aborting",
-				"gtrid", tx.gtrid.String(), "store", dec.store(), "err", err)
+				"gtrid", tx.gtrid.String(), tx.labelAttr(), "store", dec.store(), "err", err)
 			c.hook(StepDecisionRefused, StepInfo{GTRID: tx.gtrid, Branch: -1, Err: err})
 			_ = tx.rollbackBranches(ctx, branches, "decision refused")
 			return tx.errorf(Aborted, OpDecide, dec.resource(), err)
 		}
 		c.logger.Error("commit decision write failed; transaction is in doubt, branches left prepared for recovery",
-			"gtrid", tx.gtrid.String(), "store", dec.store(), "err", err)
+			"gtrid", tx.gtrid.String(), tx.labelAttr(), "store", dec.store(), "err", err)
 		for _, tb := range voters {
 			tx.closeBranch(tb)
 		}
@@ -335,7 +335,7 @@ func (tx *Tx) decide(ctx context.Context, dec decider, branches, voters []*txBra
 		c.hook(StepCommitted, StepInfo{GTRID: tx.gtrid, Resource: kb.res.Name(), Branch: kb.num})
 	}
 	if c.logger.Enabled(ctx, slog.LevelDebug) {
-		c.logger.Debug("commit decision durable", "gtrid", tx.gtrid.String(), "voters", len(voters), "store", dec.store())
+		c.logger.Debug("commit decision durable", "gtrid", tx.gtrid.String(), tx.labelAttr(), "voters", len(voters), "store", dec.store())
 	}
 	return nil
 }
@@ -398,7 +398,7 @@ func (tx *Tx) phase2(ctx context.Context, voters []*txBranch, dec decider) error
 	}
 	tx.handedOff.Store(true)
 	c.logger.Warn("phase 2 unfinished when Commit returns; the branches still prepared are finished in the background or by recovery",
-		"gtrid", tx.gtrid.String(), "decision_durable", dec != nil, "err", why)
+		"gtrid", tx.gtrid.String(), tx.labelAttr(), "decision_durable", dec != nil, "err", why)
 	c.hook(StepPhase2Handoff, StepInfo{GTRID: tx.gtrid, Branch: -1, Err: why})
 	return tx.errorf(handoffOutcome(dec != nil), OpCommit, "", why)
 }
@@ -416,7 +416,7 @@ func (tx *Tx) finishPhase2(voters []*txBranch, dec decider, start time.Time) boo
 		// The caller was told ErrCommitPending (or ErrOutcomeUnknown), or
 		// is a process that crashed: that the branches caught up is worth
 		// knowing.
-		tx.c.logger.Info("phase 2 finished in the background", "gtrid", tx.gtrid.String())
+		tx.c.logger.Info("phase 2 finished in the background", "gtrid", tx.gtrid.String(), tx.labelAttr())
 	}
 	tx.phase2Done(dec, start)
 	return true
@@ -456,12 +456,12 @@ func (tx *Tx) commitBranches(ctx context.Context, voters []*txBranch, relentless
 		}
 		var err error
 		if relentless {
-			err = retry(ctx, tb.commit, c.logger, "gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "op", "commit")
+			err = retry(ctx, tb.commit, c.logger, "gtrid", tx.gtrid.String(), tx.labelAttr(), "resource", tb.res.Name(), "op", "commit")
 		} else {
 			err = tb.commit(ctx)
 		}
 		if err != nil && !relentless {
-			c.logger.Debug("phase 2 attempt failed; retrying in the background", "gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "err", err)
+			c.logger.Debug("phase 2 attempt failed; retrying in the background", "gtrid", tx.gtrid.String(), tx.labelAttr(), "resource", tb.res.Name(), "err", err)
 			c.hook(StepCommitFailed, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num, Err: err})
 			return
 		}
@@ -471,7 +471,7 @@ func (tx *Tx) commitBranches(ctx context.Context, voters []*txBranch, relentless
 		tx.closeBranch(tb)
 		if err != nil {
 			c.logger.Warn("phase 2 stopped before the branch committed; recovery will finish it",
-				"gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "err", err)
+				"gtrid", tx.gtrid.String(), tx.labelAttr(), "resource", tb.res.Name(), "err", err)
 			c.hook(StepCommitFailed, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num, Err: err})
 			return
 		}
@@ -545,10 +545,10 @@ func (tx *Tx) rollbackBranches(ctx context.Context, branches []*txBranch, why st
 		if tb.vote == drivers.VoteReadOnly || tb.closed {
 			return
 		}
-		err := retry(ctx, tb.b.Rollback, tx.c.logger, "gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "op", "rollback")
+		err := retry(ctx, tb.b.Rollback, tx.c.logger, "gtrid", tx.gtrid.String(), tx.labelAttr(), "resource", tb.res.Name(), "op", "rollback")
 		if err != nil {
 			tx.c.logger.Warn("branch not rolled back; recovery will presume it aborted after the fence",
-				"gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "why", why, "err", err)
+				"gtrid", tx.gtrid.String(), tx.labelAttr(), "resource", tb.res.Name(), "why", why, "err", err)
 			errs[i] = err
 		} else {
 			tx.c.hook(StepRolledBack, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num})
@@ -564,7 +564,7 @@ func (tx *Tx) closeBranch(tb *txBranch) {
 	}
 	tb.closed = true
 	if err := tb.b.Close(); err != nil {
-		tx.c.logger.Debug("closing branch", "gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "err", err)
+		tx.c.logger.Debug("closing branch", "gtrid", tx.gtrid.String(), tx.labelAttr(), "resource", tb.res.Name(), "err", err)
 	}
 }
 
@@ -595,4 +595,13 @@ func parallel(n int, f func(i int)) {
 	}
 	f(n - 1)
 	wg.Wait()
+}
+
+// labelAttr is the label as a log attribute, or the empty Attr (which
+// slog's handlers leave out) when the transaction has none.
+func (tx *Tx) labelAttr() slog.Attr {
+	if tx.label == "" {
+		return slog.Attr{}
+	}
+	return slog.String("label", tx.label)
 }

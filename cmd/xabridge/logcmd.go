@@ -205,14 +205,14 @@ func newLogDumpCmd() *cobra.Command {
 				return writeJSON(w, out)
 			}
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "GTRID\tSTATE\tPARTICIPANTS\tACTIONS\tHEURISTIC")
+			fmt.Fprintln(tw, "GTRID\tSTATE\tPARTICIPANTS\tACTIONS\tHEURISTIC\tLABEL")
 			for _, e := range entries {
 				j := entryToJSON(e)
 				var acts []string
 				for _, a := range j.Actions {
 					acts = append(acts, a.Op)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", j.GTRID, j.State, first(strings.Join(j.Participants, ","), "-"), first(strings.Join(acts, ","), "-"), j.Heuristic)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", j.GTRID, j.State, first(strings.Join(j.Participants, ","), "-"), first(strings.Join(acts, ","), "-"), j.Heuristic, first(j.Label, "-"))
 			}
 			return tw.Flush()
 		},

@@ -29,6 +29,7 @@ type branchJSON struct {
 	Resource   string  `json:"resource"`
 	XID        string  `json:"xid"`
 	Branch     *int    `json:"branch,omitempty"`
+	Label      string  `json:"label,omitempty"`
 	Ours       bool    `json:"ours"`
 	Begin      string  `json:"begin,omitempty"`
 	Deadline   string  `json:"deadline,omitempty"`
@@ -73,7 +74,7 @@ func toJSON(node string, rep *recovery.Report) reportJSON {
 		if b.Ours {
 			g := b.XID.Global
 			br := int(b.XID.Branch)
-			j.GTRID, j.Node, j.Branch = g.String(), g.Node(), &br
+			j.GTRID, j.Node, j.Branch, j.Label = g.String(), g.Node(), &br, b.XID.Label
 			j.Begin, j.Deadline = g.Begin().UTC().Format(time.RFC3339Nano), g.Deadline().UTC().Format(time.RFC3339Nano)
 			j.LogState = b.LogState.String()
 		}
@@ -113,11 +114,13 @@ func writeTable(w io.Writer, rep *recovery.Report, showResult bool) {
 	if showResult {
 		hdr += "\tRESULT"
 	}
+	hdr += "\tLABEL"
 	fmt.Fprintln(tw, hdr)
 	for _, b := range rep.Branches {
-		id, node, br, logState := drivers.DisplayID(b.ID), "-", "-", "-"
+		id, node, br, logState, label := drivers.DisplayID(b.ID), "-", "-", "-", "-"
 		if b.Ours {
-			id, node, br, logState = b.XID.Global.String(), b.XID.Global.Node(), b.XID.BranchQualifier(), b.LogState.String()
+			id, node, br, logState = b.XID.Global.String(), b.XID.Global.Node(), fmt.Sprintf("%02x", b.XID.Branch), b.LogState.String()
+			label = first(b.XID.Label, "-")
 		}
 		age := "-"
 		if b.Ours || !b.PreparedAt.IsZero() {
@@ -127,6 +130,7 @@ func writeTable(w io.Writer, rep *recovery.Report, showResult bool) {
 		if showResult {
 			line += "\t" + first(b.Result, "-")
 		}
+		line += "\t" + label
 		fmt.Fprintln(tw, line)
 	}
 	tw.Flush()
@@ -284,6 +288,7 @@ service list exits 0, so it can serve as a stuck-transaction probe.
 // entryJSON is a decision-log entry in JSON output.
 type entryJSON struct {
 	GTRID        string       `json:"gtrid"`
+	Label        string       `json:"label,omitempty"`
 	State        string       `json:"state"`
 	DecidedAt    string       `json:"decided_at,omitempty"`
 	Participants []string     `json:"participants,omitempty"`
@@ -304,6 +309,7 @@ type actionJSON struct {
 func entryToJSON(e decisionlog.Entry) *entryJSON {
 	j := &entryJSON{GTRID: e.GTRID.String(), State: e.State.String(), Heuristic: e.Heuristic(), Actions: []actionJSON{}}
 	if e.Decision != nil {
+		j.Label = e.Decision.Label
 		j.DecidedAt = e.Decision.At.UTC().Format(time.RFC3339Nano)
 		for _, p := range e.Decision.Participants {
 			j.Participants = append(j.Participants, fmt.Sprintf("%s/%02x", p.Resource, p.Branch))
@@ -321,7 +327,11 @@ func entryToJSON(e decisionlog.Entry) *entryJSON {
 }
 
 func writeEntry(w io.Writer, e *entryJSON) {
-	fmt.Fprintf(w, "global transaction %s\n  log: %s", e.GTRID, e.State)
+	fmt.Fprintf(w, "global transaction %s", e.GTRID)
+	if e.Label != "" {
+		fmt.Fprintf(w, " (label %s)", e.Label)
+	}
+	fmt.Fprintf(w, "\n  log: %s", e.State)
 	if e.DecidedAt != "" {
 		fmt.Fprintf(w, " (decided %s; participants %s)", e.DecidedAt, strings.Join(e.Participants, ", "))
 	}
@@ -398,6 +408,11 @@ func newShowCmd() *cobra.Command {
 				entry = decisionlog.Entry{GTRID: g}
 			}
 			ej := entryToJSON(entry)
+			if ej.Label == "" && len(kept) > 0 {
+				// No decision (or one the log no longer holds whole): the
+				// branches carry the label in their XIDs.
+				ej.Label = kept[0].XID.Label
+			}
 			if r.output == "json" {
 				j := toJSON(r.nodeID, rep)
 				j.Log = ej
