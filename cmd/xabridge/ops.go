@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -114,7 +115,12 @@ func writeTable(w io.Writer, rep *recovery.Report, showResult bool) {
 	if showResult {
 		hdr += "\tRESULT"
 	}
-	hdr += "\tLABEL"
+	// The LABEL column only when a branch has one: unlabelled output is
+	// as it was before labels (scripts should read -o json anyway).
+	labels := slices.ContainsFunc(rep.Branches, func(b recovery.Branch) bool { return b.Ours && b.XID.Label != "" })
+	if labels {
+		hdr += "\tLABEL"
+	}
 	fmt.Fprintln(tw, hdr)
 	for _, b := range rep.Branches {
 		id, node, br, logState, label := drivers.DisplayID(b.ID), "-", "-", "-", "-"
@@ -130,7 +136,9 @@ func writeTable(w io.Writer, rep *recovery.Report, showResult bool) {
 		if showResult {
 			line += "\t" + first(b.Result, "-")
 		}
-		line += "\t" + label
+		if labels {
+			line += "\t" + label
+		}
 		fmt.Fprintln(tw, line)
 	}
 	tw.Flush()
