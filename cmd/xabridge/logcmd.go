@@ -188,7 +188,7 @@ func newLogDumpCmd() *cobra.Command {
 	f := &logFlags{}
 	cmd := &cobra.Command{
 		Use:   "dump",
-		Short: "Print every transaction the log knows: decision, state, actions",
+		Short: "Print every transaction the log knows: decision, state, actions, label",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, output, err := f.open(false)

@@ -237,8 +237,11 @@ func newListCmd() *cobra.Command {
 		Short: "List in-doubt branches of ours on every resource, with what the log says and what recovery would do",
 		Long: `list scans every resource for prepared branches and shows, for each branch of
 ours: its global id, owner node, resource, branch, age, what the decision log
-says, its class and the action recovery would take. It changes nothing, and
-it works while a coordinator is running (the log is read without its lock).
+says, its class and the action recovery would take, and the transaction's
+label (xa.Tx.SetLabel: a LABEL column when some branch has one, "label" in
+JSON). The label is read from the branch's XID, so it shows even when no
+decision was ever written. It changes nothing, and it works while a
+coordinator is running (the log is read without its lock).
 
 Classes: commit-pending (log says commit), abort-pending (log says abort),
 orphan (no decision, past its fence: rolled back once seen in two scans),
@@ -381,7 +384,7 @@ func newShowCmd() *cobra.Command {
 	o := &opsConfig{}
 	cmd := &cobra.Command{
 		Use:   "show GTRID",
-		Short: "Show one global transaction: its log records and its branches on every resource",
+		Short: "Show one global transaction: its label, log records and branches on every resource",
 		Args:  exactArgs(1, "GTRID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			g, err := parseGTRID(args[0])
