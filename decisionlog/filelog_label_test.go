@@ -51,9 +51,17 @@ func TestLabelWireFormat(t *testing.T) {
 	if rep, err := VerifyLog(dir); err != nil || rep.Cut != nil {
 		t.Fatalf("VerifyLog = %+v, %v", rep, err)
 	}
+	// A torn tail after it: RepairLog cuts the tail and keeps the label.
+	torn := append(bytes.Clone(data), 9, 9, 9)
+	if err := os.WriteFile(filepath.Join(dir, logFileName), torn, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := RepairLog(dir); err != nil || rep.Cut == nil {
+		t.Fatalf("RepairLog = %+v, %v", rep, err)
+	}
 	l = openFL(t, dir, clock, nil)
 	if e, _ := l.Lookup(flG(1)); e.Decision == nil || e.Decision.Label != "order-123" {
-		t.Errorf("reopened: %+v", e.Decision)
+		t.Errorf("reopened after repair: %+v", e.Decision)
 	}
 }
 
