@@ -200,15 +200,15 @@ func parseHex(s string, width int) (uint64, bool) {
 }
 
 // MaxLabelLen is the longest label a global transaction can carry, in
-// bytes: with the branch number and a '.' it fills MySQL's 64-byte bqual
-// at most up to 63 bytes.
+// bytes. The bqual (two hex digits, '.', the label) then takes at most 63
+// of MySQL's 64 bytes.
 const MaxLabelLen = 60
 
 // ValidateLabel reports whether label can be attached to a global
 // transaction: empty (no label), or 1 to MaxLabelLen characters of
 // [A-Za-z0-9._:/#@+-]. The alphabet keeps a label safe wherever it goes: in
-// the PostgreSQL gid inside a SQL string literal, in a shell argument, in
-// log lines and table output. Nothing is ever truncated or rewritten: a
+// the PostgreSQL gid inside a SQL string literal (no quote, no backslash),
+// in log lines and in table output (no space, no control character). Nothing is ever truncated or rewritten: a
 // label that does not fit is an error.
 func ValidateLabel(label string) error {
 	if len(label) > MaxLabelLen {

@@ -85,7 +85,7 @@ var ErrLabel = errors.New("xa: label refused")
 // drivers.MaxLabelLen bytes of [A-Za-z0-9._:/#@+-] (see
 // drivers.ValidateLabel); anything else is refused with an error wrapping
 // ErrLabel, never truncated or rewritten, and leaves the transaction as it
-// was.
+// was. SetLabel("") removes the label (before the first Enlist).
 //
 // Set it before the first Enlist: every branch carries the label in its
 // XID (the bqual), so that an operator sees it on a branch left prepared
