@@ -295,7 +295,7 @@ func (r *Recoverer) report(rep *Report, kind ReportKind, start time.Time) {
 // when it is in doubt: once per branch, not once per pass. Live branches
 // are running, and other nodes' are their own recovery's to report.
 func (r *Recoverer) logFound(b Branch) {
-	attrs := []any{"gtrid", b.XID.Global.String(), "resource", b.Resource, "branch", int(b.XID.Branch),
+	attrs := []any{"gtrid", b.XID.Global.String(), labelAttr(b.XID), "resource", b.Resource, "branch", int(b.XID.Branch),
 		"class", string(b.Class), "age", b.Age.Round(time.Millisecond), "reason", b.Reason}
 	switch b.Class {
 	case Heuristic:

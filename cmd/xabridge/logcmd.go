@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -187,7 +188,7 @@ func newLogDumpCmd() *cobra.Command {
 	f := &logFlags{}
 	cmd := &cobra.Command{
 		Use:   "dump",
-		Short: "Print every transaction the log knows: decision, state, actions",
+		Short: "Print every transaction the log knows: decision, state, actions, label",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			l, output, err := f.open(false)
@@ -205,14 +206,24 @@ func newLogDumpCmd() *cobra.Command {
 				return writeJSON(w, out)
 			}
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "GTRID\tSTATE\tPARTICIPANTS\tACTIONS\tHEURISTIC")
+			// The LABEL column only when an entry has one, as in list.
+			labels := slices.ContainsFunc(entries, func(e decisionlog.Entry) bool { return e.Decision != nil && e.Decision.Label != "" })
+			hdr := "GTRID\tSTATE\tPARTICIPANTS\tACTIONS\tHEURISTIC"
+			if labels {
+				hdr += "\tLABEL"
+			}
+			fmt.Fprintln(tw, hdr)
 			for _, e := range entries {
 				j := entryToJSON(e)
 				var acts []string
 				for _, a := range j.Actions {
 					acts = append(acts, a.Op)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", j.GTRID, j.State, first(strings.Join(j.Participants, ","), "-"), first(strings.Join(acts, ","), "-"), j.Heuristic)
+				line := fmt.Sprintf("%s\t%s\t%s\t%s\t%v", j.GTRID, j.State, first(strings.Join(j.Participants, ","), "-"), first(strings.Join(acts, ","), "-"), j.Heuristic)
+				if labels {
+					line += "\t" + first(j.Label, "-")
+				}
+				fmt.Fprintln(tw, line)
 			}
 			return tw.Flush()
 		},
