@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -69,10 +70,22 @@ type Replica struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	mu       sync.Mutex
-	reacqs   int           // successful Reacquires
-	epochCh  chan struct{} // closed and replaced on every Reacquire (tests wait on it)
-	lastPass PassReport
+	passes, takeovers, takeoverFailures, reacquired, leaseLosses atomic.Int64
+}
+
+// Stats are counters of a Replica since it was opened.
+type Stats struct {
+	Passes           int64 // passes run (the loop's and Pass's)
+	Takeovers        int64 // expired peers taken over to the end
+	TakeoverFailures int64 // takeovers that claimed the node but left something (ErrUnfinished) or failed
+	LeaseLosses      int64 // times the node's own lease was lost
+	Reacquired       int64 // times it was taken again (under a new epoch)
+}
+
+// Stats returns the replica's counters.
+func (r *Replica) Stats() Stats {
+	return Stats{Passes: r.passes.Load(), Takeovers: r.takeovers.Load(), TakeoverFailures: r.takeoverFailures.Load(),
+		LeaseLosses: r.leaseLosses.Load(), Reacquired: r.reacquired.Load()}
 }
 
 // PassReport is what one pass did.
@@ -155,6 +168,11 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 		OnReport:         cfg.OnReport,
 		Settle:           cfg.Settle,
 		DecisionResource: cc.DecisionResource,
+		// This process holds the node (its lease, or the file log's
+		// lock): transactions of the node begun before this coordinator
+		// started are a dead incarnation's, rolled back without waiting
+		// for their fence.
+		DeadBefore: coord.Started(),
 	})
 	if err != nil {
 		_ = coord.Close()
@@ -163,8 +181,7 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 		}
 		return nil, fmt.Errorf("replica: %w", err)
 	}
-	r := &Replica{cfg: cfg, logger: logger.With("node", cc.NodeID), coord: coord, store: st, own: own,
-		every: every, epochCh: make(chan struct{})}
+	r := &Replica{cfg: cfg, logger: logger.With("node", cc.NodeID), coord: coord, store: st, own: own, every: every}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Add(1)
 	go r.loop()
@@ -200,18 +217,20 @@ func (r *Replica) Close() error {
 	return r.closeErr
 }
 
-// loop runs a pass at once, then every RecoverEvery, until Close.
+// loop runs a pass at once, then every RecoverEvery, until Close. The
+// first one settles (recovery.PassSettled): a previous incarnation's
+// branches go at start-up, not a pass later.
 func (r *Replica) loop() {
 	defer r.wg.Done()
 	t := time.NewTimer(0)
 	defer t.Stop()
-	for {
+	for first := true; ; first = false {
 		select {
 		case <-r.ctx.Done():
 			return
 		case <-t.C:
 		}
-		rep, err := r.Pass(r.ctx)
+		rep, err := r.pass(r.ctx, first)
 		if err != nil && r.ctx.Err() == nil {
 			r.logger.Warn("recovery pass", "err", err)
 		}
@@ -252,11 +271,20 @@ func acted(rep *recovery.Report) int {
 // scan every resource or the store's leases could not be read; takeovers'
 // failures are in the report (another replica may win a claim: that is
 // not a failure and not reported).
-func (r *Replica) Pass(ctx context.Context) (PassReport, error) {
+func (r *Replica) Pass(ctx context.Context) (PassReport, error) { return r.pass(ctx, false) }
+
+// pass is Pass; settled makes the own recovery wait for the two-scan rule
+// and pass again when a branch waits only for it.
+func (r *Replica) pass(ctx context.Context, settled bool) (PassReport, error) {
 	r.passMu.Lock()
 	defer r.passMu.Unlock()
 	var rep PassReport
-	rep.Own = r.own.Pass(ctx, false)
+	if settled {
+		reps := r.own.PassSettled(ctx)
+		rep.Own = reps[len(reps)-1]
+	} else {
+		rep.Own = r.own.Pass(ctx, false)
+	}
 	var err error
 	if len(rep.Own.ScanErrors) > 0 {
 		err = fmt.Errorf("replica: own recovery could not scan %d resource(s): %s: %w",
@@ -268,9 +296,7 @@ func (r *Replica) Pass(ctx context.Context) (PassReport, error) {
 			err = errors.Join(err, rep.NodesErr)
 		}
 	}
-	r.mu.Lock()
-	r.lastPass = rep
-	r.mu.Unlock()
+	r.passes.Add(1)
 	return rep, err
 }
 
@@ -310,6 +336,11 @@ func (r *Replica) takeOverPeers(ctx context.Context, own *recovery.Report) ([]Ta
 		if errors.Is(err, pgstore.ErrNodeLeased) {
 			continue // another replica won the claim, or the node came back
 		}
+		if err == nil {
+			r.takeovers.Add(1)
+		} else {
+			r.takeoverFailures.Add(1)
+		}
 		out = append(out, Takeover{Node: n.Node, Report: rep, Err: err})
 	}
 	return out, nil
@@ -339,28 +370,36 @@ func (r *Replica) leaseLoop() {
 			return
 		case <-r.store.Lost():
 		}
+		r.leaseLosses.Add(1)
 		r.logger.Error("node lease lost: no decision can be written until it is taken again", "err", r.store.LeaseErr())
 		backoff := 50 * time.Millisecond
+		other := "" // the incarnation of another process holding the node, once logged
 		maxBackoff := max(r.cfg.Store.LeaseTTL/4, 100*time.Millisecond)
 		for {
 			epoch, err := r.store.Reacquire(r.ctx)
 			if err == nil {
 				r.logger.Info("node lease taken again", "epoch", epoch)
-				r.mu.Lock()
-				r.reacqs++
-				close(r.epochCh)
-				r.epochCh = make(chan struct{})
-				r.mu.Unlock()
+				r.reacquired.Add(1)
 				break
 			}
 			if r.ctx.Err() != nil {
 				return
 			}
-			if !errors.Is(err, pgstore.ErrNodeLeased) {
+			var le *pgstore.LeasedError
+			switch {
+			case errors.As(err, &le) && le.Holder.Node == r.store.Node() && le.Holder.Incarnation != r.store.Holder().Incarnation:
+				if le.Holder.Incarnation == other {
+					break // said once
+				}
+				other = le.Holder.Incarnation
+				// Not a claimant: a process of its own runs as this node
+				// now. This one stays without a lease (deciding nothing)
+				// until it is stopped or that one goes.
+				r.logger.Error("another process holds this node's lease: this one decides nothing; stop one of them", "holder", le.Holder.String())
+			case !errors.Is(err, pgstore.ErrNodeLeased):
 				r.logger.Warn("taking the node lease again failed", "err", err)
 			}
 			wait := backoff
-			var le *pgstore.LeasedError
 			if errors.As(err, &le) && le.ExpiresIn > 0 && le.ExpiresIn < wait {
 				wait = le.ExpiresIn + time.Millisecond
 			}
@@ -383,7 +422,7 @@ var ErrUnfinished = errors.New("replica: takeover unfinished: the node's transac
 
 // DefaultTakeoverPasses bounds the recovery passes one TakeOver runs
 // before it gives the claim back.
-const DefaultTakeoverPasses = 10
+const DefaultTakeoverPasses = 5
 
 // TakeOver claims one expired node (epoch + 1), drives its commit decisions
 // to completion, rolls back its undecided branches (the abort recorded
