@@ -91,12 +91,52 @@ func (e *chaosEnv) newHACluster(t *testing.T) *haCluster {
 	c.pool = pool
 	t.Cleanup(func() {
 		// Every process is gone by now (their cleanups ran first).
+		if t.Failed() {
+			c.abandon()
+		}
 		if _, err := pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+c.schema+" CASCADE"); err != nil {
 			t.Errorf("dropping the store schema: %v", err)
 		}
 		pool.Close()
 	})
 	return c
+}
+
+// abandon rolls back every prepared branch of the cluster's nodes, so that
+// a failed test's tables can be dropped (their locks would block it
+// forever). Only after a failure: the tables are dropped, whatever the
+// decisions said.
+func (c *haCluster) abandon() {
+	c.mu.Lock()
+	nodes := map[string]bool{}
+	for _, p := range c.procs {
+		nodes[p.node] = true
+	}
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for ctx.Err() == nil {
+		left := 0
+		for _, r := range []drivers.Resource{c.s.bank.PG, c.s.bank.My} {
+			ps, err := r.Recover(ctx)
+			if err != nil {
+				left++
+				continue
+			}
+			for _, p := range ps {
+				if p.Ours && nodes[p.XID.Global.Node()] {
+					if err := r.RollbackPrepared(ctx, p.XID); err != nil {
+						left++
+					}
+				}
+			}
+		}
+		if left == 0 {
+			return
+		}
+		time.Sleep(200 * time.Millisecond) // MariaDB: the dead session's branch detaches late
+	}
+	c.t.Logf("cleanup: branches of %v still prepared after 30s", nodes)
 }
 
 // haProc is one replica process.
@@ -427,6 +467,10 @@ func (c *haCluster) stopAll(scenarioName string) crashcheck.Result {
 	// What no live replica is left to finish (a node killed last, say) is
 	// finished by one more replica, as an operator's next deploy would.
 	if n, err := c.stranded(nodes...); err != nil || n > 0 {
+		for _, node := range nodes {
+			k, err := c.stranded(node)
+			c.t.Logf("after the stop: node %s: %d stranded (%v); a finishing replica takes over", node, k, err)
+		}
 		fin := c.start("ha-fin-"+suffix(), haStart{workers: 1})
 		fin.ready(c.t)
 		c.waitSettled(time.Now(), 60*time.Second, nodes...)
