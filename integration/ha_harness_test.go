@@ -390,6 +390,24 @@ func (c *haCluster) stranded(nodes ...string) (int, error) {
 	return n, nil
 }
 
+// strandedOn counts the prepared branches of node on one server (-1 if
+// they cannot be listed).
+func (c *haCluster) strandedOn(r drivers.Resource, node string) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ps, err := r.Recover(ctx)
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, p := range ps {
+		if p.Ours && p.XID.Global.Node() == node {
+			n++
+		}
+	}
+	return n
+}
+
 // waitSettled polls until nothing of nodes is stranded and returns how long
 // that took from since.
 func (c *haCluster) waitSettled(since time.Time, timeout time.Duration, nodes ...string) time.Duration {

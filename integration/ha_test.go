@@ -156,12 +156,22 @@ func TestHAPaused(t *testing.T) {
 		return l.Epoch > e0 && l.Holder != paused.node
 	})
 	toClaim := time.Since(at)
-	settled := c.waitSettled(at, 30*time.Second, paused.node)
-	logTiming(t, "SIGSTOP: claimed (epoch %d→%d by %s) after %s, zero stranded after %s", e0, claimed.Epoch, claimed.Holder,
-		toClaim.Round(time.Millisecond), settled.Round(time.Millisecond))
-	if settled > takeoverBudget {
-		t.Errorf("the paused node's branches were settled %s after SIGSTOP; want within %s", settled, takeoverBudget)
+	// What the claimant can settle while the process is stopped: every
+	// PostgreSQL branch and decision. A MariaDB branch prepared by a
+	// session that is still connected cannot be finished from another
+	// session (XAER_NOTA until the owner disconnects or is KILLed: see
+	// database-xa-facts.md), and a stopped process keeps its connections:
+	// those wait for SIGCONT (or for its death).
+	pgLeft := -1
+	if !poll(takeoverBudget, func() bool {
+		pgLeft = c.strandedOn(c.s.bank.PG, paused.node)
+		return pgLeft == 0
+	}) {
+		t.Errorf("%d PostgreSQL branches of the paused node still prepared %s after SIGSTOP (claimed after %s)", pgLeft, takeoverBudget, toClaim)
 	}
+	myLeft := c.strandedOn(c.s.bank.My, paused.node)
+	logTiming(t, "SIGSTOP: claimed (epoch %d→%d by %s) after %s; PostgreSQL branches settled after %s; %d MariaDB branches wait for their owner's sessions",
+		e0, claimed.Epoch, claimed.Holder, toClaim.Round(time.Millisecond), time.Since(at).Round(time.Millisecond), myLeft)
 	before := paused.committed(t)
 	paused.signal(t, syscall.SIGCONT)
 	resumed := time.Now()
@@ -169,6 +179,8 @@ func TestHAPaused(t *testing.T) {
 		return l.Holder == paused.node && l.PID == paused.cmd.Process.Pid && l.Live && l.Epoch > claimed.Epoch
 	})
 	logTiming(t, "SIGCONT: rejoined under epoch %d %s after resuming", back.Epoch, time.Since(resumed).Round(time.Millisecond))
+	settled := c.waitSettled(resumed, 30*time.Second, paused.node)
+	logTiming(t, "SIGCONT: zero stranded %s after resuming", settled.Round(time.Millisecond))
 	paused.waitCommits(t, before, 3, 30*time.Second)
 	c.stopAll("HA: replica paused (SIGSTOP) past its lease, taken over, resumed")
 }
