@@ -83,7 +83,13 @@ type haCluster struct {
 
 func (e *chaosEnv) newHACluster(t *testing.T) *haCluster {
 	t.Helper()
-	c := &haCluster{t: t, e: e, s: e.newScenario(t, 4), storeURL: e.haStoreURL(t), schema: "ha_" + suffix()}
+	return e.haClusterOn(t, e.newScenario(t, 4))
+}
+
+// haClusterOn is newHACluster on an existing scenario's tables.
+func (e *chaosEnv) haClusterOn(t *testing.T, s *scenario) *haCluster {
+	t.Helper()
+	c := &haCluster{t: t, e: e, s: s, storeURL: e.haStoreURL(t), schema: "ha_" + suffix()}
 	pool, err := pgxpool.New(context.Background(), c.storeURL)
 	if err != nil {
 		t.Fatal(err)
