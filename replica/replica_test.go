@@ -142,6 +142,17 @@ func testTakeoverOfDeadNode(t *testing.T, keeper bool) {
 		t.Errorf("dead node's lease after the takeover: %+v (its own epoch was %d)", info, epoch0)
 	}
 	w.assertInvariants(victim.id)
+	if keeper {
+		// The dead node's kept commit decisions are finished: deleted
+		// from the keeper's table (abort markers stay until retention).
+		var kept int
+		if err := w.bank.PGPool.QueryRow(ctx, `SELECT count(*) FROM xabridge_decisions WHERE state = 'C' AND gtrid LIKE $1`, victim.id+".%").Scan(&kept); err != nil {
+			t.Fatal(err)
+		}
+		if kept != 0 {
+			t.Errorf("%d commit decisions of the dead node left in the keeper", kept)
+		}
+	}
 
 	// The dead node comes back (same id, a new process): under a new epoch,
 	// it sees the claimant's aborts and ends, has nothing left to do, and
@@ -386,7 +397,8 @@ func TestLeaseLostMidTraffic(t *testing.T) {
 			unknown++
 		}
 	}
-	t.Logf("%d transfers: %d committed, %d aborted, %d in doubt; epoch %d → %d", len(results), committed, aborted, unknown, epoch0, n.r.Store().Epoch())
+	t.Logf("%d transfers: %d committed, %d aborted, %d in doubt; epoch %d → %d; node %+v; survivor %+v",
+		len(results), committed, aborted, unknown, epoch0, n.r.Store().Epoch(), n.r.Stats(), surv.r.Stats())
 	if aborted+unknown == 0 {
 		t.Errorf("no transfer was refused while the node had no lease")
 	}
