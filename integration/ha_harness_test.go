@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/decisionlog/pgstore"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/crashcheck"
@@ -148,6 +149,7 @@ func (c *haCluster) abandon() {
 // haProc is one replica process.
 type haProc struct {
 	node    string
+	keeper  crashcheck.Keeper
 	cmd     *exec.Cmd
 	out     *syncBuf
 	errb    *syncBuf
@@ -179,6 +181,9 @@ type haStart struct {
 	nth      int
 	workers  int    // default 2
 	storeURL string // default the cluster's (a proxy's, to cut it off)
+	// keeper keeps the commit decisions in a participant
+	// (xa.Config.DecisionResource) instead of the store.
+	keeper crashcheck.Keeper
 }
 
 // start starts a replica process for node, running transfers until it is
@@ -199,9 +204,9 @@ func (c *haCluster) start(node string, o haStart) *haProc {
 		"-pg", c.e.pair.PGURL(), "-mysql", c.e.pair.MyURL(), "-prefix", c.s.prefix,
 		"-store", o.storeURL, "-store-schema", c.schema, "-lease-ttl", haTTL.String(), "-recover-every", haEvery.String(),
 		"-node", node, "-order", string(crashcheck.Mixed), "-workers", fmt.Sprint(o.workers), "-count", "0",
-		"-accounts", fmt.Sprint(chaosAccounts), "-seed", fmt.Sprint(seed))
+		"-accounts", fmt.Sprint(chaosAccounts), "-seed", fmt.Sprint(seed), "-keeper", string(o.keeper))
 	cmd.Env = append(os.Environ(), crashcheck.EnvCrashPoint+"="+o.crash, crashcheck.EnvCrashNth+"="+fmt.Sprint(max(o.nth, 1)))
-	p := &haProc{node: node, cmd: cmd, out: &syncBuf{}, errb: &syncBuf{}, done: make(chan struct{})}
+	p := &haProc{node: node, keeper: o.keeper, cmd: cmd, out: &syncBuf{}, errb: &syncBuf{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.errb
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
@@ -327,6 +332,48 @@ func (p *haProc) waitCommits(t *testing.T, from, n int, timeout time.Duration) {
 	}
 }
 
+// restart starts node again after its process ended, retrying while the
+// node is refused: a survivor may hold its lease for a moment (it claims an
+// expired node in its pass, and releases it at the end), as a pod's
+// restart would be retried. It fails after 3 TTLs of refusals.
+func (c *haCluster) restart(node string, o haStart) (*haProc, int) {
+	c.t.Helper()
+	start := time.Now()
+	for refused := 0; ; refused++ {
+		q := c.start(node, o)
+		if !poll(30*time.Second, func() bool { return q.exited() || strings.Contains(q.out.String(), "note ready ") }) {
+			c.t.Fatalf("restarted %s neither ready nor refused; stderr:\n%s", node, q.errb)
+		}
+		if !q.exited() {
+			return q, refused
+		}
+		if code := q.cmd.ProcessState.ExitCode(); code != crashcheck.ExitNodeLeased || time.Since(start) > 3*haTTL {
+			c.t.Fatalf("restarted %s exited with status %d; stderr:\n%s", node, code, q.errb)
+		}
+	}
+}
+
+// keptDecisions counts node's commit decisions kept in either
+// participant's decision table.
+func (c *haCluster) keptDecisions(node string) int {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n := 0
+	for _, k := range []decisionlog.Keeper{c.s.bank.PG, c.s.bank.My} {
+		kept, err := k.ListDecisions(ctx)
+		if err != nil {
+			c.t.Fatalf("listing the decisions kept in %s: %v", k.Name(), err)
+		}
+		for _, d := range kept {
+			if !d.Abort && d.GTRID.Node() == node {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 // haLease is one row of the store's lease table, as the database sees it.
 type haLease struct {
 	Epoch  int64
@@ -443,10 +490,14 @@ func (c *haCluster) check() (crashcheck.Result, int) {
 	c.mu.Unlock()
 	journal := crashcheck.Journal{}
 	nodes := map[string]bool{}
+	kept := map[string]bool{} // decisions in a participant, not in the store
 	for _, p := range procs {
 		nodes[p.node] = true
 		for id, o := range p.journal(c.t) {
 			journal[id] = o
+			if p.keeper != crashcheck.KeeperNone {
+				kept[id] = true
+			}
 		}
 	}
 	var names []string
@@ -458,7 +509,7 @@ func (c *haCluster) check() (crashcheck.Result, int) {
 		c.t.Fatal(err)
 	}
 	res, err := crashcheck.Check(ctx, c.s.bank, crashcheck.Expect{
-		Nodes: names, Total: c.s.total, Journal: journal, Entries: entries, Foreign: c.e.foreign,
+		Nodes: names, Total: c.s.total, Journal: journal, Entries: entries, Kept: kept, Foreign: c.e.foreign,
 	})
 	if err != nil {
 		c.t.Fatalf("invariant check: %v", err)

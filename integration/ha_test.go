@@ -35,19 +35,24 @@ func logTiming(t *testing.T, format string, a ...any) {
 // deciding throughout.
 func TestHAKillAtEveryStep(t *testing.T) {
 	e := getEnv(t)
-	for _, step := range []struct{ name, point string }{
-		{"before-prepare", "after-work"},
-		{"between-prepares", "after-prepare:0"},
-		{"after-decision", "after-decision"},
-		{"during-phase2", "after-commit:0"},
+	for _, step := range []struct {
+		name, point string
+		keeper      crashcheck.Keeper
+	}{
+		{"before-prepare", "after-work", crashcheck.KeeperNone},
+		{"between-prepares", "after-prepare:0", crashcheck.KeeperNone},
+		{"after-decision", "after-decision", crashcheck.KeeperNone},
+		{"during-phase2", "after-commit:0", crashcheck.KeeperNone},
+		// Decisions kept in a participant are taken over too.
+		{"keeper-after-decision", "after-decision", crashcheck.KeeperMy},
 	} {
 		t.Run(step.name, func(t *testing.T) {
 			t.Parallel() // own tables, own store schema, own node ids
 			c := e.newHACluster(t)
 			id := suffix()
-			victim := c.start("ha-k-"+id, haStart{crash: step.point, nth: 6})
-			a := c.start("ha-a-"+id, haStart{})
-			b := c.start("ha-b-"+id, haStart{})
+			victim := c.start("ha-k-"+id, haStart{crash: step.point, nth: 6, keeper: step.keeper})
+			a := c.start("ha-a-"+id, haStart{keeper: step.keeper})
+			b := c.start("ha-b-"+id, haStart{keeper: step.keeper})
 			e0 := victim.ready(t)
 			a.ready(t)
 			b.ready(t)
@@ -62,11 +67,25 @@ func TestHAKillAtEveryStep(t *testing.T) {
 			})
 			toClaim := time.Since(kill)
 			settled := c.waitSettled(kill, 30*time.Second, victim.node)
+			if step.keeper != crashcheck.KeeperNone {
+				// The kept decision rows of the dead node are gone too
+				// once its branches are finished.
+				if !poll(30*time.Second, func() bool { return c.keptDecisions(victim.node) == 0 }) {
+					t.Errorf("%d decisions of the dead node still kept in a participant", c.keptDecisions(victim.node))
+				}
+				settled = time.Since(kill)
+			}
 			logTiming(t, "SIGKILL at %s: claimed (epoch %d→%d by %s) after %s, zero stranded after %s (budget %s)",
 				step.point, e0, claimed.Epoch, claimed.Holder, toClaim.Round(time.Millisecond), settled.Round(time.Millisecond), takeoverBudget)
 			if settled > takeoverBudget {
 				t.Errorf("the dead node's branches were settled %s after the kill; want within %s (TTL %s + one pass)", settled, takeoverBudget, haTTL)
 			}
+			// The dead node comes back under a new epoch and decides.
+			back, _ := c.restart(victim.node, haStart{keeper: step.keeper})
+			if ep := back.ready(t); ep <= claimed.Epoch {
+				t.Errorf("the restarted node holds epoch %d, not above the claimant's %d", ep, claimed.Epoch)
+			}
+			back.waitCommits(t, 0, 2, 20*time.Second)
 			// The survivors kept deciding.
 			a.waitCommits(t, preA, 2, 20*time.Second)
 			b.waitCommits(t, preB, 2, 20*time.Second)
@@ -304,26 +323,11 @@ func TestHARollingRestart(t *testing.T) {
 	for i, p := range procs {
 		p.stop(t)
 		at := time.Now()
-		var next *haProc
-		refused := 0
 		// A survivor may claim the released lease in its next pass (there
 		// is nothing to take over, and it releases it again at once): the
 		// restarted process is then refused, as a pod would be, and tries
 		// again.
-		for next == nil {
-			q := c.start(p.node, haStart{})
-			if !poll(30*time.Second, func() bool { return q.exited() || strings.Contains(q.out.String(), "note ready ") }) {
-				t.Fatalf("restarted %s neither ready nor refused; stderr:\n%s", p.node, q.errb)
-			}
-			if !q.exited() {
-				next = q
-				break
-			}
-			if code := q.cmd.ProcessState.ExitCode(); code != crashcheck.ExitNodeLeased || time.Since(at) > 3*haTTL {
-				t.Fatalf("restarted %s exited with status %d; stderr:\n%s", p.node, code, q.errb)
-			}
-			refused++
-		}
+		next, refused := c.restart(p.node, haStart{})
 		epoch := next.ready(t)
 		logTiming(t, "rolling restart of %s: back under epoch %d (was %d) %s after the stop, %d refused starts",
 			p.node, epoch, epochs[i], time.Since(at).Round(time.Millisecond), refused)
