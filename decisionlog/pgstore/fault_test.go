@@ -149,6 +149,13 @@ func TestPartitionedStoreStopsDeciding(t *testing.T) {
 	}
 
 	proxy.Heal()
+	// Healed once the store reaches its database again (connections broken
+	// by the partition are replaced; under load that can outlast a read's
+	// ReadTimeout, which would make the commit below in doubt instead).
+	waitFor(t, 10*time.Second, "the store to reach its database again", func() bool {
+		_, _, err := s.LookupContext(ctx, g)
+		return err == nil
+	})
 	err = s.Commit(ctx, decisionlog.Decision{GTRID: g, Participants: parts()})
 	if !errors.Is(err, decisionlog.ErrFenced) {
 		t.Fatalf("commit after the partition healed: %v", err)
