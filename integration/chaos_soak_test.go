@@ -40,11 +40,27 @@ func TestChaosRandomKills(t *testing.T) {
 	s := e.newScenario(t, 4)
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	points := append(crashcheck.MatrixPoints(), "after-all-prepared", "after-end")
+	// A share of the runs are replicas on a shared store: a survivor
+	// replica takes the killed one over (see storeSoakRun).
+	hc := e.haClusterOn(t, s)
+	storeNode := "chs-" + suffix()
 	start := time.Now()
 	var kills, txns, violations, stranded, runs int
 	for runs = 0; ; runs++ {
 		if soak == 0 && runs == 6 || soak > 0 && time.Since(start) > soak {
 			break
+		}
+		if runs%3 == 2 {
+			n, res := storeSoakRun(t, hc, storeNode, points, rng)
+			kills++
+			txns += n
+			violations += len(res.Violations)
+			stranded += res.Stranded
+			results.add("random SIGKILL of a replica on the shared store, taken over by a survivor", "both; shared store", 1, n, res)
+			if t.Failed() {
+				break
+			}
+			continue
 		}
 		order := []crashcheck.Order{crashcheck.PGFirst, crashcheck.MyFirst, crashcheck.Mixed}[rng.IntN(3)]
 		// Each run keeps its decisions in the log or in a participant; the
@@ -92,4 +108,35 @@ func mustTransfers(t *testing.T, s *scenario) int {
 		t.Fatal(err)
 	}
 	return st.PGTransfers
+}
+
+// storeSoakRun runs a replica on the shared store with node id node, kills
+// it (from outside at a random moment, or at a random crash point), starts
+// a survivor replica that takes its node over once the lease expires, waits
+// until nothing of the node is stranded, stops the survivor and checks the
+// invariants over every replica of the soak so far.
+func storeSoakRun(t *testing.T, hc *haCluster, node string, points []string, rng *rand.Rand) (int, crashcheck.Result) {
+	t.Helper()
+	var p *haProc
+	if rng.IntN(2) == 0 {
+		p = hc.start(node, haStart{workers: 4})
+		p.ready(t)
+		time.AfterFunc(time.Duration(150+rng.IntN(500))*time.Millisecond, func() { _ = p.cmd.Process.Kill() })
+	} else {
+		p = hc.start(node, haStart{workers: 4, crash: points[rng.IntN(len(points))], nth: 1 + rng.IntN(20)})
+	}
+	p.wait(t, time.Minute)
+	if !p.killed() {
+		t.Fatalf("replica %s was not killed (status %v); stderr:\n%s", node, p.cmd.ProcessState, p.errb)
+	}
+	surv := hc.start("chs-surv-"+suffix(), haStart{workers: 1})
+	surv.ready(t)
+	settled := hc.waitSettled(p.endedAt, time.Minute, node)
+	// The dead process's lease runs out (the survivor may claim it), so
+	// that the next store run takes the node back under a new epoch.
+	hc.waitLease(node, time.Minute, "no longer held by the dead process", func(l haLease) bool { return l.Holder != node || !l.Live })
+	t.Logf("store run: the killed replica's branches settled %s after the kill", settled.Round(time.Millisecond))
+	surv.stop(t)
+	res, _ := hc.check()
+	return len(p.journal(t)), res
 }

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/xabridge/xabridge/xa"
 )
@@ -135,19 +136,47 @@ func TestChildConfigValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, mod := range map[string]func(*ChildConfig){
-		"no url":      func(c *ChildConfig) { c.PGURL = "" },
-		"no log":      func(c *ChildConfig) { c.LogDir = "" },
-		"bad node":    func(c *ChildConfig) { c.Node = "Bad Node" },
-		"bad order":   func(c *ChildConfig) { c.Order = "random" },
-		"no workers":  func(c *ChildConfig) { c.Workers = 0 },
-		"no accounts": func(c *ChildConfig) { c.Accounts = 0 },
-		"minus count": func(c *ChildConfig) { c.Count = -1 },
-		"bad keeper":  func(c *ChildConfig) { c.Keeper = "oracle" },
+		"no url":           func(c *ChildConfig) { c.PGURL = "" },
+		"no log":           func(c *ChildConfig) { c.LogDir = "" },
+		"bad node":         func(c *ChildConfig) { c.Node = "Bad Node" },
+		"bad order":        func(c *ChildConfig) { c.Order = "random" },
+		"no workers":       func(c *ChildConfig) { c.Workers = 0 },
+		"no accounts":      func(c *ChildConfig) { c.Accounts = 0 },
+		"minus count":      func(c *ChildConfig) { c.Count = -1 },
+		"bad keeper":       func(c *ChildConfig) { c.Keeper = "oracle" },
+		"no log, no store": func(c *ChildConfig) { c.LogDir, c.Store.URL = "", "" },
+		"minus ttl":        func(c *ChildConfig) { c.LogDir, c.Store = "", StoreConfig{URL: "s", LeaseTTL: -1} },
+		"minus interval":   func(c *ChildConfig) { c.LogDir, c.Store = "", StoreConfig{URL: "s", RecoverEvery: -1} },
 	} {
 		c := ok
 		mod(&c)
 		if err := c.Validate(); err == nil {
 			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestChildConfigValidateStore(t *testing.T) {
+	c := ChildConfig{PGURL: "p", MyURL: "m", Store: StoreConfig{URL: "postgres://x/store", LeaseTTL: time.Second}, Node: "n1", Order: Mixed, Workers: 1, Accounts: 1}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("a store instead of a log directory: %v", err)
+	}
+}
+
+func TestStoreTable(t *testing.T) {
+	for _, tc := range []struct {
+		schema, want string
+		bad          bool
+	}{
+		{"", "xabridge_store_nodes", false},
+		{"ha_01ab", "ha_01ab.xabridge_store_nodes", false},
+		{"Public", "", true},
+		{"a;drop", "", true},
+		{"a.b", "", true},
+	} {
+		got, err := storeTable(tc.schema, "xabridge_store_nodes")
+		if (err != nil) != tc.bad || got != tc.want {
+			t.Errorf("storeTable(%q) = %q, %v; want %q, error %v", tc.schema, got, err, tc.want, tc.bad)
 		}
 	}
 }
