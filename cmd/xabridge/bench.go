@@ -13,7 +13,7 @@ import (
 
 func newBenchCmd() *cobra.Command {
 	var o bench.Options
-	var output string
+	var output, startAt string
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure atomic transfers against two independent local commits, side by side",
@@ -52,6 +52,13 @@ scripts/bench-processes does that, interleaved with one process, and sums.`,
 			if output != "table" && output != "json" {
 				return usagef("--output must be table or json, not %q", output)
 			}
+			if startAt != "" {
+				t, err := time.Parse(time.RFC3339Nano, startAt)
+				if err != nil {
+					return usagef("--start-at %q: want a time like 2006-01-02T15:04:05Z (RFC 3339)", startAt)
+				}
+				o.StartAt = t
+			}
 			if err := o.Validate(); err != nil {
 				return usageError{err}
 			}
@@ -84,5 +91,6 @@ scripts/bench-processes does that, interleaved with one process, and sums.`,
 	f.DurationVar(&o.CommitDelay, "commit-delay", 0, "decision log group-commit delay (decisionlog.FileLogOptions.CommitDelay)")
 	f.BoolVar(&o.Progress, "progress", true, "show a progress bar on stderr when it is a terminal")
 	f.StringVar(&o.CPUProfile, "cpuprofile", "", "write a pprof CPU profile of the whole run to this file")
+	f.StringVar(&startAt, "start-at", "", "start measuring at this time (RFC 3339), after the setup: processes started together measure the same window (scripts/bench-processes)")
 	return cmd
 }

@@ -35,6 +35,7 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"store not postgres", []string{"--store", "mysql://u:hunter2@h/db"}, "--store mysql://u:xxxxx@h/db: the shared store is a PostgreSQL database"},
 		{"store unreadable", []string{"--store", "postgres://u:hunter2@h:port/db"}, "--store postgres://u:xxxxx@h:port/db: not a PostgreSQL URL pgx can read"},
 		{"store ambiguous", []string{"--store", "postgres://u:12/hunter2@h/db"}, "--store postgres://u:xxxxx@h/db: percent-encode the password"},
+		{"bad start-at", []string{"--start-at", "tomorrow"}, `--start-at "tomorrow": want a time like`},
 		{"store not derivable", []string{"--pg", "host=h password=hunter2", "--modes", "xa-store"}, "cannot derive the store's database from --pg"},
 	}
 	for _, tc := range tests {

@@ -76,7 +76,11 @@ type Options struct {
 	// decision store (--store). Empty: the database named after the --pg
 	// database with "_store" appended (DefaultStoreURL), on the same
 	// server, created if missing.
-	StoreURL   string
+	StoreURL string
+	// StartAt, if set, is when the measurement starts (--start-at): the
+	// run waits for it after its setup, so that processes started together
+	// measure the same window. Reached after the setup: an error.
+	StartAt    time.Time
 	Progress   bool   // draw a progress bar on the error writer
 	CPUProfile string // write a pprof CPU profile here
 	// Command is the command line, recorded in the report with its

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"path/filepath"
 	"strings"
@@ -65,7 +66,7 @@ func TestBenchRunsEveryModeAndChecksInvariants(t *testing.T) {
 				t.Errorf("baseline: ratio %v, fsyncs %d", r.RatioTPS, r.LogFsyncs)
 			}
 		case m.store != "":
-			if r.LogFsyncs != 0 || r.StoreRoundTrips == 0 || r.StoreRTTx <= 0 || r.StoreReqsBatch < 1 {
+			if r.LogFsyncs != 0 || r.StoreRoundTrips == 0 || r.StoreRTTx <= 0 || r.StoreReqsBatch < 1 || r.StoreRTms <= 0 {
 				t.Errorf("%s: %d log fsyncs, %d store round trips (%v per tx, %v requests each); want none and some",
 					r.Mode, r.LogFsyncs, r.StoreRoundTrips, r.StoreRTTx, r.StoreReqsBatch)
 			}
@@ -119,6 +120,19 @@ func TestBenchStoreModesWithGivenStore(t *testing.T) {
 	}
 	if rep.Store != redact.URL(pg) {
 		t.Errorf("report's store %q, want %q", rep.Store, redact.URL(pg))
+	}
+}
+
+// A run told to start at an instant its setup has already passed fails
+// rather than measure a window other processes do not share.
+func TestBenchStartAtPassed(t *testing.T) {
+	pg, my := dbtest.PG(t), dbtest.MySQL(t)
+	prefix := fmt.Sprintf("xab_bench_a%08x", rand.Uint32())
+	t.Cleanup(func() { dropBank(t, pg, my, prefix) })
+	_, err := Run(context.Background(), io.Discard, Options{PGURL: pg, MyURL: my, Prefix: prefix, LogDir: t.TempDir(), NodeID: "ba",
+		Clients: []int{1}, Modes: []string{"baseline"}, Duration: 100 * time.Millisecond, Rounds: 1, StartAt: time.Now().Add(-time.Second)})
+	if err == nil || !strings.Contains(err.Error(), "give more time") {
+		t.Fatalf("Run = %v, want the start time refused", err)
 	}
 }
 

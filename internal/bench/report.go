@@ -30,6 +30,7 @@ type Result struct {
 	StoreRoundTrips int64    `json:"store_round_trips,omitempty"`
 	StoreRTTx       float64  `json:"store_round_trips_per_tx,omitempty"`
 	StoreReqsBatch  float64  `json:"store_requests_per_round_trip,omitempty"`
+	StoreRTms       float64  `json:"store_ms_per_round_trip,omitempty"` // mean time of one, sent to answered
 	CPUusTx         float64  `json:"process_cpu_us_per_tx"`
 	MachineCPU      float64  `json:"machine_cpu_us_per_tx,omitempty"`  // busy CPU of the whole machine (databases included)
 	PGCPU           float64  `json:"postgres_cpu_us_per_tx,omitempty"` // the PostgreSQL server, when it runs on this machine

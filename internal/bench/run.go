@@ -89,6 +89,20 @@ func Run(ctx context.Context, errw io.Writer, o Options) (rep *Report, err error
 	if err := b.Setup(ctx, accounts, balance); err != nil {
 		return nil, err
 	}
+	// Several bench processes measured together (scripts/bench-processes)
+	// start their first warm-up at one instant, whatever their setup took.
+	if !o.StartAt.IsZero() {
+		t := time.NewTimer(time.Until(o.StartAt))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		if late := time.Since(o.StartAt); late > 100*time.Millisecond {
+			return nil, fmt.Errorf("--start-at %s: the setup ended %s after it; give more time", o.StartAt.Format(time.RFC3339Nano), late.Round(time.Millisecond))
+		}
+	}
 	rep = newReport(&o)
 	rep.Invariants.MoneyBefore = 2 * int64(accounts) * balance
 	if o.CPUProfile != "" {
@@ -351,6 +365,7 @@ func (e *runner) runSegment(ctx context.Context, m Mode, n int, warmup, dur time
 	t.fsyncs += log2.Syncs - log1.Syncs
 	t.storeBatches += st2.Batches - st1.Batches
 	t.storeRequests += st2.Requests - st1.Requests
+	t.storeTime += st2.BatchTime - st1.BatchTime
 	if mach1.ok && mach2.ok {
 		t.machOK = true
 		t.machBusy += mach2.busy - mach1.busy

@@ -26,6 +26,7 @@ type tally struct {
 	machOK                               bool
 	fsyncs                               int64
 	storeBatches, storeRequests          int64 // pgstore.Stats in the measured windows
+	storeTime                            time.Duration
 	servers                              map[string]time.Duration
 }
 
@@ -34,6 +35,7 @@ func (t *tally) result(mode string, clients int) Result {
 		Aborted: t.aborted, InDoubt: t.inDoubt, Errors: t.errs, LogFsyncs: t.fsyncs, StoreRoundTrips: t.storeBatches}
 	if t.storeBatches > 0 {
 		res.StoreReqsBatch = float64(t.storeRequests) / float64(t.storeBatches)
+		res.StoreRTms = ms(t.storeTime) / float64(t.storeBatches)
 	}
 	slices.Sort(t.lat)
 	res.Seconds = t.measured.Seconds()
