@@ -88,7 +88,7 @@ scripts/bench-processes does that, interleaved with one process, and sums.`,
 	f.DurationVar(&o.Warmup, "warmup", 2*time.Second, "unmeasured time before each mode's first round at each level")
 	f.IntVar(&o.Rounds, "rounds", 5, "split each measurement into this many rounds, the modes taking turns, so that load from elsewhere hits all modes alike")
 	f.IntVar(&o.HotRows, "hot-rows", 0, "if > 0, every transfer picks its accounts among the first N (contention); 0: each client has its own")
-	f.DurationVar(&o.CommitDelay, "commit-delay", 0, "decision log group-commit delay (decisionlog.FileLogOptions.CommitDelay)")
+	f.DurationVar(&o.CommitDelay, "commit-delay", 0, "group-commit delay of the file log and of the shared store (decisionlog.FileLogOptions.CommitDelay, pgstore.Options.CommitDelay)")
 	f.BoolVar(&o.Progress, "progress", true, "show a progress bar on stderr when it is a terminal")
 	f.StringVar(&o.CPUProfile, "cpuprofile", "", "write a pprof CPU profile of the whole run to this file")
 	f.StringVar(&startAt, "start-at", "", "start measuring at this time (RFC 3339), after the setup: processes started together measure the same window (scripts/bench-processes)")

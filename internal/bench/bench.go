@@ -71,7 +71,7 @@ type Options struct {
 	Warmup       time.Duration // unmeasured time before a mode's first round at a level
 	Rounds       int           // rounds per level, the modes taking turns
 	HotRows      int           // > 0: every transfer picks among the first N accounts
-	CommitDelay  time.Duration // decisionlog.FileLogOptions.CommitDelay
+	CommitDelay  time.Duration // decisionlog.FileLogOptions.CommitDelay and pgstore.Options.CommitDelay
 	// StoreURL is the PostgreSQL database of the xa-store mode's shared
 	// decision store (--store). Empty: the database named after the --pg
 	// database with "_store" appended (DefaultStoreURL), on the same

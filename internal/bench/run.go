@@ -187,7 +187,7 @@ func (e *runner) startCoordinators(ctx context.Context, modes []Mode, logger *sl
 				}
 				pool = e.storePool
 			}
-			st, err := openStore(ctx, pool, node)
+			st, err := openStore(ctx, pool, node, e.o.CommitDelay)
 			if err != nil {
 				return fmt.Errorf("mode %s: %w", m.Name, err)
 			}

@@ -135,11 +135,12 @@ func createDatabase(ctx context.Context, pool *pgxpool.Pool, name string) error 
 	return err
 }
 
-// openStore opens the shared store of mode m for node on pool, failing
+// openStore opens the shared store for node on pool, with the run's
+// commit delay (the file log's too), failing
 // with advice when a live process (an earlier bench still running, or
 // one killed less than a lease ago) holds the node.
-func openStore(ctx context.Context, pool *pgxpool.Pool, node string) (*pgstore.Store, error) {
-	st, err := pgstore.Open(ctx, pool, pgstore.Options{Node: node})
+func openStore(ctx context.Context, pool *pgxpool.Pool, node string, commitDelay time.Duration) (*pgstore.Store, error) {
+	st, err := pgstore.Open(ctx, pool, pgstore.Options{Node: node, CommitDelay: commitDelay})
 	var le *pgstore.LeasedError
 	if errors.As(err, &le) {
 		return nil, fmt.Errorf("%w: is another bench running with --node-id %s? (a killed one's lease expires in %s)", err, node, le.ExpiresIn.Round(time.Second))
