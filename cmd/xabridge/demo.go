@@ -56,6 +56,16 @@ func newDemoTransferCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "transfer",
 		Short: "Move money between PostgreSQL and MySQL accounts, atomically, and check the invariants",
+		Long: `transfer moves money between the demo's PostgreSQL and MySQL/MariaDB accounts,
+each transfer one global transaction, then checks the invariants.
+
+At start, before any transfer, it runs one recovery pass for its node: an
+earlier demo of the same --node-id and --log-dir that was killed may have
+left prepared branches holding row locks. This process holds the log, so
+that earlier one is dead: its undecided branches are rolled back at once
+(not after their fence, the 30s transaction timeout) and its commit
+decisions finished. With --metrics-addr, a recovery loop keeps running
+beside the coordinator.`,
 		Example: `  eval "$(scripts/devdb env)"
   xabridge demo transfer --count 10000 --concurrency 16
   xabridge demo transfer --count 2000 --baseline   # also time the same transfers without atomicity
@@ -129,6 +139,9 @@ func observeDemo(ctx context.Context, errw io.Writer, o *demoOpts, obs *observer
 	rec, err := recovery.New(recovery.Config{
 		NodeID: o.NodeID, Log: coord.Log(), Resources: coord.Resources(), Active: coord.Active,
 		DecisionResource: o.Keeper, Logger: logger, OnReport: obs.m.ObserveReport,
+		// This process holds the log's lock: what began before its
+		// coordinator is a dead process's (see demo's start-up pass).
+		DeadBefore: coord.Started(),
 	})
 	if err != nil {
 		return nil, err

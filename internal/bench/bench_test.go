@@ -106,7 +106,7 @@ func TestBenchStoreModesWithGivenStore(t *testing.T) {
 	var stderr bytes.Buffer
 	rep, err := Run(context.Background(), &stderr, Options{PGURL: pg, MyURL: my, StoreURL: pg, Prefix: prefix,
 		LogDir: t.TempDir(), NodeID: fmt.Sprintf("bs%06x", rand.Uint32()%0xffffff),
-		Clients: []int{4}, Modes: []string{"xa-store", "xa-store-own"}, Duration: 300 * time.Millisecond, Rounds: 1})
+		Clients: []int{4}, Modes: []string{"xa-store", "xa-store-own"}, Duration: time.Second, Rounds: 2, Warmup: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("%v\nstderr: %s", err, stderr.String())
 	}
