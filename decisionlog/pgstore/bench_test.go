@@ -15,20 +15,23 @@ import (
 // durable Commit, then an End that rides a later batch, with 1 and 32
 // concurrent committers, on this store and on decisionlog.FileLog (under
 // b.TempDir) in the same run. It reports decisions/s and round trips per
-// decision (write statements for the store, fsyncs for the file log).
+// decision (write statements for the store, fsyncs for the file log),
+// the store also with a 2 ms CommitDelay.
 func BenchmarkCommitEnd(b *testing.B) {
 	for _, clients := range []int{1, 32} {
-		b.Run(fmt.Sprintf("store=pg/clients=%d", clients), func(b *testing.B) {
-			pool := testPool(b, nil)
-			schema := testSchema(b, pool)
-			s := openStore(b, pool, schema, "bench", func(o *Options) { o.LeaseTTL = time.Minute })
-			base := s.Stats()
-			runCommitEnd(b, s, "bench", clients)
-			st := s.Stats()
-			b.ReportMetric(float64(st.Batches-base.Batches)/float64(b.N), "roundtrips/op")
-			b.ReportMetric(float64(st.Requests-base.Requests)/float64(max(1, st.Batches-base.Batches)), "requests/batch")
-			b.ReportMetric(float64((st.BatchTime-base.BatchTime).Microseconds())/float64(max(1, st.Batches-base.Batches)), "µs/batch")
-		})
+		for _, delay := range []time.Duration{0, 2 * time.Millisecond} {
+			b.Run(fmt.Sprintf("store=pg/clients=%d/delay=%s", clients, delay), func(b *testing.B) {
+				pool := testPool(b, nil)
+				schema := testSchema(b, pool)
+				s := openStore(b, pool, schema, "bench", func(o *Options) { o.LeaseTTL, o.CommitDelay = time.Minute, delay })
+				base := s.Stats()
+				runCommitEnd(b, s, "bench", clients)
+				st := s.Stats()
+				b.ReportMetric(float64(st.Batches-base.Batches)/float64(b.N), "roundtrips/op")
+				b.ReportMetric(float64(st.Requests-base.Requests)/float64(max(1, st.Batches-base.Batches)), "requests/batch")
+				b.ReportMetric(float64((st.BatchTime-base.BatchTime).Microseconds())/float64(max(1, st.Batches-base.Batches)), "µs/batch")
+			})
+		}
 		b.Run(fmt.Sprintf("store=file/clients=%d", clients), func(b *testing.B) {
 			l, err := decisionlog.OpenFileLog(b.TempDir(), decisionlog.FileLogOptions{})
 			if err != nil {

@@ -81,7 +81,9 @@
 // data-modifying CTEs for actions and ends (batchSQL in writer.go), sent as
 // BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; statement; COMMIT
 // in one pipeline (re-planning at every execution was most of its cost;
-// LOCAL leaves the pool's sessions as they were). Per request row the
+// LOCAL leaves the pool's sessions as they were). Options.CommitDelay, like
+// the file log's, holds a batch open a little longer once decisions are seen
+// to arrive concurrently, so that more share it. Per request row the
 // statement checks, with the database's clock_timestamp():
 //
 //   - the lease: the row's (node, epoch) is the one in xabridge_store_nodes

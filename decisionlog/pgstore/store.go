@@ -65,6 +65,19 @@ type Options struct {
 	// DefaultMaxBatch).
 	MaxBatch int
 
+	// CommitDelay, if positive, is how long the writer waits after the
+	// first request of a batch that a caller waits for (a commit decision,
+	// an abort, an action) before sending the batch, so that more
+	// decisions share its round trip and commit (as
+	// decisionlog.FileLogOptions.CommitDelay, PostgreSQL's commit_delay).
+	// It only waits when the previous batch held more than one such
+	// request, a sign that decisions arrive concurrently, so a lone client
+	// never pays it; a full batch or Close ends the wait early. It trades up
+	// to that much latency for fewer round trips. The default, zero, never
+	// waits: a batch is what was queued while the previous one was in
+	// flight.
+	CommitDelay time.Duration
+
 	// WriteTimeout bounds one batch statement; a batch that times out has
 	// an unknown outcome and fail-stops the store (default
 	// DefaultWriteTimeout).
@@ -146,6 +159,14 @@ type Store struct {
 	// Reacquire that takes a later one clears the failure.
 	failedEpoch int64
 	writerDone  chan struct{}
+	// CommitDelay: while the writer waits, the queue length that ends the
+	// wait (0: not waiting), and the wake-up that ends it early.
+	delayNeed int
+	delayWake chan struct{}
+	// lastWaiters: requests a caller waited for in the writer's last batch
+	// (the writer's own; read and written only by it, or before it sees a
+	// request).
+	lastWaiters int
 
 	// Coherence of End: gtrids known committed by this process and not
 	// ended (End needs no read for them), and ends queued but not yet
@@ -281,6 +302,7 @@ func Open(ctx context.Context, pool *pgxpool.Pool, opts Options) (*Store, error)
 			Incarnation: hex.EncodeToString(inc[:])},
 		leases:     map[string]*lease{},
 		writerDone: make(chan struct{}),
+		delayWake:  make(chan struct{}, 1),
 		known:      map[string]struct{}{},
 		ending:     map[string]struct{}{},
 	}
@@ -321,6 +343,7 @@ func (s *Store) Close() error {
 		s.qmu.Lock()
 		s.closed = true
 		s.qcond.Broadcast()
+		s.wakeDelay()
 		s.qmu.Unlock()
 		<-s.writerDone
 		s.cancel()

@@ -210,7 +210,18 @@ func (s *Store) enqueue(r *request) error {
 	}
 	s.queue = append(s.queue, r)
 	s.qcond.Signal()
+	if s.delayNeed > 0 && len(s.queue) >= s.delayNeed {
+		s.wakeDelay()
+	}
 	return nil
+}
+
+// wakeDelay ends the writer's CommitDelay early. qmu must be held.
+func (s *Store) wakeDelay() {
+	select {
+	case s.delayWake <- struct{}{}:
+	default:
+	}
 }
 
 // run is the writer goroutine: it takes whatever was queued while the last
@@ -220,24 +231,91 @@ func (s *Store) run() {
 	defer close(s.writerDone)
 	seen := map[string]struct{}{}
 	for {
-		batch := s.take(seen)
+		batch, cut := s.take(seen)
 		if batch == nil {
 			return
 		}
+		if s.opts.CommitDelay > 0 && s.lastWaiters > 1 && !cut && len(batch) < s.opts.MaxBatch && waiters(batch) > 0 {
+			// Decisions arrive concurrently: hold the batch open so that
+			// those arriving meanwhile share its round trip and commit.
+			// Not when take stopped at a repeated gtrid: that one waits
+			// for the next batch anyway.
+			s.delayFor(s.opts.MaxBatch - len(batch))
+			batch = s.takeMore(batch, seen)
+		}
+		s.lastWaiters = waiters(batch)
 		s.writeBatch(batch)
 	}
 }
 
+// waiters counts the requests of batch a caller waits for (not End).
+func waiters(batch []*request) int {
+	n := 0
+	for _, r := range batch {
+		if r.done != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// delayFor waits CommitDelay, or until need more requests are queued, or
+// until Close.
+func (s *Store) delayFor(need int) {
+	s.qmu.Lock()
+	if len(s.queue) >= need || s.closed {
+		s.qmu.Unlock()
+		return
+	}
+	s.delayNeed = need
+	s.qmu.Unlock()
+	t := time.NewTimer(s.opts.CommitDelay)
+	select {
+	case <-t.C:
+	case <-s.delayWake:
+		t.Stop()
+	}
+	s.qmu.Lock()
+	s.delayNeed = 0
+	s.qmu.Unlock()
+	select {
+	case <-s.delayWake: // drop a wake-up that raced with the timer
+	default:
+	}
+}
+
+// takeMore appends to batch the requests queued since it was taken, up to
+// MaxBatch and stopping before the first gtrid already in it (seen holds
+// the batch's gtrids).
+func (s *Store) takeMore(batch []*request, seen map[string]struct{}) []*request {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	n := 0
+	for n < len(s.queue) && len(batch)+n < s.opts.MaxBatch {
+		if _, dup := seen[s.queue[n].key]; dup {
+			break
+		}
+		seen[s.queue[n].key] = struct{}{}
+		n++
+	}
+	batch = append(batch, s.queue[:n]...)
+	rest := copy(s.queue, s.queue[n:])
+	clear(s.queue[rest:])
+	s.queue = s.queue[:rest]
+	return batch
+}
+
 // take waits for requests and returns the next batch: up to MaxBatch
 // requests, stopping before the first gtrid already in it (a statement
-// cannot touch a row twice, and order within a gtrid matters). It returns
-// nil once the store is closed and the queue drained.
-func (s *Store) take(seen map[string]struct{}) []*request {
+// cannot touch a row twice, and order within a gtrid matters; cut says it
+// stopped there). It returns nil once the store is closed and the queue
+// drained.
+func (s *Store) take(seen map[string]struct{}) (batch []*request, cut bool) {
 	s.qmu.Lock()
 	defer s.qmu.Unlock()
 	for len(s.queue) == 0 {
 		if s.closed {
-			return nil
+			return nil, false
 		}
 		s.qcond.Wait()
 	}
@@ -245,17 +323,18 @@ func (s *Store) take(seen map[string]struct{}) []*request {
 	n := 0
 	for n < len(s.queue) && n < s.opts.MaxBatch {
 		if _, dup := seen[s.queue[n].key]; dup {
+			cut = true
 			break
 		}
 		seen[s.queue[n].key] = struct{}{}
 		n++
 	}
-	batch := make([]*request, n)
+	batch = make([]*request, n)
 	copy(batch, s.queue)
 	rest := copy(s.queue, s.queue[n:])
 	clear(s.queue[rest:])
 	s.queue = s.queue[:rest]
-	return batch
+	return batch, cut
 }
 
 func reply(r *request, err error) {

@@ -24,7 +24,17 @@ type Mode struct {
 	// keeper names the participant that keeps the decision ("pg" or
 	// "mysql"), or is empty for the file log.
 	keeper string
+	// store says where the shared decision store (decisionlog/pgstore)
+	// lives: storeSeparate (Options.StoreURL) or storeOwn (the PostgreSQL
+	// participant's database, on its pool); empty for the file log.
+	store string
 }
+
+// Where a store mode keeps its decisions.
+const (
+	storeSeparate = "separate"
+	storeOwn      = "own"
+)
 
 // modes are all the modes, in the order they run at each level.
 var modes = []Mode{
@@ -35,6 +45,8 @@ var modes = []Mode{
 	{Name: "xa-dip-async", About: "xa-dip with asynchronous phase 2", atomic: true, keeper: "pg", async: true},
 	{Name: "xa-dipmy", About: "decision in the MySQL/MariaDB participant's own local commit: it runs no XA, no log fsync", atomic: true, keeper: "mysql"},
 	{Name: "xa-dipmy-async", About: "xa-dipmy with asynchronous phase 2", atomic: true, keeper: "mysql", async: true},
+	{Name: "xa-store", About: "two-phase commit, decisions in the shared PostgreSQL store (decisionlog/pgstore) in its own database (--store)", atomic: true, store: storeSeparate},
+	{Name: "xa-store-own", About: "xa-store with the store's tables in the PostgreSQL participant's database, on its pool", atomic: true, store: storeOwn},
 }
 
 // ModeNames names every mode, in the order they run.
@@ -59,9 +71,18 @@ type Options struct {
 	Warmup       time.Duration // unmeasured time before a mode's first round at a level
 	Rounds       int           // rounds per level, the modes taking turns
 	HotRows      int           // > 0: every transfer picks among the first N accounts
-	CommitDelay  time.Duration // decisionlog.FileLogOptions.CommitDelay
-	Progress     bool          // draw a progress bar on the error writer
-	CPUProfile   string        // write a pprof CPU profile here
+	CommitDelay  time.Duration // decisionlog.FileLogOptions.CommitDelay and pgstore.Options.CommitDelay
+	// StoreURL is the PostgreSQL database of the xa-store mode's shared
+	// decision store (--store). Empty: the database named after the --pg
+	// database with "_store" appended (DefaultStoreURL), on the same
+	// server, created if missing.
+	StoreURL string
+	// StartAt, if set, is when the measurement starts (--start-at): the
+	// run waits for it after its setup, so that processes started together
+	// measure the same window. Reached after the setup: an error.
+	StartAt    time.Time
+	Progress   bool   // draw a progress bar on the error writer
+	CPUProfile string // write a pprof CPU profile here
 	// Command is the command line, recorded in the report with its
 	// passwords masked.
 	Command []string
@@ -127,6 +148,15 @@ func (o *Options) Validate() error {
 			if err := drivers.ValidateNodeID(o.NodeID + "-" + m.Name); err != nil {
 				return fmt.Errorf("--node-id %q: node id %q for mode %s: %v", o.NodeID, o.NodeID+"-"+m.Name, m.Name, err)
 			}
+		}
+	}
+	if o.StoreURL != "" {
+		if err := checkStoreURL(o.StoreURL); err != nil {
+			return err
+		}
+	} else if o.needsStore(storeSeparate) {
+		if _, err := DefaultStoreURL(o.PGURL); err != nil {
+			return err
 		}
 	}
 	var b bank.Bank

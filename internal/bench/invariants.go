@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -60,6 +61,19 @@ func (e *runner) checkInvariants(ctx context.Context, inv *Invariants) error {
 			return err
 		}
 		delete(e.coords, m)
+	}
+	// Close the stores (their last End records are written then) and
+	// count the commit decisions still pending in them: none, once every
+	// phase 2 has finished.
+	for m, st := range e.stores {
+		if err := st.Close(); err != nil {
+			return fmt.Errorf("mode %s: closing the store: %w", m, err)
+		}
+		pending, err := st.PendingContext(ctx, st.Node())
+		if err != nil {
+			return fmt.Errorf("mode %s: reading the store: %w", m, err)
+		}
+		inv.DecisionRowsLeft += len(pending)
 	}
 	for _, keeper := range []decisionlog.Keeper{e.b.PG, e.b.My} {
 		kept, err := keeper.ListDecisions(ctx)

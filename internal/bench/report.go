@@ -10,28 +10,35 @@ import (
 
 // Result is one mode at one level.
 type Result struct {
-	Mode        string   `json:"mode"`
-	Clients     int      `json:"clients"`
-	Seconds     float64  `json:"seconds"`
-	Committed   int64    `json:"committed"`
-	Pending     int64    `json:"commit_pending"` // committed, phase 2 unconfirmed when Run returned (included in committed)
-	Aborted     int64    `json:"aborted"`
-	InDoubt     int64    `json:"in_doubt"`
-	TPS         float64  `json:"tx_per_s"`
-	P50ms       float64  `json:"p50_ms"`
-	P95ms       float64  `json:"p95_ms"`
-	P99ms       float64  `json:"p99_ms"`
-	Maxms       float64  `json:"max_ms"`
-	LogFsyncs   int64    `json:"log_fsyncs"`
-	FsyncsTx    float64  `json:"log_fsyncs_per_tx"`
-	CPUusTx     float64  `json:"process_cpu_us_per_tx"`
-	MachineCPU  float64  `json:"machine_cpu_us_per_tx,omitempty"`  // busy CPU of the whole machine (databases included)
-	PGCPU       float64  `json:"postgres_cpu_us_per_tx,omitempty"` // the PostgreSQL server, when it runs on this machine
-	MyCPU       float64  `json:"mysql_cpu_us_per_tx,omitempty"`    // the MySQL/MariaDB server, likewise
-	MachineBusy float64  `json:"machine_cpu_busy_pct,omitempty"`
-	RatioTPS    float64  `json:"tps_ratio_to_baseline,omitempty"`
-	RatioP99    float64  `json:"p99_ratio_to_baseline,omitempty"`
-	Errors      []string `json:"error_samples,omitempty"`
+	Mode      string  `json:"mode"`
+	Clients   int     `json:"clients"`
+	Seconds   float64 `json:"seconds"`
+	Committed int64   `json:"committed"`
+	Pending   int64   `json:"commit_pending"` // committed, phase 2 unconfirmed when Run returned (included in committed)
+	Aborted   int64   `json:"aborted"`
+	InDoubt   int64   `json:"in_doubt"`
+	TPS       float64 `json:"tx_per_s"`
+	P50ms     float64 `json:"p50_ms"`
+	P95ms     float64 `json:"p95_ms"`
+	P99ms     float64 `json:"p99_ms"`
+	Maxms     float64 `json:"max_ms"`
+	LogFsyncs int64   `json:"log_fsyncs"`
+	FsyncsTx  float64 `json:"log_fsyncs_per_tx"`
+	// The shared store's decision round trips (write statements, each one
+	// commit: pgstore.Stats.Batches) in the measured window, per committed
+	// transaction, and the requests (commits, ends, …) each carried.
+	StoreRoundTrips int64    `json:"store_round_trips,omitempty"`
+	StoreRTTx       float64  `json:"store_round_trips_per_tx,omitempty"`
+	StoreReqsBatch  float64  `json:"store_requests_per_round_trip,omitempty"`
+	StoreRTms       float64  `json:"store_ms_per_round_trip,omitempty"` // mean time of one, sent to answered
+	CPUusTx         float64  `json:"process_cpu_us_per_tx"`
+	MachineCPU      float64  `json:"machine_cpu_us_per_tx,omitempty"`  // busy CPU of the whole machine (databases included)
+	PGCPU           float64  `json:"postgres_cpu_us_per_tx,omitempty"` // the PostgreSQL server, when it runs on this machine
+	MyCPU           float64  `json:"mysql_cpu_us_per_tx,omitempty"`    // the MySQL/MariaDB server, likewise
+	MachineBusy     float64  `json:"machine_cpu_busy_pct,omitempty"`
+	RatioTPS        float64  `json:"tps_ratio_to_baseline,omitempty"`
+	RatioP99        float64  `json:"p99_ratio_to_baseline,omitempty"`
+	Errors          []string `json:"error_samples,omitempty"`
 }
 
 // Invariants is the check at the end.
@@ -49,19 +56,22 @@ type Invariants struct {
 
 // Report is the JSON output.
 type Report struct {
-	Command     string     `json:"command"`
-	Started     time.Time  `json:"started"`
-	GoVersion   string     `json:"go_version"`
-	CPUs        int        `json:"cpus"`
-	LoadBefore  string     `json:"load_average_before,omitempty"`
-	LoadAfter   string     `json:"load_average_after,omitempty"`
-	Duration    string     `json:"duration_per_level"`
-	Rounds      int        `json:"rounds"`
-	Warmup      string     `json:"warmup_per_level"`
-	HotRows     int        `json:"hot_rows"`
-	CommitDelay string     `json:"commit_delay"`
-	Results     []Result   `json:"results"`
-	Invariants  Invariants `json:"invariants"`
+	Command     string    `json:"command"`
+	Started     time.Time `json:"started"`
+	GoVersion   string    `json:"go_version"`
+	CPUs        int       `json:"cpus"`
+	LoadBefore  string    `json:"load_average_before,omitempty"`
+	LoadAfter   string    `json:"load_average_after,omitempty"`
+	Duration    string    `json:"duration_per_level"`
+	Rounds      int       `json:"rounds"`
+	Warmup      string    `json:"warmup_per_level"`
+	HotRows     int       `json:"hot_rows"`
+	CommitDelay string    `json:"commit_delay"`
+	// Store is the xa-store mode's database, password masked (empty when
+	// that mode did not run).
+	Store      string     `json:"store,omitempty"`
+	Results    []Result   `json:"results"`
+	Invariants Invariants `json:"invariants"`
 }
 
 // setRatios sets every result's ratios to the baseline of its level.
@@ -88,12 +98,15 @@ func setRatios(level []Result) {
 func (rep *Report) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "xabridge bench: %s per mode and level in %d rounds (modes taking turns), %s warm-up, %d CPUs, hot rows %d, commit delay %s, load %s -> %s\n",
 		rep.Duration, rep.Rounds, rep.Warmup, rep.CPUs, rep.HotRows, rep.CommitDelay, rep.LoadBefore, rep.LoadAfter)
+	if rep.Store != "" {
+		fmt.Fprintf(w, "store (xa-store): %s\n", rep.Store)
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "clients\tmode\ttx/s\tx base\tp50 ms\tp95 ms\tp99 ms\tmax ms\tp99 x base\taborts\tin doubt\tfsync/tx\tcpu µs/tx\tpg µs/tx\tmy µs/tx\tmachine µs/tx\tbusy %\t")
+	fmt.Fprintln(tw, "clients\tmode\ttx/s\tx base\tp50 ms\tp95 ms\tp99 ms\tmax ms\tp99 x base\taborts\tin doubt\tfsync/tx\tstore rt/tx\tcpu µs/tx\tpg µs/tx\tmy µs/tx\tmachine µs/tx\tbusy %\t")
 	for _, r := range rep.Results {
-		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%s\t%.2f\t%.2f\t%.2f\t%.1f\t%s\t%d\t%d\t%.3f\t%.0f\t%s\t%s\t%.0f\t%.0f\t\n",
+		fmt.Fprintf(tw, "%d\t%s\t%.0f\t%s\t%.2f\t%.2f\t%.2f\t%.1f\t%s\t%d\t%d\t%.3f\t%s\t%.0f\t%s\t%s\t%.0f\t%.0f\t\n",
 			r.Clients, r.Mode, r.TPS, ratio(r.RatioTPS), r.P50ms, r.P95ms, r.P99ms, r.Maxms, ratio(r.RatioP99),
-			r.Aborted, r.InDoubt, r.FsyncsTx, r.CPUusTx, opt(r.PGCPU), opt(r.MyCPU), r.MachineCPU, r.MachineBusy)
+			r.Aborted, r.InDoubt, r.FsyncsTx, opt3(r.StoreRTTx), r.CPUusTx, opt(r.PGCPU), opt(r.MyCPU), r.MachineCPU, r.MachineBusy)
 	}
 	tw.Flush()
 	inv := rep.Invariants
@@ -112,6 +125,13 @@ func opt(x float64) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.0f", x)
+}
+
+func opt3(x float64) string {
+	if x == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.3f", x)
 }
 
 func ratio(x float64) string {

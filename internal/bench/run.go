@@ -14,9 +14,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/xabridge/xabridge/decisionlog"
+	"github.com/xabridge/xabridge/decisionlog/pgstore"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/redact"
@@ -29,9 +31,13 @@ type runner struct {
 	b      *bank.Bank
 	coords map[string]*xa.Coordinator // by mode
 	logs   map[string]*decisionlog.FileLog
-	bar    *progressbar.ProgressBar
-	steps  int // finished mode×level runs, for the bar
-	runID  string
+	stores map[string]*pgstore.Store // by mode, for the store modes
+	// storePool is the connection to the xa-store mode's database (the
+	// xa-store-own mode uses the participant's pool instead).
+	storePool *pgxpool.Pool
+	bar       *progressbar.ProgressBar
+	steps     int // finished mode×level runs, for the bar
+	runID     string
 	// servers are the database servers' processes, when they run here.
 	servers []serverProc
 }
@@ -62,7 +68,8 @@ func Run(ctx context.Context, errw io.Writer, o Options) (rep *Report, err error
 		return nil, err
 	}
 	env := &runner{o: &o, b: b, coords: map[string]*xa.Coordinator{}, logs: map[string]*decisionlog.FileLog{},
-		runID: fmt.Sprintf("%x", time.Now().UnixMilli()%0xffffff)}
+		stores: map[string]*pgstore.Store{},
+		runID:  fmt.Sprintf("%x", time.Now().UnixMilli()%0xffffff)}
 	defer func() {
 		if cerr := env.close(); cerr != nil && err == nil {
 			err = cerr
@@ -75,12 +82,26 @@ func Run(ctx context.Context, errw io.Writer, o Options) (rep *Report, err error
 	if n, err := env.preparedLeft(ctx); err != nil {
 		return nil, err
 	} else if len(n) > 0 {
-		return nil, fmt.Errorf("%d prepared branch(es) of the benchmark's nodes are in doubt and may hold locks on its tables; run `xabridge recover --node-id NODE-MODE --log-dir LOG-DIR/MODE` for each", len(n))
+		return nil, fmt.Errorf("%d prepared branch(es) of the benchmark's nodes are in doubt and may hold locks on its tables; run `xabridge recover --node-id NODE-MODE --log-dir LOG-DIR/MODE` for each (for the store modes, with the store instead of --log-dir)", len(n))
 	}
 	env.servers = localServers(b, o.MyURL)
 	const balance = 1_000_000_000
 	if err := b.Setup(ctx, accounts, balance); err != nil {
 		return nil, err
+	}
+	// Several bench processes measured together (scripts/bench-processes)
+	// start their first warm-up at one instant, whatever their setup took.
+	if !o.StartAt.IsZero() {
+		t := time.NewTimer(time.Until(o.StartAt))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		if late := time.Since(o.StartAt); late > 100*time.Millisecond {
+			return nil, fmt.Errorf("--start-at %s: the setup ended %s after it; give more time", o.StartAt.Format(time.RFC3339Nano), late.Round(time.Millisecond))
+		}
 	}
 	rep = newReport(&o)
 	rep.Invariants.MoneyBefore = 2 * int64(accounts) * balance
@@ -125,28 +146,56 @@ func Run(ctx context.Context, errw io.Writer, o Options) (rep *Report, err error
 // newReport starts the report of a run: its settings, and its command
 // line with every password masked.
 func newReport(o *Options) *Report {
-	return &Report{
+	var store string
+	if o.needsStore(storeSeparate) {
+		if u, _, err := o.storeURL(); err == nil {
+			store = redact.URL(u)
+		}
+	}
+	return &Report{Store: store,
 		Command: strings.Join(redact.Args(o.Command), " "), Started: time.Now().UTC(), GoVersion: runtime.Version(), CPUs: runtime.NumCPU(),
 		LoadBefore: loadAverage(), Duration: o.Duration.String(), Rounds: o.Rounds, Warmup: o.Warmup.String(), HotRows: o.HotRows,
 		CommitDelay: o.CommitDelay.String(),
 	}
 }
 
-// startCoordinators opens a decision log and starts a coordinator for
-// every atomic mode.
+// startCoordinators opens a decision log (a file log, or the shared store)
+// and starts a coordinator for every atomic mode.
 func (e *runner) startCoordinators(ctx context.Context, modes []Mode, logger *slog.Logger) error {
 	for _, m := range modes {
 		if !m.atomic {
 			continue
 		}
-		l, err := decisionlog.OpenFileLog(filepath.Join(e.o.LogDir, m.Name), decisionlog.FileLogOptions{CommitDelay: e.o.CommitDelay})
-		if err != nil {
-			return err
+		node := e.o.NodeID + "-" + m.Name
+		var log decisionlog.Log
+		switch m.store {
+		case "":
+			l, err := decisionlog.OpenFileLog(filepath.Join(e.o.LogDir, m.Name), decisionlog.FileLogOptions{CommitDelay: e.o.CommitDelay})
+			if err != nil {
+				return err
+			}
+			e.logs[m.Name], log = l, l
+		case storeSeparate, storeOwn:
+			pool := e.b.PGPool
+			if m.store == storeSeparate {
+				if e.storePool == nil {
+					p, err := openStorePool(ctx, e.b.PGPool, e.o)
+					if err != nil {
+						return err
+					}
+					e.storePool = p
+				}
+				pool = e.storePool
+			}
+			st, err := openStore(ctx, pool, node, e.o.CommitDelay)
+			if err != nil {
+				return fmt.Errorf("mode %s: %w", m.Name, err)
+			}
+			e.stores[m.Name], log = st, st
 		}
-		e.logs[m.Name] = l
 		cfg := xa.Config{
-			NodeID:      e.o.NodeID + "-" + m.Name,
-			Log:         l,
+			NodeID:      node,
+			Log:         log,
 			Resources:   []drivers.Resource{e.b.PG, e.b.My},
 			AsyncPhase2: m.async,
 			Logger:      logger,
@@ -174,6 +223,12 @@ func (e *runner) close() error {
 	}
 	for _, l := range e.logs {
 		errs = append(errs, l.Close())
+	}
+	for _, st := range e.stores {
+		errs = append(errs, st.Close())
+	}
+	if e.storePool != nil {
+		e.storePool.Close()
 	}
 	return errors.Join(errs...)
 }
@@ -262,11 +317,19 @@ func (e *runner) runSegment(ctx context.Context, m Mode, n int, warmup, dur time
 	if l := e.logs[m.Name]; l != nil {
 		log1 = l.Stats()
 	}
+	var st1 pgstore.Stats
+	if st := e.stores[m.Name]; st != nil {
+		st1 = st.Stats()
+	}
 	e.waitUntil(ctx, t0, t2, t2)
 	cpu2, mach2, srv2 := processCPU(), machineCPU(), serversCPU(e.servers)
 	var log2 decisionlog.FileLogStats
 	if l := e.logs[m.Name]; l != nil {
 		log2 = l.Stats()
+	}
+	var st2 pgstore.Stats
+	if st := e.stores[m.Name]; st != nil {
+		st2 = st.Stats()
 	}
 	wg.Wait()
 	if err := ctx.Err(); err != nil {
@@ -300,6 +363,9 @@ func (e *runner) runSegment(ctx context.Context, m Mode, n int, warmup, dur time
 		t.servers[name] += c - srv1[name]
 	}
 	t.fsyncs += log2.Syncs - log1.Syncs
+	t.storeBatches += st2.Batches - st1.Batches
+	t.storeRequests += st2.Requests - st1.Requests
+	t.storeTime += st2.BatchTime - st1.BatchTime
 	if mach1.ok && mach2.ok {
 		t.machOK = true
 		t.machBusy += mach2.busy - mach1.busy

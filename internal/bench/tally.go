@@ -25,12 +25,18 @@ type tally struct {
 	machBusy, machTotal                  time.Duration
 	machOK                               bool
 	fsyncs                               int64
+	storeBatches, storeRequests          int64 // pgstore.Stats in the measured windows
+	storeTime                            time.Duration
 	servers                              map[string]time.Duration
 }
 
 func (t *tally) result(mode string, clients int) Result {
 	res := Result{Mode: mode, Clients: clients, Committed: t.committed, Pending: t.pending,
-		Aborted: t.aborted, InDoubt: t.inDoubt, Errors: t.errs, LogFsyncs: t.fsyncs}
+		Aborted: t.aborted, InDoubt: t.inDoubt, Errors: t.errs, LogFsyncs: t.fsyncs, StoreRoundTrips: t.storeBatches}
+	if t.storeBatches > 0 {
+		res.StoreReqsBatch = float64(t.storeRequests) / float64(t.storeBatches)
+		res.StoreRTms = ms(t.storeTime) / float64(t.storeBatches)
+	}
 	slices.Sort(t.lat)
 	res.Seconds = t.measured.Seconds()
 	if res.Seconds > 0 {
@@ -45,6 +51,7 @@ func (t *tally) result(mode string, clients int) Result {
 	if t.committed > 0 {
 		tx := float64(t.committed)
 		res.FsyncsTx = float64(t.fsyncs) / tx
+		res.StoreRTTx = float64(t.storeBatches) / tx
 		res.CPUusTx = float64(t.cpu.Microseconds()) / tx
 		if t.machOK {
 			res.MachineCPU = float64(t.machBusy.Microseconds()) / tx

@@ -1,0 +1,149 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/xabridge/xabridge/decisionlog/pgstore"
+	"github.com/xabridge/xabridge/internal/redact"
+)
+
+// storeSuffix names the default store database: the --pg database's name
+// with this appended.
+const storeSuffix = "_store"
+
+// DefaultStoreURL is the store database the xa-store mode uses when
+// --store is not given: pgURL with its database name followed by "_store"
+// (postgres://u@h/shop becomes postgres://u@h/shop_store), on the same
+// server. It needs a postgres:// URL naming a database.
+func DefaultStoreURL(pgURL string) (string, error) {
+	u, err := url.Parse(pgURL)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return "", fmt.Errorf("--store: cannot derive the store's database from --pg %s (not a postgres:// URL); give --store postgres://…", redact.URL(pgURL))
+	}
+	db := strings.TrimPrefix(u.Path, "/")
+	if db == "" || strings.Contains(db, "/") {
+		return "", fmt.Errorf("--store: --pg %s names no database to derive the store's from; give --store postgres://…", redact.URL(pgURL))
+	}
+	name := db + storeSuffix
+	// 63 bytes is PostgreSQL's identifier limit: a longer name would be
+	// truncated silently, and then name another database.
+	if len(name) > 63 {
+		return "", fmt.Errorf("--store: the derived store database %q is longer than PostgreSQL's 63 bytes; give --store postgres://…", name)
+	}
+	u.Path = "/" + name
+	u.RawPath = ""
+	return u.String(), nil
+}
+
+// checkStoreURL refuses a --store that is not a PostgreSQL URL or
+// connection string pgx can read; the error never shows its password.
+func checkStoreURL(s string) error {
+	if redact.Ambiguous(s) {
+		return fmt.Errorf("--store %s: percent-encode the password's @ : / # ? characters", redact.URL(s))
+	}
+	if u, err := url.Parse(s); err == nil && u.Scheme != "" && u.Scheme != "postgres" && u.Scheme != "postgresql" {
+		return fmt.Errorf("--store %s: the shared store is a PostgreSQL database: want postgres://…", redact.URL(s))
+	}
+	if _, err := pgxpool.ParseConfig(s); err != nil {
+		return fmt.Errorf("--store %s: not a PostgreSQL URL pgx can read", redact.URL(s))
+	}
+	return nil
+}
+
+// storeURL is the store database of the xa-store mode, and whether it was
+// derived (then Run creates it if missing).
+func (o *Options) storeURL() (string, bool, error) {
+	if o.StoreURL != "" {
+		return o.StoreURL, false, nil
+	}
+	u, err := DefaultStoreURL(o.PGURL)
+	return u, true, err
+}
+
+// needsStore reports whether a selected mode keeps its decisions in a
+// store of the given kind.
+func (o *Options) needsStore(kind string) bool {
+	for _, m := range o.selected() {
+		if m.store == kind {
+			return true
+		}
+	}
+	return false
+}
+
+// openStorePool connects to the xa-store mode's database, first creating
+// it (through the participant's pool, on the same server) when it is the
+// derived default and missing. Errors never show a password.
+func openStorePool(ctx context.Context, participant *pgxpool.Pool, o *Options) (*pgxpool.Pool, error) {
+	raw, derived, err := o.storeURL()
+	if err != nil {
+		return nil, err
+	}
+	scrub := redact.Scrub(raw, o.PGURL)
+	cfg, err := pgxpool.ParseConfig(raw)
+	if err != nil {
+		return nil, fmt.Errorf("--store %s: cannot parse it", redact.URL(raw))
+	}
+	if derived {
+		if err := createDatabase(ctx, participant, cfg.ConnConfig.Database); err != nil {
+			return nil, fmt.Errorf("store database %q: %s", cfg.ConnConfig.Database, scrub(err.Error()))
+		}
+	}
+	// The writer holds one connection per batch; the lease renewer and the
+	// sweeper one each now and then.
+	cfg.MaxConns = 4
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err == nil {
+		err = pool.Ping(ctx)
+		if err != nil {
+			pool.Close()
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %s", redact.URL(raw), scrub(err.Error()))
+	}
+	return pool, nil
+}
+
+// createDatabase creates database name on the server of pool unless it
+// exists. Processes racing to create it (scripts/bench-processes) all
+// succeed.
+func createDatabase(ctx context.Context, pool *pgxpool.Pool, name string) error {
+	var exists bool
+	if err := pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name).Scan(&exists); err != nil {
+		return err
+	}
+	if exists {
+		return nil
+	}
+	// CREATE DATABASE takes no parameters: the name is quoted as an
+	// identifier by pgx.
+	_, err := pool.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && (pe.Code == "42P04" || pe.Code == "23505") {
+		return nil // duplicate_database, or unique_violation when racing
+	}
+	return err
+}
+
+// openStore opens the shared store for node on pool, with the run's
+// commit delay (the file log's too), failing
+// with advice when a live process (an earlier bench still running, or
+// one killed less than a lease ago) holds the node.
+func openStore(ctx context.Context, pool *pgxpool.Pool, node string, commitDelay time.Duration) (*pgstore.Store, error) {
+	st, err := pgstore.Open(ctx, pool, pgstore.Options{Node: node, CommitDelay: commitDelay})
+	var le *pgstore.LeasedError
+	if errors.As(err, &le) {
+		return nil, fmt.Errorf("%w: is another bench running with --node-id %s? (a killed one's lease expires in %s)", err, node, le.ExpiresIn.Round(time.Second))
+	}
+	return st, err
+}
