@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"sort"
 	"strings"
 	"sync"
@@ -56,8 +55,10 @@ func Open(ctx context.Context, name, rawURL string) (Resource, io.Closer, error)
 	}
 	scheme, _, ok := strings.Cut(rawURL, "://")
 	if !ok || scheme == "" {
-		return nil, nil, fmt.Errorf("resource %s: %q is not a URL (want scheme://user@host/db, schemes: %s)",
-			name, RedactURL(rawURL), strings.Join(Schemes(), ", "))
+		// Not echoed: what is not a URL cannot be taken apart, and may
+		// be or hold a password.
+		return nil, nil, fmt.Errorf("resource %s: the value is not a URL: no scheme:// (want scheme://user@host/db, schemes: %s)",
+			name, strings.Join(Schemes(), ", "))
 	}
 	registryMu.RLock()
 	open := registry[strings.ToLower(scheme)]
@@ -66,47 +67,4 @@ func Open(ctx context.Context, name, rawURL string) (Resource, io.Closer, error)
 		return nil, nil, fmt.Errorf("resource %s: unknown scheme %q (known: %s)", name, scheme, strings.Join(Schemes(), ", "))
 	}
 	return open(ctx, name, rawURL)
-}
-
-// RedactURL returns rawURL with any password replaced by "xxxxx", for logs
-// and error messages. A string that does not parse as a URL is replaced
-// entirely past its scheme, since it might hold a password in an unknown
-// place.
-func RedactURL(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil || u.Scheme == "" || u.Opaque != "" || !strings.Contains(rawURL, "://") {
-		if scheme, _, ok := strings.Cut(rawURL, "://"); ok && isScheme(scheme) {
-			return scheme + "://(unparseable)"
-		}
-		return "(unparseable)"
-	}
-	if u.User != nil {
-		if _, has := u.User.Password(); has {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-		}
-	}
-	q := u.Query()
-	changed := false
-	for k := range q {
-		if strings.EqualFold(k, "password") || strings.EqualFold(k, "passwd") {
-			q.Set(k, "xxxxx")
-			changed = true
-		}
-	}
-	if changed {
-		u.RawQuery = q.Encode()
-	}
-	return u.Redacted()
-}
-
-func isScheme(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, c := range s {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.') {
-			return false
-		}
-	}
-	return true
 }
