@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/xabridge/xabridge/drivers"
-	"github.com/xabridge/xabridge/internal/redact"
 	"github.com/xabridge/xabridge/internal/dbtest"
+	"github.com/xabridge/xabridge/internal/redact"
 )
 
 func TestParseURL(t *testing.T) {
