@@ -2,9 +2,9 @@ package drivers
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"sort"
 	"strings"
 	"sync"
@@ -50,8 +50,8 @@ func Schemes() []string {
 // mysql://user@host:3306/db, using the adapter registered for its scheme.
 // Errors never contain the URL's password.
 func Open(ctx context.Context, name, rawURL string) (Resource, io.Closer, error) {
-	if name == "" {
-		return nil, nil, errors.New("resource name is empty")
+	if err := ValidateResourceName(name); err != nil {
+		return nil, nil, err
 	}
 	scheme, _, ok := strings.Cut(rawURL, "://")
 	if !ok || scheme == "" {
@@ -67,4 +67,18 @@ func Open(ctx context.Context, name, rawURL string) (Resource, io.Closer, error)
 		return nil, nil, fmt.Errorf("resource %s: unknown scheme %q (known: %s)", name, scheme, strings.Join(Schemes(), ", "))
 	}
 	return open(ctx, name, rawURL)
+}
+
+// IsNil reports whether r is nil, also a nil pointer in a non-nil
+// interface (a (*postgres.Resource)(nil)), whose methods would panic.
+func IsNil(r Resource) bool {
+	if r == nil {
+		return true
+	}
+	v := reflect.ValueOf(r)
+	switch v.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Func, reflect.Chan, reflect.Interface:
+		return v.IsNil()
+	}
+	return false
 }

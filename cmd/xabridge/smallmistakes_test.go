@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/hex"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/dbtest"
+	"github.com/xabridge/xabridge/internal/strand"
+	"github.com/xabridge/xabridge/postgres"
+
+	_ "github.com/go-sql-driver/mysql"
+	mysqladapter "github.com/xabridge/xabridge/mysql"
+)
+
+// A branch of ours prepared in another database of the same PostgreSQL
+// server (list --all shows it) is not "unknown": show and resolve say
+// where it is and what to do, exit 1, and leave it prepared.
+func TestBranchInAnotherDatabase(t *testing.T) {
+	ctx := context.Background()
+	pgURL := dbtest.PG(t)
+	admin, err := pgx.Connect(ctx, pgURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+mistakeDB); err != nil && !strings.Contains(err.Error(), "42P04") {
+		t.Fatal(err)
+	}
+	otherURL := dbtest.WithDatabase(t, pgURL, mistakeDB)
+	pool, err := postgres.NewPool(ctx, otherURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	table := "xab_cli_elsewhere_" + randHex(3)
+	if _, err := pool.Exec(ctx, "CREATE TABLE "+table+" (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Exec(context.WithoutCancel(ctx), "DROP TABLE "+table) //nolint:errcheck
+	other := postgres.New("pg", pool)
+	node := "cli-" + randHex(3)
+	now := time.Now()
+	g := strand.GlobalID(node, now.Add(-2*time.Hour), now.Add(-time.Hour), 1)
+	x := drivers.XID{Global: g, Branch: 0}
+	if err := strand.Prepare(ctx, other, x, "INSERT INTO "+table+" VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	defer other.RollbackPrepared(context.WithoutCancel(ctx), x) //nolint:errcheck
+	logDir := newLogDir(t)
+	flags := []string{"--node-id", node, "--log-dir", logDir, "--resource", "pg=" + pgURL}
+	const want = "is prepared in database " + mistakeDB + ", not in this resource's database"
+	for _, args := range [][]string{
+		{"show", g.String()}, {"show", g.String(), "-o", "json"},
+		{"resolve", g.String(), "--rollback"}, {"resolve", g.String(), "--commit"}, {"resolve", g.String(), "--commit", "--force"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			out, errOut, code := cli(t, append(args, flags...)...)
+			if code != exitError {
+				t.Errorf("exit %d, want %d\n%s%s", code, exitError, out, errOut)
+			}
+			for _, w := range []string{want, "point the resource's URL at database " + mistakeDB} {
+				if !strings.Contains(errOut, w) {
+					t.Errorf("stderr does not say %q:\n%s", w, errOut)
+				}
+			}
+			if strings.Contains(out+errOut, "unknown global transaction") {
+				t.Errorf("answered unknown:\n%s%s", out, errOut)
+			}
+			// Nothing changed: still prepared there, nothing logged.
+			ps, err := other.Recover(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for _, p := range ps {
+				found = found || p.Ours && p.XID == x
+			}
+			if !found {
+				t.Fatal("the branch is no longer prepared")
+			}
+			if st := (&scene{logDir: logDir}).logState(t, g); st.String() != "none" {
+				t.Errorf("the log says %s, want nothing", st)
+			}
+		})
+	}
+	// list --all shows it, with the same reason in JSON.
+	out, _, _ := cli(t, append([]string{"list", "--all", "-o", "json"}, flags...)...)
+	if !strings.Contains(out, x.GID()) || !strings.Contains(out, "point the resource's URL at database "+mistakeDB) {
+		t.Errorf("list --all -o json does not show the branch and why:\n%s", out)
+	}
+}
+
+// Tables show whole ids: a MySQL XID of 64-byte gtrid and bqual (280
+// characters as X'…',X'…',fmt) is not cut, so an operator can copy it.
+func TestListShowsWholeXIDs(t *testing.T) {
+	ctx := context.Background()
+	myURL := dbtest.MySQL(t)
+	cfg, err := mysqladapter.ParseURL(myURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("mysql", cfg.FormatDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() }) // after the rollback below
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gtrid, bqual := []byte(strings.Repeat("g", 56)+randHex(4)), []byte(strings.Repeat("b", 56)+randHex(4))
+	xid := "X'" + hex.EncodeToString(gtrid) + "',X'" + hex.EncodeToString(bqual) + "',7"
+	for _, q := range []string{"XA START " + xid, "XA END " + xid, "XA PREPARE " + xid} {
+		if _, err := conn.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	_ = conn.Close()
+	t.Cleanup(func() {
+		// A MariaDB branch is busy (1399) until its preparing session is
+		// gone; an empty one may answer XA_RBROLLBACK (1402) and still be
+		// listed for a moment. Done when XA RECOVER no longer lists it.
+		ctx := context.Background()
+		for i := 0; i < 100; i++ {
+			_, _ = db.ExecContext(ctx, "XA ROLLBACK "+xid)
+			rows, err := db.QueryContext(ctx, "XA RECOVER")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			listed := false
+			for rows.Next() {
+				var f, gl, bl int
+				var data []byte
+				if err := rows.Scan(&f, &gl, &bl, &data); err == nil && strings.Contains(string(data), string(gtrid)) {
+					listed = true
+				}
+			}
+			_ = rows.Close()
+			if !listed {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Errorf("the test's XA branch %s is still prepared", xid)
+	})
+	out, errOut, _ := cli(t, "list", "--all", "--node-id", "cli-"+randHex(3), "--log-dir", newLogDir(t), "--resource", "mysql="+myURL)
+	line := ""
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, hex.EncodeToString(gtrid[50:])) {
+			line = l
+		}
+	}
+	if line == "" || !strings.Contains(line, xid) || strings.Contains(line, "…") {
+		t.Fatalf("the table does not show the whole XID %s:\n%s%s", xid, out, errOut)
+	}
+}
