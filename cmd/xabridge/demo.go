@@ -56,6 +56,13 @@ func newDemoTransferCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "transfer",
 		Short: "Move money between PostgreSQL and MySQL accounts, atomically, and check the invariants",
+		Long: `Move money between PostgreSQL and MySQL accounts, atomically, and check the invariants.
+
+Aborts other than insufficient funds are counted by reason, each with its
+first error. Exit 1 when the invariants do not hold, and also when the run
+shows a broken setup: no transfer committed, or at least half of them
+aborted for a reason other than insufficient funds or contention (for
+example a PostgreSQL without max_prepared_transactions).`,
 		Example: `  eval "$(scripts/devdb env)"
   xabridge demo transfer --count 10000 --concurrency 16
   xabridge demo transfer --count 2000 --baseline   # also time the same transfers without atomicity

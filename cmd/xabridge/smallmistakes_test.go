@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/dbtest"
 	"github.com/xabridge/xabridge/internal/strand"
 	"github.com/xabridge/xabridge/postgres"
@@ -160,5 +161,37 @@ func TestListShowsWholeXIDs(t *testing.T) {
 	}
 	if line == "" || !strings.Contains(line, xid) || strings.Contains(line, "…") {
 		t.Fatalf("the table does not show the whole XID %s:\n%s%s", xid, out, errOut)
+	}
+}
+
+// demo transfer against a PostgreSQL without max_prepared_transactions:
+// every transfer aborts. It exits 1, counts the aborts by reason with an
+// example error, and the invariants still hold.
+func TestDemoTransferFailsWhenNothingCommits(t *testing.T) {
+	pg, my := doctorNo2PCURL(t), dbtest.MySQL(t)
+	prefix := "xab_no2pc_" + randHex(3)
+	t.Cleanup(func() {
+		b, err := bank.Open(context.Background(), pg, my, 2)
+		if err == nil {
+			_ = b.SetPrefix(prefix)
+			_ = b.Drop(context.Background())
+			b.Close()
+		}
+	})
+	out, errOut, code := cli(t, "demo", "transfer", "--pg", pg, "--mysql", my, "--count", "12", "--concurrency", "2",
+		"--table-prefix", prefix, "--log-dir", t.TempDir(), "--node-id", "no2pc-"+randHex(2))
+	if code != exitError {
+		t.Errorf("exit %d, want %d\n%s%s", code, exitError, out, errOut)
+	}
+	for _, want := range []string{"committed      0", "aborted", "prepare-refused, e.g. ", "max_prepared_transactions", "ok: conserved", "ok: atomic"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stdout does not say %q:\n%s", want, out)
+		}
+	}
+	if !strings.Contains(errOut, "no transfer committed: all 12 of 12") {
+		t.Errorf("stderr does not say why it failed:\n%s", errOut)
+	}
+	if n := strings.Count(strings.TrimSpace(errOut), "\n"); n > 0 && !strings.Contains(errOut, "level=WARN") {
+		t.Errorf("the error spans %d lines:\n%s", n+1, errOut)
 	}
 }
