@@ -105,7 +105,7 @@ func Classify(err error) error {
 	return nil
 }
 
-// Join is errors.Join on one line: the errors' texts separated by "; ",
+// Join is errors.Join on one line (OneLine): the errors' texts separated by "; ",
 // since an error is shown as one line (a log record, a CLI message, a
 // table cell). Nil errors are dropped; Join returns nil when all are nil.
 // errors.Is and errors.As see every joined error.
@@ -116,16 +116,13 @@ func Join(errs ...error) error {
 			kept = append(kept, err)
 		}
 	}
-	switch len(kept) {
-	case 0:
+	if len(kept) == 0 {
 		return nil
-	case 1:
-		return kept[0]
 	}
 	return joined(kept)
 }
 
-// joined is the error Join returns for two or more errors.
+// joined is the error Join returns.
 type joined []error
 
 func (j joined) Error() string {
@@ -145,12 +142,19 @@ func OneLine(s string) string {
 	if !strings.ContainsAny(s, "\r\n") {
 		return s
 	}
-	lines := strings.FieldsFunc(s, func(r rune) bool { return r == '\n' || r == '\r' })
-	out := lines[:0]
-	for _, l := range lines {
-		if l = strings.TrimSpace(l); l != "" {
-			out = append(out, l)
+	var b strings.Builder
+	for _, l := range strings.FieldsFunc(s, func(r rune) bool { return r == '\n' || r == '\r' }) {
+		if l = strings.TrimSpace(l); l == "" {
+			continue
 		}
+		if b.Len() > 0 {
+			if strings.HasSuffix(b.String(), ":") {
+				b.WriteString(" ") // "failed to connect:" then its causes
+			} else {
+				b.WriteString("; ")
+			}
+		}
+		b.WriteString(l)
 	}
-	return strings.Join(out, "; ")
+	return b.String()
 }

@@ -195,3 +195,28 @@ func TestDemoTransferFailsWhenNothingCommits(t *testing.T) {
 		t.Errorf("the error spans %d lines:\n%s", n+1, errOut)
 	}
 }
+
+// One resource down counts once, although recovery could read neither its
+// decision table nor its branches; the error is one line.
+func TestOneResourceDownCountsOnce(t *testing.T) {
+	down := "postgres://u@127.0.0.1:1/db?connect_timeout=2"
+	logDir := newLogDir(t)
+	g := strand.GlobalID("cnt-"+randHex(2), time.Now().Add(-time.Hour), time.Now().Add(-time.Minute), 1)
+	for _, args := range [][]string{
+		{"list"}, {"recover", "--dry-run"}, {"show", g.String()},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			all := append(args, "--node-id", g.Node(), "--log-dir", logDir, "--resource", "pg="+down, "--resource", "mysql="+dbtest.MySQL(t), "--decision-resource", "pg")
+			out, errOut, code := cli(t, all...)
+			if code != exitError {
+				t.Errorf("exit %d, want %d\n%s%s", code, exitError, out, errOut)
+			}
+			if !strings.Contains(errOut, "resource pg could not be scanned") || strings.Contains(errOut, "2 resource") {
+				t.Errorf("stderr miscounts the resources that could not be scanned:\n%s", errOut)
+			}
+			if n := strings.Count(strings.TrimSpace(errOut), "\n"); n > 0 {
+				t.Errorf("the error spans %d lines:\n%s", n+1, errOut)
+			}
+		})
+	}
+}
