@@ -4,12 +4,16 @@ import (
 	"context"
 	"database/sql"
 	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/dbtest"
@@ -219,4 +223,90 @@ func TestOneResourceDownCountsOnce(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A decision log that is not the node's own (another node's, an empty or
+// zero-filled file) is refused by recover and resolve against the real
+// servers: exit 1, the branches still prepared, the node's decision still
+// pending, the wrong file not written to.
+func TestWrongDecisionLogRefused(t *testing.T) {
+	s := newScene(t)
+	ctx := context.Background()
+	beta := t.TempDir()
+	bl, err := decisionlog.OpenFileLog(beta, decisionlog.FileLogOptions{Node: "beta-" + randHex(2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bl.Close(); err != nil {
+		t.Fatal(err)
+	}
+	empty, zeroed := t.TempDir(), t.TempDir()
+	for dir, body := range map[string][]byte{empty: nil, zeroed: make([]byte, 4096)} {
+		if err := os.WriteFile(filepath.Join(dir, "xabridge.log"), body, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	committed := s.gids["committed"].String()
+	tests := []struct {
+		name, dir, want string
+	}{
+		{"recover with another node's log", beta, "belongs to another node"},
+		{"resolve --rollback with another node's log", beta, "belongs to another node"},
+		{"recover with an empty log file", empty, "no decision log"},
+		{"resolve --rollback with a zero-filled log file", zeroed, "no decision log"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := snapshotDir(t, tt.dir)
+			args := []string{"--node-id", s.node, "--log-dir", tt.dir, "--resource", "pg=" + s.pgURL, "--resource", "mysql=" + s.myURL, "recover", "--min-age", "0s"}
+			if strings.HasPrefix(tt.name, "resolve") {
+				args = append(args[:len(args)-3], "resolve", committed, "--rollback")
+			}
+			out, errOut, code := cli(t, args...)
+			if code != exitError || !strings.Contains(errOut, tt.want) {
+				t.Errorf("exit %d, want %d naming %q\n%s%s", code, exitError, tt.want, out, errOut)
+			}
+			if after := snapshotDir(t, tt.dir); after != before {
+				t.Errorf("the wrong log was written to: %s, was %s", after, before)
+			}
+			for _, r := range []drivers.Resource{s.b.PG, s.b.My} {
+				ps, err := r.Recover(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				found := false
+				for _, p := range ps {
+					found = found || p.Ours && p.XID.Global == s.gids["committed"]
+				}
+				if !found {
+					t.Fatalf("the committed transaction's branch on %s is no longer prepared", r.Name())
+				}
+			}
+			if st := s.logState(t, s.gids["committed"]); st != decisionlog.StateCommitted {
+				t.Fatalf("the node's decision is %s, want committed (pending)", st)
+			}
+		})
+	}
+}
+
+// snapshotDir describes a directory's files and sizes (but the lock file,
+// which opening any log takes).
+func snapshotDir(t *testing.T, dir string) string {
+	t.Helper()
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, e := range es {
+		if e.Name() == "lock" {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "%s:%d ", e.Name(), fi.Size())
+	}
+	return b.String()
 }
