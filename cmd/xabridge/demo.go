@@ -56,7 +56,18 @@ func newDemoTransferCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "transfer",
 		Short: "Move money between PostgreSQL and MySQL accounts, atomically, and check the invariants",
-		Long: `Move money between PostgreSQL and MySQL accounts, atomically, and check the invariants.
+		Long: `transfer moves money between the demo's PostgreSQL and MySQL/MariaDB accounts,
+each transfer one global transaction, then checks the invariants.
+
+At start, before any transfer, it runs one recovery pass for its node: an
+earlier demo of the same --node-id and --log-dir that was killed may have
+left prepared branches holding row locks. This process holds the log, so
+that earlier one is dead: its undecided branches are rolled back at once
+(not after their fence, the 30s transaction timeout) and its commit
+decisions finished. With --metrics-addr, a recovery loop keeps running
+beside the coordinator. So never run two demos at once with the same
+--node-id on the same databases, even with different --log-dir: each would
+take the other's running transactions for a dead run's.
 
 Aborts other than insufficient funds are counted by reason, each with its
 first error. Exit 1 when the invariants do not hold, and also when the run
@@ -136,6 +147,9 @@ func observeDemo(ctx context.Context, errw io.Writer, o *demoOpts, obs *observer
 	rec, err := recovery.New(recovery.Config{
 		NodeID: o.NodeID, Log: coord.Log(), Resources: coord.Resources(), Active: coord.Active,
 		DecisionResource: o.Keeper, Logger: logger, OnReport: obs.m.ObserveReport,
+		// This process holds the log's lock: what began before its
+		// coordinator is a dead process's (see demo's start-up pass).
+		DeadBefore: coord.Started(),
 	})
 	if err != nil {
 		return nil, err

@@ -196,9 +196,16 @@ func (s *Store) leasedError(ctx context.Context, node string) error {
 // database's clock (so a peer's takeover can come first); until then it
 // returns a *LeasedError (ErrNodeLeased) saying until when. While the lease
 // is held it returns the current epoch and does nothing.
+//
+// A store fail-stopped by a write of unknown outcome (decisionlog.ErrLogFailed)
+// has given its lease up; Reacquire is how it resumes: the new epoch fences
+// any late write of the failed one, so the failure is cleared.
 func (s *Store) Reacquire(ctx context.Context) (int64, error) {
-	if err := s.writable(); err != nil {
-		return 0, err
+	s.qmu.Lock()
+	closed := s.closed
+	s.qmu.Unlock()
+	if closed {
+		return 0, decisionlog.ErrLogClosed
 	}
 	old, _ := s.leaseFor(s.node, "")
 	old.mu.Lock()
@@ -206,6 +213,9 @@ func (s *Store) Reacquire(ctx context.Context) (int64, error) {
 	old.mu.Unlock()
 	if lost == nil {
 		if _, err := old.usable(time.Now()); err == nil {
+			if err := s.failure(); err != nil {
+				return 0, err // cannot happen: a failure gives the lease up
+			}
 			return epoch, nil
 		}
 	}
@@ -216,6 +226,11 @@ func (s *Store) Reacquire(ctx context.Context) (int64, error) {
 	s.lmu.Lock()
 	s.leases[s.node] = l
 	s.lmu.Unlock()
+	s.qmu.Lock()
+	if s.failed != nil && s.failedEpoch < l.epoch {
+		s.failed, s.failedEpoch = nil, 0
+	}
+	s.qmu.Unlock()
 	return l.epoch, nil
 }
 
@@ -269,6 +284,9 @@ func (s *Store) Claim(ctx context.Context, node string) (int64, error) {
 
 // Release gives back a lease this store claimed: it expires now (by the
 // database's clock), so the node's own process can take it back at once.
+// End records queued for the node are written first (while ctx lasts):
+// released with them still queued, they would be refused by the lease
+// check, and the node's finished decisions would look pending again.
 func (s *Store) Release(ctx context.Context, node string) error {
 	if node == s.node {
 		return fmt.Errorf("pgstore: release of the store's own node %s: use Close", node)
@@ -277,6 +295,7 @@ func (s *Store) Release(ctx context.Context, node string) error {
 	if err != nil {
 		return err
 	}
+	s.waitEnds(ctx, node)
 	if err := s.release(ctx, l); err != nil {
 		return err
 	}
@@ -460,3 +479,29 @@ func (s *Store) Nodes(ctx context.Context) ([]NodeInfo, error) {
 }
 
 func isFenced(err error) bool { return errors.Is(err, decisionlog.ErrFenced) }
+
+// waitEnds waits until no End record of node is queued or being written,
+// or ctx ends. The writer clears them within a batch (written or dropped).
+func (s *Store) waitEnds(ctx context.Context, node string) {
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	for s.endsQueued(node) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// endsQueued reports whether an End record of node is queued or in flight.
+func (s *Store) endsQueued(node string) bool {
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	for key := range s.ending {
+		if g, err := drivers.ParseGlobalID(key); err == nil && g.Node() == node {
+			return true
+		}
+	}
+	return false
+}

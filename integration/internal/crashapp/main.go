@@ -39,6 +39,7 @@ func run() (err error) {
 	flag.StringVar(&keeper, "keeper", "log", "where commit decisions are kept: log, pg or mysql")
 	flag.Uint64Var(&seed, "seed", 1, "random seed")
 	flag.DurationVar(&cfg.Timeout, "timeout", 5*time.Second, "global transaction timeout")
+	flag.BoolVar(&cfg.RecoverAtStart, "recover-at-start", false, "before the workload, roll back what an earlier, killed process of the node left undecided (recovery with DeadBefore)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", flag.Arg(0))
