@@ -2,7 +2,6 @@ package decisionlog
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -332,7 +331,7 @@ func (l *FileLog) Close() error {
 			errs = append(errs, l.failed)
 		}
 		l.qmu.Unlock()
-		l.closeErr = errors.Join(errs...)
+		l.closeErr = drivers.Join(errs...)
 	})
 	return l.closeErr
 }

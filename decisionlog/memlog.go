@@ -2,7 +2,6 @@ package decisionlog
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -59,7 +58,7 @@ func (l *MemLog) writable() error {
 	case l.closed:
 		return ErrLogClosed
 	case l.failErr != nil:
-		return errors.Join(ErrLogFailed, l.failErr)
+		return drivers.Join(ErrLogFailed, l.failErr)
 	}
 	return nil
 }

@@ -205,24 +205,27 @@ const maxDisplay = 100
 // DisplayID shows a database-supplied identifier or gid safely: as is when
 // it is plain printable ASCII without quotes, backslashes or spaces,
 // otherwise Go-quoted, so a hostile gid cannot break a table, a terminal or
-// the reader's trust in what is shown. Strings over 100 bytes are cut.
+// the reader's trust in what is shown. Strings over 100 bytes are cut: for
+// prose (doctor's details); tables an operator copies from use QuoteID.
 func DisplayID(s string) string {
-	cut := false
 	if len(s) > maxDisplay {
-		s, cut = s[:maxDisplay], true
+		return QuoteID(s[:maxDisplay]) + "…"
 	}
-	plain := s != ""
+	return QuoteID(s)
+}
+
+// QuoteID is DisplayID without the cut: the whole identifier, as is when
+// plain, Go-quoted otherwise, so that an operator can copy it from a table
+// (a MySQL XID shown as X'gtrid',X'bqual',formatID runs to 280 bytes; a
+// PostgreSQL gid to 200).
+func QuoteID(s string) string {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c <= ' ' || c > '~' || c == '"' || c == '\'' || c == '\\' || c == '`' {
-			plain = false
-			break
+			return strconv.Quote(s)
 		}
 	}
-	if !plain {
-		s = strconv.Quote(s)
-	}
-	if cut {
-		s += "…"
+	if s == "" {
+		return strconv.Quote(s)
 	}
 	return s
 }

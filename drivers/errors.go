@@ -1,6 +1,9 @@
 package drivers
 
-import "errors"
+import (
+	"errors"
+	"strings"
+)
 
 // The error classes adapters return. Every error an adapter returns from a
 // Resource or Branch method is an *Error whose Kind is one of these, so the
@@ -70,7 +73,7 @@ func (e *Error) Error() string {
 	if e.Err != nil {
 		s += ": " + e.Err.Error()
 	}
-	return s
+	return OneLine(s)
 }
 
 // Unwrap returns both the class and the driver error, so errors.Is matches
@@ -100,4 +103,58 @@ func Classify(err error) error {
 		}
 	}
 	return nil
+}
+
+// Join is errors.Join on one line (OneLine): the errors' texts separated by "; ",
+// since an error is shown as one line (a log record, a CLI message, a
+// table cell). Nil errors are dropped; Join returns nil when all are nil.
+// errors.Is and errors.As see every joined error.
+func Join(errs ...error) error {
+	var kept []error
+	for _, err := range errs {
+		if err != nil {
+			kept = append(kept, err)
+		}
+	}
+	if len(kept) == 0 {
+		return nil
+	}
+	return joined(kept)
+}
+
+// joined is the error Join returns.
+type joined []error
+
+func (j joined) Error() string {
+	s := j[0].Error()
+	for _, err := range j[1:] {
+		s += "; " + err.Error()
+	}
+	return OneLine(s)
+}
+
+func (j joined) Unwrap() []error { return j }
+
+// OneLine returns s with its line breaks (and the blanks around them)
+// replaced by "; ": a server or driver message may span lines (PostgreSQL's
+// DETAIL and HINT), an error shown to an operator does not.
+func OneLine(s string) string {
+	if !strings.ContainsAny(s, "\r\n") {
+		return s
+	}
+	var b strings.Builder
+	for _, l := range strings.FieldsFunc(s, func(r rune) bool { return r == '\n' || r == '\r' }) {
+		if l = strings.TrimSpace(l); l == "" {
+			continue
+		}
+		if b.Len() > 0 {
+			if strings.HasSuffix(b.String(), ":") {
+				b.WriteString(" ") // "failed to connect:" then its causes
+			} else {
+				b.WriteString("; ")
+			}
+		}
+		b.WriteString(l)
+	}
+	return b.String()
 }

@@ -2,10 +2,9 @@ package drivers
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net/url"
+	"reflect"
 	"sort"
 	"strings"
 	"sync"
@@ -51,13 +50,15 @@ func Schemes() []string {
 // mysql://user@host:3306/db, using the adapter registered for its scheme.
 // Errors never contain the URL's password.
 func Open(ctx context.Context, name, rawURL string) (Resource, io.Closer, error) {
-	if name == "" {
-		return nil, nil, errors.New("resource name is empty")
+	if err := ValidateResourceName(name); err != nil {
+		return nil, nil, err
 	}
 	scheme, _, ok := strings.Cut(rawURL, "://")
 	if !ok || scheme == "" {
-		return nil, nil, fmt.Errorf("resource %s: %q is not a URL (want scheme://user@host/db, schemes: %s)",
-			name, RedactURL(rawURL), strings.Join(Schemes(), ", "))
+		// Not echoed: what is not a URL cannot be taken apart, and may
+		// be or hold a password.
+		return nil, nil, fmt.Errorf("resource %s: the value is not a URL: no scheme:// (want scheme://user@host/db, schemes: %s)",
+			name, strings.Join(Schemes(), ", "))
 	}
 	registryMu.RLock()
 	open := registry[strings.ToLower(scheme)]
@@ -68,45 +69,16 @@ func Open(ctx context.Context, name, rawURL string) (Resource, io.Closer, error)
 	return open(ctx, name, rawURL)
 }
 
-// RedactURL returns rawURL with any password replaced by "xxxxx", for logs
-// and error messages. A string that does not parse as a URL is replaced
-// entirely past its scheme, since it might hold a password in an unknown
-// place.
-func RedactURL(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil || u.Scheme == "" || u.Opaque != "" || !strings.Contains(rawURL, "://") {
-		if scheme, _, ok := strings.Cut(rawURL, "://"); ok && isScheme(scheme) {
-			return scheme + "://(unparseable)"
-		}
-		return "(unparseable)"
+// IsNil reports whether r is nil, also a nil pointer in a non-nil
+// interface (a (*postgres.Resource)(nil)), whose methods would panic.
+func IsNil(r Resource) bool {
+	if r == nil {
+		return true
 	}
-	if u.User != nil {
-		if _, has := u.User.Password(); has {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-		}
+	v := reflect.ValueOf(r)
+	switch v.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Func, reflect.Chan, reflect.Interface:
+		return v.IsNil()
 	}
-	q := u.Query()
-	changed := false
-	for k := range q {
-		if strings.EqualFold(k, "password") || strings.EqualFold(k, "passwd") {
-			q.Set(k, "xxxxx")
-			changed = true
-		}
-	}
-	if changed {
-		u.RawQuery = q.Encode()
-	}
-	return u.Redacted()
-}
-
-func isScheme(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, c := range s {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.') {
-			return false
-		}
-	}
-	return true
+	return false
 }

@@ -107,6 +107,31 @@ func ValidateNodeID(id string) error {
 	return nil
 }
 
+// MaxResourceNameLen is the longest resource name ValidateResourceName
+// accepts.
+const MaxResourceNameLen = 64
+
+// ValidateResourceName reports whether name can name a resource: 1 to 64
+// characters of letters, digits, '_' and '-'. The coordinator, recovery,
+// the decision records and the CLI all check names with it, so that a name
+// the library accepts is one an operator can give on the command line
+// (--resource NAME=URL) to finish its transactions.
+func ValidateResourceName(name string) error {
+	if name == "" {
+		return errors.New("resource name is empty")
+	}
+	if len(name) > MaxResourceNameLen {
+		return fmt.Errorf("resource name %q is longer than %d characters", truncate(name, 40), MaxResourceNameLen)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return fmt.Errorf("resource name %q may only contain letters, digits, '_' and '-'", truncate(name, 40))
+		}
+	}
+	return nil
+}
+
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s

@@ -3,7 +3,6 @@ package mysql
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +12,7 @@ import (
 	mysqldriver "github.com/go-sql-driver/mysql"
 
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/redact"
 )
 
 func init() {
@@ -37,7 +37,7 @@ func init() {
 //
 // Errors never contain the password.
 func ParseURL(rawURL string) (*mysqldriver.Config, error) {
-	shown := drivers.RedactURL(rawURL)
+	shown := redact.URL(rawURL)
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		// url.Error repeats the whole URL, password included, and its
@@ -110,21 +110,12 @@ func open(ctx context.Context, name, rawURL string) (drivers.Resource, io.Closer
 	}
 	conn, err := mysqldriver.NewConnector(cfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("mysql: resource %s (%s): %w", name, drivers.RedactURL(rawURL), err)
+		return nil, nil, fmt.Errorf("mysql: resource %s (%s): %w", name, redact.URL(rawURL), err)
 	}
 	db := sql.OpenDB(conn)
 	if err := db.PingContext(ctx); err != nil {
 		_ = db.Close()
-		return nil, nil, fmt.Errorf("mysql: resource %s (%s): %w", name, drivers.RedactURL(rawURL), redact(err, cfg.Passwd))
+		return nil, nil, fmt.Errorf("mysql: resource %s (%s): %w", name, redact.URL(rawURL), redact.Error(err, redact.Passwords(cfg.Passwd)))
 	}
 	return New(name, db), db, nil
-}
-
-// redact removes the password from an error's text, should a server or
-// driver message ever quote it. The error chain is dropped only then.
-func redact(err error, password string) error {
-	if password == "" || !strings.Contains(err.Error(), password) {
-		return err
-	}
-	return errors.New(strings.ReplaceAll(err.Error(), password, "xxxxx"))
 }

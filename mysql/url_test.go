@@ -9,6 +9,7 @@ import (
 
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/dbtest"
+	"github.com/xabridge/xabridge/internal/redact"
 )
 
 func TestParseURL(t *testing.T) {
@@ -30,11 +31,11 @@ func TestParseURL(t *testing.T) {
 	for _, c := range cases {
 		cfg, err := ParseURL(c.url)
 		if err != nil {
-			t.Errorf("ParseURL(%q): %v", drivers.RedactURL(c.url), err)
+			t.Errorf("ParseURL(%q): %v", redact.URL(c.url), err)
 			continue
 		}
 		if cfg.User != c.user || cfg.Passwd != c.pass || cfg.Net != c.net || cfg.Addr != c.addr || cfg.DBName != c.db {
-			t.Errorf("ParseURL(%q) = user %q pass %q net %q addr %q db %q", drivers.RedactURL(c.url), cfg.User, cfg.Passwd, cfg.Net, cfg.Addr, cfg.DBName)
+			t.Errorf("ParseURL(%q) = user %q pass %q net %q addr %q db %q", redact.URL(c.url), cfg.User, cfg.Passwd, cfg.Net, cfg.Addr, cfg.DBName)
 		}
 	}
 
@@ -68,7 +69,7 @@ func TestParseURL(t *testing.T) {
 	for _, u := range bad {
 		_, err := ParseURL(u)
 		if err == nil {
-			t.Errorf("ParseURL(%q): no error", drivers.RedactURL(u))
+			t.Errorf("ParseURL(%q): no error", redact.URL(u))
 			continue
 		}
 		for _, leak := range []string{secret, "s3cr@t-pw", "s3cr%zz", "s3cr t", "s3cr"} {

@@ -346,7 +346,7 @@ func (b *branch) finish(ctx context.Context, commit bool) error {
 		b.done(commit)
 		return nil
 	case pinnedErr != nil && !errors.Is(err, drivers.ErrBusy):
-		return b.wrap(op, drivers.ErrInDoubt, errors.Join(pinnedErr, cause(err)))
+		return b.wrap(op, drivers.ErrInDoubt, drivers.Join(pinnedErr, cause(err)))
 	default:
 		return err
 	}

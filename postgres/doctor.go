@@ -4,11 +4,11 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/redact"
 )
 
 var _ drivers.Doctor = (*Resource)(nil)
@@ -69,10 +69,7 @@ func (r *Resource) Doctor(ctx context.Context, opts drivers.DoctorOptions) []dri
 // scrubPassword removes the pool's password from a message, should a
 // driver or server message ever quote it.
 func (r *Resource) scrubPassword(msg string) string {
-	if pw := r.pool.Config().ConnConfig.Password; pw != "" {
-		msg = strings.ReplaceAll(msg, pw, "xxxxx")
-	}
-	return msg
+	return redact.Passwords(r.pool.Config().ConnConfig.Password)(msg)
 }
 
 // pgSettings is what Doctor reads in its first query.

@@ -186,7 +186,8 @@ func TestRecoverOtherDatabaseIsForeign(t *testing.T) {
 			if p.Ours || p.XID != xid {
 				t.Errorf("gid in another database: %+v; want not ours, with its XID (recovery keeps its decision while it is listed)", p)
 			}
-			if !strings.Contains(p.Note, "other database") || p.Database != db {
+			if !strings.Contains(p.Note, "prepared in database "+db+", not in this resource's database") ||
+				!strings.Contains(p.Note, "point the resource's URL at database "+db) || p.Database != db {
 				t.Errorf("entry %+v: want Note about the other database and Database %q", p, db)
 			}
 		case plain:

@@ -286,7 +286,7 @@ func (r *Resource) finishErr(op string, xid drivers.XID, err error) error {
 func (r *Resource) Recover(ctx context.Context) ([]drivers.Prepared, error) {
 	rows, err := r.pool.Query(ctx, `
 		SELECT gid, prepared, owner::text, database::text,
-		       database = current_database(),
+		       current_database()::text,
 		       owner = current_user OR current_setting('is_superuser')::bool
 		  FROM pg_prepared_xacts
 		 ORDER BY prepared, gid`)
@@ -296,10 +296,11 @@ func (r *Resource) Recover(ctx context.Context) ([]drivers.Prepared, error) {
 	var out []drivers.Prepared
 	for rows.Next() {
 		var (
-			p               drivers.Prepared
-			sameDB, mayDoIt bool
+			p       drivers.Prepared
+			current string
+			mayDoIt bool
 		)
-		if err := rows.Scan(&p.ID, &p.PreparedAt, &p.Owner, &p.Database, &sameDB, &mayDoIt); err != nil {
+		if err := rows.Scan(&p.ID, &p.PreparedAt, &p.Owner, &p.Database, &current, &mayDoIt); err != nil {
 			rows.Close()
 			return nil, drivers.NewError(r.name, "recover", drivers.XID{}, drivers.ErrFailed, err)
 		}
@@ -308,8 +309,10 @@ func (r *Resource) Recover(ctx context.Context) ([]drivers.Prepared, error) {
 			// the transaction's decision while any branch of it is listed.
 			p.XID = xid
 			switch {
-			case !sameDB:
-				p.Note = "other database (finish it from a resource on database " + p.Database + ")"
+			case p.Database != current:
+				// COMMIT PREPARED must run in the database that prepared it.
+				p.Note = "prepared in database " + drivers.DisplayID(p.Database) + ", not in this resource's database " + drivers.DisplayID(current) +
+					": COMMIT PREPARED must run in the database that prepared it; point the resource's URL at database " + drivers.DisplayID(p.Database)
 			case !mayDoIt:
 				p.Note = "prepared by role " + p.Owner + " (finish it as that role or a superuser)"
 			default:

@@ -39,7 +39,8 @@ type snapshot struct {
 	// fenced holds the transactions this run fenced in that keeper, and
 	// whether the keeper turned out to hold a commit decision instead.
 	fenced map[drivers.GlobalID]bool
-	// scanErrors counts the resources that could not be listed.
+	// scanErrors counts the resources that could not be listed (each
+	// once: Report.Unscanned).
 	scanErrors int
 	// wrong holds the resources that are not the database a decision
 	// names, and why (see Recoverer.checkIdentities).
@@ -361,6 +362,21 @@ func (s *snapshot) planResolve(req resolveRequest, first map[drivers.XID]bool) r
 		p.err = err
 		return p
 	}
+	if len(p.act) == 0 {
+		// Nothing these resources may finish: say what is there and why
+		// (a branch prepared in another database of the same server),
+		// rather than "unknown".
+		var where []string
+		for _, b := range p.waiting {
+			if !b.Ours {
+				where = append(where, fmt.Sprintf("branch %s on resource %s is %s", b.XID.BranchQualifier(), b.Resource, noteOr(b.Note)))
+			}
+		}
+		if len(where) > 0 {
+			p.err = fmt.Errorf("%w: %s: %s", ErrNotFinishableHere, g, strings.Join(where, "; "))
+			return p
+		}
+	}
 	entry, logged := s.entries[g]
 	if _, kok := s.kept[g]; !logged && !kok && len(p.act) == 0 {
 		p.err = ErrUnknownTransaction
@@ -411,4 +427,13 @@ func (s *snapshot) planResolve(req resolveRequest, first map[drivers.XID]bool) r
 	}
 	p.end = req.commit && !p.heuristic && len(p.waiting) == 0
 	return p
+}
+
+// noteOr is why a branch that decodes as ours may not be finished from its
+// resource, as the adapter said.
+func noteOr(note string) string {
+	if note == "" {
+		return "not finishable from it"
+	}
+	return note
 }

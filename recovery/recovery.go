@@ -156,7 +156,13 @@ func New(cfg Config) (*Recoverer, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	res := map[string]drivers.Resource{}
-	for _, r := range cfg.Resources {
+	for i, r := range cfg.Resources {
+		if drivers.IsNil(r) {
+			return nil, fmt.Errorf("recovery: Resources[%d] is nil", i)
+		}
+		if err := drivers.ValidateResourceName(r.Name()); err != nil {
+			return nil, fmt.Errorf("recovery: %w", err)
+		}
 		if _, dup := res[r.Name()]; dup {
 			return nil, fmt.Errorf("recovery: two resources are named %q", r.Name())
 		}

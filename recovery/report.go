@@ -156,6 +156,21 @@ type Report struct {
 	wrong map[string]error
 }
 
+// Unscanned returns the resources that could not be scanned, each once,
+// in the order of ScanErrors: one resource may have several (its decision
+// table and its branches), and counts once.
+func (r *Report) Unscanned() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, e := range r.ScanErrors {
+		if !seen[e.Resource] {
+			seen[e.Resource] = true
+			out = append(out, e.Resource)
+		}
+	}
+	return out
+}
+
 // Remaining counts this node's branches still prepared after the pass:
 // every class but Foreign and UnknownOwner (other nodes' branches are
 // reported, not counted) whose action did not finish them. It counts live

@@ -19,6 +19,10 @@ var (
 	// ErrUnknownTransaction: neither the log nor any resource knows the
 	// global transaction.
 	ErrUnknownTransaction = errors.New("unknown global transaction: no log record and no prepared branch")
+	// ErrNotFinishableHere: branches of the global transaction are
+	// prepared on a listed server, but none where these resources may
+	// finish them (another database, another role); the error says where.
+	ErrNotFinishableHere = errors.New("refused: the transaction's branches are prepared where these resources cannot finish them")
 	// ErrOtherNode: the transaction belongs to another coordinator node.
 	ErrOtherNode = errors.New("the transaction belongs to another coordinator node")
 )

@@ -42,16 +42,19 @@ type Config struct {
 
 	// Resources are all the databases transactions may enlist. They must be
 	// registered up front so that commit decisions can be finished after a
-	// restart; names must be unique.
+	// restart; none may be nil, and names must be unique and pass
+	// drivers.ValidateResourceName (the names the CLI accepts).
 	Resources []drivers.Resource
 
 	// Timeout bounds a global transaction from begin to commit decision
-	// (default 30s). It is also the fence: after it, no commit decision can
-	// be written, so recovery may presume the transaction aborted.
+	// (zero: 30s; negative: New refuses it). It is also the fence: after
+	// it, no commit decision can be written, so recovery may presume the
+	// transaction aborted.
 	Timeout time.Duration
 
 	// Phase2Timeout is how long Commit waits for phase 2 before returning
-	// ErrCommitPending and finishing in the background (default 10s).
+	// ErrCommitPending and finishing in the background (zero: 10s;
+	// negative: New refuses it).
 	Phase2Timeout time.Duration
 
 	// ResumeDelay is how long New waits before it resumes phase 2 of the
@@ -86,7 +89,8 @@ type Config struct {
 	DecisionResource string
 
 	// RollbackTimeout bounds how long an abort waits for branches to roll
-	// back before leaving the rest to recovery (default 5s).
+	// back before leaving the rest to recovery (zero: 5s; negative: New
+	// refuses it).
 	RollbackTimeout time.Duration
 
 	// Logger receives one event per state change worth knowing (decision
@@ -217,16 +221,26 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	if err := drivers.ValidateNodeID(cfg.NodeID); err != nil {
 		return nil, fmt.Errorf("xa: config: %w", err)
 	}
-	if cfg.Timeout <= 0 {
+	// A negative duration is a mistake (a subtraction gone wrong), not a
+	// request for the default: refuse it, naming the field.
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"Timeout", cfg.Timeout}, {"Phase2Timeout", cfg.Phase2Timeout}, {"RollbackTimeout", cfg.RollbackTimeout}} {
+		if d.v < 0 {
+			return nil, fmt.Errorf("xa: config: %s is negative (%v); zero means the default", d.name, d.v)
+		}
+	}
+	if cfg.Timeout == 0 {
 		cfg.Timeout = 30 * time.Second
 	}
 	if cfg.ResumeDelay == 0 {
 		cfg.ResumeDelay = time.Second
 	}
-	if cfg.Phase2Timeout <= 0 {
+	if cfg.Phase2Timeout == 0 {
 		cfg.Phase2Timeout = 10 * time.Second
 	}
-	if cfg.RollbackTimeout <= 0 {
+	if cfg.RollbackTimeout == 0 {
 		cfg.RollbackTimeout = 5 * time.Second
 	}
 	if cfg.Now == nil {
@@ -238,11 +252,11 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	}
 	res := make(map[string]drivers.Resource, len(cfg.Resources))
 	for _, r := range cfg.Resources {
-		if r == nil {
-			return nil, errors.New("xa: config: nil resource")
+		if drivers.IsNil(r) {
+			return nil, fmt.Errorf("xa: config: Resources[%d] is nil", len(res))
 		}
-		if r.Name() == "" {
-			return nil, errors.New("xa: config: a resource has an empty name")
+		if err := drivers.ValidateResourceName(r.Name()); err != nil {
+			return nil, fmt.Errorf("xa: config: %w", err)
 		}
 		if _, dup := res[r.Name()]; dup {
 			return nil, fmt.Errorf("xa: config: two resources are named %q", r.Name())
@@ -396,6 +410,9 @@ func (c *Coordinator) close() error {
 // RunRetry runs it again after an abort a new attempt may cure (a
 // deadlock, say).
 func (c *Coordinator) Run(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) (err error) {
+	if fn == nil {
+		return &Error{Outcome: Aborted, Op: OpBegin, Err: errors.New("Run: fn is nil")}
+	}
 	tx, err := c.Begin(ctx)
 	if err != nil {
 		return err
@@ -563,7 +580,7 @@ func retry(ctx context.Context, op func(context.Context) error, logger *slog.Log
 			return nil
 		}
 		if cerr := ctx.Err(); cerr != nil {
-			return errors.Join(cerr, err)
+			return drivers.Join(cerr, err)
 		}
 		lvl := slog.LevelDebug
 		switch {
@@ -577,7 +594,7 @@ func retry(ctx context.Context, op func(context.Context) error, logger *slog.Log
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return errors.Join(ctx.Err(), err)
+			return drivers.Join(ctx.Err(), err)
 		case <-t.C:
 		}
 		if delay < 2*time.Second {

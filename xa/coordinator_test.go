@@ -3,6 +3,7 @@ package xa
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -413,24 +414,71 @@ func TestEnlist(t *testing.T) {
 	}
 }
 
+// A bad configuration is refused by New with an error naming the problem,
+// never a panic, never a silent default.
 func TestConfigValidation(t *testing.T) {
 	a := fakeres.New("a")
+	var typedNil *fakeres.Resource
+	mem := func() decisionlog.Log { return decisionlog.NewMemLog(nil) }
 	tests := []struct {
 		name string
 		cfg  Config
+		want string
 	}{
-		{"empty node id", Config{Log: decisionlog.NewMemLog(nil)}},
-		{"hostile node id", Config{NodeID: "x'; drop", Log: decisionlog.NewMemLog(nil)}},
-		{"no log", Config{NodeID: "n"}},
-		{"duplicate resource", Config{NodeID: "n", Log: decisionlog.NewMemLog(nil), Resources: []drivers.Resource{a, a}}},
+		{"empty node id", Config{Log: mem()}, "node id is empty"},
+		{"hostile node id", Config{NodeID: "x'; drop", Log: mem()}, "may only contain"},
+		{"no log", Config{NodeID: "n"}, "neither Log nor LogDir"},
+		{"duplicate resource", Config{NodeID: "n", Log: mem(), Resources: []drivers.Resource{a, a}}, `two resources are named "a"`},
+		{"nil resource", Config{NodeID: "n", Log: mem(), Resources: []drivers.Resource{a, nil}}, "Resources[1] is nil"},
+		{"typed nil resource", Config{NodeID: "n", Log: mem(), Resources: []drivers.Resource{typedNil}}, "Resources[0] is nil"},
+		{"empty resource name", Config{NodeID: "n", Log: mem(), Resources: []drivers.Resource{fakeres.New("")}}, "resource name is empty"},
+		{"resource name the CLI rejects", Config{NodeID: "n", Log: mem(), Resources: []drivers.Resource{fakeres.New("my db")}}, "may only contain letters, digits"},
+		{"resource name with =", Config{NodeID: "n", Log: mem(), Resources: []drivers.Resource{fakeres.New("pg=x")}}, "may only contain letters, digits"},
+		{"negative Timeout", Config{NodeID: "n", Log: mem(), Timeout: -time.Second}, "Timeout is negative"},
+		{"negative Phase2Timeout", Config{NodeID: "n", Log: mem(), Phase2Timeout: -time.Second}, "Phase2Timeout is negative"},
+		{"negative RollbackTimeout", Config{NodeID: "n", Log: mem(), RollbackTimeout: -time.Second}, "RollbackTimeout is negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if c, err := New(context.Background(), tt.cfg); err == nil {
+			c, err := New(context.Background(), tt.cfg)
+			if err == nil {
 				c.Close()
 				t.Fatal("New accepted a bad config")
 			}
+			if !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("New: %q, want one line naming %q", err, tt.want)
+			}
 		})
+	}
+	// Nothing was set up: the resources were not touched.
+	if n := len(a.PreparedXIDs()); n != 0 {
+		t.Errorf("a refused config left %d prepared branches", n)
+	}
+}
+
+// Nil callbacks and resources given to a running coordinator are errors,
+// not panics; a nil Hook is the documented "no hook".
+func TestNilArgumentsAreErrors(t *testing.T) {
+	e := newTestEnv(t, func(c *Config) { c.Hook = nil })
+	ctx := context.Background()
+	if err := e.c.Run(ctx, nil); err == nil || !errors.Is(err, ErrAborted) || !strings.Contains(err.Error(), "fn is nil") {
+		t.Errorf("Run(nil): %v, want an abort naming the nil fn", err)
+	}
+	if err := e.c.RunRetry(ctx, RetryPolicy{}, nil); err == nil || !strings.Contains(err.Error(), "fn is nil") {
+		t.Errorf("RunRetry(nil): %v", err)
+	}
+	var typedNil *fakeres.Resource
+	for _, r := range []drivers.Resource{nil, typedNil} {
+		err := e.c.Run(ctx, func(ctx context.Context, tx *Tx) error {
+			_, err := tx.Enlist(ctx, r)
+			return err
+		})
+		if err == nil || !strings.Contains(err.Error(), "resource is nil") {
+			t.Errorf("Enlist(%#v): %v, want an error naming the nil resource", r, err)
+		}
+	}
+	if n := len(e.log.Pending()); n != 0 {
+		t.Errorf("%d decisions written", n)
 	}
 }
 

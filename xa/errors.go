@@ -136,7 +136,7 @@ func (e *Error) Error() string {
 		b.WriteString(": ")
 		b.WriteString(e.Err.Error())
 	}
-	return b.String()
+	return drivers.OneLine(b.String())
 }
 
 func (e *Error) sentinel() error {

@@ -128,6 +128,9 @@ func (tx *Tx) Enlist(ctx context.Context, r drivers.Resource) (drivers.Branch, e
 	if tx.finished {
 		return nil, ErrTxDone
 	}
+	if drivers.IsNil(r) {
+		return nil, errors.New("xa: Enlist: the resource is nil")
+	}
 	if b, ok := tx.byRes[r]; ok {
 		return b.b, nil
 	}
@@ -555,7 +558,7 @@ func (tx *Tx) rollbackBranches(ctx context.Context, branches []*txBranch, why st
 		}
 		tx.closeBranch(tb)
 	})
-	return errors.Join(errs...)
+	return drivers.Join(errs...)
 }
 
 func (tx *Tx) closeBranch(tb *txBranch) {

@@ -147,8 +147,8 @@ func (o *opsConfig) resolve() (*resolved, error) {
 		if !ok || name == "" || u == "" {
 			return nil, usagef("--resource %q: want NAME=URL", redact.URL(s))
 		}
-		if !validResourceName(name) {
-			return nil, usagef("--resource: name %q may only contain letters, digits, '_' and '-'", name)
+		if err := drivers.ValidateResourceName(name); err != nil {
+			return nil, usagef("--resource: %v", err)
 		}
 		if seen[name] {
 			return nil, usagef("--resource: %q given twice", name)
@@ -173,18 +173,6 @@ func sortedNames(m map[string]bool) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-func validResourceName(s string) bool {
-	if len(s) > 64 {
-		return false
-	}
-	for _, c := range s {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return s != ""
 }
 
 func first(vals ...string) string {
@@ -230,7 +218,7 @@ func (r *resolved) openLog(write bool) (*decisionlog.FileLog, error) {
 	l, err := decisionlog.OpenFileLog(r.logDir, decisionlog.FileLogOptions{ReadOnly: !write, NoCreate: true, Node: r.nodeID})
 	if err != nil {
 		if errors.Is(err, decisionlog.ErrLogLocked) {
-			return nil, fmt.Errorf("%w\n(a coordinator is running on this log: stop it first, or let its own recovery resolve its transactions)", err)
+			return nil, fmt.Errorf("%w (a coordinator is running on this log: stop it first, or let its own recovery resolve its transactions)", err)
 		}
 		return nil, err
 	}

@@ -67,7 +67,13 @@ that earlier one is dead: its undecided branches are rolled back at once
 decisions finished. With --metrics-addr, a recovery loop keeps running
 beside the coordinator. So never run two demos at once with the same
 --node-id on the same databases, even with different --log-dir: each would
-take the other's running transactions for a dead run's.`,
+take the other's running transactions for a dead run's.
+
+Aborts other than insufficient funds are counted by reason, each with its
+first error. Exit 1 when the invariants do not hold, and also when the run
+shows a broken setup: no transfer committed, or at least half of them
+aborted for a reason other than insufficient funds or contention (for
+example a PostgreSQL without max_prepared_transactions).`,
 		Example: `  eval "$(scripts/devdb env)"
   xabridge demo transfer --count 10000 --concurrency 16
   xabridge demo transfer --count 2000 --baseline   # also time the same transfers without atomicity

@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/redact"
 	"github.com/xabridge/xabridge/internal/selfcheck"
 )
@@ -55,7 +56,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintln(stderr, "xabridge: "+scrubError(err, args))
+	// One line: a driver's message may span several (PostgreSQL's DETAIL).
+	fmt.Fprintln(stderr, "xabridge: "+drivers.OneLine(scrubError(err, args)))
 	var ue usageError
 	switch {
 	case errors.As(err, &ue) || isCobraUsageError(err):

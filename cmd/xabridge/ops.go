@@ -123,7 +123,7 @@ func writeTable(w io.Writer, rep *recovery.Report, showResult bool) {
 	}
 	fmt.Fprintln(tw, hdr)
 	for _, b := range rep.Branches {
-		id, node, br, logState, label := drivers.DisplayID(b.ID), "-", "-", "-", "-"
+		id, node, br, logState, label := drivers.QuoteID(b.ID), "-", "-", "-", "-"
 		if b.Ours {
 			id, node, br, logState = b.XID.Global.String(), b.XID.Global.Node(), fmt.Sprintf("%02x", b.XID.Branch), b.LogState.String()
 			label = first(b.XID.Label, "-")
@@ -144,11 +144,11 @@ func writeTable(w io.Writer, rep *recovery.Report, showResult bool) {
 	tw.Flush()
 	for _, b := range rep.Branches {
 		if b.Class == recovery.Heuristic {
-			fmt.Fprintf(w, "HEURISTIC: %s on %s: %s\n", drivers.DisplayID(b.ID), b.Resource, b.Reason)
+			fmt.Fprintf(w, "HEURISTIC: %s on %s: %s\n", drivers.QuoteID(b.ID), b.Resource, b.Reason)
 		}
 	}
 	for _, e := range rep.ScanErrors {
-		fmt.Fprintf(w, "ERROR: resource %s could not be scanned: %v\n", e.Resource, e.Err)
+		fmt.Fprintf(w, "ERROR: resource %s could not be scanned: %s\n", e.Resource, drivers.OneLine(e.Err.Error()))
 	}
 }
 
@@ -194,13 +194,22 @@ func attentionErr(rep *recovery.Report) error {
 // inDoubtErr is the error of a command that leaves n branches counted
 // (what says how they were counted), or could not scan every resource.
 func inDoubtErr(rep *recovery.Report, n int, what string) error {
-	if len(rep.ScanErrors) > 0 {
-		return fmt.Errorf("%d resource(s) could not be scanned", len(rep.ScanErrors))
+	if u := rep.Unscanned(); len(u) > 0 {
+		return fmt.Errorf("%s could not be scanned", resourcesPhrase(u))
 	}
 	if n > 0 {
 		return fmt.Errorf("%w: %d%s", errInDoubtRemain, n, what)
 	}
 	return nil
+}
+
+// resourcesPhrase names resources for a message: "resource pg",
+// "2 resources (pg, mysql)".
+func resourcesPhrase(names []string) string {
+	if len(names) == 1 {
+		return "resource " + names[0]
+	}
+	return fmt.Sprintf("%d resources (%s)", len(names), strings.Join(names, ", "))
 }
 
 // newRecoverer opens resources and the log and builds a Recoverer; mod, if
@@ -401,17 +410,32 @@ func newShowCmd() *cobra.Command {
 			}
 			defer closeAll()
 			rep := rec.Scan(cmd.Context())
+			// Its branches, also those listed where these resources may
+			// not finish them (another database of the same server, another
+			// role): the adapter decoded their XIDs and says why.
 			kept := rep.Branches[:0]
+			var elsewhere []string
 			for _, b := range rep.Branches {
-				if b.Ours && b.XID.Global == g {
+				if b.XID.Global == g {
 					kept = append(kept, b)
+					if !b.Ours {
+						elsewhere = append(elsewhere, fmt.Sprintf("branch %s on resource %s is %s", b.XID.BranchQualifier(), b.Resource, first(b.Note, "not finishable from it")))
+					}
 				}
 			}
 			rep.Branches = kept
 			entry, logged := l.Lookup(g)
+			if !logged && len(elsewhere) == len(kept) && len(elsewhere) > 0 {
+				if r.output == "json" {
+					if err := writeJSON(cmd.OutOrStdout(), toJSON(r.nodeID, rep)); err != nil {
+						return err
+					}
+				}
+				return fmt.Errorf("%s: %w: %s", g, recovery.ErrNotFinishableHere, strings.Join(elsewhere, "; "))
+			}
 			if !logged && len(kept) == 0 {
-				if len(rep.ScanErrors) > 0 {
-					return fmt.Errorf("%s: %w (and %d resource(s) could not be scanned)", g, recovery.ErrUnknownTransaction, len(rep.ScanErrors))
+				if u := rep.Unscanned(); len(u) > 0 {
+					return fmt.Errorf("%s: %w (and %s could not be scanned)", g, recovery.ErrUnknownTransaction, resourcesPhrase(u))
 				}
 				return fmt.Errorf("%s: %w", g, recovery.ErrUnknownTransaction)
 			}
@@ -438,6 +462,9 @@ func newShowCmd() *cobra.Command {
 					fmt.Fprintln(w, "  no prepared branch on any resource")
 				} else {
 					writeTable(w, rep, false)
+				}
+				for _, e := range elsewhere {
+					fmt.Fprintln(w, "NOT FINISHABLE HERE: "+e)
 				}
 			}
 			return remainingErr(rep)

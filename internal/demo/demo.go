@@ -47,6 +47,11 @@ type Options struct {
 	Observe func(ctx context.Context, coord *xa.Coordinator, logger *slog.Logger) (stop func(), err error)
 }
 
+// ErrSetup is returned when the transfers show that the setup is broken
+// (runStats.brokenSetup): none committed, or half of them aborted for a
+// reason other than insufficient funds or contention. The invariants held.
+var ErrSetup = errors.New("the demo's transfers failed")
+
 // ErrViolated is returned when the invariants do not hold.
 var ErrViolated = errors.New("demo invariants violated")
 
@@ -189,6 +194,13 @@ func Transfer(ctx context.Context, out, errw io.Writer, o Options) error {
 		label = "atomic (decision in " + o.Keeper + ")"
 	}
 	fmt.Fprintln(out, xs.line(label))
+	for _, l := range xs.reasonLines() {
+		fmt.Fprintln(out, l)
+	}
+	broken := ""
+	if ctx.Err() == nil {
+		broken = xs.brokenSetup()
+	}
 	if fl, ok := coord.Log().(*decisionlog.FileLog); ok && xs.committed.Load() > 0 {
 		s := fl.Stats()
 		fmt.Fprintf(out, "%-26s %d fsyncs for %d records (%.3f per committed transfer)\n", "decision log", s.Syncs, s.Appends,
@@ -214,7 +226,13 @@ func Transfer(ctx context.Context, out, errw io.Writer, o Options) error {
 	if err != nil {
 		return err
 	}
-	return printState(out, after, before.Total())
+	if err := printState(out, after, before.Total()); err != nil {
+		return err
+	}
+	if broken != "" {
+		return fmt.Errorf("%w: %s (the reasons are above; `xabridge doctor` checks the setup)", ErrSetup, broken)
+	}
+	return nil
 }
 
 // inDoubtBranches counts prepared branches of node on the demo's databases.

@@ -7,7 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
+	"github.com/xabridge/xabridge/xa"
 )
 
 func TestValidate(t *testing.T) {
@@ -65,6 +67,52 @@ func TestPrintState(t *testing.T) {
 				if !strings.Contains(out.String(), l) {
 					t.Errorf("output lacks %q:\n%s", l, out.String())
 				}
+			}
+		})
+	}
+}
+
+// A run whose transfers abort for a setup reason says why, by reason with
+// an example, and brokenSetup judges it; contention and insufficient funds
+// alone do not.
+func TestBrokenSetup(t *testing.T) {
+	refused := &xa.Error{Outcome: xa.Aborted, Op: xa.OpPrepare, Resource: "pg", Err: errors.New("prepared transactions are disabled\nHINT: set max_prepared_transactions")}
+	conflict := &xa.Error{Outcome: xa.Aborted, Op: xa.OpWork, Resource: "pg", Err: drivers.ErrConflict}
+	tests := []struct {
+		name               string
+		committed, noFunds int
+		aborts             []error
+		want               string // in brokenSetup's answer; "" for none
+		lines              []string
+	}{
+		{"all refused", 0, 0, []error{refused, refused, refused}, "no transfer committed: all 3 of 3", []string{"aborted", "3 prepare-refused, e.g. ", "disabled; HINT: set max_prepared_transactions"}},
+		{"half refused", 2, 0, []error{refused, refused}, "2 of 4 transfers aborted for a reason other than", []string{"2 prepare-refused"}},
+		{"a few refused", 9, 0, []error{refused}, "", []string{"1 prepare-refused"}},
+		{"contention only", 1, 0, []error{conflict, conflict, conflict}, "", []string{"3 conflict"}},
+		{"insufficient funds only", 0, 5, nil, "", nil},
+		{"nothing tried", 0, 0, nil, "", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var s runStats
+			s.committed.Store(int64(tt.committed))
+			s.aborted.Store(int64(tt.noFunds))
+			s.noFunds.Store(int64(tt.noFunds))
+			for _, err := range tt.aborts {
+				s.abort(err)
+			}
+			got := s.brokenSetup()
+			if tt.want == "" && got != "" || tt.want != "" && !strings.Contains(got, tt.want) {
+				t.Errorf("brokenSetup() = %q, want %q", got, tt.want)
+			}
+			lines := strings.Join(s.reasonLines(), "\n")
+			for _, l := range tt.lines {
+				if !strings.Contains(lines, l) {
+					t.Errorf("reasons %q do not say %q", lines, l)
+				}
+			}
+			if strings.Count(lines, "\n") != max(len(s.reasonLines())-1, 0) {
+				t.Errorf("a reason spans lines: %q", lines)
 			}
 		})
 	}

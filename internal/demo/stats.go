@@ -7,10 +7,12 @@ import (
 	"io"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/xa"
 )
@@ -55,6 +57,87 @@ type runStats struct {
 	committed, aborted, noFunds, inDoubt, pending atomic.Int64
 	elapsed                                       time.Duration
 	lat                                           []time.Duration
+
+	mu      sync.Mutex
+	reasons map[xa.Reason]*reasonCount // aborts other than insufficient funds, by xa.ReasonOf
+}
+
+// reasonCount is how many transfers aborted for one reason, and the first
+// error, as an example.
+type reasonCount struct {
+	n       int64
+	example error
+}
+
+// abort counts an abort that is not the workload's own (insufficient
+// funds), by reason.
+func (s *runStats) abort(err error) {
+	s.aborted.Add(1)
+	r := xa.ReasonOf(err)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.reasons == nil {
+		s.reasons = map[xa.Reason]*reasonCount{}
+	}
+	c := s.reasons[r]
+	if c == nil {
+		c = &reasonCount{example: err}
+		s.reasons[r] = c
+	}
+	c.n++
+}
+
+// failed counts the aborts that are not insufficient funds.
+func (s *runStats) failed() int64 { return s.aborted.Load() - s.noFunds.Load() }
+
+// reasonLines describes the aborts other than insufficient funds: one line
+// per reason, most frequent first, with its first error.
+func (s *runStats) reasonLines() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rs := make([]xa.Reason, 0, len(s.reasons))
+	for r := range s.reasons {
+		rs = append(rs, r)
+	}
+	slices.SortFunc(rs, func(a, b xa.Reason) int {
+		if d := s.reasons[b].n - s.reasons[a].n; d != 0 {
+			return int(max(-1, min(1, d)))
+		}
+		return strings.Compare(string(a), string(b))
+	})
+	var out []string
+	for _, r := range rs {
+		c := s.reasons[r]
+		out = append(out, fmt.Sprintf("%-26s %d %s, e.g. %s", "aborted", c.n, r, drivers.OneLine(c.example.Error())))
+	}
+	return out
+}
+
+// brokenSetup says why the run shows the setup, not the workload, is at
+// fault, or "" if it does not: no transfer committed although some were
+// tried, or at least half of them aborted for a reason other than
+// insufficient funds or contention (which a busy demo can cause on its
+// own). A cancelled run is not judged.
+func (s *runStats) brokenSetup() string {
+	tried := s.committed.Load() + s.aborted.Load() + s.inDoubt.Load() + s.pending.Load()
+	if tried == 0 {
+		return ""
+	}
+	s.mu.Lock()
+	bad := int64(0)
+	for r, c := range s.reasons {
+		if r != xa.ReasonConflict && r != xa.ReasonCanceled {
+			bad += c.n
+		}
+	}
+	s.mu.Unlock()
+	switch {
+	case s.committed.Load()+s.pending.Load() == 0 && s.failed() > 0:
+		return fmt.Sprintf("no transfer committed: all %d of %d aborted or in doubt", tried-s.noFunds.Load(), tried)
+	case bad*2 >= tried:
+		return fmt.Sprintf("%d of %d transfers aborted for a reason other than insufficient funds or contention", bad, tried)
+	}
+	return ""
 }
 
 func (s *runStats) line(label string) string {
@@ -107,7 +190,7 @@ func workers(ctx context.Context, count, n int, seed uint64, job func(ctx contex
 				case errors.Is(err, xa.ErrOutcomeUnknown):
 					st.inDoubt.Add(1)
 				default:
-					st.aborted.Add(1)
+					st.abort(err)
 				}
 			}
 			mu.Lock()

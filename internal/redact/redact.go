@@ -36,6 +36,11 @@ func URL(s string) string {
 	if keywordForm.MatchString(s) {
 		return kvPassword.ReplaceAllString(s, "${1}"+Mask)
 	}
+	if scheme, rest, ok := strings.Cut(s, ":"); ok && !strings.Contains(s, "@") && isScheme(scheme) && strings.Contains(rest, ":") {
+		// scheme:user:password (a URL missing its //), which a URL
+		// parser reads as opaque: no host to show, maybe a password.
+		return Withheld
+	}
 	return query(userInfo(s))
 }
 
@@ -165,16 +170,26 @@ const MinScrubbed = 4
 // a server's message) every password the database URLs hold, as written,
 // decoded and percent-encoded, with Mask.
 func Scrub(rawURLs ...string) func(string) string {
-	var secrets []string
+	var pws []string
 	for _, raw := range rawURLs {
-		for _, pw := range passwords(raw) {
-			if len(pw) < MinScrubbed {
-				continue
-			}
-			secrets = append(secrets, pw, url.QueryEscape(pw), url.PathEscape(pw))
-			if dec, err := url.PathUnescape(pw); err == nil && len(dec) >= MinScrubbed {
-				secrets = append(secrets, dec)
-			}
+		pws = append(pws, passwords(raw)...)
+	}
+	return Passwords(pws...)
+}
+
+// Passwords returns a function that replaces in any text every one of the
+// passwords, as written, decoded and percent-encoded, with Mask: Scrub for
+// a caller that holds the password itself (a parsed configuration) rather
+// than its URL. Passwords shorter than MinScrubbed are left alone.
+func Passwords(pws ...string) func(string) string {
+	var secrets []string
+	for _, pw := range pws {
+		if len(pw) < MinScrubbed {
+			continue
+		}
+		secrets = append(secrets, pw, url.QueryEscape(pw), url.PathEscape(pw))
+		if dec, err := url.PathUnescape(pw); err == nil && len(dec) >= MinScrubbed {
+			secrets = append(secrets, dec)
 		}
 	}
 	// The longest first: a shorter reading may be part of a longer one.
@@ -186,6 +201,26 @@ func Scrub(rawURLs ...string) func(string) string {
 		return s
 	}
 }
+
+// Error returns err with scrub (Scrub's or Passwords' function) applied
+// to its text. When there is nothing to hide it returns err itself, so
+// errors.Is and errors.As still see its chain; otherwise the chain is
+// dropped, since any error in it would show the password again.
+func Error(err error, scrub func(string) string) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	if clean := scrub(msg); clean != msg {
+		return scrubbedError(clean)
+	}
+	return err
+}
+
+// scrubbedError is an error whose text had a password taken out.
+type scrubbedError string
+
+func (e scrubbedError) Error() string { return string(e) }
 
 // passwords returns the passwords s holds where URL would mask them.
 func passwords(s string) []string {

@@ -1,6 +1,11 @@
 package redact
 
 import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -29,6 +34,8 @@ func TestURL(t *testing.T) {
 		{"keyword/value quoted", "host=h password='hun ter2' dbname=d", "host=h password=xxxxx dbname=d"},
 		{"keyword/value awkward", "host=h password=" + pw, "host=h password=xxxxx"},
 		{"bad scheme with credentials", "1x://u:hunter2@h", "(withheld)"},
+		{"scheme without //", "mysql:u:hunter2", "(withheld)"},
+		{"host and port", "localhost:5432", "localhost:5432"},
 		{"plain text", "just-a-name", "just-a-name"},
 		{"empty", "", ""},
 	}
@@ -82,6 +89,79 @@ func TestScrub(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestPasswordsAndError(t *testing.T) {
+	tests := []struct{ name, pw, text, want string }{
+		{"as written", "hunter2", "auth hunter2 failed", "auth xxxxx failed"},
+		{"percent-encoded in the text", "hun@ter2", "saw hun%40ter2", "saw xxxxx"},
+		{"too short", "pw", "a pw b", "a pw b"},
+		{"none", "", "nothing", "nothing"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Passwords(tt.pw)(tt.text); got != tt.want {
+				t.Errorf("Passwords(%q)(%q) = %q, want %q", tt.pw, tt.text, got, tt.want)
+			}
+			cause := errors.New(tt.text)
+			err := Error(cause, Passwords(tt.pw))
+			if err.Error() != tt.want {
+				t.Errorf("Error: %q, want %q", err, tt.want)
+			}
+			// The chain survives only when nothing was hidden.
+			if keep := tt.text == tt.want; errors.Is(err, cause) != keep {
+				t.Errorf("Error kept the chain: %v, want %v", errors.Is(err, cause), keep)
+			}
+		})
+	}
+	if Error(nil, Passwords("hunter2")) != nil {
+		t.Error("Error(nil) is not nil")
+	}
+}
+
+// TestOneImplementation keeps this package the only one that masks
+// passwords: no other non-test source of the module writes the mask or
+// parses a URL's password for itself.
+func TestOneImplementation(t *testing.T) {
+	root := filepath.Join("..", "..")
+	own, err := filepath.Abs(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forbidden := regexp.MustCompile(`"xxxxx"|User\.Password\(\)|url\.UserPassword\(`)
+	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if abs, _ := filepath.Abs(path); abs == own || d.Name() == "testdata" || (d.Name() != ".." && strings.HasPrefix(d.Name(), ".")) {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for i, line := range strings.Split(string(src), "\n") {
+			if m := forbidden.FindString(line); m != "" && !allowedPasswordRead(path, line) {
+				t.Errorf("%s:%d: %s: mask passwords with package redact", path, i+1, m)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// allowedPasswordRead is a line that reads a password to use it (to
+// connect), not to hide it.
+func allowedPasswordRead(path, line string) bool {
+	return filepath.Base(path) == "url.go" && strings.Contains(line, "cfg.Passwd, _ = u.User.Password()")
 }
 
 func TestAmbiguous(t *testing.T) {
