@@ -15,6 +15,7 @@ import (
 	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/redact"
+	"github.com/xabridge/xabridge/internal/storeopt"
 	_ "github.com/xabridge/xabridge/mysql"    // registers mysql:// and mariadb://
 	_ "github.com/xabridge/xabridge/postgres" // registers postgres:// and postgresql://
 )
@@ -30,6 +31,16 @@ type opsConfig struct {
 	keeper     string   // --decision-resource
 	nodeIDSet  bool     // --node-id was given (possibly empty)
 	logDirSet  bool     // --log-dir was given (possibly empty)
+
+	// The shared decision store (--store, --store-schema), on the commands
+	// that take it (addStoreFlags sets withStore).
+	withStore      bool
+	store          string
+	storeSchema    string
+	storeSet       bool // --store was given (possibly empty)
+	storeSchemaSet bool
+	// resourcesOptional: no resource is not an error (xabridge nodes).
+	resourcesOptional bool
 }
 
 // fileConfig is the JSON config file (--config).
@@ -38,6 +49,8 @@ type fileConfig struct {
 	LogDir           string            `json:"log_dir"`
 	Resources        map[string]string `json:"resources"`
 	DecisionResource string            `json:"decision_resource"`
+	Store            string            `json:"store"`        // --store
+	StoreSchema      string            `json:"store_schema"` // --store-schema
 }
 
 func addOpsFlags(cmd *cobra.Command, o *opsConfig, withOutput bool) {
@@ -72,6 +85,9 @@ type resolved struct {
 	resources []namedURL
 	output    string
 	keeper    string // recovery.Config.DecisionResource
+	// store is the shared decision store; when it is set, logDir is empty
+	// (they exclude each other).
+	store storeopt.Options
 }
 
 type namedURL struct{ name, url string }
@@ -109,6 +125,11 @@ func (o *opsConfig) resolve() (*resolved, error) {
 		return nil, usagef("--log-dir is empty")
 	}
 	r.logDir = first(o.logDir, os.Getenv("XABRIDGE_LOG_DIR"), fc.LogDir, ".xabridge/log")
+	if o.withStore {
+		if err := o.resolveStore(r, fc); err != nil {
+			return nil, err
+		}
+	}
 
 	var specs []string
 	switch {
@@ -137,6 +158,9 @@ func (o *opsConfig) resolve() (*resolved, error) {
 		if v := os.Getenv("XABRIDGE_MYSQL"); v != "" {
 			specs = append(specs, "mysql="+v)
 		}
+	}
+	if len(specs) == 0 && o.resourcesOptional {
+		return r, nil
 	}
 	if len(specs) == 0 {
 		return nil, usagef("no resources: give --resource NAME=URL (or XABRIDGE_RESOURCES, --config, or XABRIDGE_PG/XABRIDGE_MYSQL)")

@@ -193,15 +193,38 @@ func inDoubtErr(rep *recovery.Report, n int, what string) error {
 
 // newRecoverer opens resources and the log and builds a Recoverer; mod, if
 // set, completes its configuration.
-func newRecoverer(ctx context.Context, r *resolved, write bool, minAge *time.Duration, mod func(*recovery.Config)) (*recovery.Recoverer, *decisionlog.FileLog, func(), error) {
+func newRecoverer(ctx context.Context, r *resolved, write bool, minAge *time.Duration, mod func(*recovery.Config)) (*recovery.Recoverer, decisionlog.Log, func(), error) {
 	res, closeRes, err := r.openResources(ctx)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	l, err := r.openLog(write)
-	if err != nil {
-		closeRes()
-		return nil, nil, nil, err
+	var l decisionlog.Log
+	if r.store.Enabled() {
+		if write {
+			// recover and resolve act on a store only under a claim of the
+			// node's lease (storeRecover, storeResolve).
+			closeRes()
+			return nil, nil, nil, errors.New("internal: acting on a store needs a claim of the node's lease")
+		}
+		// Read-only: no lease taken, nothing created.
+		rd, closeStore, err := openStoreReader(ctx, r.store)
+		if err != nil {
+			closeRes()
+			return nil, nil, nil, err
+		}
+		if l, err = rd.Log(r.nodeID); err != nil {
+			closeStore()
+			closeRes()
+			return nil, nil, nil, err
+		}
+		l = closingLog{l, closeStore}
+	} else {
+		fl, err := r.openLog(write)
+		if err != nil {
+			closeRes()
+			return nil, nil, nil, err
+		}
+		l = fl
 	}
 	cfg := recovery.Config{NodeID: r.nodeID, Log: l, Resources: res, MinAge: minAge, Actor: actor(),
 		DecisionResource: r.keeper}
@@ -576,7 +599,9 @@ holds the log. Exit code 3 when branches of this node remain in doubt.`,
 			}
 			defer closeAll()
 			if obs != nil {
-				obs.labeled.MustRegister(metrics.NewFileLogCollector(l))
+				if fl, ok := l.(*decisionlog.FileLog); ok {
+					obs.labeled.MustRegister(metrics.NewFileLogCollector(fl))
+				}
 				if err := obs.serve(metricsAddr, cmd.ErrOrStderr()); err != nil {
 					return err
 				}
@@ -656,6 +681,19 @@ holds the log. Exit code 3 when branches of this node remain in doubt.`,
 	f.StringVar(&metricsAddr, "metrics-addr", metrics.DefaultAddr, "with --watch: serve Prometheus metrics at http://ADDR/metrics (host:port; an empty host means 127.0.0.1; '' serves none)")
 	f.StringVar(&logLevel, "log-level", "info", "with --watch: "+logLevelHelp)
 	return cmd
+}
+
+// closingLog is a decision log whose Close also runs done (closes the
+// store's pool).
+type closingLog struct {
+	decisionlog.Log
+	done func()
+}
+
+func (c closingLog) Close() error {
+	err := c.Log.Close()
+	c.done()
+	return err
 }
 
 // sortBranches orders branches by global id, then resource.

@@ -258,3 +258,8 @@ func (l readOnlyLog) Pending() []decisionlog.Decision {
 	}
 	return ds
 }
+
+// ValidateSchema checks a name for Options.Schema: 1 to 63 characters of
+// a-z, 0-9 and _ (not first), so that it needs no quoting rules beyond
+// pgx.Identifier and is found again as written.
+func ValidateSchema(s string) error { return validSchemaName(s) }
