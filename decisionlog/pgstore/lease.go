@@ -269,6 +269,9 @@ func (s *Store) Claim(ctx context.Context, node string) (int64, error) {
 
 // Release gives back a lease this store claimed: it expires now (by the
 // database's clock), so the node's own process can take it back at once.
+// End records queued for the node are written first (while ctx lasts):
+// released with them still queued, they would be refused by the lease
+// check, and the node's finished decisions would look pending again.
 func (s *Store) Release(ctx context.Context, node string) error {
 	if node == s.node {
 		return fmt.Errorf("pgstore: release of the store's own node %s: use Close", node)
@@ -277,6 +280,7 @@ func (s *Store) Release(ctx context.Context, node string) error {
 	if err != nil {
 		return err
 	}
+	s.waitEnds(ctx, node)
 	if err := s.release(ctx, l); err != nil {
 		return err
 	}
@@ -460,3 +464,29 @@ func (s *Store) Nodes(ctx context.Context) ([]NodeInfo, error) {
 }
 
 func isFenced(err error) bool { return errors.Is(err, decisionlog.ErrFenced) }
+
+// waitEnds waits until no End record of node is queued or being written,
+// or ctx ends. The writer clears them within a batch (written or dropped).
+func (s *Store) waitEnds(ctx context.Context, node string) {
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	for s.endsQueued(node) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// endsQueued reports whether an End record of node is queued or in flight.
+func (s *Store) endsQueued(node string) bool {
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	for key := range s.ending {
+		if g, err := drivers.ParseGlobalID(key); err == nil && g.Node() == node {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,486 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/xabridge/xabridge/decisionlog/pgstore"
+	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/recovery"
+	"github.com/xabridge/xabridge/xa"
+)
+
+// DefaultFileRecoverEvery is the pass interval with a file log.
+const DefaultFileRecoverEvery = 10 * time.Second
+
+// Config configures a Replica.
+type Config struct {
+	// Coordinator configures the coordinator (NodeID, Resources, Timeout,
+	// DecisionResource, ...). Its Log must be nil when Pool is set: the
+	// shared store is the log.
+	Coordinator xa.Config
+	// Pool is the shared decision store's database; nil means a file log
+	// (Coordinator.LogDir, or Coordinator.Log), with no leases and no
+	// takeover. The pool stays the caller's.
+	Pool *pgxpool.Pool
+	// Store configures the shared store; Store.Node defaults to
+	// Coordinator.NodeID and must equal it.
+	Store pgstore.Options
+	// RecoverEvery is the interval between passes (default: the lease TTL
+	// divided by 2 with a store, DefaultFileRecoverEvery with a file log).
+	RecoverEvery time.Duration
+	// NoTakeover limits passes to this node's own recovery: peers' expired
+	// leases are never claimed.
+	NoTakeover bool
+	// Settle is recovery.Config.Settle for the own recovery and for
+	// takeovers (default 1s; negative: no wait, for tests on PostgreSQL
+	// alone). It is the two-scan rule: keep it on MariaDB, whose sessions
+	// of a dead process detach from their prepared branches late.
+	Settle time.Duration
+	// Logger receives the replica's events (passes that acted, takeovers,
+	// lease losses). Default: discard.
+	Logger *slog.Logger
+	// OnReport, if set, sees every recovery report: the own recovery's and
+	// each takeover pass's (recovery.Config.OnReport). It must not block.
+	OnReport func(*recovery.Report)
+}
+
+// Replica is a coordinator running as one replica: the xa.Coordinator, its
+// in-process recovery, and on a shared store the takeover of dead peers.
+type Replica struct {
+	cfg    Config
+	logger *slog.Logger
+	coord  *xa.Coordinator
+	store  *pgstore.Store // nil with a file log
+	own    *recovery.Recoverer
+	every  time.Duration
+
+	passMu sync.Mutex // serialises passes (the loop's and Pass's)
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	closeOnce sync.Once
+	closeErr  error
+
+	mu       sync.Mutex
+	reacqs   int           // successful Reacquires
+	epochCh  chan struct{} // closed and replaced on every Reacquire (tests wait on it)
+	lastPass PassReport
+}
+
+// PassReport is what one pass did.
+type PassReport struct {
+	// Own is the report of this node's own recovery pass.
+	Own *recovery.Report
+	// Takeovers lists the expired peers this pass took over (or tried to).
+	Takeovers []Takeover
+	// NodesErr is set when the store's node leases could not be read: no
+	// takeover was tried.
+	NodesErr error
+}
+
+// Takeover is one attempt at taking over an expired peer.
+type Takeover struct {
+	Node   string
+	Report *recovery.Report // nil if the claim failed
+	Err    error
+}
+
+// Open opens the store (taking the node's lease: an error matching
+// pgstore.ErrNodeLeased if a live process holds it), then the coordinator,
+// and starts the recovery loop. Close stops everything.
+func Open(ctx context.Context, cfg Config) (*Replica, error) {
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	cc := cfg.Coordinator
+	if err := drivers.ValidateNodeID(cc.NodeID); err != nil {
+		return nil, fmt.Errorf("replica: %w", err)
+	}
+	var st *pgstore.Store
+	every := cfg.RecoverEvery
+	if cfg.Pool != nil {
+		if cc.Log != nil {
+			return nil, errors.New("replica: Coordinator.Log must be nil with a shared store (Pool): the store is the log")
+		}
+		opts := cfg.Store
+		if opts.Node == "" {
+			opts.Node = cc.NodeID
+		}
+		if opts.Node != cc.NodeID {
+			return nil, fmt.Errorf("replica: Store.Node %q is not Coordinator.NodeID %q", opts.Node, cc.NodeID)
+		}
+		if opts.LeaseTTL <= 0 {
+			opts.LeaseTTL = pgstore.DefaultLeaseTTL
+		}
+		if every <= 0 {
+			every = opts.LeaseTTL / 2
+		}
+		var err error
+		st, err = pgstore.Open(ctx, cfg.Pool, opts)
+		if err != nil {
+			return nil, fmt.Errorf("replica: node %s: %w", cc.NodeID, err)
+		}
+		cc.Log = st
+		cfg.Store = opts
+	} else {
+		if cfg.Store.Node != "" || cfg.Store.Schema != "" || cfg.Store.LeaseTTL != 0 {
+			return nil, errors.New("replica: Store options given without a store (Pool)")
+		}
+		if every <= 0 {
+			every = DefaultFileRecoverEvery
+		}
+	}
+	coord, err := xa.New(ctx, cc)
+	if err != nil {
+		if st != nil {
+			_ = st.Close()
+		}
+		return nil, fmt.Errorf("replica: %w", err)
+	}
+	own, err := recovery.New(recovery.Config{
+		NodeID:           cc.NodeID,
+		Log:              coord.Log(),
+		Resources:        cc.Resources,
+		Active:           coord.Active,
+		Logger:           logger,
+		OnReport:         cfg.OnReport,
+		Settle:           cfg.Settle,
+		DecisionResource: cc.DecisionResource,
+	})
+	if err != nil {
+		_ = coord.Close()
+		if st != nil {
+			_ = st.Close()
+		}
+		return nil, fmt.Errorf("replica: %w", err)
+	}
+	r := &Replica{cfg: cfg, logger: logger.With("node", cc.NodeID), coord: coord, store: st, own: own,
+		every: every, epochCh: make(chan struct{})}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	r.wg.Add(1)
+	go r.loop()
+	if st != nil {
+		r.wg.Add(1)
+		go r.leaseLoop()
+	}
+	return r, nil
+}
+
+// Coordinator returns the replica's coordinator.
+func (r *Replica) Coordinator() *xa.Coordinator { return r.coord }
+
+// Store returns the shared store, or nil with a file log.
+func (r *Replica) Store() *pgstore.Store { return r.store }
+
+// RecoverEvery returns the interval between passes.
+func (r *Replica) RecoverEvery() time.Duration { return r.every }
+
+// Close stops the loop, then closes the coordinator (unfinished phase 2 is
+// left to recovery) and the store, releasing the node's lease so that a
+// restart or a peer need not wait for it to expire.
+func (r *Replica) Close() error {
+	r.closeOnce.Do(func() {
+		r.cancel()
+		r.wg.Wait()
+		err := r.coord.Close()
+		if r.store != nil {
+			err = errors.Join(err, r.store.Close())
+		}
+		r.closeErr = err
+	})
+	return r.closeErr
+}
+
+// loop runs a pass at once, then every RecoverEvery, until Close.
+func (r *Replica) loop() {
+	defer r.wg.Done()
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-t.C:
+		}
+		rep, err := r.Pass(r.ctx)
+		if err != nil && r.ctx.Err() == nil {
+			r.logger.Warn("recovery pass", "err", err)
+		}
+		r.logPass(rep)
+		t.Reset(r.every)
+	}
+}
+
+// logPass logs what a pass did, when it did something.
+func (r *Replica) logPass(rep PassReport) {
+	for _, tk := range rep.Takeovers {
+		switch {
+		case tk.Err != nil:
+			r.logger.Warn("takeover of an expired node did not finish", "peer", tk.Node, "err", tk.Err)
+		default:
+			r.logger.Info("took over an expired node", "peer", tk.Node, "branches", acted(tk.Report), "ended", len(tk.Report.Ended))
+		}
+	}
+}
+
+// acted counts the branches a report acted on successfully.
+func acted(rep *recovery.Report) int {
+	n := 0
+	if rep == nil {
+		return 0
+	}
+	for _, b := range rep.Branches {
+		if b.Result == recovery.ResultCommitted || b.Result == recovery.ResultRolledBack || b.Result == recovery.ResultAlreadyFinished {
+			n++
+		}
+	}
+	return n
+}
+
+// Pass runs one pass now: this node's own recovery, then, on a shared
+// store and unless NoTakeover, the takeover of every expired peer that
+// may have work left. It returns an error only when the own pass could not
+// scan every resource or the store's leases could not be read; takeovers'
+// failures are in the report (another replica may win a claim: that is
+// not a failure and not reported).
+func (r *Replica) Pass(ctx context.Context) (PassReport, error) {
+	r.passMu.Lock()
+	defer r.passMu.Unlock()
+	var rep PassReport
+	rep.Own = r.own.Pass(ctx, false)
+	var err error
+	if len(rep.Own.ScanErrors) > 0 {
+		err = fmt.Errorf("replica: own recovery could not scan %d resource(s): %s: %w",
+			len(rep.Own.ScanErrors), rep.Own.ScanErrors[0].Resource, rep.Own.ScanErrors[0].Err)
+	}
+	if r.store != nil && !r.cfg.NoTakeover {
+		rep.Takeovers, rep.NodesErr = r.takeOverPeers(ctx, rep.Own)
+		if rep.NodesErr != nil {
+			err = errors.Join(err, rep.NodesErr)
+		}
+	}
+	r.mu.Lock()
+	r.lastPass = rep
+	r.mu.Unlock()
+	return rep, err
+}
+
+// takeOverPeers takes over every expired peer that may have work left.
+func (r *Replica) takeOverPeers(ctx context.Context, own *recovery.Report) ([]Takeover, error) {
+	nodes, err := r.store.Nodes(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("replica: reading node leases: %w", err)
+	}
+	// Nodes whose branches the own pass saw prepared (it lists every
+	// resource, and reports other nodes' branches as unknown-owner).
+	seen := map[string]bool{}
+	for _, b := range own.Branches {
+		if b.Class == recovery.UnknownOwner {
+			seen[b.XID.Global.Node()] = true
+		}
+	}
+	var out []Takeover
+	for _, n := range nodes {
+		if n.Node == r.store.Node() || n.State != pgstore.NodeExpired {
+			continue
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		// A node that died holding its own lease is taken over once; one a
+		// claimant already released only when something of it is left
+		// (branches prepared, decisions not ended), so that dead nodes do
+		// not cost a claim and a scan every pass forever.
+		if n.Holder.Node != n.Node && !seen[n.Node] {
+			pending, err := r.store.PendingContext(ctx, n.Node)
+			if err == nil && len(pending) == 0 {
+				continue
+			}
+		}
+		rep, err := TakeOver(ctx, r.store, n.Node, r.takeoverConfig())
+		if errors.Is(err, pgstore.ErrNodeLeased) {
+			continue // another replica won the claim, or the node came back
+		}
+		out = append(out, Takeover{Node: n.Node, Report: rep, Err: err})
+	}
+	return out, nil
+}
+
+// takeoverConfig is the recovery configuration TakeOver completes for a
+// peer.
+func (r *Replica) takeoverConfig() recovery.Config {
+	cc := r.cfg.Coordinator
+	return recovery.Config{
+		Resources:        cc.Resources,
+		Logger:           r.logger,
+		OnReport:         r.cfg.OnReport,
+		Settle:           r.cfg.Settle,
+		DecisionResource: cc.DecisionResource,
+	}
+}
+
+// leaseLoop watches the store's own lease; when it is lost it calls
+// Reacquire with backoff until it succeeds (only after the lease expired by
+// the database's clock, so a peer's takeover may come first) or Close.
+func (r *Replica) leaseLoop() {
+	defer r.wg.Done()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-r.store.Lost():
+		}
+		r.logger.Error("node lease lost: no decision can be written until it is taken again", "err", r.store.LeaseErr())
+		backoff := 50 * time.Millisecond
+		maxBackoff := max(r.cfg.Store.LeaseTTL/4, 100*time.Millisecond)
+		for {
+			epoch, err := r.store.Reacquire(r.ctx)
+			if err == nil {
+				r.logger.Info("node lease taken again", "epoch", epoch)
+				r.mu.Lock()
+				r.reacqs++
+				close(r.epochCh)
+				r.epochCh = make(chan struct{})
+				r.mu.Unlock()
+				break
+			}
+			if r.ctx.Err() != nil {
+				return
+			}
+			if !errors.Is(err, pgstore.ErrNodeLeased) {
+				r.logger.Warn("taking the node lease again failed", "err", err)
+			}
+			wait := backoff
+			var le *pgstore.LeasedError
+			if errors.As(err, &le) && le.ExpiresIn > 0 && le.ExpiresIn < wait {
+				wait = le.ExpiresIn + time.Millisecond
+			}
+			t := time.NewTimer(wait)
+			select {
+			case <-r.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			backoff = min(2*backoff, maxBackoff)
+		}
+	}
+}
+
+// ErrUnfinished: a takeover released its claim with branches of the node
+// still prepared or decisions not ended (a resource could not be reached,
+// a branch was busy); the node stays expired and is taken over again.
+var ErrUnfinished = errors.New("replica: takeover unfinished: the node's transactions are not all settled")
+
+// DefaultTakeoverPasses bounds the recovery passes one TakeOver runs
+// before it gives the claim back.
+const DefaultTakeoverPasses = 10
+
+// TakeOver claims one expired node (epoch + 1), drives its commit decisions
+// to completion, rolls back its undecided branches (the abort recorded
+// first, so that a late decision of the old holder is refused), then
+// releases the claim. A live node is refused (an error matching
+// pgstore.ErrNodeLeased) and nothing is touched.
+//
+// cfg gives the resources (and DecisionResource in keeper mode, whose
+// orphans are fenced in the keeper); NodeID, Log, Active and MinAge are
+// set here: the node's log under the claim, no active transaction, and no
+// fence to wait for (the node is dead, and its late decisions are refused
+// by the epoch and by the abort rows). Settle, the two-scan rule, is kept:
+// TakeOver runs passes, Settle apart, until nothing of the node is left or
+// DefaultTakeoverPasses ran (then ErrUnfinished). It returns the last
+// pass's report, with the branches earlier passes finished.
+func TakeOver(ctx context.Context, st *pgstore.Store, node string, cfg recovery.Config) (*recovery.Report, error) {
+	if st == nil {
+		return nil, errors.New("replica: takeover: no store")
+	}
+	epoch, err := st.Claim(ctx, node)
+	if err != nil {
+		return nil, fmt.Errorf("replica: takeover of node %s: %w", node, err)
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		_ = st.Release(rctx, node) // if it fails, the claim expires by itself
+	}()
+	nl, err := st.ForNode(node)
+	if err != nil {
+		return nil, fmt.Errorf("replica: takeover of node %s: %w", node, err)
+	}
+	zero := time.Duration(0)
+	cfg.NodeID, cfg.Log, cfg.Active, cfg.MinAge = node, nl, nil, &zero
+	if cfg.Actor == "" {
+		cfg.Actor = "takeover@" + st.Node()
+	}
+	if cfg.Logger != nil {
+		cfg.Logger = cfg.Logger.With("takeover", node, "epoch", epoch)
+	}
+	rec, err := recovery.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("replica: takeover of node %s: %w", node, err)
+	}
+	settle := cfg.Settle
+	if settle == 0 {
+		settle = time.Second
+	}
+	settle = max(settle, 20*time.Millisecond)
+	var done []recovery.Branch
+	var ended []string
+	for pass := 1; ; pass++ {
+		rep := rec.Pass(ctx, false)
+		ended = append(ended, rep.Ended...)
+		left, lerr := leftOf(ctx, st, node, rep)
+		if lerr == nil && left == 0 {
+			return merge(rep, done, ended), nil
+		}
+		if pass >= DefaultTakeoverPasses || ctx.Err() != nil {
+			why := fmt.Sprintf("%d branch(es) or decision(s) left after %d passes", left, pass)
+			if lerr != nil {
+				why = lerr.Error()
+			}
+			return merge(rep, done, ended), fmt.Errorf("replica: takeover of node %s (epoch %d): %s: %w", node, epoch, why, ErrUnfinished)
+		}
+		for _, b := range rep.Branches {
+			if b.Err == nil && (b.Result == recovery.ResultCommitted || b.Result == recovery.ResultRolledBack || b.Result == recovery.ResultAlreadyFinished) {
+				done = append(done, b)
+			}
+		}
+		t := time.NewTimer(settle)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// leftOf counts what of node a takeover pass left: its branches still
+// prepared, scan errors (what they hide is unknown), and commit decisions
+// not ended.
+func leftOf(ctx context.Context, st *pgstore.Store, node string, rep *recovery.Report) (int, error) {
+	left := rep.Remaining() + len(rep.ScanErrors)
+	pending, err := st.PendingContext(ctx, node)
+	if err != nil {
+		return left, fmt.Errorf("reading the node's pending decisions: %w", err)
+	}
+	return left + len(pending), nil
+}
+
+// merge returns last with the branches earlier passes finished added in
+// front, and every decision ended.
+func merge(last *recovery.Report, done []recovery.Branch, ended []string) *recovery.Report {
+	if len(done) > 0 {
+		last.Branches = append(done, last.Branches...)
+	}
+	last.Ended = ended
+	return last
+}
