@@ -39,8 +39,9 @@ type opsConfig struct {
 	storeSchema    string
 	storeSet       bool // --store was given (possibly empty)
 	storeSchemaSet bool
-	// resourcesOptional: no resource is not an error (xabridge nodes).
-	resourcesOptional bool
+	// resourcesOptional: no resource is not an error; storeOnly: the
+	// command has no file-log mode (xabridge nodes).
+	resourcesOptional, storeOnly bool
 }
 
 // fileConfig is the JSON config file (--config).
@@ -80,9 +81,10 @@ func (s *setString) Set(v string) error {
 
 // resolved is the effective configuration.
 type resolved struct {
-	nodeID    string
-	logDir    string
-	resources []namedURL
+	nodeID      string
+	nodeIDGiven bool // by a flag, the environment or the config file (not the default)
+	logDir      string
+	resources   []namedURL
 	output    string
 	keeper    string // recovery.Config.DecisionResource
 	// store is the shared decision store; when it is set, logDir is empty
@@ -117,6 +119,7 @@ func (o *opsConfig) resolve() (*resolved, error) {
 		return nil, usagef("--node-id is empty")
 	}
 	r.nodeID = first(o.nodeID, os.Getenv("XABRIDGE_NODE_ID"), fc.NodeID, "demo")
+	r.nodeIDGiven = first(o.nodeID, os.Getenv("XABRIDGE_NODE_ID"), fc.NodeID) != ""
 	if err := drivers.ValidateNodeID(r.nodeID); err != nil {
 		return nil, usagef("--node-id: %v", err)
 	}

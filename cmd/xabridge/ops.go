@@ -299,6 +299,7 @@ service list exits 0, so it can serve as a stuck-transaction probe.
 		},
 	}
 	addOpsFlags(cmd, o, true)
+	addStoreFlags(cmd, o)
 	cmd.Flags().BoolVar(&all, "all", false, "also list foreign prepared transactions (read-only view)")
 	cmd.Flags().BoolVar(&hideLive, "hide-live", false, "leave out this node's branches in flight (live, or decided within their fence): only what needs attention")
 	return cmd
@@ -441,6 +442,7 @@ func newShowCmd() *cobra.Command {
 		},
 	}
 	addOpsFlags(cmd, o, true)
+	addStoreFlags(cmd, o)
 	return cmd
 }
 
@@ -485,12 +487,19 @@ holds the log.`,
 			if err != nil {
 				return err
 			}
-			rec, _, closeAll, err := newRecoverer(cmd.Context(), r, true, nil, nil)
-			if err != nil {
-				return err
+			var rep *recovery.Report
+			if r.store.Enabled() {
+				rep, err = storeResolve(cmd.Context(), r, g, commit, force)
+			} else {
+				var rec *recovery.Recoverer
+				var closeAll func()
+				rec, _, closeAll, err = newRecoverer(cmd.Context(), r, true, nil, nil)
+				if err != nil {
+					return err
+				}
+				defer closeAll()
+				rep, err = rec.Resolve(cmd.Context(), g, commit, force, actor())
 			}
-			defer closeAll()
-			rep, err := rec.Resolve(cmd.Context(), g, commit, force, actor())
 			if err != nil {
 				return err
 			}
@@ -513,6 +522,7 @@ holds the log.`,
 		},
 	}
 	addOpsFlags(cmd, o, true)
+	addStoreFlags(cmd, o)
 	f := cmd.Flags()
 	f.BoolVar(&commit, "commit", false, "commit every prepared branch")
 	f.BoolVar(&rollback, "rollback", false, "roll back every prepared branch")
@@ -570,6 +580,15 @@ holds the log. Exit code 3 when branches of this node remain in doubt.`,
 			}
 			if watch && dryRun {
 				return usagef("--dry-run prints one plan; it does not go with --watch")
+			}
+			if r.store.Enabled() {
+				switch {
+				case watch:
+					return usagef("--watch does not go with --store: coordinators on a store (replicas) recover and take over dead peers in-process; run one more replica instead")
+				case ma != nil:
+					return usagef("--min-age does not go with --store: a node is taken over only once its lease expired, and then no fence need be waited for")
+				}
+				return storeRecover(cmd.Context(), cmd.OutOrStdout(), r, dryRun)
 			}
 			var obs *observer
 			var logger *slog.Logger
@@ -673,6 +692,7 @@ holds the log. Exit code 3 when branches of this node remain in doubt.`,
 		},
 	}
 	addOpsFlags(cmd, o, true)
+	addStoreFlags(cmd, o)
 	f := cmd.Flags()
 	f.BoolVar(&dryRun, "dry-run", false, "print the plan, change nothing")
 	f.BoolVar(&watch, "watch", false, "keep running one pass per --interval until interrupted")

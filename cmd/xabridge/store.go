@@ -101,6 +101,9 @@ func (o *opsConfig) resolveStore(r *resolved, fc fileConfig) error {
 	}
 	sl := level(o.store, os.Getenv("XABRIDGE_STORE"), fc.Store)
 	ll := level(o.logDir, os.Getenv("XABRIDGE_LOG_DIR"), fc.LogDir)
+	if o.storeOnly {
+		ll = 0 // the command has no file-log mode
+	}
 	switch {
 	case sl == 0:
 		if o.storeSchema != "" {
@@ -217,9 +220,9 @@ func leasedRefusal(node string, err error) error {
 }
 
 // validNode checks a node id given on the command line.
-func validNode(n string) error {
+func validNode(flag, n string) error {
 	if err := drivers.ValidateNodeID(n); err != nil {
-		return usagef("--node-id: %v", err)
+		return usagef("%s: %v", flag, err)
 	}
 	return nil
 }

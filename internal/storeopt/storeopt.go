@@ -162,11 +162,18 @@ func Check(ctx context.Context, o Options, pool *pgxpool.Pool) error {
 		if o.Schema != "" {
 			where = " (schema " + o.Schema + ")"
 		}
-		return fmt.Errorf("no xabridge store in database %s%s: its tables do not exist; only a coordinator creates them (check --store and --store-schema): %w",
-			o.Database(), where, pgstore.ErrNoStore)
+		return noStoreError{fmt.Sprintf("no xabridge store in database %s%s: its tables do not exist; only a coordinator creates them (check --store and --store-schema)",
+			o.Database(), where)}
 	}
 	if err != nil {
 		return fmt.Errorf("store database %s: %w", o.Database(), err)
 	}
 	return nil
 }
+
+// noStoreError is Check's refusal of a database without a store; it
+// matches pgstore.ErrNoStore.
+type noStoreError struct{ msg string }
+
+func (e noStoreError) Error() string        { return e.msg }
+func (e noStoreError) Is(target error) bool { return target == pgstore.ErrNoStore }
