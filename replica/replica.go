@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -69,10 +70,22 @@ type Replica struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	mu       sync.Mutex
-	reacqs   int           // successful Reacquires
-	epochCh  chan struct{} // closed and replaced on every Reacquire (tests wait on it)
-	lastPass PassReport
+	passes, takeovers, takeoverFailures, reacquired, leaseLosses atomic.Int64
+}
+
+// Stats are counters of a Replica since it was opened.
+type Stats struct {
+	Passes           int64 // passes run (the loop's and Pass's)
+	Takeovers        int64 // expired peers taken over to the end
+	TakeoverFailures int64 // takeovers that claimed the node but left something (ErrUnfinished) or failed
+	LeaseLosses      int64 // times the node's own lease was lost
+	Reacquired       int64 // times it was taken again (under a new epoch)
+}
+
+// Stats returns the replica's counters.
+func (r *Replica) Stats() Stats {
+	return Stats{Passes: r.passes.Load(), Takeovers: r.takeovers.Load(), TakeoverFailures: r.takeoverFailures.Load(),
+		LeaseLosses: r.leaseLosses.Load(), Reacquired: r.reacquired.Load()}
 }
 
 // PassReport is what one pass did.
@@ -163,8 +176,7 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 		}
 		return nil, fmt.Errorf("replica: %w", err)
 	}
-	r := &Replica{cfg: cfg, logger: logger.With("node", cc.NodeID), coord: coord, store: st, own: own,
-		every: every, epochCh: make(chan struct{})}
+	r := &Replica{cfg: cfg, logger: logger.With("node", cc.NodeID), coord: coord, store: st, own: own, every: every}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Add(1)
 	go r.loop()
@@ -268,9 +280,7 @@ func (r *Replica) Pass(ctx context.Context) (PassReport, error) {
 			err = errors.Join(err, rep.NodesErr)
 		}
 	}
-	r.mu.Lock()
-	r.lastPass = rep
-	r.mu.Unlock()
+	r.passes.Add(1)
 	return rep, err
 }
 
@@ -310,6 +320,11 @@ func (r *Replica) takeOverPeers(ctx context.Context, own *recovery.Report) ([]Ta
 		if errors.Is(err, pgstore.ErrNodeLeased) {
 			continue // another replica won the claim, or the node came back
 		}
+		if err == nil {
+			r.takeovers.Add(1)
+		} else {
+			r.takeoverFailures.Add(1)
+		}
 		out = append(out, Takeover{Node: n.Node, Report: rep, Err: err})
 	}
 	return out, nil
@@ -339,6 +354,7 @@ func (r *Replica) leaseLoop() {
 			return
 		case <-r.store.Lost():
 		}
+		r.leaseLosses.Add(1)
 		r.logger.Error("node lease lost: no decision can be written until it is taken again", "err", r.store.LeaseErr())
 		backoff := 50 * time.Millisecond
 		maxBackoff := max(r.cfg.Store.LeaseTTL/4, 100*time.Millisecond)
@@ -346,11 +362,7 @@ func (r *Replica) leaseLoop() {
 			epoch, err := r.store.Reacquire(r.ctx)
 			if err == nil {
 				r.logger.Info("node lease taken again", "epoch", epoch)
-				r.mu.Lock()
-				r.reacqs++
-				close(r.epochCh)
-				r.epochCh = make(chan struct{})
-				r.mu.Unlock()
+				r.reacquired.Add(1)
 				break
 			}
 			if r.ctx.Err() != nil {

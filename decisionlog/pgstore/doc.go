@@ -116,8 +116,12 @@
 //   - decisionlog.ErrLogFailed: the outcome is unknown (the connection was
 //     lost, or the write timed out, after the statement may have reached the
 //     server). The store is fail-stopped, as FileLog (DESIGN rule 6): every
-//     later write returns the same error until it is closed and reopened.
-//     Reads keep working; the database holds the truth.
+//     later write returns the same error, and the store gives its own
+//     lease up (Lost fires; it is no longer renewed). Reacquire, which
+//     succeeds once that lease has expired by the database's clock, takes a
+//     new epoch that no late write of the failed batch can match, and
+//     clears the failure; so does closing and reopening. Reads keep
+//     working; the database holds the truth.
 //   - ErrNotHolder: the transaction's node is not leased by this store.
 //
 // # Leases

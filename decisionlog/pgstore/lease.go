@@ -196,9 +196,16 @@ func (s *Store) leasedError(ctx context.Context, node string) error {
 // database's clock (so a peer's takeover can come first); until then it
 // returns a *LeasedError (ErrNodeLeased) saying until when. While the lease
 // is held it returns the current epoch and does nothing.
+//
+// A store fail-stopped by a write of unknown outcome (decisionlog.ErrLogFailed)
+// has given its lease up; Reacquire is how it resumes: the new epoch fences
+// any late write of the failed one, so the failure is cleared.
 func (s *Store) Reacquire(ctx context.Context) (int64, error) {
-	if err := s.writable(); err != nil {
-		return 0, err
+	s.qmu.Lock()
+	closed := s.closed
+	s.qmu.Unlock()
+	if closed {
+		return 0, decisionlog.ErrLogClosed
 	}
 	old, _ := s.leaseFor(s.node, "")
 	old.mu.Lock()
@@ -206,6 +213,9 @@ func (s *Store) Reacquire(ctx context.Context) (int64, error) {
 	old.mu.Unlock()
 	if lost == nil {
 		if _, err := old.usable(time.Now()); err == nil {
+			if err := s.failure(); err != nil {
+				return 0, err // cannot happen: a failure gives the lease up
+			}
 			return epoch, nil
 		}
 	}
@@ -216,6 +226,11 @@ func (s *Store) Reacquire(ctx context.Context) (int64, error) {
 	s.lmu.Lock()
 	s.leases[s.node] = l
 	s.lmu.Unlock()
+	s.qmu.Lock()
+	if s.failed != nil && s.failedEpoch < l.epoch {
+		s.failed, s.failedEpoch = nil, 0
+	}
+	s.qmu.Unlock()
 	return l.epoch, nil
 }
 

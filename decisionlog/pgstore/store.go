@@ -130,12 +130,15 @@ type Store struct {
 	leases map[string]*lease
 
 	// Queue between callers and the writer goroutine.
-	qmu        sync.Mutex
-	qcond      sync.Cond
-	queue      []*request
-	closed     bool
-	failed     error // fail-stop: set once, returned by every later write
-	writerDone chan struct{}
+	qmu    sync.Mutex
+	qcond  sync.Cond
+	queue  []*request
+	closed bool
+	failed error // fail-stop: set once, returned by every later write until Reacquire
+	// failedEpoch is the own lease's epoch when the store failed: a
+	// Reacquire that takes a later one clears the failure.
+	failedEpoch int64
+	writerDone  chan struct{}
 
 	// Coherence of End: gtrids known committed by this process and not
 	// ended (End needs no read for them), and ends queued but not yet
@@ -344,11 +347,31 @@ func (s *Store) failure() error {
 }
 
 // failStop records the failure that stops the store's writes and returns it.
-func (s *Store) failStop(err error) error {
-	f := fmt.Errorf("%w (pgstore: refusing writes until reopened): %w", decisionlog.ErrLogFailed, err)
+// epoch is the own lease's epoch the failed writes were sent under (0: the
+// current one). A failure under an epoch older than the one the store now
+// holds stops nothing: Reacquire took a new epoch since, which no late
+// write of the old one can match. Otherwise the store stops writing and
+// gives up its own lease (marks it lost, so it is no longer renewed and
+// expires by the database's clock): Reacquire, which succeeds only after
+// that expiry, then starts a new epoch and clears the failure.
+func (s *Store) failStop(err error, epoch int64) error {
+	f := fmt.Errorf("%w (pgstore: refusing writes until the lease is reacquired or the store reopened): %w", decisionlog.ErrLogFailed, err)
+	own, _ := s.leaseFor(s.node, "")
+	own.mu.Lock()
+	cur := own.epoch
+	if epoch == 0 {
+		epoch = cur
+	}
+	if epoch < cur {
+		own.mu.Unlock()
+		return f
+	}
+	own.loseLocked(&LeaseLostError{Node: s.node, Epoch: cur,
+		Why: "a decision write's outcome is unknown: the store stopped writing and gave the lease up, so that a new epoch fences that write"})
+	own.mu.Unlock()
 	s.qmu.Lock()
 	if s.failed == nil {
-		s.failed = f
+		s.failed, s.failedEpoch = f, cur
 	}
 	f = s.failed
 	s.qmu.Unlock()

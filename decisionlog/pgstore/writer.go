@@ -401,7 +401,7 @@ func (s *Store) writeBatch(batch []*request) {
 			s.dropBatch(send, fmt.Errorf("%w: %w", ErrRefused, err))
 			return
 		}
-		s.dropBatch(send, s.failStop(fmt.Errorf("decision batch of %d: %w", n, err)))
+		s.dropBatch(send, s.failStop(fmt.Errorf("decision batch of %d: %w", n, err), s.ownEpochOf(send)))
 		return
 	}
 	s.stats.requests.Add(int64(n))
@@ -428,7 +428,7 @@ func (s *Store) writeBatch(batch []*request) {
 				write, err = decisionlog.AdmitCommit(r.g, res.now, prior)
 				if write {
 					err = fmt.Errorf("pgstore: commit %s: the store wrote nothing and the fence admits it (database now %s)", r.key, res.now)
-					err = s.failStop(err) // cannot happen; never guess
+					err = s.failStop(err, 0) // cannot happen; never guess
 				}
 			}
 			switch {
@@ -505,4 +505,16 @@ func stateOf(st *string) decisionlog.State {
 		return decisionlog.StateAborted
 	}
 	return decisionlog.StateNone
+}
+
+// ownEpochOf returns the highest own-lease epoch among batch's requests, 0
+// if none is for the store's own node.
+func (s *Store) ownEpochOf(batch []*request) int64 {
+	var e int64
+	for _, r := range batch {
+		if nodeOf(r.g) == s.node {
+			e = max(e, r.epoch)
+		}
+	}
+	return e
 }
