@@ -85,8 +85,8 @@ type resolved struct {
 	nodeIDGiven bool // by a flag, the environment or the config file (not the default)
 	logDir      string
 	resources   []namedURL
-	output    string
-	keeper    string // recovery.Config.DecisionResource
+	output      string
+	keeper      string // recovery.Config.DecisionResource
 	// store is the shared decision store; when it is set, logDir is empty
 	// (they exclude each other).
 	store storeopt.Options

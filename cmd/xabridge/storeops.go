@@ -63,10 +63,10 @@ func releaseClaim(ctx context.Context, st *pgstore.Store, node string) {
 
 // nodeReport is what recover --store did (or would do) for one node.
 type nodeReport struct {
-	node   string
-	epoch  int64 // the epoch the node had before
-	rep    *recovery.Report
-	err    error
+	node    string
+	epoch   int64 // the epoch the node had before
+	rep     *recovery.Report
+	err     error
 	skipped string // why nothing was done
 }
 
