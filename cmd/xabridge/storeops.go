@@ -132,7 +132,7 @@ func storeRecover(ctx context.Context, out io.Writer, r *resolved, dryRun bool) 
 				return err
 			}
 			rep := rec.Pass(ctx, true)
-			filterOurs(rep, false)
+			onlyNode(rep, n.Node)
 			reports = append(reports, nodeReport{node: n.Node, epoch: n.Epoch, rep: rep})
 		}
 	} else {
@@ -160,7 +160,7 @@ func storeRecover(ctx context.Context, out io.Writer, r *resolved, dryRun bool) 
 				nr.err, nr.skipped = nil, "claimed by another process meanwhile; left to it"
 			}
 			if nr.rep != nil {
-				filterOurs(nr.rep, false)
+				onlyNode(nr.rep, n.Node)
 			}
 			reports = append(reports, nr)
 		}
@@ -261,4 +261,16 @@ func printNodeReports(out io.Writer, r *resolved, reports []nodeReport, dryRun b
 		}
 	}
 	return nil
+}
+
+// onlyNode keeps the branches of node's transactions in rep (the scan
+// lists every prepared branch; other nodes' are not this takeover's).
+func onlyNode(rep *recovery.Report, node string) {
+	kept := rep.Branches[:0]
+	for _, b := range rep.Branches {
+		if b.Ours && b.XID.Global.Node() == node {
+			kept = append(kept, b)
+		}
+	}
+	rep.Branches = kept
 }
