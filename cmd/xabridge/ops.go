@@ -262,7 +262,11 @@ transaction's fence. Branches in flight (live ones, and commit-pending ones
 within their fence, whose coordinator is presumably finishing phase 2) are
 listed but do not count, nor do other nodes' branches: on a busy, healthy
 service list exits 0, so it can serve as a stuck-transaction probe.
---hide-live leaves the branches in flight out of the listing.`,
+--hide-live leaves the branches in flight out of the listing.
+
+With --store the decisions are read from the shared decision store (for
+--node-id's transactions) instead of a log directory, without taking any
+lease; a database without the store's tables is refused, never created.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r, err := o.resolve()
@@ -388,7 +392,11 @@ func newShowCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "show GTRID",
 		Short: "Show one global transaction: its log records and its branches on every resource",
-		Args:  exactArgs(1, "GTRID"),
+		Long: `show prints what the decision log holds for one global transaction (its
+decision, participants and actions) and its prepared branches on every
+resource. It changes nothing. With --store it reads the shared decision
+store, without taking any lease.`,
+		Args: exactArgs(1, "GTRID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			g, err := parseGTRID(args[0])
 			if err != nil {
@@ -471,7 +479,12 @@ because atomicity may then be broken. A rollback that agrees with the log
 first records an abort, so the transaction can never commit afterwards.
 
 It needs the decision log for writing, so it refuses while a coordinator
-holds the log.`,
+holds the log.
+
+With --store it acts on the transaction's node only under a claim of that
+node's lease, as a replica taking it over would: a live node (or one a
+replica is taking over) is refused, with who holds it and until when; its
+own coordinator recovers it. The claim is released when resolve ends.`,
 		Example: `  xabridge resolve demo.019e7044887b.deadbeef.019e7044fdab --commit
   xabridge resolve demo.019e7044887b.deadbeef.019e7044fdab --rollback --force`,
 		Args: exactArgs(1, "GTRID"),
@@ -552,9 +565,23 @@ http://--metrics-addr/metrics (loopback by default; --metrics-addr '' for
 none) and logs each state change on stderr (--log-level).
 
 It needs the decision log for writing, so it refuses while a coordinator
-holds the log. Exit code 3 when branches of this node remain in doubt.`,
+holds the log. Exit code 3 when branches of this node remain in doubt.
+
+With --store (the shared decision store) it acts only on nodes whose lease
+has expired, never on a live node's transactions: without --node-id on
+every expired node, with --node-id only on that node (refused unless its
+lease expired). Each node is taken over as a replica does it: its lease is
+claimed (epoch + 1), its commit decisions are driven to completion, its
+undecided branches rolled back with the abort recorded first (no fence to
+wait for: the node is dead and its late decisions are refused), and the
+lease released. While it acts, recover holds a lease of its own under the
+node id xabridge-cli, so one operator command acts on a store at a time.
+--dry-run reads the plan without a lease. --watch and --min-age do not go
+with --store: replicas on the store do this continuously.`,
 		Example: `  xabridge recover --dry-run
   xabridge recover --min-age 0s
+  xabridge recover --store postgres://xabridge@db/payments --dry-run
+  xabridge recover --store postgres://xabridge@db/payments --node-id payments-3
   xabridge recover --watch --interval 30s
   xabridge recover --watch --metrics-addr 0.0.0.0:9464 --log-level debug`,
 		Args: noArgs,
