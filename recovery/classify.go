@@ -47,7 +47,10 @@ type snapshot struct {
 
 	skew   time.Duration  // Config.Skew
 	minAge *time.Duration // Config.MinAge
-	settle time.Duration  // Config.Settle, 0 for no wait
+	// deadBefore is Config.DeadBefore: this node's transactions that began
+	// before it belong to a dead incarnation (zero: none known).
+	deadBefore time.Time
+	settle     time.Duration // Config.Settle, 0 for no wait
 }
 
 // classify returns every listed branch with its class, action and reason.
@@ -62,7 +65,7 @@ func (s *snapshot) classify() []Branch {
 // classifyBranch sets b's class, action, reason and attention from the
 // snapshot. The order of the cases is the order of precedence.
 func (s *snapshot) classifyBranch(b Branch) Branch {
-	b.Class, b.Action, b.Reason, b.Attention, b.LogState = "", ActionNone, "", false, decisionlog.StateNone
+	b.Class, b.Action, b.Reason, b.Attention, b.LogState, b.settling = "", ActionNone, "", false, decisionlog.StateNone, false
 	if !b.Ours {
 		b.Class, b.Reason = Foreign, "not created by xabridge"
 		if b.Note != "" {
@@ -131,6 +134,9 @@ func (s *snapshot) classifyBranch(b Branch) Branch {
 			return b
 		}
 		b.Class, b.Action, b.Reason = Orphan, ActionRollback, "no commit decision, past its fence, seen in two scans: presumed abort"
+		if why != "" {
+			b.Reason = "no commit decision, " + why + ", seen in two scans: presumed abort"
+		}
 		if s.keptUnknown {
 			// The decision may be in a table that could not be read.
 			b.Action = ActionWait
@@ -139,7 +145,7 @@ func (s *snapshot) classifyBranch(b Branch) Branch {
 	}
 	if s.firstSeen != nil && (b.Action == ActionCommit || b.Action == ActionRollback) {
 		if t, ok := s.firstSeen[b.XID]; !ok || s.now.Sub(t) < s.settle {
-			b.Action = ActionWait
+			b.Action, b.settling = ActionWait, true
 			b.Reason += fmt.Sprintf(" (waiting until it has been seen for %s)", s.settle)
 		}
 	}
@@ -167,8 +173,12 @@ func (s *snapshot) needsAttention(b Branch) bool {
 }
 
 // pastFence reports whether recovery may presume g aborted as far as time
-// goes, and why not when it may not.
+// goes, and why not when it may not; or, when it may before the fence
+// because g's incarnation is dead (deadBefore), why it may.
 func (s *snapshot) pastFence(g drivers.GlobalID) (bool, string) {
+	if s.deadIncarnation(g) {
+		return true, "began before this process's coordinator started (its incarnation is dead)"
+	}
 	if s.minAge != nil && s.now.Sub(g.Begin()) >= *s.minAge {
 		return true, ""
 	}
@@ -177,6 +187,16 @@ func (s *snapshot) pastFence(g drivers.GlobalID) (bool, string) {
 		return false, fmt.Sprintf("within its fence (%s left)", fence.Sub(s.now).Round(time.Second))
 	}
 	return true, ""
+}
+
+// deadIncarnation reports whether g is this node's and began before
+// deadBefore: no live process can decide it any more (Config.DeadBefore),
+// so it need not wait for its fence. The begin time is read from the XID
+// alone; an earlier incarnation's id that begins at or after deadBefore
+// (the clock stepped back across the restart) is not recognised and waits
+// for its fence, which is safe.
+func (s *snapshot) deadIncarnation(g drivers.GlobalID) bool {
+	return !s.deadBefore.IsZero() && g.Node() == s.node && g.Begin().Before(s.deadBefore)
 }
 
 // commitDecided reports whether the snapshot holds a commit decision for g:

@@ -395,3 +395,93 @@ func TestResolveAgreesWithClassify(t *testing.T) {
 		})
 	}
 }
+
+// DeadBefore: this node's transactions that began before it belong to a
+// dead incarnation and are orphans at once, without the fence; nothing
+// else changes.
+func TestClassifyDeadBefore(t *testing.T) {
+	young := youngA.Global // began a second before tNow, a minute left in its fence
+	otherYoung := drivers.XID{Global: tgid("n2", 6, time.Second, time.Minute)}
+	before := young.Begin().Add(time.Millisecond) // young began before it
+	dead := func(s *snapshot) { s.deadBefore = before }
+	tests := []struct {
+		name   string
+		branch Branch
+		snap   func(*snapshot)
+		class  Class
+		action Action
+		attn   bool
+		reason string // a substring of the reason
+	}{
+		{name: "zero DeadBefore: the fence as today", branch: ours(youngA),
+			class: Live, action: ActionNone, reason: "within its fence"},
+		{name: "began before DeadBefore: an orphan within its fence", branch: ours(youngA), snap: dead,
+			class: Orphan, action: ActionRollback, attn: true, reason: "its incarnation is dead"},
+		{name: "began exactly at DeadBefore: this incarnation's, the fence", branch: ours(youngA),
+			snap:  func(s *snapshot) { s.deadBefore = young.Begin() },
+			class: Live, action: ActionNone, reason: "within its fence"},
+		{name: "began after DeadBefore (the clock stepped back): the fence", branch: ours(youngA),
+			snap:  func(s *snapshot) { s.deadBefore = young.Begin().Add(-time.Hour) },
+			class: Live, action: ActionNone, reason: "within its fence"},
+		{name: "already past its fence: an orphan either way", branch: ours(onA), snap: dead,
+			class: Orphan, action: ActionRollback, attn: true, reason: "presumed abort"},
+		{name: "another node's: never affected", branch: ours(otherYoung), snap: dead,
+			class: UnknownOwner, action: ActionNone, reason: `belongs to node "n2"`},
+		{name: "another node's, past its fence: never affected", branch: ours(otherA), snap: dead,
+			class: UnknownOwner, action: ActionNone},
+		{name: "still the two-scan rule: seen once", branch: ours(youngA),
+			snap:  func(s *snapshot) { dead(s); delete(s.firstSeen, youngA) },
+			class: Orphan, action: ActionWait, attn: true, reason: "waiting until it has been seen"},
+		{name: "still the two-scan rule: seen less than Settle ago", branch: ours(youngA),
+			snap:  func(s *snapshot) { dead(s); s.firstSeen[youngA] = tNow.Add(-time.Millisecond) },
+			class: Orphan, action: ActionWait, attn: true},
+		{name: "a decision table unreadable: not presumed aborted", branch: ours(youngA),
+			snap:  func(s *snapshot) { dead(s); s.keptUnknown = true },
+			class: Orphan, action: ActionWait, attn: true, reason: "a decision table could not be read"},
+		{name: "running in this process: left to it", branch: ours(youngA),
+			snap:  func(s *snapshot) { dead(s); s.active[young] = true },
+			class: Live, action: ActionNone, reason: "running in this coordinator"},
+		{name: "commit decision in the log: still committed", branch: ours(youngA),
+			snap:  func(s *snapshot) { dead(s); s.entries[young] = committedEntry(young, namesA0) },
+			class: CommitPending, action: ActionCommit, attn: true, reason: "commit decision in the log"},
+		{name: "commit decision kept: still committed", branch: ours(youngA),
+			snap: func(s *snapshot) {
+				dead(s)
+				s.kept[young] = kept{decisionlog.Decision{GTRID: young, Participants: namesA0}, tKeep}
+			},
+			class: CommitPending, action: ActionCommit, attn: true, reason: "commit decision kept in k"},
+		{name: "abort marker kept: rolled back by it", branch: ours(youngA),
+			snap: func(s *snapshot) {
+				dead(s)
+				s.kept[young] = kept{decisionlog.Decision{GTRID: young, Abort: true}, tKeep}
+			},
+			class: AbortPending, action: ActionRollback, attn: true, reason: "abort marker in k"},
+		{name: "fencing the keeper found a commit decision: committed", branch: ours(youngA),
+			snap:  func(s *snapshot) { dead(s); s.fence = "k"; s.fenced[young] = true },
+			class: CommitPending, action: ActionCommit, attn: true, reason: "found while fencing"},
+		{name: "fenced in the keeper, no decision: an orphan", branch: ours(youngA),
+			snap:  func(s *snapshot) { dead(s); s.fence = "k"; s.fenced[young] = false },
+			class: Orphan, action: ActionRollback, attn: true, reason: "its incarnation is dead"},
+		{name: "operator forced an outcome: still left to the operator", branch: ours(youngA),
+			snap: func(s *snapshot) {
+				dead(s)
+				e := committedEntry(young, namesA0)
+				e.Actions = []decisionlog.Action{{GTRID: young, Op: "forced-rollback", Heuristic: true}}
+				s.entries[young] = e
+			},
+			class: Heuristic, action: ActionNone, attn: true, reason: "resolve it by hand"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := tsnap([]Branch{tc.branch}, tc.snap)
+			b := s.classify()[0]
+			if b.Class != tc.class || b.Action != tc.action || b.Attention != tc.attn {
+				t.Errorf("got %s/%s attention=%v, want %s/%s attention=%v (reason %q)",
+					b.Class, b.Action, b.Attention, tc.class, tc.action, tc.attn, b.Reason)
+			}
+			if !strings.Contains(b.Reason, tc.reason) {
+				t.Errorf("reason %q does not say %q", b.Reason, tc.reason)
+			}
+		})
+	}
+}

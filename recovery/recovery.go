@@ -5,6 +5,14 @@
 // Everything else (foreign transactions, other nodes' transactions, anything
 // uncertain) is reported and left alone.
 //
+// After a restart, a coordinator need not wait for the fence of its
+// previous incarnation's transactions: that incarnation is dead (this
+// process holds the log's lock or the node's lease), and its transactions
+// are those that began before this coordinator started
+// (xa.Coordinator.Started), which the XID alone tells. Set
+// Config.DeadBefore to it and run PassSettled at start-up: their undecided
+// branches are rolled back at once (see ExampleRecoverer_PassSettled).
+//
 // A pass is scan → classify → act. The scan (scan.go) is the only reading
 // I/O: it lists every resource and gathers what the log and the decision
 // keepers say into a snapshot. Classification (classify.go) is a pure
@@ -47,6 +55,25 @@ type Config struct {
 	// the coordinator is dead (the log lock proves no coordinator is
 	// writing to this log).
 	MinAge *time.Duration
+	// DeadBefore, if set, says that no live process can still decide a
+	// transaction of NodeID that began before it: its undecided branches
+	// are orphans at once, without waiting for their fence (still with the
+	// abort recorded first, the decision keeper's fence, and the two-scan
+	// rule). Commit decisions are committed as always, and other nodes'
+	// transactions are never affected.
+	//
+	// It is for the coordinator of a restarted process: set it to that
+	// coordinator's xa.Coordinator.Started, and run a pass (PassSettled)
+	// right after start so that the previous incarnation's prepared
+	// branches, and their row locks, go at once. The caller guarantees
+	// what makes it safe: this process is the only live one with NodeID
+	// (it holds the file log's lock, or the node's lease in a shared
+	// store), and the coordinator whose Started it is runs in this
+	// process, so every transaction that began before it is an earlier,
+	// dead incarnation's. Never set it in a process that cannot know that
+	// (a standalone recovery tool next to a possibly live coordinator with
+	// a copy of the log): MinAge is the operator's explicit override there.
+	DeadBefore time.Time
 	// Actor names who acts, for the log's action records (default
 	// "recovery@<node>").
 	Actor string
@@ -201,6 +228,44 @@ func (r *Recoverer) Pass(ctx context.Context, dryRun bool) *Report {
 	r.endFinished(ctx, rep)
 	r.report(rep, KindPass, start)
 	return rep
+}
+
+// PassSettled runs a pass and, if it left a branch waiting only for the
+// two-scan rule (Config.Settle: a branch is acted on once an earlier pass
+// has seen it at least Settle ago), waits Settle and runs one more pass.
+// It returns the reports of the passes it ran, in order; the last one says
+// what is left. It is the start-up pass of a restarted coordinator with
+// Config.DeadBefore set: one call rolls back the earlier incarnation's
+// undecided branches (and finishes its commit decisions) that are prepared
+// when it starts, instead of a pass that only sees them and a next one an
+// interval later. A branch that only appears during the call (a dead
+// process's PREPARE still reaching its server) is left to the next pass.
+// It returns early, with what it has, when ctx ends.
+func (r *Recoverer) PassSettled(ctx context.Context) []*Report {
+	rep := r.Pass(ctx, false)
+	reps := []*Report{rep}
+	if !waitsToSettle(rep) {
+		return reps
+	}
+	t := time.NewTimer(r.settle())
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return reps
+	case <-t.C:
+	}
+	return append(reps, r.Pass(ctx, false))
+}
+
+// waitsToSettle reports whether rep holds a branch that a pass after
+// Settle would act on.
+func waitsToSettle(rep *Report) bool {
+	for _, b := range rep.Branches {
+		if b.settling {
+			return true
+		}
+	}
+	return false
 }
 
 // report completes rep and hands it to Config.OnReport.

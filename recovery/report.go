@@ -82,6 +82,9 @@ type Branch struct {
 	// tells a real heuristic from a branch its coordinator finished during
 	// the scan failed; judged again at the next pass.
 	unconfirmed bool
+	// settling: the branch would be acted on but for the two-scan rule
+	// (Config.Settle); a pass after Settle acts on it (PassSettled).
+	settling bool
 }
 
 // pending reports whether b is one of this node's branches that is still

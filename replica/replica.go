@@ -168,6 +168,11 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 		OnReport:         cfg.OnReport,
 		Settle:           cfg.Settle,
 		DecisionResource: cc.DecisionResource,
+		// This process holds the node (its lease, or the file log's
+		// lock): transactions of the node begun before this coordinator
+		// started are a dead incarnation's, rolled back without waiting
+		// for their fence.
+		DeadBefore: coord.Started(),
 	})
 	if err != nil {
 		_ = coord.Close()
@@ -212,18 +217,20 @@ func (r *Replica) Close() error {
 	return r.closeErr
 }
 
-// loop runs a pass at once, then every RecoverEvery, until Close.
+// loop runs a pass at once, then every RecoverEvery, until Close. The
+// first one settles (recovery.PassSettled): a previous incarnation's
+// branches go at start-up, not a pass later.
 func (r *Replica) loop() {
 	defer r.wg.Done()
 	t := time.NewTimer(0)
 	defer t.Stop()
-	for {
+	for first := true; ; first = false {
 		select {
 		case <-r.ctx.Done():
 			return
 		case <-t.C:
 		}
-		rep, err := r.Pass(r.ctx)
+		rep, err := r.pass(r.ctx, first)
 		if err != nil && r.ctx.Err() == nil {
 			r.logger.Warn("recovery pass", "err", err)
 		}
@@ -264,11 +271,20 @@ func acted(rep *recovery.Report) int {
 // scan every resource or the store's leases could not be read; takeovers'
 // failures are in the report (another replica may win a claim: that is
 // not a failure and not reported).
-func (r *Replica) Pass(ctx context.Context) (PassReport, error) {
+func (r *Replica) Pass(ctx context.Context) (PassReport, error) { return r.pass(ctx, false) }
+
+// pass is Pass; settled makes the own recovery wait for the two-scan rule
+// and pass again when a branch waits only for it.
+func (r *Replica) pass(ctx context.Context, settled bool) (PassReport, error) {
 	r.passMu.Lock()
 	defer r.passMu.Unlock()
 	var rep PassReport
-	rep.Own = r.own.Pass(ctx, false)
+	if settled {
+		reps := r.own.PassSettled(ctx)
+		rep.Own = reps[len(reps)-1]
+	} else {
+		rep.Own = r.own.Pass(ctx, false)
+	}
 	var err error
 	if len(rep.Own.ScanErrors) > 0 {
 		err = fmt.Errorf("replica: own recovery could not scan %d resource(s): %s: %w",
@@ -357,6 +373,7 @@ func (r *Replica) leaseLoop() {
 		r.leaseLosses.Add(1)
 		r.logger.Error("node lease lost: no decision can be written until it is taken again", "err", r.store.LeaseErr())
 		backoff := 50 * time.Millisecond
+		other := "" // the incarnation of another process holding the node, once logged
 		maxBackoff := max(r.cfg.Store.LeaseTTL/4, 100*time.Millisecond)
 		for {
 			epoch, err := r.store.Reacquire(r.ctx)
@@ -368,11 +385,21 @@ func (r *Replica) leaseLoop() {
 			if r.ctx.Err() != nil {
 				return
 			}
-			if !errors.Is(err, pgstore.ErrNodeLeased) {
+			var le *pgstore.LeasedError
+			switch {
+			case errors.As(err, &le) && le.Holder.Node == r.store.Node() && le.Holder.Incarnation != r.store.Holder().Incarnation:
+				if le.Holder.Incarnation == other {
+					break // said once
+				}
+				other = le.Holder.Incarnation
+				// Not a claimant: a process of its own runs as this node
+				// now. This one stays without a lease (deciding nothing)
+				// until it is stopped or that one goes.
+				r.logger.Error("another process holds this node's lease: this one decides nothing; stop one of them", "holder", le.Holder.String())
+			case !errors.Is(err, pgstore.ErrNodeLeased):
 				r.logger.Warn("taking the node lease again failed", "err", err)
 			}
 			wait := backoff
-			var le *pgstore.LeasedError
 			if errors.As(err, &le) && le.ExpiresIn > 0 && le.ExpiresIn < wait {
 				wait = le.ExpiresIn + time.Millisecond
 			}
@@ -395,7 +422,7 @@ var ErrUnfinished = errors.New("replica: takeover unfinished: the node's transac
 
 // DefaultTakeoverPasses bounds the recovery passes one TakeOver runs
 // before it gives the claim back.
-const DefaultTakeoverPasses = 10
+const DefaultTakeoverPasses = 5
 
 // TakeOver claims one expired node (epoch + 1), drives its commit decisions
 // to completion, rolls back its undecided branches (the abort recorded

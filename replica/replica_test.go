@@ -402,7 +402,7 @@ func TestLeaseLostMidTraffic(t *testing.T) {
 // lease again afterwards and nothing is left prepared.
 func TestLeaseLostDecisionOutcome(t *testing.T) {
 	tests := []struct {
-		name      string
+		name string
 		// lose makes the node lose its lease; it returns what ends the
 		// loss once the caller has its answer.
 		lose      func(t *testing.T, w *world, n *node) (heal func())
@@ -476,4 +476,69 @@ func TestLeaseLostDecisionOutcome(t *testing.T) {
 			w.assertInvariants(n.id)
 		})
 	}
+}
+
+// TestRestartRollsBackDeadIncarnation: a node dies with undecided prepared
+// branches and no peer takes it over; the same node id restarts (refused
+// while the old lease lives, then under a new epoch) and its first pass
+// rolls the dead incarnation's branches back at once, without waiting for
+// their fence (Coordinator.Timeout), and commits its decided ones.
+func TestRestartRollsBackDeadIncarnation(t *testing.T) {
+	ctx := ctxT(t)
+	w := newWorld(t)
+	stop := newStopper()
+	const ttl = time.Second
+	victim := w.open("rst-"+suffix(), nodeOpts{viaProxy: true, hook: stop.hook, ttl: ttl, noTakeover: true, timeout: time.Minute})
+	results, gs := runStopped(t, victim, stop, []stopAt{{step: xa.StepAllPrepared}, {step: xa.StepDecided}}, 1)
+	victim.kill()
+	defer func() {
+		// The dead process's goroutines go on into dead connections.
+		close(stop.release)
+		for range gs {
+			<-results
+		}
+		victim.close()
+	}()
+
+	cfg := Config{
+		Coordinator: xa.Config{NodeID: victim.id, Resources: []drivers.Resource{w.bank.PG, w.bank.My}, Timeout: time.Minute},
+		Pool:        w.pool,
+		Store:       pgstore.Options{Schema: w.schema, LeaseTTL: ttl},
+		NoTakeover:  true,
+	}
+	var back *Replica
+	refused := 0
+	waitFor(t, 20*time.Second, "the node's old lease to expire", func() bool {
+		r, err := Open(ctx, cfg)
+		if isLeased(err) {
+			refused++
+			return false
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		back = r
+		return true
+	})
+	defer back.Close()
+	opened := time.Now()
+	waitFor(t, 30*time.Second, "the dead incarnation's branches settled", func() bool {
+		n, err := w.prepared(victim.id)
+		return err == nil && n == 0
+	})
+	took := time.Since(opened)
+	if refused == 0 {
+		t.Errorf("the restarted node was never refused while its old lease lived")
+	}
+	t.Logf("restart: refused %d times while the old lease lived; dead incarnation settled %s after the reopen (fence would be %s)", refused, took.Round(time.Millisecond), time.Minute)
+	if took > 15*time.Second {
+		t.Errorf("the dead incarnation's branches took %s: waited for their fence?", took)
+	}
+	for _, g := range gs {
+		pg, my := w.transferIn(g.String())
+		if want := decided(stop.stepOf(g)); pg != want || my != want {
+			t.Errorf("%s stopped at %v: present pg=%v my=%v, want %v", g, stop.stepOf(g), pg, my, want)
+		}
+	}
+	w.assertInvariants(victim.id)
 }

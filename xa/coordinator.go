@@ -249,7 +249,7 @@ func New(ctx context.Context, cfg Config) (*Coordinator, error) {
 	c := &Coordinator{
 		cfg:       cfg,
 		log:       cfg.Log,
-		ids:       newIDGen(cfg.NodeID),
+		ids:       newIDGen(cfg.NodeID, cfg.Now()),
 		logger:    logger.With("node", cfg.NodeID),
 		resources: res,
 		active:    map[drivers.GlobalID]int{},
@@ -312,6 +312,21 @@ func (c *Coordinator) InFlight() int {
 
 // NodeID returns the coordinator's node id.
 func (c *Coordinator) NodeID() string { return c.cfg.NodeID }
+
+// Started returns when the coordinator started (by Config.Now, to the
+// millisecond): every global id it creates begins at or after it, even if
+// the wall clock steps back.
+//
+// So a global id of this node that begins before Started is not this
+// coordinator's. While this process is the only live one with its node id
+// (it holds the file log's lock, or the node's lease in a shared store),
+// such a transaction belongs to an earlier incarnation that is dead, and no
+// one can still decide it: pass Started as recovery.Config.DeadBefore to a
+// recovery pass at start-up, and that incarnation's undecided branches are
+// rolled back at once instead of after their fence (Timeout). An earlier
+// incarnation's id that begins at or after Started (the clock stepped back
+// across the restart) still waits for its fence.
+func (c *Coordinator) Started() time.Time { return c.ids.started() }
 
 // Log returns the decision log.
 func (c *Coordinator) Log() decisionlog.Log { return c.log }

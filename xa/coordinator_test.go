@@ -464,8 +464,8 @@ func TestConcurrentTransactions(t *testing.T) {
 }
 
 func TestIDsAreOrderedAndUnique(t *testing.T) {
-	g := newIDGen("n1")
 	now := time.Now()
+	g := newIDGen("n1", now)
 	seen := map[string]bool{}
 	var prev drivers.GlobalID
 	for i := 0; i < 1000; i++ {
@@ -490,5 +490,63 @@ func TestIDsAreOrderedAndUnique(t *testing.T) {
 			t.Fatalf("round trip %s: %v %v", s, back, err)
 		}
 		prev = id
+	}
+}
+
+func TestIDsNeverBeginBeforeStart(t *testing.T) {
+	start := time.Date(2026, 3, 4, 5, 6, 7, 891_234_567, time.UTC)
+	tests := []struct {
+		name string
+		now  time.Time // the clock when the id is made
+		want time.Time // its begin
+	}{
+		{name: "after the start", now: start.Add(time.Second), want: start.Add(time.Second).Truncate(time.Millisecond)},
+		{name: "at the start", now: start, want: start.Truncate(time.Millisecond)},
+		{name: "the clock stepped back before the start", now: start.Add(-time.Hour), want: start.Truncate(time.Millisecond)},
+		{name: "within the start's millisecond, earlier", now: start.Truncate(time.Millisecond), want: start.Truncate(time.Millisecond)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := newIDGen("n1", start)
+			if got, want := g.started(), start.Truncate(time.Millisecond); !got.Equal(want) {
+				t.Fatalf("started = %v, want %v", got, want)
+			}
+			id, err := g.next(tt.now, time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !id.Begin().Equal(tt.want) {
+				t.Fatalf("begin = %v, want %v", id.Begin(), tt.want)
+			}
+			if id.Begin().Before(g.started()) {
+				t.Fatalf("id %s begins before the start %v", id, g.started())
+			}
+		})
+	}
+}
+
+func TestCoordinatorStarted(t *testing.T) {
+	// The clock steps back an hour after New: the coordinator's ids still
+	// begin at or after Started, so an earlier incarnation's (which began
+	// before it) can be told from this one's by the XID alone.
+	start := time.Now().UTC()
+	var mu sync.Mutex
+	now := start
+	e := newTestEnv(t, func(c *Config) {
+		c.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	})
+	if got, want := e.c.Started(), start.Truncate(time.Millisecond); !got.Equal(want) {
+		t.Fatalf("Started = %v, want %v", got, want)
+	}
+	mu.Lock()
+	now = start.Add(-time.Hour)
+	mu.Unlock()
+	tx, err := e.c.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	if b := tx.GlobalID().Begin(); b.Before(e.c.Started()) {
+		t.Fatalf("a transaction began at %v, before the coordinator started (%v)", b, e.c.Started())
 	}
 }

@@ -220,9 +220,11 @@
 //
 // The tests run against the real PostgreSQL of internal/dbtest, each in a
 // schema of its own (parallel and repeatable). The package's own tests
-// cover the Log semantics table; when decisionlog/logtest lands, running
-// it is a few lines: its factory opens a Store on a fresh schema
-// (testPool, testSchema and openStore in helpers_test.go), and its clock
-// for the fence is the database's (tests that need a deadline already past
-// build gtrids from dbNow).
+// cover the Log semantics table (tests that need a deadline already past
+// build gtrids from dbNow). TestConformance runs the decisionlog/logtest
+// suite, every subtest on a fresh schema: the suite's clock replaces the
+// database's for the fence only (an unexported test hook; the lease is
+// always checked on the database's clock), Reopen closes and reopens the
+// Store, Compact is Sweep, and Fail makes the next batch a write of
+// unknown outcome.
 package pgstore

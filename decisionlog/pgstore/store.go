@@ -103,6 +103,13 @@ type testHooks struct {
 	renew func() error
 	// beforeBatch, if set, runs in the writer before a batch is sent.
 	beforeBatch func(n int)
+	// fenceNow, if set, is the clock of the fence (a commit's deadline)
+	// instead of the database's: the conformance suite sets it. The lease
+	// is still checked on the database's clock.
+	fenceNow func() time.Time
+	// failBatch, if set, runs before a batch is sent; an error fails the
+	// batch as a write of unknown outcome (fail-stop) without sending it.
+	failBatch func() error
 }
 
 // processStarted approximates the process start time for lease holders.

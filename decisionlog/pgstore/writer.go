@@ -80,8 +80,12 @@ type request struct {
 // on the CTE would let the planner scan every pending row per batch.
 //
 // The result has one row per request: whether its lease held, the
-// database's clock, the row's state after the statement (commit, abort) and
-// before it (prior, from the snapshot: a repeated decision).
+// database's clock for the fence, the row's state after the statement
+// (commit, abort) and before it (prior, from the snapshot: a repeated
+// decision). $15, the fence's clock, is always NULL (the database's
+// clock_timestamp()) but in the conformance suite, whose fence tests set
+// the clock (testHooks.fenceNow); the lease is always checked on the
+// database's clock.
 const batchSQL = `
 WITH req AS (
 	SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
@@ -92,13 +96,14 @@ WITH req AS (
 	SELECT n.node, n.epoch, n.expires_at, clock_timestamp() AS now FROM {nodes} n
 	WHERE n.node = ANY($1::text[])
 ), chk AS (
-	SELECT r.*, h.now, coalesce(h.epoch = r.epoch AND h.expires_at > h.now, false) AS leased
+	SELECT r.*, h.now, coalesce($15::timestamptz, h.now) AS fnow,
+		coalesce(h.epoch = r.epoch AND h.expires_at > h.now, false) AS leased
 	FROM req r LEFT JOIN lease h ON h.node = r.node
 ), dec AS (
 	INSERT INTO {decisions} AS d (gtrid, node, state, epoch, participants, decided_at, deadline)
 	SELECT c.gtrid, c.node, c.kind, c.epoch, nullif(c.participants, '')::jsonb, c.at, c.deadline
 	FROM chk c
-	WHERE c.leased AND (c.kind = 'A' OR c.kind = 'C' AND c.deadline > c.now)
+	WHERE c.leased AND (c.kind = 'A' OR c.kind = 'C' AND c.deadline > c.fnow)
 	ORDER BY c.i
 	ON CONFLICT (gtrid) DO UPDATE SET state = d.state
 	RETURNING d.gtrid, d.state
@@ -116,7 +121,7 @@ WITH req AS (
 	  AND d.state = 'C' AND d.ended_at IS NULL
 	RETURNING 1
 )
-SELECT c.i, c.leased, c.now, dec.state, prior.state
+SELECT c.i, c.leased, c.fnow, dec.state, prior.state
 FROM chk c
 LEFT JOIN dec ON dec.gtrid = c.gtrid
 LEFT JOIN (SELECT p.gtrid, p.state FROM {decisions} p WHERE p.gtrid = ANY($4::text[])) prior
@@ -293,8 +298,21 @@ func (s *Store) writeBatch(batch []*request) {
 	if len(send) == 0 {
 		return
 	}
-	if h := s.opts.hooks; h != nil && h.beforeBatch != nil {
-		h.beforeBatch(len(send))
+	var fenceNow *time.Time
+	if h := s.opts.hooks; h != nil {
+		if h.beforeBatch != nil {
+			h.beforeBatch(len(send))
+		}
+		if h.fenceNow != nil {
+			t := h.fenceNow()
+			fenceNow = &t
+		}
+		if h.failBatch != nil {
+			if err := h.failBatch(); err != nil {
+				s.dropBatch(send, s.failStop(fmt.Errorf("decision batch of %d: %w", len(send), err), s.ownEpochOf(send)))
+				return
+			}
+		}
 	}
 
 	n := len(send)
@@ -352,7 +370,7 @@ func (s *Store) writeBatch(batch []*request) {
 	b.Queue("BEGIN")
 	b.Queue("SET LOCAL plan_cache_mode = force_generic_plan")
 	b.Queue(s.sqlBatch, nodes, epochs, kinds, gtrids, parts, ats, dls,
-		res, branches, ops, reasons, actors, heur, ends)
+		res, branches, ops, reasons, actors, heur, ends, fenceNow)
 	b.Queue("COMMIT")
 	br := s.pool.SendBatch(ctx, b)
 	_, err := br.Exec()

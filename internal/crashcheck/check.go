@@ -15,6 +15,9 @@ import (
 type Expect struct {
 	// Node is the coordinator node whose branches and log are checked.
 	Node string
+	// Nodes are more nodes checked like Node (several coordinator
+	// processes on one shared store).
+	Nodes []string
 	// Total is the money in both databases before the scenario.
 	Total int64
 	// Journal, if set, is what the workload's callers were told: a
@@ -64,6 +67,10 @@ func (r Result) OK() bool { return len(r.Violations) == 0 && r.Stranded == 0 }
 // the databases. An error means the check itself could not run.
 func Check(ctx context.Context, b *bank.Bank, e Expect) (Result, error) {
 	var r Result
+	checked := map[string]bool{e.Node: true}
+	for _, n := range e.Nodes {
+		checked[n] = true
+	}
 	bad := func(format string, a ...any) { r.Violations = append(r.Violations, fmt.Sprintf(format, a...)) }
 
 	st, err := b.Check(ctx)
@@ -98,7 +105,7 @@ func Check(ctx context.Context, b *bank.Bank, e Expect) (Result, error) {
 			return r, err
 		}
 		for _, p := range ps {
-			if p.Ours && p.XID.Global.Node() == e.Node {
+			if p.Ours && checked[p.XID.Global.Node()] {
 				r.Stranded++
 			}
 		}
@@ -115,7 +122,7 @@ func Check(ctx context.Context, b *bank.Bank, e Expect) (Result, error) {
 	if e.Entries != nil {
 		logged := map[string]decisionlog.State{}
 		for _, en := range e.Entries {
-			if en.GTRID.Node() != e.Node {
+			if !checked[en.GTRID.Node()] {
 				continue
 			}
 			id := en.GTRID.String()
@@ -137,7 +144,7 @@ func Check(ctx context.Context, b *bank.Bank, e Expect) (Result, error) {
 		if !e.LogCompacted {
 			for _, id := range sortedKeys(in) {
 				g, err := drivers.ParseGlobalID(id)
-				if err != nil || g.Node() != e.Node || e.Kept[id] {
+				if err != nil || !checked[g.Node()] || e.Kept[id] {
 					continue
 				}
 				if s := logged[id]; s != decisionlog.StateCommitted && s != decisionlog.StateDone {

@@ -14,17 +14,23 @@ import (
 )
 
 // ChildConfig configures the workload process the crash tests and
-// selfcheck start and kill: a coordinator on LogDir running transfers.
+// selfcheck start and kill: a coordinator on LogDir running transfers, or,
+// with Store set, a replica on a shared decision store (package replica):
+// several such processes with distinct node ids share one store, each
+// running its own recovery and the takeover of expired peers.
 type ChildConfig struct {
 	PGURL, MyURL string
 	Prefix       string // bank table prefix
 	LogDir, Node string
-	Order        Order
-	Workers      int
-	Count        int // 0: until ctx ends
-	Accounts     int
-	Seed         uint64
-	Timeout      time.Duration // per global transaction (xa.Config.Timeout; default 5s)
+	// Store, if set, is the PostgreSQL URL of the shared decision store;
+	// LogDir is then not used.
+	Store    StoreConfig
+	Order    Order
+	Workers  int
+	Count    int // 0: until ctx ends
+	Accounts int
+	Seed     uint64
+	Timeout  time.Duration // per global transaction (xa.Config.Timeout; default 5s)
 	// Keeper, if set, keeps the commit decisions in a participant instead
 	// of the log (xa.Config.DecisionResource): KeeperPG or KeeperMy.
 	Keeper Keeper
@@ -40,8 +46,12 @@ func (c *ChildConfig) Validate() error {
 	switch {
 	case c.PGURL == "" || c.MyURL == "":
 		return errors.New("crashcheck: both database URLs are needed")
-	case c.LogDir == "":
-		return errors.New("crashcheck: no decision log directory")
+	case c.LogDir == "" && c.Store.URL == "":
+		return errors.New("crashcheck: no decision log directory and no store")
+	case c.Store.URL != "" && c.Store.LeaseTTL < 0:
+		return errors.New("crashcheck: the lease TTL must not be negative")
+	case c.Store.URL != "" && c.Store.RecoverEvery < 0:
+		return errors.New("crashcheck: the recovery interval must not be negative")
 	case c.Accounts < 1:
 		return errors.New("crashcheck: accounts must be at least 1")
 	case c.Workers < 1:
@@ -93,15 +103,30 @@ func RunChild(ctx context.Context, cfg ChildConfig, out io.Writer) error {
 			KillSelf()
 		})
 	}
-	coord, err := xa.New(ctx, xcfg)
-	if err != nil {
-		return err
+	var coord *xa.Coordinator
+	closeAll := func() error { return coord.Close() }
+	if cfg.Store.URL != "" {
+		xcfg.LogDir = ""
+		r, closeStore, err := openReplica(ctx, cfg, xcfg)
+		if err != nil {
+			return err
+		}
+		coord, closeAll = r.Coordinator(), closeStore
+		j.line(fmt.Sprintf("note ready %s %d\n", cfg.Node, r.Store().Epoch()))
+	} else {
+		var err error
+		if coord, err = xa.New(ctx, xcfg); err != nil {
+			return err
+		}
+		j.line(fmt.Sprintf("note ready %s 0\n", cfg.Node))
 	}
+	// The end of ctx stops the workload from starting transfers; those in
+	// flight finish, so that a clean stop leaves nothing in doubt.
 	w := &Workload{Bank: b, Coord: coord, Order: cfg.Order, Workers: cfg.Workers, Count: cfg.Count,
-		Accounts: cfg.Accounts, Seed: cfg.Seed, Journal: j}
-	st := w.Run(ctx)
+		Accounts: cfg.Accounts, Seed: cfg.Seed, Journal: j, Stop: ctx.Done()}
+	st := w.Run(context.WithoutCancel(ctx))
 	j.line("stats " + st.String() + "\n")
-	return coord.Close()
+	return closeAll()
 }
 
 // Keeper names the participant that keeps the commit decisions, if any.

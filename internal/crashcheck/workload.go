@@ -235,6 +235,10 @@ type Workload struct {
 	Journal  *JournalWriter // may be nil
 	// MaxAmount bounds each transfer's amount (default 100).
 	MaxAmount int64
+	// Stop, if set, ends the workload when closed, like the end of Run's
+	// ctx, but lets the transfers in flight finish (ctx stays theirs): a
+	// clean shutdown, as of a replica being rolled.
+	Stop <-chan struct{}
 
 	st Stats
 }
@@ -258,7 +262,7 @@ func (w *Workload) Run(ctx context.Context) *Stats {
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(w.Seed, uint64(i)))
-			for ctx.Err() == nil && (w.Count <= 0 || next.Add(1) <= int64(w.Count)) {
+			for ctx.Err() == nil && !closed(w.Stop) && (w.Count <= 0 || next.Add(1) <= int64(w.Count)) {
 				amt := rng.Int64N(maxAmt) + 1
 				if rng.IntN(2) == 0 {
 					amt = -amt
@@ -297,6 +301,7 @@ func (w *Workload) Run(ctx context.Context) *Stats {
 					// rather than spin through failing transactions.
 					select {
 					case <-ctx.Done():
+					case <-w.Stop:
 					case <-time.After(backoff):
 					}
 				}
@@ -305,4 +310,14 @@ func (w *Workload) Run(ctx context.Context) *Stats {
 	}
 	wg.Wait()
 	return st
+}
+
+// closed reports whether ch is closed (never, for nil).
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }

@@ -2,7 +2,11 @@
 // bank transfers through a real coordinator on a decision log, writes a
 // journal of what each caller was told to stdout, and, when a crash point is
 // armed (XABRIDGE_CRASH_POINT, XABRIDGE_CRASH_NTH), dies by SIGKILL at that
-// protocol step. The tests build it with go build into a temporary directory.
+// protocol step. With -store it runs as a replica on a shared decision store
+// (node lease, in-process recovery and takeover of expired peers); SIGTERM
+// or SIGINT then stops it cleanly (the lease is released), and a node id
+// held by a live process makes it exit with status 3. The tests build it
+// with go build into a temporary directory.
 package main
 
 import (
@@ -11,6 +15,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/xabridge/xabridge/internal/crashcheck"
@@ -19,6 +25,9 @@ import (
 func main() {
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "crashapp:", err)
+		if crashcheck.IsNodeLeased(err) {
+			os.Exit(crashcheck.ExitNodeLeased)
+		}
 		os.Exit(1)
 	}
 }
@@ -39,6 +48,10 @@ func run() (err error) {
 	flag.StringVar(&keeper, "keeper", "log", "where commit decisions are kept: log, pg or mysql")
 	flag.Uint64Var(&seed, "seed", 1, "random seed")
 	flag.DurationVar(&cfg.Timeout, "timeout", 5*time.Second, "global transaction timeout")
+	flag.StringVar(&cfg.Store.URL, "store", "", "shared decision store (PostgreSQL URL) instead of -log-dir")
+	flag.StringVar(&cfg.Store.Schema, "store-schema", "", "the store's PostgreSQL schema")
+	flag.DurationVar(&cfg.Store.LeaseTTL, "lease-ttl", 0, "node lease TTL on the store (0: the default)")
+	flag.DurationVar(&cfg.Store.RecoverEvery, "recover-every", 0, "interval of the replica's recovery passes (0: TTL/2)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", flag.Arg(0))
@@ -56,5 +69,9 @@ func run() (err error) {
 		cfg.Crash, cfg.CrashNth = &cp, nth
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	return crashcheck.RunChild(context.Background(), cfg, os.Stdout)
+	// SIGTERM ends the workload; the coordinator (and the lease) are
+	// then closed cleanly, as a replica being rolled would be.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	return crashcheck.RunChild(ctx, cfg, os.Stdout)
 }

@@ -1,0 +1,458 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/xabridge/xabridge/decisionlog/pgstore"
+	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/crashcheck"
+	"github.com/xabridge/xabridge/internal/dbproc"
+)
+
+// The high-availability tests run several crash app processes as replicas
+// on one shared decision store (package replica on decisionlog/pgstore),
+// each with its own node id, and kill, pause, partition or restart them.
+// The store is a database of its own (haStoreDB) on the chaos servers'
+// PostgreSQL, each test in a schema of its own; each test has its own bank
+// tables. Leases are short, so that takeovers happen in seconds.
+const (
+	haStoreDB = "xab_store"
+	haTTL     = 2 * time.Second
+	haEvery   = time.Second // replica.Config.RecoverEvery (TTL/2)
+	// haSettle is the replica's default two-scan wait (recovery Settle).
+	haSettle = time.Second
+)
+
+var (
+	haStoreOnce sync.Once
+	haStoreErr  error
+)
+
+// haStoreURL returns the URL of the store's database on e's PostgreSQL,
+// creating the database once per test binary.
+func (e *chaosEnv) haStoreURL(t *testing.T) string {
+	t.Helper()
+	u, err := url.Parse(e.pair.PGURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	haStoreOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		var exists bool
+		if haStoreErr = e.admin.PGPool.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)", haStoreDB).Scan(&exists); haStoreErr != nil || exists {
+			return
+		}
+		_, haStoreErr = e.admin.PGPool.Exec(ctx, "CREATE DATABASE "+haStoreDB)
+	})
+	if haStoreErr != nil {
+		t.Fatalf("creating the store database: %v", haStoreErr)
+	}
+	u.Path = "/" + haStoreDB
+	return u.String()
+}
+
+// haCluster is one HA test: a scenario (bank tables), a store schema, and
+// the replica processes started on them.
+type haCluster struct {
+	t        *testing.T
+	e        *chaosEnv
+	s        *scenario
+	storeURL string
+	schema   string
+	pool     *pgxpool.Pool // the test's own connection to the store
+
+	mu    sync.Mutex
+	procs []*haProc
+	seed  uint64
+}
+
+func (e *chaosEnv) newHACluster(t *testing.T) *haCluster {
+	t.Helper()
+	c := &haCluster{t: t, e: e, s: e.newScenario(t, 4), storeURL: e.haStoreURL(t), schema: "ha_" + suffix()}
+	pool, err := pgxpool.New(context.Background(), c.storeURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.pool = pool
+	t.Cleanup(func() {
+		// Every process is gone by now (their cleanups ran first).
+		if _, err := pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+c.schema+" CASCADE"); err != nil {
+			t.Errorf("dropping the store schema: %v", err)
+		}
+		pool.Close()
+	})
+	return c
+}
+
+// haProc is one replica process.
+type haProc struct {
+	node    string
+	cmd     *exec.Cmd
+	out     *syncBuf
+	errb    *syncBuf
+	done    chan struct{} // closed when it exited
+	endedAt time.Time     // set before done is closed
+}
+
+// syncBuf is a bytes.Buffer written by a process and read by the test.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// haStart is how a replica process is started.
+type haStart struct {
+	crash    string // crash point, "" for none
+	nth      int
+	workers  int    // default 2
+	storeURL string // default the cluster's (a proxy's, to cut it off)
+}
+
+// start starts a replica process for node, running transfers until it is
+// stopped (or killed at its crash point).
+func (c *haCluster) start(node string, o haStart) *haProc {
+	c.t.Helper()
+	if o.workers == 0 {
+		o.workers = 2
+	}
+	if o.storeURL == "" {
+		o.storeURL = c.storeURL
+	}
+	c.mu.Lock()
+	c.seed++
+	seed := c.seed
+	c.mu.Unlock()
+	cmd := exec.Command(c.e.crashapp,
+		"-pg", c.e.pair.PGURL(), "-mysql", c.e.pair.MyURL(), "-prefix", c.s.prefix,
+		"-store", o.storeURL, "-store-schema", c.schema, "-lease-ttl", haTTL.String(), "-recover-every", haEvery.String(),
+		"-node", node, "-order", string(crashcheck.Mixed), "-workers", fmt.Sprint(o.workers), "-count", "0",
+		"-accounts", fmt.Sprint(chaosAccounts), "-seed", fmt.Sprint(seed))
+	cmd.Env = append(os.Environ(), crashcheck.EnvCrashPoint+"="+o.crash, crashcheck.EnvCrashNth+"="+fmt.Sprint(max(o.nth, 1)))
+	p := &haProc{node: node, cmd: cmd, out: &syncBuf{}, errb: &syncBuf{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.errb
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	go func() {
+		_ = cmd.Wait()
+		p.endedAt = time.Now()
+		close(p.done)
+	}()
+	c.mu.Lock()
+	c.procs = append(c.procs, p)
+	c.mu.Unlock()
+	c.t.Cleanup(func() {
+		if !p.exited() {
+			_ = p.cmd.Process.Signal(syscall.SIGCONT)
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+func (p *haProc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// killedBySignal reports whether the exited process died of SIGKILL.
+func (p *haProc) killed() bool {
+	ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}
+
+// wait waits for the process to exit.
+func (p *haProc) wait(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		t.Fatalf("replica %s (pid %d) did not exit within %s; stderr:\n%s", p.node, p.cmd.Process.Pid, timeout, p.errb)
+	}
+}
+
+// ready waits until the process holds its lease and returns its epoch.
+func (p *haProc) ready(t *testing.T) int64 {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		for _, line := range strings.Split(p.out.String(), "\n") {
+			var node string
+			var epoch int64
+			if n, _ := fmt.Sscanf(line, "note ready %s %d", &node, &epoch); n == 2 {
+				return epoch
+			}
+		}
+		if p.exited() {
+			t.Fatalf("replica %s exited before it was ready (status %v); stderr:\n%s", p.node, p.cmd.ProcessState, p.errb)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica %s not ready after 30s; stderr:\n%s", p.node, p.errb)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop stops the process cleanly (SIGTERM: the transfers in flight finish,
+// the lease is released) and checks that it exited with status 0.
+func (p *haProc) stop(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !p.exited() {
+		t.Fatal(err)
+	}
+	p.wait(t, 30*time.Second)
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("replica %s stopped with SIGTERM exited with status %d (want 0); stderr:\n%s", p.node, code, p.errb)
+	}
+}
+
+func (p *haProc) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("signal %v to replica %s: %v", sig, p.node, err)
+	}
+}
+
+// journal is what the process's callers were told so far.
+func (p *haProc) journal(t *testing.T) crashcheck.Journal {
+	t.Helper()
+	j, err := crashcheck.ReadJournal(strings.NewReader(p.out.String()))
+	if err != nil {
+		t.Fatalf("replica %s: %v", p.node, err)
+	}
+	return j
+}
+
+// committed counts the transfers the process reported committed.
+func (p *haProc) committed(t *testing.T) int {
+	return p.journal(t).Count()[crashcheck.Committed]
+}
+
+// victim returns the transfer the process was running when its crash point
+// killed it ("" if it did not).
+func (p *haProc) victim() string {
+	for _, line := range strings.Split(p.out.String(), "\n") {
+		if f := strings.Fields(line); len(f) == 4 && f[0] == "note" && f[1] == "crash" {
+			return f[3]
+		}
+	}
+	return ""
+}
+
+// waitCommits waits until the process reported n more transfers committed
+// than from (it decides again).
+func (p *haProc) waitCommits(t *testing.T, from, n int, timeout time.Duration) {
+	t.Helper()
+	if !poll(timeout, func() bool { return p.committed(t) >= from+n }) {
+		t.Fatalf("replica %s committed %d transfers in %s (want %d more than %d); stderr:\n%s",
+			p.node, p.committed(t)-from, timeout, n, from, p.errb)
+	}
+}
+
+// haLease is one row of the store's lease table, as the database sees it.
+type haLease struct {
+	Epoch  int64
+	Holder string // the holding process's node id (the node, or a claimant)
+	PID    int
+	Live   bool // not expired by the database's clock
+}
+
+// lease reads node's lease row (ok false: none).
+func (c *haCluster) lease(node string) (haLease, bool) {
+	c.t.Helper()
+	var l haLease
+	err := c.pool.QueryRow(context.Background(),
+		"SELECT epoch, holder_node, pid, expires_at > clock_timestamp() FROM "+c.schema+"."+pgstore.TableNodes+" WHERE node = $1", node).
+		Scan(&l.Epoch, &l.Holder, &l.PID, &l.Live)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return l, false
+	}
+	if err != nil {
+		c.t.Fatalf("reading the lease of %s: %v", node, err)
+	}
+	return l, true
+}
+
+// waitLease polls node's lease until cond holds and returns it.
+func (c *haCluster) waitLease(node string, timeout time.Duration, what string, cond func(haLease) bool) haLease {
+	c.t.Helper()
+	var l haLease
+	if !poll(timeout, func() bool {
+		var ok bool
+		l, ok = c.lease(node)
+		return ok && cond(l)
+	}) {
+		c.t.Fatalf("lease of %s: %s not seen within %s (last: %+v)", node, what, timeout, l)
+	}
+	return l
+}
+
+// stranded counts the prepared branches of nodes on both servers and their
+// commit decisions in the store whose phase 2 has not ended.
+func (c *haCluster) stranded(nodes ...string) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	want := map[string]bool{}
+	for _, n := range nodes {
+		want[n] = true
+	}
+	n := 0
+	for _, r := range []drivers.Resource{c.s.bank.PG, c.s.bank.My} {
+		ps, err := r.Recover(ctx)
+		if err != nil {
+			return 0, err
+		}
+		for _, p := range ps {
+			if p.Ours && want[p.XID.Global.Node()] {
+				n++
+			}
+		}
+	}
+	for _, node := range nodes {
+		k, err := crashcheck.StorePending(ctx, c.pool, c.schema, node)
+		if err != nil {
+			return 0, err
+		}
+		n += k
+	}
+	return n, nil
+}
+
+// waitSettled polls until nothing of nodes is stranded and returns how long
+// that took from since.
+func (c *haCluster) waitSettled(since time.Time, timeout time.Duration, nodes ...string) time.Duration {
+	c.t.Helper()
+	var last int
+	var lastErr error
+	if !poll(timeout, func() bool {
+		last, lastErr = c.stranded(nodes...)
+		return lastErr == nil && last == 0
+	}) {
+		c.t.Fatalf("nodes %v: %d branches or decisions still stranded after %s (last error: %v)", nodes, last, timeout, lastErr)
+	}
+	return time.Since(since)
+}
+
+// check checks every invariant over all the cluster's processes: money
+// conserved, each transfer in both databases or in neither, what every
+// caller was told is what the databases hold, the store's decision rows
+// agree with the databases (a commit row in both, an abort row in
+// neither, every transfer with a commit row), no prepared branch of any
+// node left, the foreign prepared transactions untouched.
+func (c *haCluster) check() (crashcheck.Result, int) {
+	c.t.Helper()
+	ctx := context.Background()
+	c.mu.Lock()
+	procs := append([]*haProc(nil), c.procs...)
+	c.mu.Unlock()
+	journal := crashcheck.Journal{}
+	nodes := map[string]bool{}
+	for _, p := range procs {
+		nodes[p.node] = true
+		for id, o := range p.journal(c.t) {
+			journal[id] = o
+		}
+	}
+	var names []string
+	for n := range nodes {
+		names = append(names, n)
+	}
+	entries, err := crashcheck.StoreEntries(ctx, c.pool, c.schema)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	res, err := crashcheck.Check(ctx, c.s.bank, crashcheck.Expect{
+		Nodes: names, Total: c.s.total, Journal: journal, Entries: entries, Foreign: c.e.foreign,
+	})
+	if err != nil {
+		c.t.Fatalf("invariant check: %v", err)
+	}
+	for _, v := range res.Violations {
+		c.t.Errorf("violation: %s", v)
+	}
+	if res.Stranded != 0 {
+		c.t.Errorf("%d prepared branches of nodes %v stranded", res.Stranded, names)
+	}
+	c.t.Logf("%d processes, %d transfers begun, outcomes %v, %d committed in the databases, %d store rows",
+		len(procs), len(journal), journal.Count(), res.Transfers, len(entries))
+	return res, len(journal)
+}
+
+// stopAll stops every live process cleanly, waits until nothing is
+// stranded and checks the invariants.
+func (c *haCluster) stopAll(scenarioName string) crashcheck.Result {
+	c.t.Helper()
+	c.mu.Lock()
+	procs := append([]*haProc(nil), c.procs...)
+	c.mu.Unlock()
+	var nodes []string
+	for _, p := range procs {
+		nodes = append(nodes, p.node)
+		if !p.exited() {
+			p.stop(c.t)
+		}
+	}
+	// What no live replica is left to finish (a node killed last, say) is
+	// finished by one more replica, as an operator's next deploy would.
+	if n, err := c.stranded(nodes...); err != nil || n > 0 {
+		fin := c.start("ha-fin-"+suffix(), haStart{workers: 1})
+		fin.ready(c.t)
+		c.waitSettled(time.Now(), 60*time.Second, nodes...)
+		fin.stop(c.t)
+	}
+	res, txns := c.check()
+	var kills int
+	for _, p := range procs {
+		if p.killed() {
+			kills++
+		}
+	}
+	results.add(scenarioName, "both; shared store", kills, txns, res)
+	return res
+}
+
+// proxyURL returns the store URL through a netfault proxy's address.
+func proxyURL(t *testing.T, storeURL, addr string) string {
+	t.Helper()
+	u, err := url.Parse(storeURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = addr
+	return u.String()
+}
+
+// pgAddr is the chaos PostgreSQL's address.
+func (e *chaosEnv) pgAddr() string { return e.pair.Addr(dbproc.PG) }
