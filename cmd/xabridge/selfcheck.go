@@ -46,7 +46,7 @@ Exit codes: 0 all invariants held, 1 a violation or an error, 2 usage error,
 3 prepared branches were left behind.`,
 		Example: `  xabridge selfcheck --pg postgres://u:p@db1/app --mysql mysql://u:p@db2/app --duration 2m
   xabridge selfcheck --store postgres://u:p@db1/app --duration 2m   # coordinators as replicas on a shared store`,
-		Args:    noArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			so, err := sf.options(cmd.Flags().Changed("log-dir"))
 			if err != nil {
