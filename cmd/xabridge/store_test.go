@@ -377,6 +377,12 @@ func TestNodes(t *testing.T) {
 		}
 	}
 
+	// The store from a config file, as the other options.
+	cfg := writeConfig(t, `{"store": "`+s.pgURL+`", "store_schema": "`+s.schema+`"}`)
+	if j, code, errOut := nodesOut(t, "--config", cfg); code != exitOK || len(j.Nodes) != len(want) {
+		t.Errorf("nodes --config: exit %d, %d nodes: %s", code, len(j.Nodes), errOut)
+	}
+
 	// A prepared branch of the expired node: exit 3, counted; one of the
 	// live node: counted, exit still 0 were it alone.
 	now := time.Now()
