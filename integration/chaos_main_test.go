@@ -239,22 +239,17 @@ type childRun struct {
 	killed   bool   // it died by SIGKILL
 	exitCode int
 	stderr   string
+	stdout   string
 }
 
 // runChild runs the crash app on the scenario's tables and log. crash ""
 // arms nothing. killAfter > 0 SIGKILLs it from outside after that long.
-func (s *scenario) runChild(order crashcheck.Order, crash string, nth, workers, count int, killAfter time.Duration, seed uint64) childRun {
+// extra are more crash app flags.
+func (s *scenario) runChild(order crashcheck.Order, crash string, nth, workers, count int, killAfter time.Duration, seed uint64, extra ...string) childRun {
 	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, s.env.crashapp,
-		"-pg", s.env.pair.PGURL(), "-mysql", s.env.pair.MyURL(), "-prefix", s.prefix,
-		"-log-dir", s.logDir, "-node", s.node, "-order", string(order),
-		"-workers", fmt.Sprint(workers), "-count", fmt.Sprint(count), "-accounts", fmt.Sprint(chaosAccounts),
-		"-seed", fmt.Sprint(seed), "-keeper", string(s.keeper))
-	cmd.Env = append(os.Environ(), crashcheck.EnvCrashPoint+"="+crash, crashcheck.EnvCrashNth+"="+fmt.Sprint(nth))
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd, out, errb := s.childCommand(ctx, order, crash, nth, workers, count, seed, extra...)
 	if err := cmd.Start(); err != nil {
 		s.t.Fatal(err)
 	}
@@ -262,6 +257,27 @@ func (s *scenario) runChild(order crashcheck.Order, crash string, nth, workers, 
 		timer := time.AfterFunc(killAfter, func() { _ = cmd.Process.Signal(syscall.SIGKILL) })
 		defer timer.Stop()
 	}
+	return s.waitChild(ctx, cmd, out, errb)
+}
+
+// childCommand is the crash app's command for runChild (not started),
+// writing its stdout and stderr to the buffers returned.
+func (s *scenario) childCommand(ctx context.Context, order crashcheck.Order, crash string, nth, workers, count int, seed uint64, extra ...string) (*exec.Cmd, *bytes.Buffer, *bytes.Buffer) {
+	args := []string{"-pg", s.env.pair.PGURL(), "-mysql", s.env.pair.MyURL(), "-prefix", s.prefix,
+		"-log-dir", s.logDir, "-node", s.node, "-order", string(order),
+		"-workers", fmt.Sprint(workers), "-count", fmt.Sprint(count), "-accounts", fmt.Sprint(chaosAccounts),
+		"-seed", fmt.Sprint(seed), "-keeper", string(s.keeper)}
+	cmd := exec.CommandContext(ctx, s.env.crashapp, append(args, extra...)...)
+	cmd.Env = append(os.Environ(), crashcheck.EnvCrashPoint+"="+crash, crashcheck.EnvCrashNth+"="+fmt.Sprint(nth))
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	return cmd, &out, &errb
+}
+
+// waitChild waits for a crash app started from childCommand (ctx is its
+// command's) and reads what it did.
+func (s *scenario) waitChild(ctx context.Context, cmd *exec.Cmd, out, errb *bytes.Buffer) childRun {
+	s.t.Helper()
 	werr := cmd.Wait()
 	var r childRun
 	r.stderr = errb.String()
@@ -278,7 +294,8 @@ func (s *scenario) runChild(order crashcheck.Order, crash string, nth, workers, 
 			r.crashed, r.victim = true, f[3]
 		}
 	}
-	j, err := crashcheck.ReadJournal(&out)
+	r.stdout = out.String()
+	j, err := crashcheck.ReadJournal(out)
 	if err != nil {
 		s.t.Fatal(err)
 	}

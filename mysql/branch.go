@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/drivers/sqlguard"
 	"github.com/xabridge/xabridge/internal/sqlview"
 )
 
@@ -64,6 +65,10 @@ type branch struct {
 	unverified bool
 	stmts      []*preparedStmt // prepared on conn through the handle (PrepareContext)
 	view       *sqlview.View   // the handle's database/sql view, once asked for
+
+	// unguarded turns the statement guard off (tests only: they show what
+	// the server and the keeper's checks do with SQL the guard refuses).
+	unguarded bool
 }
 
 var _ drivers.Branch = (*branch)(nil)
@@ -468,6 +473,22 @@ func (o outcome) String() string {
 // commit, rollback) belongs to the global transaction and is not offered
 // here.
 //
+// Statements that would end or commit the branch are refused before they
+// are sent: ExecContext, QueryContext, QueryRowContext and PrepareContext
+// (and the database/sql view) read the text with the MySQL lexer of
+// package sqlguard, every statement of a multi-statement text, and refuse
+// COMMIT, ROLLBACK (but ROLLBACK TO SAVEPOINT), BEGIN, START TRANSACTION,
+// XA … (XA END and XA COMMIT … ONE PHASE on the branch's own XID would
+// commit it apart from the global transaction), SET autocommit, the
+// statements that commit implicitly (DDL but CREATE/DROP TEMPORARY TABLE,
+// LOCK/UNLOCK TABLES, FLUSH, GRANT, ANALYZE/OPTIMIZE TABLE, …) and those
+// whose effect the guard cannot see (CALL, PREPARE/EXECUTE, compound
+// statements). The refusal is an ErrFailed *drivers.Error that also
+// matches sqlguard.ErrTransactionControl (or sqlguard.ErrUnreadable) and
+// names the statement; nothing was sent, so the branch stays usable and
+// commits with the global transaction. SAVEPOINT, RELEASE SAVEPOINT and
+// ROLLBACK TO SAVEPOINT run.
+//
 // Statement errors are returned as database/sql returns them, except a
 // deadlock (1213) or lock wait timeout (1205), which come back as
 // drivers.ErrConflict (a kind of ErrRetryable) with the *mysql.MySQLError still reachable through
@@ -480,12 +501,14 @@ func (o outcome) String() string {
 // handle fails with ErrFailed and the decision is refused; that includes a
 // deadlock reported only while reading rows (Rows.Next, Rows.Err, Row.Scan),
 // which the adapter asks the server about, in one round trip, before the
-// next statement after a query. Statements that commit implicitly (START
-// TRANSACTION or BEGIN, which also start a new transaction no check can tell
-// from the branch's; DDL; LOCK TABLES; ANALYZE or OPTIMIZE TABLE; SET
-// autocommit) must never be run on a keeper's branch: MariaDB commits the
-// branch's earlier work at once and no check can undo that (an XA branch
-// refuses them; a keeper's branch cannot).
+// next statement after a query. The guard matters most there: statements
+// that commit implicitly (START TRANSACTION or BEGIN, which also start a new
+// transaction no check can tell from the branch's; DDL; LOCK TABLES;
+// ANALYZE or OPTIMIZE TABLE; SET autocommit) would commit the keeper's
+// earlier work at once, which no later check could undo (an XA branch's
+// server refuses most of them; a keeper's local transaction cannot). Should
+// one get past the guard, the checks of @@in_transaction still keep
+// anything after it, and the decision, from committing.
 type Branch struct {
 	b *branch
 }
@@ -605,12 +628,32 @@ func (b *branch) verify() {
 // errEndedReading is the rbCause verify finds.
 var errEndedReading = errors.New("the transaction ended while the application read a result set (a deadlock reported by Rows.Next, Rows.Err or Row.Scan)")
 
+// check refuses, before anything is sent, an application text that is (or
+// may be) transaction control or a statement that commits implicitly: see
+// package sqlguard. nargs is the number of arguments sent with it. The
+// refusal is an ErrFailed *drivers.Error that also matches
+// sqlguard.ErrTransactionControl or sqlguard.ErrUnreadable. Nothing is
+// sent and nothing changes on the branch (it is not even marked used): it
+// stays usable and may still prepare and commit.
+func (b *branch) check(op, query string, nargs int) error {
+	if b.unguarded {
+		return nil
+	}
+	if err := sqlguard.CheckArgs(sqlguard.MySQL, query, nargs); err != nil {
+		return b.errorf(op, drivers.ErrFailed, err)
+	}
+	return nil
+}
+
 // ExecContext executes a statement inside the branch (database/sql's
 // (*sql.Conn).ExecContext).
 func (h *Branch) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	b := h.b
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if err := b.check("exec", query, len(args)); err != nil {
+		return nil, err
+	}
 	if !b.active() {
 		return nil, b.errNotActive("exec")
 	}
@@ -624,6 +667,9 @@ func (h *Branch) QueryContext(ctx context.Context, query string, args ...any) (*
 	b := h.b
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if err := b.check("query", query, len(args)); err != nil {
+		return nil, err
+	}
 	if !b.active() {
 		return nil, b.errNotActive("query")
 	}
@@ -644,6 +690,9 @@ func (h *Branch) QueryRowContext(ctx context.Context, query string, args ...any)
 	b := h.b
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if err := b.check("query", query, len(args)); err != nil {
+		return errRow(ctx, err)
+	}
 	if !b.active() {
 		return errRow(ctx, b.errNotActive("query"))
 	}

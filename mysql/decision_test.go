@@ -373,11 +373,12 @@ func TestKeeperCutOffWhileWaiting(t *testing.T) {
 // follow. A deadlock the adapter sees stops the branch at once; one that
 // only the application's rows report is found (@@in_transaction) before
 // the next statement or the commit; one it cannot see (here: a ROLLBACK the
-// application ran itself) is caught by the guard in the decision INSERT
-// (@@in_transaction) or before the one-phase COMMIT.
+// application ran itself, past the statement guard, turned off) is caught
+// by the check in the decision INSERT (@@in_transaction) or before the
+// one-phase COMMIT.
 func TestKeeperTransactionEndedUnderIt(t *testing.T) {
 	for _, how := range []string{
-		"deadlock", "deadlock seen by QueryRow", "failing DDL", "ROLLBACK statement",
+		"deadlock", "deadlock seen by QueryRow", "failing DDL past the guard", "ROLLBACK statement past the guard",
 		"deadlock of a range read, at Row.Scan", "deadlock of a range read, at Rows.Next", "deadlock of a range read, at Rows.Next, then commit",
 	} {
 		for _, commit := range []string{"CommitWithDecision", "CommitOnePhase"} {
@@ -387,6 +388,12 @@ func TestKeeperTransactionEndedUnderIt(t *testing.T) {
 				ctx := ctxT(t)
 				b := e.beginKept(ctx)
 				g := b.xid.Global
+				if strings.HasSuffix(how, "past the guard") {
+					// The guard refuses these before they are sent
+					// (TestGuardKeepsBranchUsable); with it off, they show
+					// the checks behind it.
+					b.unguarded = true
+				}
 				e.insert(ctx, b, tbl, 60)
 				switch how {
 				case "deadlock":
@@ -430,18 +437,18 @@ func TestKeeperTransactionEndedUnderIt(t *testing.T) {
 					if b.rbCause != nil {
 						t.Fatalf("the adapter saw the deadlock when it sent the query (%v), not only the application", b.rbCause)
 					}
-				case "failing DDL":
+				case "failing DDL past the guard":
 					// MariaDB commits the transaction before it finds the
 					// table exists: row 60 is committed (the application's
 					// doing), but nothing after it may commit on its own.
 					_, err := b.user.ExecContext(ctx, "CREATE TABLE "+tbl+" (id INT)")
 					wantNumber(t, "CREATE TABLE of an existing table", err, 1050)
-				case "ROLLBACK statement":
+				case "ROLLBACK statement past the guard":
 					if _, err := b.user.ExecContext(ctx, "ROLLBACK"); err != nil {
 						t.Fatal(err)
 					}
 				}
-				if how != "ROLLBACK statement" && !strings.HasSuffix(how, "then commit") {
+				if how != "ROLLBACK statement past the guard" && !strings.HasSuffix(how, "then commit") {
 					_, err := b.user.ExecContext(ctx, "INSERT INTO "+tbl+" VALUES (61, 0)")
 					wantKind(t, "a statement after "+how, err, drivers.ErrFailed)
 					var x int
@@ -458,13 +465,13 @@ func TestKeeperTransactionEndedUnderIt(t *testing.T) {
 				if strings.HasPrefix(how, "deadlock") && !errors.Is(err, drivers.ErrRetryable) {
 					t.Errorf("refusal after a deadlock is not marked retryable: %v", err)
 				}
-				if how == "ROLLBACK statement" && commit == "CommitWithDecision" {
+				if how == "ROLLBACK statement past the guard" && commit == "CommitWithDecision" {
 					wantNumber(t, "the guard", err, erBadNull)
 				}
 				if _, ok := e.row(g); ok {
 					t.Fatal("a decision row was written")
 				}
-				if how == "failing DDL" {
+				if how == "failing DDL past the guard" {
 					if e.rows(tbl, 60) != 1 || e.rows(tbl, 61) != 0 {
 						t.Fatal("want row 60 committed by the DDL's implicit commit, row 61 refused")
 					}

@@ -58,15 +58,13 @@
 // it 0: a deadlock reported only to the application, by Rows.Next,
 // Rows.Err or Row.Scan), so that nothing runs in autocommit outside the
 // branch. MySQL has no @@in_transaction, so BeginKept refuses MySQL servers
-// (ErrUnsupported); use a PostgreSQL or MariaDB keeper there. Do not run
-// COMMIT or ROLLBACK on a keeper's branch: the decision is then refused,
-// but what they committed stays committed. Statements that commit
-// implicitly (START TRANSACTION or BEGIN, which also start a new
-// transaction no check can tell from the branch's; DDL; LOCK TABLES;
-// ANALYZE or OPTIMIZE TABLE; SET autocommit) must never be run on a
-// keeper's branch: MariaDB commits the branch's earlier work at once and
-// no check can undo that (an XA branch refuses them; a keeper's branch
-// cannot).
+// (ErrUnsupported); use a PostgreSQL or MariaDB keeper there. COMMIT,
+// ROLLBACK and the statements that commit implicitly (START TRANSACTION or
+// BEGIN; DDL; LOCK TABLES; ANALYZE or OPTIMIZE TABLE; SET autocommit)
+// would commit a keeper's earlier work at once, which no later check could
+// undo: the handle refuses them before they are sent (see Branch), and
+// the @@in_transaction checks stay behind that guard, should a statement
+// get past it.
 //
 // # Using your data layer
 //
@@ -81,8 +79,11 @@
 // (sqlx.NewDb(b.DB(), "mysql")), GORM's mysql driver
 // (mysql.Config{Conn: b.DB(), SkipInitializeWithVersion: true}, with
 // PrepareStmt if wanted). SAVEPOINT, ROLLBACK TO and RELEASE SAVEPOINT are
-// allowed in a branch; the server refuses COMMIT, ROLLBACK and START
-// TRANSACTION in an XA transaction. The module
+// allowed in a branch; transaction control (COMMIT, ROLLBACK, START
+// TRANSACTION, XA …, SET autocommit) and the statements that commit
+// implicitly are refused by the handle before they reach the server (package
+// drivers/sqlguard), also through the database/sql view and prepared
+// statements. The module
 // github.com/xabridge/xabridge/examples has a recipe for each, run against
 // real servers.
 //

@@ -1,11 +1,14 @@
 package mysql
 
 import (
+	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"testing"
 
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/drivers/sqlguard"
 )
 
 // Savepoints run inside an XA branch on MariaDB, also after an error: the
@@ -52,25 +55,38 @@ func TestSavepoints(t *testing.T) {
 // PrepareContext prepares on the pinned session; the statement runs only
 // while the branch is active and is closed on the server when the session
 // leaves the branch. The database/sql view nests BeginTx as savepoints, and
-// COMMIT or ROLLBACK sent through it are refused by the server without
-// ending the branch.
+// COMMIT or ROLLBACK sent through it are refused by the guard, before they
+// reach the server, without ending the branch.
 func TestPrepareContextAndView(t *testing.T) {
 	e := newEnv(t, 2)
 	tbl := e.table("view")
 	ctx := ctxT(t)
-	prepared := func() int64 {
-		return e.queryInt("SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'PREPARED_STMT_COUNT'")
+	// open: statements prepared and not yet closed on one session, read on
+	// that session (the server-wide PREPARED_STMT_COUNT moves with every
+	// other test running against the server). A query without arguments
+	// uses the text protocol, so reading does not change what it reads.
+	open := func(q interface {
+		QueryRowContext(context.Context, string, ...any) *sql.Row
+	}) int64 {
+		t.Helper()
+		var n int64
+		if err := q.QueryRowContext(ctx, `SELECT
+			(SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'COM_STMT_PREPARE') -
+			(SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'COM_STMT_CLOSE')`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
 	}
-	before := prepared()
 
 	b := e.begin(ctx)
 	h := b.user
+	before := open(h.DB())
 	st, err := h.PrepareContext(ctx, "INSERT INTO "+tbl+" VALUES (?, ?)")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := prepared(); got != before+1 {
-		t.Errorf("PREPARED_STMT_COUNT %d, want %d: not prepared on the server", got, before+1)
+	if got := open(h.DB()); got != before+1 {
+		t.Errorf("%d statements open on the pinned session, want %d: not prepared there", got, before+1)
 	}
 	for id := 20; id < 23; id++ {
 		if _, err := st.ExecContext(ctx, id, id); err != nil {
@@ -108,8 +124,11 @@ func TestPrepareContextAndView(t *testing.T) {
 		t.Error("a read-only nested transaction was accepted")
 	}
 	for _, stmt := range []string{"COMMIT", "ROLLBACK", "START TRANSACTION"} {
-		if _, err := h.DB().ExecContext(ctx, stmt); err == nil {
-			t.Errorf("%s accepted inside the XA branch", stmt)
+		if _, err := h.DB().ExecContext(ctx, stmt); !errors.Is(err, sqlguard.ErrTransactionControl) {
+			t.Errorf("%s inside the XA branch: %v, want sqlguard.ErrTransactionControl", stmt, err)
+		}
+		if _, err := h.DB().PrepareContext(ctx, stmt); !errors.Is(err, sqlguard.ErrTransactionControl) {
+			t.Errorf("PrepareContext(%s) inside the XA branch: %v, want sqlguard.ErrTransactionControl", stmt, err)
 		}
 	}
 	var n int64
@@ -137,8 +156,24 @@ func TestPrepareContextAndView(t *testing.T) {
 	if err := b.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := prepared(); got != before {
-		t.Errorf("PREPARED_STMT_COUNT %d after the branch, want %d: the statement was not closed", got, before)
+	// The branch's session went back to the pool (or was closed, which
+	// closes its statements too): find it among the pool's connections.
+	for i := 0; i < 2; i++ {
+		c, err := e.db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		var id uint64
+		if err := c.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		if id != b.owner {
+			continue
+		}
+		if got := open(c); got != before {
+			t.Errorf("%d statements open on the session after the branch, want %d: the statement was not closed", got, before)
+		}
 	}
 	_ = b.Close()
 	if err := h.DB().PingContext(ctx); err == nil {

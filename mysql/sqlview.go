@@ -17,8 +17,9 @@ import (
 // (mysql.Config{Conn: h.DB()}, which also allows PrepareStmt). Nothing
 // through it can end the branch's transaction: BeginTx opens a savepoint
 // (xab_sqlsp_N), the *sql.Tx's Commit releases it and its Rollback rolls
-// back to it (isolation and read-only options are refused), and the server
-// refuses COMMIT and ROLLBACK inside an XA transaction.
+// back to it (isolation and read-only options are refused), and
+// transaction control or implicit-commit SQL sent through it meets the
+// handle's guard (see Branch), prepared statements included.
 //
 // The view opens on first use and closes with the branch; Close on it
 // affects only the view.
@@ -73,6 +74,11 @@ func (s sqlBackend) Prepare(ctx context.Context, query string) (sqlview.Stmt, er
 	b := s.h.b
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	// The server prepares exactly this text (placeholders are the
+	// server's), so it is checked as run without arguments.
+	if err := b.check("prepare-statement", query, 0); err != nil {
+		return nil, err
+	}
 	if !b.active() {
 		return nil, b.errNotActive("prepare-statement")
 	}

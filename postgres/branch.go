@@ -77,6 +77,10 @@ type branch struct {
 	lost   *lostSession  // the backend of an in-doubt PREPARE, until it is known gone
 	spSeq  int           // savepoints opened by the handle's Begin (xab_sp_N)
 	view   *sqlview.View // the handle's database/sql view, once asked for
+
+	// unguarded turns the statement guard off (tests only: they show what
+	// the second line of defence does with SQL the guard would refuse).
+	unguarded bool
 }
 
 // XID returns the branch's XID.

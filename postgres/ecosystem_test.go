@@ -5,12 +5,12 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/drivers/sqlguard"
 	"github.com/xabridge/xabridge/postgres"
 )
 
@@ -205,29 +205,55 @@ func TestSQLView(t *testing.T) {
 }
 
 // Transaction control sent through the view is refused like through the
-// handle.
+// handle, before it is sent: plain, prepared (refused at PrepareContext)
+// or in a savepoint's *sql.Tx; the branch goes on and commits.
 func TestSQLViewGuard(t *testing.T) {
 	e := newEnv(t)
 	ctx := ctxT(t)
 	tbl := e.table("xab_pg_sqlguard", "id BIGINT PRIMARY KEY")
-	for i, stmt := range []string{"COMMIT", "ROLLBACK", "COMMIT AND CHAIN", "ROLLBACK AND CHAIN", "PREPARE TRANSACTION 'xab_test_sqlview_" + e.sfx + "'"} {
+	for i, stmt := range []string{"COMMIT", "ROLLBACK", "COMMIT AND CHAIN", "ROLLBACK AND CHAIN",
+		"PREPARE TRANSACTION 'xab_test_sqlview_" + e.sfx + "'", "SELECT 1; COMMIT", "BEGIN"} {
 		t.Run(stmt, func(t *testing.T) {
 			b, h := e.begin(ctx)
 			if _, err := h.ExecContext(ctx, fmt.Sprintf("INSERT INTO %s VALUES (%d)", tbl, i)); err != nil {
 				t.Fatal(err)
 			}
-			_, err := h.DB().ExecContext(ctx, stmt)
-			if strings.HasPrefix(stmt, "PREPARE") {
-				// What the escape did stays done: a prepared transaction.
-				defer e.exec("ROLLBACK PREPARED 'xab_test_sqlview_" + e.sfx + "'")
+			db := h.DB()
+			refused := func(what string, err error) {
+				t.Helper()
+				wantClass(t, what, err, drivers.ErrFailed)
+				if !errors.Is(err, sqlguard.ErrTransactionControl) {
+					t.Errorf("%s: %v, want sqlguard.ErrTransactionControl", what, err)
+				}
 			}
-			wantClass(t, stmt, err, drivers.ErrFailed)
-			_, err = b.Prepare(ctx)
-			wantClass(t, "Prepare after "+stmt, err, drivers.ErrFailed)
-			_ = b.Rollback(ctx)
+			_, err := db.ExecContext(ctx, stmt)
+			refused("ExecContext", err)
+			_, err = db.QueryContext(ctx, stmt)
+			refused("QueryContext", err)
+			refused("QueryRowContext", db.QueryRowContext(ctx, stmt).Scan(new(int)))
+			_, err = db.PrepareContext(ctx, stmt)
+			refused("PrepareContext", err)
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = tx.ExecContext(ctx, stmt)
+			refused("ExecContext in a *sql.Tx", err)
+			if err := tx.Commit(); err != nil {
+				t.Fatalf("release savepoint after the refusal: %v", err)
+			}
+			if _, err := b.Prepare(ctx); err != nil {
+				t.Fatalf("Prepare after the refused %q: %v", stmt, err)
+			}
+			if err := b.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
 			_ = b.Close()
-			if n := e.queryInt(fmt.Sprintf("SELECT COUNT(*) FROM %s WHERE id = %d", tbl, i)); n != 0 && stmt != "COMMIT" && stmt != "COMMIT AND CHAIN" {
-				t.Errorf("row %d committed", i)
+			if n := e.queryInt(fmt.Sprintf("SELECT COUNT(*) FROM %s WHERE id = %d", tbl, i)); n != 1 {
+				t.Errorf("row %d: %d, want 1 (committed with the branch)", i, n)
+			}
+			if n := e.queryInt("SELECT COUNT(*) FROM pg_prepared_xacts WHERE gid = 'xab_test_sqlview_" + e.sfx + "'"); n != 0 {
+				t.Error("the refused PREPARE TRANSACTION prepared a transaction")
 			}
 			e.assertPoolClean()
 		})

@@ -1,12 +1,18 @@
 package postgres
 
 import (
+	"context"
+	"fmt"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/drivers/sqlguard"
 )
 
-// endsTransaction is the one place that decides, from a statement the
+// endsTransaction is the second line of defence behind the guard (check):
+// should a statement get past the lexer, it decides, from a statement the
 // application ran through the handle and the command tag it answered,
 // whether it was transaction control that ended or restarted the branch's
 // transaction: COMMIT, ROLLBACK (and their AND CHAIN forms, END, ABORT),
@@ -108,4 +114,106 @@ func isIdentifier(w string) bool {
 		}
 	}
 	return w != ""
+}
+
+// check refuses, before anything is sent, an application text that is (or
+// may be) transaction control: see package sqlguard. nargs is the number
+// of arguments sent with it. The refusal is an ErrFailed *drivers.Error
+// that also matches sqlguard.ErrTransactionControl or
+// sqlguard.ErrUnreadable. Nothing changes on the branch: it stays usable.
+func (b *branch) check(op, sql string, nargs int) error {
+	if b.unguarded {
+		return nil
+	}
+	if err := sqlguard.CheckArgs(sqlguard.Postgres, sql, nargs); err != nil {
+		return b.wrap(op, drivers.ErrFailed, err)
+	}
+	return nil
+}
+
+// guard checks the text of Exec (query false) or Query/QueryRow (query
+// true) as the server will receive it. pgx reads options at the head of
+// the arguments (QueryExecMode; for queries QueryResultFormats and
+// QueryResultFormatsByOID; QueryRewriter); a QueryRewriter (pgx.NamedArgs)
+// changes the text, so guard applies it here, as pgx would (the last one
+// given wins), and returns the rewritten text and arguments with the other
+// options kept in front: pgx then runs exactly the text that was checked.
+// b.mu is held and the branch is usable (its connection is pinned).
+func (b *branch) guard(ctx context.Context, op, sql string, args []any, query bool) (string, []any, error) {
+	n := 0
+	var rw pgx.QueryRewriter
+options:
+	for n < len(args) {
+		switch a := args[n].(type) {
+		case pgx.QueryExecMode:
+		case pgx.QueryResultFormats, pgx.QueryResultFormatsByOID:
+			if !query {
+				break options
+			}
+		case pgx.QueryRewriter:
+			rw = a
+		default:
+			break options
+		}
+		n++
+	}
+	if rw != nil {
+		rsql, rargs, err := rw.RewriteQuery(ctx, b.conn.Conn(), sql, args[n:])
+		if err != nil {
+			return "", nil, b.wrap(op, drivers.ErrFailed, fmt.Errorf("rewrite query failed: %w", err))
+		}
+		out := make([]any, 0, n+len(rargs))
+		for _, a := range args[:n] {
+			if _, ok := a.(pgx.QueryRewriter); !ok {
+				out = append(out, a)
+			}
+		}
+		n = len(out)
+		sql, args = rsql, append(out, rargs...)
+	}
+	return sql, args, b.check(op, sql, len(args)-n)
+}
+
+// guardBatch checks every statement queued in a batch, each rewritten by
+// its QueryRewriter as pgx would (the only option a batch reads); only if
+// all pass are the rewritten texts stored in the batch (pgx stores them
+// there itself when it sends it). b.mu is held and the branch is usable.
+func (b *branch) guardBatch(ctx context.Context, batch *pgx.Batch) error {
+	type rewrite struct {
+		i    int
+		sql  string
+		args []any
+	}
+	var rewritten []rewrite
+	for i, q := range batch.QueuedQueries {
+		sql, args := q.SQL, q.Arguments
+		n := 0
+		var rw pgx.QueryRewriter
+		for n < len(args) {
+			a, ok := args[n].(pgx.QueryRewriter)
+			if !ok {
+				break
+			}
+			rw = a
+			n++
+		}
+		if rw != nil {
+			var err error
+			sql, args, err = rw.RewriteQuery(ctx, b.conn.Conn(), sql, args[n:])
+			if err != nil {
+				return b.wrap("batch", drivers.ErrFailed, fmt.Errorf("statement %d of the batch: rewrite query failed: %w", i+1, err))
+			}
+			rewritten = append(rewritten, rewrite{i, sql, args})
+		}
+		if b.unguarded {
+			continue
+		}
+		if err := sqlguard.CheckArgs(sqlguard.Postgres, sql, len(args)); err != nil {
+			return b.wrap("batch", drivers.ErrFailed, fmt.Errorf("statement %d of the batch: %w", i+1, err))
+		}
+	}
+	for _, r := range rewritten {
+		batch.QueuedQueries[r.i].SQL, batch.QueuedQueries[r.i].Arguments = r.sql, r.args
+	}
+	return nil
 }

@@ -1,9 +1,15 @@
 package postgres
 
 import (
+	"context"
+	"errors"
+	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/drivers/sqlguard"
 )
 
 func TestEndsTransaction(t *testing.T) {
@@ -67,4 +73,25 @@ func FuzzIsSavepointRollback(f *testing.F) {
 			}
 		}
 	})
+}
+
+// The guard on the handle's hot path allocates nothing for a statement it
+// lets through (pgx options and all), and a refusal names the statement.
+func TestGuardHotPathAllocs(t *testing.T) {
+	b := &branch{r: &Resource{name: "pg"}}
+	ctx := context.Background()
+	for _, args := range [][]any{nil, {1, 2}, {pgx.QueryExecModeSimpleProtocol, 1, 2}} {
+		n := testing.AllocsPerRun(100, func() {
+			if _, _, err := b.guard(ctx, "exec", "UPDATE accounts SET balance = balance + $1 WHERE id = $2", args, false); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if n != 0 {
+			t.Errorf("guard with %d arguments: %v allocations, want 0", len(args), n)
+		}
+	}
+	_, _, err := b.guard(ctx, "exec", "SELECT 1; COMMIT", nil, false)
+	if !errors.Is(err, sqlguard.ErrTransactionControl) || !errors.Is(err, drivers.ErrFailed) || !strings.Contains(err.Error(), "(COMMIT)") {
+		t.Errorf("guard(SELECT 1; COMMIT) = %v, want a refusal naming COMMIT", err)
+	}
 }

@@ -16,11 +16,20 @@ import (
 // transaction, on every resource at once (Commit and Rollback, there to make
 // the handle a pgx.Tx, refuse; Begin opens a savepoint; DB is its
 // database/sql view). Transaction control sent as SQL anyway (COMMIT,
-// ROLLBACK, their AND CHAIN forms, BEGIN, PREPARE TRANSACTION; not
-// ROLLBACK TO SAVEPOINT) is detected after Exec, by the session's state or by the
-// command tag, and ends the branch with an ErrFailed error; what such a
-// statement committed stays committed. (Hidden inside a multi-statement
-// string before other statements, or in a batch, it cannot be seen: don't.)
+// ROLLBACK, END, ABORT, their AND CHAIN forms, BEGIN, START TRANSACTION,
+// PREPARE TRANSACTION; not SAVEPOINT, RELEASE or ROLLBACK TO SAVEPOINT) is
+// refused before anything is sent, also inside a multi-statement string or
+// a batch: Exec, Query, QueryRow, SendBatch and Prepare read the text with
+// the lexer of package sqlguard and return an ErrFailed *drivers.Error
+// that also matches sqlguard.ErrTransactionControl (or
+// sqlguard.ErrUnreadable, for a text the guard cannot read with certainty)
+// and names the statement. Nothing reached the server, so the branch is
+// untouched and stays usable: the refusal is the caller's error to handle
+// (returned from the transaction's callback it rolls the global
+// transaction back). As a second line, should a statement get past the
+// lexer, Exec still checks the session's state and the command tag
+// afterwards, and that ends the branch with an ErrFailed error; what such
+// a statement committed stays committed.
 //
 // Statements run only while the branch is active; afterwards every method
 // returns an ErrFailed *drivers.Error, so a statement can never run on a
@@ -54,11 +63,12 @@ func (h *Branch) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comm
 	if err := b.usable("exec"); err != nil {
 		return pgconn.CommandTag{}, err
 	}
+	sql, args, err := b.guard(ctx, "exec", sql, args, false)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
 	b.ran, b.wrote = true, true
-	var (
-		tag pgconn.CommandTag
-		err error
-	)
+	var tag pgconn.CommandTag
 	if !b.begun && pipelinable(args) {
 		tag, err = b.execBegin(ctx, sql, args)
 	} else {
@@ -93,6 +103,10 @@ func (h *Branch) query(ctx context.Context, sql string, args []any) (*handleRows
 	if err := b.usable("query"); err != nil {
 		return nil, nil, err
 	}
+	sql, args, err := b.guard(ctx, "query", sql, args, true)
+	if err != nil {
+		return nil, nil, err
+	}
 	if err := b.begin(ctx); err != nil {
 		return nil, nil, err
 	}
@@ -114,6 +128,10 @@ func (h *Branch) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row 
 	if err := b.usable("query"); err != nil {
 		return errRow{err}
 	}
+	sql, args, err := b.guard(ctx, "query", sql, args, true)
+	if err != nil {
+		return errRow{err}
+	}
 	if err := b.begin(ctx); err != nil {
 		return errRow{err}
 	}
@@ -123,7 +141,9 @@ func (h *Branch) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row 
 
 // SendBatch sends a batch of statements in the branch, like
 // pgx.Conn.SendBatch. The results must be closed before anything else runs
-// on the branch.
+// on the branch. Every queued statement is guarded first (its
+// QueryRewriter, such as pgx.NamedArgs, applied): one refusal fails the
+// whole batch and nothing of it is sent.
 func (h *Branch) SendBatch(ctx context.Context, batch *pgx.Batch) pgx.BatchResults {
 	b := h.b
 	b.mu.Lock()
@@ -136,6 +156,9 @@ func (h *Branch) SendBatch(ctx context.Context, batch *pgx.Batch) pgx.BatchResul
 	if pgx.FailedBatchResults(batch, errBeginTx).Tx() != nil {
 		return pgx.FailedBatchResults(batch, b.wrap("batch", drivers.ErrFailed, errBeginTx))
 	}
+	if err := b.guardBatch(ctx, batch); err != nil {
+		return pgx.FailedBatchResults(batch, err)
+	}
 	if err := b.begin(ctx); err != nil {
 		return pgx.FailedBatchResults(batch, err)
 	}
@@ -146,6 +169,8 @@ func (h *Branch) SendBatch(ctx context.Context, batch *pgx.Batch) pgx.BatchResul
 var errBeginTx = errors.New("a batch built with Batch.BeginTx cannot run in a branch: the global transaction owns the branch's transaction")
 
 // CopyFrom bulk-loads rows with the COPY protocol, like pgx.Conn.CopyFrom.
+// It needs no guard: pgx builds the COPY statement itself, from the
+// identifiers it quotes.
 func (h *Branch) CopyFrom(ctx context.Context, tableName pgx.Identifier, columnNames []string, rowSrc pgx.CopyFromSource) (int64, error) {
 	b := h.b
 	b.mu.Lock()

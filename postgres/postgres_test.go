@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/drivers/drivertest"
+	"github.com/xabridge/xabridge/drivers/sqlguard"
 	"github.com/xabridge/xabridge/postgres"
 )
 
@@ -492,8 +493,9 @@ func TestReadOnlyVoteFromQueries(t *testing.T) {
 	e.assertPoolClean()
 }
 
-// The handle cannot run statements once the branch is prepared or closed,
-// and application SQL that ends the transaction is caught.
+// The handle cannot run statements once the branch is prepared or closed;
+// application SQL that would end the transaction is refused before it is
+// sent, and caught afterwards should it get past the guard.
 func TestHandleIsSealed(t *testing.T) {
 	e := newEnv(t)
 	ctx := ctxT(t)
@@ -557,19 +559,60 @@ func TestHandleIsSealed(t *testing.T) {
 		t.Errorf("rows: %d, want 3", n)
 	}
 
-	// Transaction control sent through the handle escapes the global
-	// transaction: reported at once, and nothing after it runs, whether the
-	// session is left idle (COMMIT) or inside a new transaction (AND CHAIN,
-	// "COMMIT; BEGIN"), so that no later work commits or prepares apart
-	// from what the statement itself already did.
-	for i, stmt := range []string{"COMMIT", "COMMIT AND CHAIN", "ROLLBACK AND CHAIN", "COMMIT; BEGIN", "BEGIN"} {
-		first, after := 20+2*i, 21+2*i
+	// Transaction control sent through the handle is refused before it
+	// reaches the server, alone, inside a multi-statement string, hidden
+	// behind other statements: the branch is untouched, goes on, and
+	// commits with the global transaction.
+	for i, stmt := range []string{"COMMIT", "COMMIT AND CHAIN", "ROLLBACK AND CHAIN", "COMMIT; BEGIN", "BEGIN",
+		"SELECT 1; COMMIT", "SELECT 1; COMMIT; SELECT 2", "/* c */ end", "PREPARE TRANSACTION 'x'"} {
+		first, after := 40+2*i, 41+2*i
 		b3, h3 := e.begin(ctx)
 		if _, err := h3.Exec(ctx, fmt.Sprintf("INSERT INTO %s VALUES (%d)", tbl, first)); err != nil {
 			t.Fatal(err)
 		}
 		_, err = h3.Exec(ctx, stmt)
 		wantClass(t, "Exec("+stmt+")", err, drivers.ErrFailed)
+		if !errors.Is(err, sqlguard.ErrTransactionControl) {
+			t.Errorf("Exec(%q) = %v, want sqlguard.ErrTransactionControl", stmt, err)
+		}
+		if _, err := h3.Exec(ctx, fmt.Sprintf("INSERT INTO %s VALUES (%d)", tbl, after)); err != nil {
+			t.Fatalf("Exec after the refused %q: %v", stmt, err)
+		}
+		if n := e.queryInt(fmt.Sprintf("SELECT COUNT(*) FROM %s WHERE id IN (%d, %d)", tbl, first, after)); n != 0 {
+			t.Errorf("%s: %d rows visible before the commit", stmt, n)
+		}
+		if _, err := b3.Prepare(ctx); err != nil {
+			t.Fatalf("Prepare after the refused %q: %v", stmt, err)
+		}
+		if err := b3.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		_ = b3.Close()
+		if n := e.queryInt(fmt.Sprintf("SELECT COUNT(*) FROM %s WHERE id IN (%d, %d)", tbl, first, after)); n != 2 {
+			t.Errorf("%s: %d rows committed, want 2", stmt, n)
+		}
+		e.assertPoolClean()
+	}
+
+	// The second line of defence, for a statement the guard would miss
+	// (here: the guard turned off): transaction control that reached the
+	// server escapes the global transaction: reported at once, and nothing
+	// after it runs, whether the
+	// session is left idle (COMMIT) or inside a new transaction (AND CHAIN,
+	// "COMMIT; BEGIN"), so that no later work commits or prepares apart
+	// from what the statement itself already did.
+	for i, stmt := range []string{"COMMIT", "COMMIT AND CHAIN", "ROLLBACK AND CHAIN", "COMMIT; BEGIN", "BEGIN"} {
+		first, after := 20+2*i, 21+2*i
+		b3, h3 := e.begin(ctx)
+		postgres.SkipGuardForTest(h3)
+		if _, err := h3.Exec(ctx, fmt.Sprintf("INSERT INTO %s VALUES (%d)", tbl, first)); err != nil {
+			t.Fatal(err)
+		}
+		_, err = h3.Exec(ctx, stmt)
+		wantClass(t, "Exec("+stmt+")", err, drivers.ErrFailed)
+		if errors.Is(err, sqlguard.ErrTransactionControl) {
+			t.Errorf("Exec(%q) with the guard off = %v: the guard answered", stmt, err)
+		}
 		_, err = h3.Exec(ctx, fmt.Sprintf("INSERT INTO %s VALUES (%d)", tbl, after))
 		wantClass(t, "Exec after "+stmt, err, drivers.ErrFailed)
 		_, err = b3.Prepare(ctx)

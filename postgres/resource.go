@@ -39,8 +39,9 @@
 //     Transaction nests.
 //
 // SAVEPOINT, ROLLBACK TO [SAVEPOINT] and RELEASE [SAVEPOINT] are allowed in
-// a branch; COMMIT, ROLLBACK, PREPARE TRANSACTION and their AND CHAIN forms
-// are not. The module github.com/xabridge/xabridge/examples has a recipe
+// a branch; COMMIT, ROLLBACK, END, BEGIN, PREPARE TRANSACTION and their AND
+// CHAIN forms are not: the handle refuses them before they are sent, also
+// inside a multi-statement string or a batch (package drivers/sqlguard). The module github.com/xabridge/xabridge/examples has a recipe
 // for each (sqlc, GORM, sqlx, pgx.Tx), run against real servers.
 //
 // A Resource is also a decisionlog.Keeper: named as a coordinator's

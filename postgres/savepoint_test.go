@@ -1,10 +1,14 @@
 package postgres_test
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/drivers/sqlguard"
+	"github.com/xabridge/xabridge/postgres"
 )
 
 // Savepoints are the application's own business inside a branch: SAVEPOINT,
@@ -79,7 +83,10 @@ func TestSavepoints(t *testing.T) {
 }
 
 // The statements that do end the branch's transaction stay refused, also
-// when they look like a savepoint rollback at first sight.
+// when they look like a savepoint rollback at first sight: by the guard,
+// before they are sent (the branch goes on and commits), and, should one
+// get past it (the guard turned off), by the command-tag check after it
+// ran, which ends the branch.
 func TestSavepointGuardStillExact(t *testing.T) {
 	e := newEnv(t)
 	ctx := ctxT(t)
@@ -95,21 +102,57 @@ func TestSavepointGuardStillExact(t *testing.T) {
 		"COMMIT",
 		"END",
 	} {
-		t.Run(stmt, func(t *testing.T) {
-			b, h := e.begin(ctx)
-			if _, err := h.Exec(ctx, fmt.Sprintf("INSERT INTO %s VALUES (%d)", tbl, i)); err != nil {
-				t.Fatal(err)
+		for _, guarded := range []bool{true, false} {
+			name := stmt + "/guard"
+			if !guarded {
+				name = stmt + "/past the guard"
 			}
-			if _, err := h.Exec(ctx, "SAVEPOINT a"); err != nil {
-				t.Fatal(err)
-			}
-			_, err := h.Exec(ctx, stmt)
-			wantClass(t, "Exec("+stmt+")", err, drivers.ErrFailed)
-			_, err = b.Prepare(ctx)
-			wantClass(t, "Prepare after "+stmt, err, drivers.ErrFailed)
-			_ = b.Rollback(ctx)
-			_ = b.Close()
-			e.assertPoolClean()
-		})
+			t.Run(name, func(t *testing.T) {
+				id := 2 * i
+				if !guarded {
+					id++
+				}
+				b, h := e.begin(ctx)
+				if !guarded {
+					postgres.SkipGuardForTest(h)
+				}
+				if _, err := h.Exec(ctx, fmt.Sprintf("INSERT INTO %s VALUES (%d)", tbl, id)); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := h.Exec(ctx, "SAVEPOINT a"); err != nil {
+					t.Fatal(err)
+				}
+				_, err := h.Exec(ctx, stmt)
+				wantClass(t, "Exec("+stmt+")", err, drivers.ErrFailed)
+				if got := errors.Is(err, sqlguard.ErrTransactionControl); got != guarded {
+					t.Errorf("Exec(%q) = %v: refused by the guard %v, want %v", stmt, err, got, guarded)
+				}
+				if guarded {
+					// Nothing was sent: the savepoint and the row are there.
+					if _, err := h.Exec(ctx, "ROLLBACK TO SAVEPOINT a"); err != nil {
+						t.Fatalf("ROLLBACK TO SAVEPOINT after the refusal: %v", err)
+					}
+					if _, err := b.Prepare(ctx); err != nil {
+						t.Fatalf("Prepare after the refused %q: %v", stmt, err)
+					}
+					if err := b.Commit(ctx); err != nil {
+						t.Fatal(err)
+					}
+				} else {
+					_, err = b.Prepare(ctx)
+					wantClass(t, "Prepare after "+stmt, err, drivers.ErrFailed)
+					_ = b.Rollback(ctx)
+				}
+				_ = b.Close()
+				want := int64(0)
+				if guarded {
+					want = 1
+				}
+				if n := e.queryInt(fmt.Sprintf("SELECT COUNT(*) FROM %s WHERE id = %d", tbl, id)); n != want && (guarded || !strings.Contains(stmt, "COMMIT") && stmt != "END") {
+					t.Errorf("row %d: %d, want %d", id, n, want)
+				}
+				e.assertPoolClean()
+			})
+		}
 	}
 }

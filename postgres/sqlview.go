@@ -21,7 +21,8 @@ import (
 // flavour. Nothing through it can end the branch's transaction: BeginTx
 // opens a savepoint (xab_sqlsp_N), the *sql.Tx's Commit releases it and its
 // Rollback rolls back to it (isolation and read-only options are refused);
-// COMMIT or ROLLBACK sent as SQL meets the handle's guard. Values come back
+// COMMIT or ROLLBACK sent as SQL is refused by the handle's guard before it
+// is sent. Values come back
 // as pgx's database/sql driver (stdlib) returns them. Only positional
 // arguments ($1, $2, …) are supported.
 //
@@ -69,6 +70,16 @@ func (h *Branch) PrepareContext(ctx context.Context, query string) (*sql.Stmt, e
 
 // sqlBackend runs the view's statements through the handle.
 type sqlBackend struct{ h *Branch }
+
+// Check refuses, at PrepareContext, a text the handle's guard would refuse
+// when it runs (checked as without arguments; the run checks again with
+// them).
+func (s sqlBackend) Check(query string) error {
+	b := s.h.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.check("prepare-statement", query, 0)
+}
 
 func (s sqlBackend) Exec(ctx context.Context, query string, args []any) (driver.Result, error) {
 	tag, err := s.h.Exec(ctx, query, args...)

@@ -53,12 +53,16 @@ func (h *Branch) LargeObjects() pgx.LargeObjects { return pgx.LargeObjects{} }
 
 // Prepare creates a prepared statement on the branch's session, like
 // pgx.Tx.Prepare. It stays on the session (a pooled connection) after the
-// branch, as pgx's own prepared statements do.
+// branch, as pgx's own prepared statements do. Its text meets the guard
+// (see Branch): transaction control is refused and not prepared.
 func (h *Branch) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
 	b := h.b
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := b.usable("prepare-statement"); err != nil {
+		return nil, err
+	}
+	if err := b.check("prepare-statement", sql, 0); err != nil {
 		return nil, err
 	}
 	sd, err := b.conn.Conn().Prepare(ctx, name, sql)

@@ -124,3 +124,31 @@ func TestDeadBeforeWithAKeeper(t *testing.T) {
 		})
 	}
 }
+
+// A dead process's branch that shows up only after the first pass (its
+// PREPARE reached the server late) gets its own two scans within the same
+// PassSettled call.
+func TestPassSettledCatchesALateBranch(t *testing.T) {
+	first, late := gid("n1", time.Second, time.Minute), gid("n1", time.Second, time.Minute)
+	var e *env
+	passes := 0
+	e = newEnv(t, func(c *Config) {
+		c.DeadBefore, c.Settle = time.Now(), 20*time.Millisecond
+		c.OnReport = func(*Report) {
+			if passes++; passes == 1 {
+				e.b.AddPrepared(x(late, 1))
+			}
+		}
+	})
+	e.a.AddPrepared(x(first, 0))
+	reps := e.rec.PassSettled(context.Background())
+	if len(reps) != 3 {
+		t.Fatalf("%d passes, want 3", len(reps))
+	}
+	if a, b := e.a.State(x(first, 0)), e.b.State(x(late, 1)); a != "rolled-back" || b != "rolled-back" {
+		t.Fatalf("first %s, late %s: want both rolled back", a, b)
+	}
+	if n := reps[len(reps)-1].Remaining(); n != 0 {
+		t.Fatalf("%d left", n)
+	}
+}

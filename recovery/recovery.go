@@ -230,32 +230,36 @@ func (r *Recoverer) Pass(ctx context.Context, dryRun bool) *Report {
 	return rep
 }
 
-// PassSettled runs a pass and, if it left a branch waiting only for the
-// two-scan rule (Config.Settle: a branch is acted on once an earlier pass
-// has seen it at least Settle ago), waits Settle and runs one more pass.
-// It returns the reports of the passes it ran, in order; the last one says
-// what is left. It is the start-up pass of a restarted coordinator with
-// Config.DeadBefore set: one call rolls back the earlier incarnation's
-// undecided branches (and finishes its commit decisions) that are prepared
-// when it starts, instead of a pass that only sees them and a next one an
-// interval later. A branch that only appears during the call (a dead
-// process's PREPARE still reaching its server) is left to the next pass.
-// It returns early, with what it has, when ctx ends.
+// PassSettled runs a pass and, while the last one left a branch waiting
+// only for the two-scan rule (Config.Settle: a branch is acted on once an
+// earlier pass has seen it at least Settle ago), waits Settle and runs
+// another, at most maxSettledPasses in all. It returns the reports of the
+// passes it ran, in order; the last one says what is left. It is the
+// start-up pass of a restarted coordinator with Config.DeadBefore set: one
+// call rolls back the earlier incarnation's undecided branches (and
+// finishes its commit decisions) instead of a pass that only sees them and
+// a next one an interval later; a branch that shows up late (a dead
+// process's PREPARE still reaching its server, or its MariaDB session
+// letting go of a branch only now) gets its own two scans. It returns
+// early, with what it has, when ctx ends.
 func (r *Recoverer) PassSettled(ctx context.Context) []*Report {
-	rep := r.Pass(ctx, false)
-	reps := []*Report{rep}
-	if !waitsToSettle(rep) {
-		return reps
+	reps := []*Report{r.Pass(ctx, false)}
+	for len(reps) < maxSettledPasses && waitsToSettle(reps[len(reps)-1]) {
+		t := time.NewTimer(r.settle())
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return reps
+		case <-t.C:
+		}
+		reps = append(reps, r.Pass(ctx, false))
 	}
-	t := time.NewTimer(r.settle())
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return reps
-	case <-t.C:
-	}
-	return append(reps, r.Pass(ctx, false))
+	return reps
 }
+
+// maxSettledPasses bounds PassSettled: a branch that keeps showing up new
+// (unlikely at start-up) is left to the recovery loop.
+const maxSettledPasses = 4
 
 // waitsToSettle reports whether rep holds a branch that a pass after
 // Settle would act on.

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"errors"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -104,4 +105,68 @@ func TestFileLogReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.assertInvariants(r.Coordinator().NodeID())
+}
+
+// TestCloseStopsGoroutines: Close stops the loop, the lease watcher, the
+// coordinator and the store; a pass after Close is refused.
+func TestCloseStopsGoroutines(t *testing.T) {
+	w := newWorld(t)
+	ctx := ctxT(t)
+	res := []drivers.Resource{w.bank.PG, w.bank.My}
+	open := func(id string) *Replica {
+		r, err := Open(ctx, Config{
+			Coordinator:  xa.Config{NodeID: id, Resources: res},
+			Pool:         w.pool,
+			Store:        pgstore.Options{Schema: w.schema, LeaseTTL: time.Second},
+			RecoverEvery: 50 * time.Millisecond,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	// Warm the pools' own goroutines up first (connections the transfers
+	// and passes use).
+	warm := open("warm-" + suffix())
+	if _, err := w.bank.Do(ctx, warm.Coordinator(), bank.Transfer{PGAccount: 4, MyAccount: 4, Amount: 1}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "passes", func() bool { return warm.Stats().Passes >= 2 })
+	_ = warm.Close()
+	base := ours()
+	for range 3 {
+		r := open("gl-" + suffix())
+		if _, err := w.bank.Do(ctx, r.Coordinator(), bank.Transfer{PGAccount: 4, MyAccount: 4, Amount: 1}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "passes", func() bool { return r.Stats().Passes >= 2 })
+		if err := r.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Pass(ctx); !errors.Is(err, ErrClosed) {
+			t.Fatalf("pass after Close: %v", err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for ours() > base {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines in xabridge code, %d before:\n%s", ours(), base, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// ours counts the goroutines with a frame in xabridge's code, but the
+// running one (the test's): the pools' own goroutines (health checks,
+// connection watchers) come and go with their connections.
+func ours() int {
+	buf := make([]byte, 1<<20)
+	n := 0
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if strings.Contains(g, "github.com/xabridge/xabridge/") && !strings.Contains(g, "[running]") {
+			n++
+		}
+	}
+	return n
 }

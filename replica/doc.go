@@ -63,7 +63,7 @@
 //     about LeaseTTL (its last renewal to the database's expiry) + one
 //     RecoverEvery (until a survivor's pass sees it expired) + Settle and
 //     two scans. Measured in this package's tests with LeaseTTL 2s,
-//     RecoverEvery 500ms, Settle 1s: 3.4 to 5.3 s from the kill to nothing
+//     RecoverEvery 500ms, Settle 1s: 2.7 to 5.3 s from the kill to nothing
 //     of the dead node prepared or pending.
 //   - Atomicity across every crash, pause and partition, as the rules of the
 //     store and of recovery give it; the replica adds no decision of its

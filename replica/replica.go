@@ -97,6 +97,11 @@ type PassReport struct {
 	// NodesErr is set when the store's node leases could not be read: no
 	// takeover was tried.
 	NodesErr error
+	// Epoch is the node's lease epoch at the end of the pass, and LeaseErr
+	// why the lease is lost, if it is (the node decides nothing until the
+	// replica takes it again). Zero and nil with a file log.
+	Epoch    int64
+	LeaseErr error
 }
 
 // Takeover is one attempt at taking over an expired peer.
@@ -279,6 +284,9 @@ func (r *Replica) pass(ctx context.Context, settled bool) (PassReport, error) {
 	r.passMu.Lock()
 	defer r.passMu.Unlock()
 	var rep PassReport
+	if r.ctx.Err() != nil {
+		return rep, ErrClosed
+	}
 	if settled {
 		reps := r.own.PassSettled(ctx)
 		rep.Own = reps[len(reps)-1]
@@ -295,6 +303,9 @@ func (r *Replica) pass(ctx context.Context, settled bool) (PassReport, error) {
 		if rep.NodesErr != nil {
 			err = errors.Join(err, rep.NodesErr)
 		}
+	}
+	if r.store != nil {
+		rep.Epoch, rep.LeaseErr = r.store.Epoch(), r.store.LeaseErr()
 	}
 	r.passes.Add(1)
 	return rep, err
@@ -414,6 +425,9 @@ func (r *Replica) leaseLoop() {
 		}
 	}
 }
+
+// ErrClosed: Pass on a closed Replica.
+var ErrClosed = errors.New("replica: closed")
 
 // ErrUnfinished: a takeover released its claim with branches of the node
 // still prepared or decisions not ended (a resource could not be reached,

@@ -57,6 +57,25 @@ func newDemoTransferCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "transfer",
 		Short: "Move money between PostgreSQL and MySQL accounts, atomically, and check the invariants",
+		Long: `transfer moves money between the demo's PostgreSQL and MySQL/MariaDB accounts,
+each transfer one global transaction, then checks the invariants.
+
+At start, before any transfer, it runs one recovery pass for its node: an
+earlier demo of the same --node-id and --log-dir that was killed may have
+left prepared branches holding row locks. This process holds the log, so
+that earlier one is dead: its undecided branches are rolled back at once
+(not after their fence, the 30s transaction timeout) and its commit
+decisions finished. With --metrics-addr, a recovery loop keeps running
+beside the coordinator.
+
+With --store the coordinator keeps its decisions in the shared decision
+store (a PostgreSQL database; its tables are created on first use) instead
+of a log directory, and runs as a replica: it holds its node id's lease,
+recovers its own transactions in-process and takes over the transactions
+of any node whose lease expired (a killed peer), every --recover-interval
+(default: half the lease TTL). It prints its node and epoch when it starts
+and, when it stops, which nodes it took over. Start a second one with
+another --node-id and --reset=false (the first created the tables).`,
 		Example: `  eval "$(scripts/devdb env)"
   xabridge demo transfer --count 10000 --concurrency 16
   xabridge demo transfer --count 2000 --baseline   # also time the same transfers without atomicity
@@ -67,17 +86,6 @@ func newDemoTransferCmd() *cobra.Command {
   xabridge demo transfer --store "$XABRIDGE_PG" --node-id demo-a --count 1000000 --lease-ttl 3s &
   xabridge demo transfer --store "$XABRIDGE_PG" --node-id demo-b --count 1000000 --lease-ttl 3s --reset=false &
   kill -9 %1; watch xabridge nodes --store "$XABRIDGE_PG"`,
-		Long: `transfer moves money between the demo's accounts, each transfer one global
-transaction through a coordinator, then checks the invariants.
-
-With --store the coordinator keeps its decisions in the shared decision
-store (a PostgreSQL database; its tables are created on first use) instead
-of a log directory, and runs as a replica: it holds its node id's lease,
-recovers its own transactions in-process and takes over the transactions
-of any node whose lease expired (a killed peer), every --recover-interval
-(default: half the lease TTL). It prints its node and epoch when it starts
-and, when it stops, which nodes it took over. Start a second one with
-another --node-id and --reset=false (the first created the tables).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			so, err := o.store.options(cmd.Flags().Changed("log-dir"))
@@ -165,6 +173,9 @@ func observeDemo(ctx context.Context, errw io.Writer, o *demoOpts, obs *observer
 	rec, err := recovery.New(recovery.Config{
 		NodeID: o.NodeID, Log: coord.Log(), Resources: coord.Resources(), Active: coord.Active,
 		DecisionResource: o.Keeper, Logger: logger, OnReport: obs.m.ObserveReport,
+		// This process holds the log's lock: what began before its
+		// coordinator is a dead process's (see demo's start-up pass).
+		DeadBefore: coord.Started(),
 	})
 	if err != nil {
 		return nil, err

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/dbtest"
 )
@@ -86,4 +87,125 @@ func TestKillDemoThenRecover(t *testing.T) {
 		}
 		t.Logf("round %d: %s", round, strings.ReplaceAll(strings.TrimSpace(out), "\n", "; "))
 	}
+}
+
+// The restart fast path: after kill -9 of a running `xabridge demo
+// transfer`, the same demo started again (same --node-id and --log-dir)
+// rolls back what the killed one left undecided before its first transfer,
+// without waiting for the fence (the 30s transaction timeout). Then a plain
+// `xabridge recover` (no --min-age: it still waits for the fence) finds
+// nothing left to wait for, and the invariants hold.
+func TestKillDemoThenRestart(t *testing.T) {
+	pg, my := dbtest.PG(t), dbtest.MySQL(t)
+	bin := filepath.Join(t.TempDir(), "xabridge")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	prefix := "xab_kr_" + randHex(3)
+	node := "kr-" + randHex(3)
+	logDir := t.TempDir()
+	ctx := context.Background()
+	b, err := bank.Open(ctx, pg, my, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetPrefix(prefix); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Drop(context.Background()); b.Close() })
+	db := []string{"--pg", pg, "--mysql", my, "--table-prefix", prefix, "--node-id", node, "--log-dir", logDir}
+
+	// Until one kill left prepared branches behind (most do: 16 workers
+	// spend much of a transfer prepared), at most 5 rounds.
+	stranded := 0
+	for round := 0; round < 5 && stranded == 0; round++ {
+		args := append([]string{"demo", "transfer", "--count", "1000000", "--concurrency", "16"}, db...)
+		if round > 0 {
+			args = append(args, "--reset=false")
+		}
+		cmd := exec.Command(bin, args...)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		want := 100 * (round + 1)
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			var n int
+			err := b.PGPool.QueryRow(ctx, "SELECT count(*) FROM "+b.Table("transfers")).Scan(&n)
+			if err == nil && n >= want {
+				break
+			}
+			if time.Now().After(deadline) {
+				_ = cmd.Process.Kill()
+				_ = cmd.Wait()
+				t.Fatalf("round %d: the demo did not commit %d transfers in 60s (last error %v)", round, want, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_ = cmd.Wait()
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+			t.Fatalf("round %d: demo did not die by SIGKILL", round)
+		}
+		killed := time.Now()
+		for _, r := range []drivers.Resource{b.PG, b.My} {
+			ps, err := r.Recover(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range ps {
+				if p.Ours && p.XID.Global.Node() == node {
+					stranded++
+				}
+			}
+		}
+
+		// The restart: a short run on the same tables, node and log.
+		out, errOut, code := cli(t, append([]string{"demo", "transfer", "--count", "20", "--concurrency", "4", "--reset=false"}, db...)...)
+		if code != exitOK {
+			t.Fatalf("round %d: restarted demo exit %d\n%s%s", round, code, out, errOut)
+		}
+		if stranded > 0 && !strings.Contains(out, "start-up recovery of node "+node) {
+			t.Errorf("round %d: %d branches were prepared, but the restarted demo reported no start-up recovery:\n%s", round, stranded, out)
+		}
+		t.Logf("round %d: %d prepared branches at the kill; restarted demo: %s", round, stranded, firstLine(out, "start-up recovery"))
+
+		// recover without --min-age: within the fence of every killed
+		// transaction still (the demo's timeout is 30s), it would leave an
+		// orphan alone. It may finish commit decisions the restarted demo
+		// closed before resuming.
+		if since := time.Since(killed); since > 25*time.Second {
+			t.Fatalf("round %d: too slow to tell the fast path from the fence (%v since the kill)", round, since)
+		}
+		rargs := []string{"--node-id", node, "--log-dir", logDir, "--resource", "pg=" + pg, "--resource", "mysql=" + my}
+		out, errOut, code = cli(t, append(rargs, "recover")...)
+		if code != exitOK {
+			t.Fatalf("round %d: recover (fence kept) exit %d: the restart left branches in doubt\n%s%s", round, code, out, errOut)
+		}
+		out, errOut, code = cli(t, append(rargs, "list")...)
+		if code != exitOK || strings.Contains(out, node) {
+			t.Fatalf("round %d: branches of %s remain after the restart (exit %d)\n%s%s", round, node, code, out, errOut)
+		}
+		out, errOut, code = cli(t, "demo", "check", "--pg", pg, "--mysql", my, "--table-prefix", prefix)
+		if code != exitOK {
+			t.Fatalf("round %d: demo invariants violated (exit %d)\n%s%s", round, code, out, errOut)
+		}
+	}
+	if stranded == 0 {
+		t.Fatal("no kill in 5 rounds left a prepared branch: the restart path was not exercised")
+	}
+}
+
+// firstLine returns the first line of s containing sub, or "".
+func firstLine(s, sub string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			return l
+		}
+	}
+	return ""
 }

@@ -567,6 +567,13 @@ none) and logs each state change on stderr (--log-level).
 It needs the decision log for writing, so it refuses while a coordinator
 holds the log. Exit code 3 when branches of this node remain in doubt.
 
+recover always waits for the fence (unless --min-age says otherwise): it
+cannot know that no other coordinator of this node, with a copy of the log,
+is alive. A restarted coordinator can: it holds the log, so a transaction of
+its node that began before it started is a dead process's; it rolls those
+back at start-up without the fence wait (demo transfer does; library users
+set recovery.Config.DeadBefore to xa.Coordinator.Started).
+
 With --store (the shared decision store) it acts only on nodes whose lease
 has expired, never on a live node's transactions: without --node-id on
 every expired node, with --node-id only on that node (refused unless its

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -148,6 +149,13 @@ func TestPartitionedStoreStopsDeciding(t *testing.T) {
 	}
 
 	proxy.Heal()
+	// Healed once the store reaches its database again (connections broken
+	// by the partition are replaced; under load that can outlast a read's
+	// ReadTimeout, which would make the commit below in doubt instead).
+	waitFor(t, 10*time.Second, "the store to reach its database again", func() bool {
+		_, _, err := s.LookupContext(ctx, g)
+		return err == nil
+	})
 	err = s.Commit(ctx, decisionlog.Decision{GTRID: g, Participants: parts()})
 	if !errors.Is(err, decisionlog.ErrFenced) {
 		t.Fatalf("commit after the partition healed: %v", err)
@@ -167,5 +175,66 @@ func TestPartitionedStoreStopsDeciding(t *testing.T) {
 	}
 	if err := s.Commit(ctx, decisionlog.Decision{GTRID: g, Participants: parts()}); !errors.Is(err, decisionlog.ErrFenced) || errors.Is(err, ErrLeaseLost) {
 		t.Fatalf("commit of the aborted transaction under the new epoch: %v", err)
+	}
+}
+
+// TestReacquireAfterFailure: a write of unknown outcome fail-stops the store
+// and gives its lease up (Lost fires; it is no longer renewed). Reacquire
+// is refused until the lease has expired by the database's clock, then
+// takes a new epoch, which no late write of the failed batch can match,
+// and the store writes again.
+func TestReacquireAfterFailure(t *testing.T) {
+	t.Parallel()
+	pool := testPool(t, nil)
+	schema := testSchema(t, pool)
+	var fail atomic.Pointer[error]
+	s := openStore(t, pool, schema, "failed", func(o *Options) {
+		o.LeaseTTL = time.Second
+		o.hooks = &testHooks{failBatch: func() error {
+			if p := fail.Swap(nil); p != nil {
+				return *p
+			}
+			return nil
+		}}
+	})
+	ctx := ctxT(t)
+	epoch := s.Epoch()
+	injected := errors.New("injected: connection lost after send")
+	fail.Store(&injected)
+	g := liveGid("failed")
+	if err := s.Commit(ctx, decisionlog.Decision{GTRID: g, Participants: parts()}); !errors.Is(err, decisionlog.ErrLogFailed) {
+		t.Fatalf("commit of the failed batch: %v", err)
+	}
+	if !closed(s.Lost()) || !s.Stats().Failed {
+		t.Fatalf("after the failure: lost %v, stats %+v", closed(s.Lost()), s.Stats())
+	}
+	if err := s.Commit(ctx, decisionlog.Decision{GTRID: liveGid("failed")}); !errors.Is(err, decisionlog.ErrLogFailed) {
+		t.Fatalf("commit after the failure: %v", err)
+	}
+	info, err := s.NodeInfo(ctx, "failed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State == NodeLive {
+		if _, err := s.Reacquire(ctx); !errors.Is(err, ErrNodeLeased) {
+			t.Fatalf("reacquire before the database's expiry: %v", err)
+		}
+	}
+	waitFor(t, 10*time.Second, "the given-up lease to expire", func() bool {
+		info, err := s.NodeInfo(ctx, "failed")
+		return err == nil && info.State == NodeExpired
+	})
+	got, err := s.Reacquire(ctx)
+	if err != nil || got != epoch+1 {
+		t.Fatalf("reacquire after the failure: epoch %d, %v (was %d)", got, err, epoch)
+	}
+	if s.Stats().Failed || s.LeaseErr() != nil {
+		t.Fatalf("still failed after reacquire: %+v, %v", s.Stats(), s.LeaseErr())
+	}
+	if err := s.Commit(ctx, decisionlog.Decision{GTRID: g, Participants: parts()}); err != nil {
+		t.Fatalf("commit under the new epoch: %v", err)
+	}
+	if e, _ := s.Lookup(g); e.State != decisionlog.StateCommitted {
+		t.Fatalf("state %v", e.State)
 	}
 }

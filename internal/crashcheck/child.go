@@ -10,6 +10,7 @@ import (
 
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
+	"github.com/xabridge/xabridge/recovery"
 	"github.com/xabridge/xabridge/xa"
 )
 
@@ -38,7 +39,13 @@ type ChildConfig struct {
 	// of that protocol step.
 	Crash    *CrashPoint
 	CrashNth int
-	Logger   *slog.Logger
+	// RecoverAtStart runs the restart fast path before the workload: a
+	// recovery pass (PassSettled) with DeadBefore set to the coordinator's
+	// start, which rolls back an earlier, killed process's undecided
+	// branches without waiting for their fence. It writes a
+	// "note restart-recovery ..." line (see StartupRecovery).
+	RecoverAtStart bool
+	Logger         *slog.Logger
 }
 
 // Validate checks the configuration and names the first problem.
@@ -120,6 +127,14 @@ func RunChild(ctx context.Context, cfg ChildConfig, out io.Writer) error {
 		}
 		j.line(fmt.Sprintf("note ready %s 0\n", cfg.Node))
 	}
+	if cfg.RecoverAtStart {
+		line, err := StartupRecovery(ctx, coord, cfg.Keeper.resource(b), cfg.Logger)
+		if err != nil {
+			_ = closeAll()
+			return err
+		}
+		j.line(line)
+	}
 	// The end of ctx stops the workload from starting transfers; those in
 	// flight finish, so that a clean stop leaves nothing in doubt.
 	w := &Workload{Bank: b, Coord: coord, Order: cfg.Order, Workers: cfg.Workers, Count: cfg.Count,
@@ -160,4 +175,40 @@ func (k Keeper) resource(b *bank.Bank) string {
 		return b.My.Name()
 	}
 	return ""
+}
+
+// StartupRecovery is the restart fast path of a coordinator process: one
+// recovery.PassSettled beside coord with DeadBefore = coord.Started(), so
+// that the branches an earlier, dead process of the node left undecided
+// are rolled back now, not after their fence (coord holds the log's lock,
+// so that process is dead). keeper is the decision resource, if any. It
+// returns the journal line that reports it:
+//
+//	note restart-recovery MS rolled-back N committed N left N
+//
+// with MS the time the pass took in milliseconds and left the node's
+// branches still prepared after it.
+func StartupRecovery(ctx context.Context, coord *xa.Coordinator, keeper string, logger *slog.Logger) (string, error) {
+	start := time.Now()
+	rec, err := recovery.New(recovery.Config{
+		NodeID: coord.NodeID(), Log: coord.Log(), Resources: coord.Resources(), Active: coord.Active,
+		DecisionResource: keeper, DeadBefore: coord.Started(), Logger: logger,
+	})
+	if err != nil {
+		return "", err
+	}
+	var rolledBack, committed int
+	reps := rec.PassSettled(ctx)
+	for _, rep := range reps {
+		for _, b := range rep.Branches {
+			switch b.Result {
+			case recovery.ResultRolledBack:
+				rolledBack++
+			case recovery.ResultCommitted:
+				committed++
+			}
+		}
+	}
+	return fmt.Sprintf("note restart-recovery %d rolled-back %d committed %d left %d\n",
+		time.Since(start).Milliseconds(), rolledBack, committed, reps[len(reps)-1].Remaining()), nil
 }

@@ -55,13 +55,15 @@ type RecoverResult struct {
 // the node within the timeout.
 var ErrNotSettled = errors.New("crashcheck: recovery did not settle every branch in time")
 
-// RecoverAfterCrash does what an operator does after a coordinator died:
-// it restarts a coordinator on the same log (which resumes phase 2 of every
-// logged commit decision; unless RecoveryOnly) and runs recovery passes
-// beside it, with the fence
-// overridden (MinAge 0: the log lock proves the old process is gone) and the
-// two-scan Settle rule kept, until no branch of the node is prepared and no
-// decision is pending.
+// RecoverAfterCrash does what a service or an operator does after a
+// coordinator died: it restarts a coordinator on the same log (which
+// resumes phase 2 of every logged commit decision) and runs recovery passes
+// beside it, as a restarted service does: without the fence for the dead
+// process's transactions (DeadBefore: the restarted coordinator's start;
+// the log lock proves the old process is gone) and with the two-scan Settle
+// rule kept, until no branch of the node is prepared and no decision is
+// pending. With RecoveryOnly it runs recovery alone, as an operator's
+// `xabridge recover --min-age 0s` does (MinAge 0).
 func RecoverAfterCrash(ctx context.Context, cfg RecoverConfig) (RecoverResult, error) {
 	start := time.Now()
 	var res RecoverResult
@@ -76,8 +78,12 @@ func RecoverAfterCrash(ctx context.Context, cfg RecoverConfig) (RecoverResult, e
 	resources := []drivers.Resource{cfg.Bank.PG, cfg.Bank.My}
 	var log decisionlog.Log
 	var active func(drivers.GlobalID) bool
+	var deadBefore time.Time
+	var minAge *time.Duration
 	closeAll := func() error { return nil }
 	if cfg.RecoveryOnly {
+		zero := time.Duration(0)
+		minAge = &zero
 		fl, err := decisionlog.OpenFileLog(cfg.LogDir, decisionlog.FileLogOptions{Node: cfg.Node})
 		if err != nil {
 			return res, fmt.Errorf("opening the decision log: %w", err)
@@ -90,6 +96,7 @@ func RecoverAfterCrash(ctx context.Context, cfg RecoverConfig) (RecoverResult, e
 			return res, fmt.Errorf("restarting the coordinator: %w", err)
 		}
 		log, active, closeAll = coord.Log(), coord.Active, coord.Close
+		deadBefore = coord.Started()
 	}
 	closed := false
 	defer func() {
@@ -97,10 +104,9 @@ func RecoverAfterCrash(ctx context.Context, cfg RecoverConfig) (RecoverResult, e
 			_ = closeAll()
 		}
 	}()
-	zero := time.Duration(0)
 	rec, err := recovery.New(recovery.Config{
 		NodeID: cfg.Node, Log: log, Resources: resources, Active: active,
-		MinAge: &zero, Settle: cfg.Settle, Logger: cfg.Logger,
+		MinAge: minAge, DeadBefore: deadBefore, Settle: cfg.Settle, Logger: cfg.Logger,
 		DecisionResource: cfg.Keeper.resource(cfg.Bank),
 	})
 	if err != nil {

@@ -40,6 +40,14 @@ type Preparer interface {
 	Prepare(ctx context.Context, query string) (Stmt, error)
 }
 
+// Checker is a Backend that vets a statement's text (its statement guard)
+// without running it; without a Preparer, the view asks it at
+// PrepareContext, so that a text the backend would refuse is refused when
+// it is prepared, not only when it runs.
+type Checker interface {
+	Check(query string) error
+}
+
 // Stmt is a statement prepared by a Preparer.
 type Stmt interface {
 	Exec(ctx context.Context, args []any) (driver.Result, error)
@@ -184,9 +192,9 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 }
 
 // PrepareContext prepares the statement on the branch's session if the
-// backend is a Preparer; otherwise it keeps the statement's text, and the
-// backend's own statement handling prepares it when it runs (pgx caches
-// prepared statements per connection).
+// backend is a Preparer; otherwise it checks the text if the backend is a
+// Checker and keeps it, and the backend's own statement handling prepares
+// it when it runs (pgx caches prepared statements per connection).
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
 	if p, ok := c.v.be.(Preparer); ok {
 		st, err := p.Prepare(ctx, query)
@@ -194,6 +202,11 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 			return nil, err
 		}
 		return &stmt{c: c, query: query, st: st}, nil
+	}
+	if ch, ok := c.v.be.(Checker); ok {
+		if err := ch.Check(query); err != nil {
+			return nil, err
+		}
 	}
 	return &stmt{c: c, query: query}, nil
 }

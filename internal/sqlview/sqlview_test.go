@@ -83,3 +83,40 @@ func TestNamedArgumentsRefused(t *testing.T) {
 }
 
 func sqlNamed(name string, v any) any { return sql.Named(name, v) }
+
+// checker is a recorder whose Check refuses one text.
+type checker struct {
+	recorder
+	refuse string
+}
+
+var errRefused = errors.New("refused")
+
+func (c *checker) Check(query string) error {
+	if query == c.refuse {
+		return errRefused
+	}
+	return nil
+}
+
+// A backend that is a Checker (but not a Preparer) vets a statement's text
+// at PrepareContext; nothing is sent.
+func TestPrepareChecks(t *testing.T) {
+	ctx := t.Context()
+	c := &checker{refuse: "COMMIT"}
+	db := New(c, "sp_").DB()
+	if _, err := db.PrepareContext(ctx, "COMMIT"); !errors.Is(err, errRefused) {
+		t.Fatalf("PrepareContext(COMMIT) = %v, want the Checker's refusal", err)
+	}
+	st, err := db.PrepareContext(ctx, "UPDATE t SET v = 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.ExecContext(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_ = st.Close()
+	if want := []string{"UPDATE t SET v = 1"}; !slices.Equal(c.stmts, want) {
+		t.Errorf("sent %q, want %q", c.stmts, want)
+	}
+}

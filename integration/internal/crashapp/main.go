@@ -52,6 +52,7 @@ func run() (err error) {
 	flag.StringVar(&cfg.Store.Schema, "store-schema", "", "the store's PostgreSQL schema")
 	flag.DurationVar(&cfg.Store.LeaseTTL, "lease-ttl", 0, "node lease TTL on the store (0: the default)")
 	flag.DurationVar(&cfg.Store.RecoverEvery, "recover-every", 0, "interval of the replica's recovery passes (0: TTL/2)")
+	flag.BoolVar(&cfg.RecoverAtStart, "recover-at-start", false, "before the workload, roll back what an earlier, killed process of the node left undecided (recovery with DeadBefore)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", flag.Arg(0))
