@@ -264,28 +264,41 @@ listed but do not count, nor do other nodes' branches: on a busy, healthy
 service list exits 0, so it can serve as a stuck-transaction probe.
 --hide-live leaves the branches in flight out of the listing.
 
-With --store the decisions are read from the shared decision store (for
---node-id's transactions) instead of a log directory, without taking any
-lease; a database without the store's tables is refused, never created.`,
+With --store the decisions are read from the shared decision store instead
+of a log directory, without taking any lease; a database without the
+store's tables is refused, never created. Without --node-id it lists the
+branches of every node that has a lease in the store, each judged for its
+own node (the counts and the exit code cover them all; "node" is "*" in
+JSON); branches of nodes without a lease there are unknown-owner.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r, err := o.resolve()
 			if err != nil {
 				return err
 			}
-			rec, _, closeAll, err := newRecoverer(cmd.Context(), r, false, nil, nil)
-			if err != nil {
-				return err
+			var rep *recovery.Report
+			node := r.nodeID
+			if r.store.Enabled() && !r.nodeIDGiven {
+				// Every node of the store, each branch judged for its own node.
+				if rep, err = storeScanAll(cmd.Context(), r); err != nil {
+					return err
+				}
+				node = "*"
+			} else {
+				rec, _, closeAll, err := newRecoverer(cmd.Context(), r, false, nil, nil)
+				if err != nil {
+					return err
+				}
+				defer closeAll()
+				rep = rec.Scan(cmd.Context())
 			}
-			defer closeAll()
-			rep := rec.Scan(cmd.Context())
 			filterOurs(rep, all)
 			remaining, inFlight := rep.Remaining(), rep.InFlight()
 			if hideLive {
 				hideInFlight(rep)
 			}
 			if r.output == "json" {
-				j := toJSON(r.nodeID, rep)
+				j := toJSON(node, rep)
 				j.Remaining, j.InFlight = remaining, inFlight // counted before --hide-live
 				if err := writeJSON(cmd.OutOrStdout(), j); err != nil {
 					return err

@@ -442,6 +442,28 @@ func TestListShowStore(t *testing.T) {
 		t.Errorf("list shows %d branches of %s, want 2:\n%s", n, g, out)
 	}
 
+	// Without --node-id: every node of the store, each judged for itself.
+	out, errOut, code = cli(t, append(append([]string{"list", "-o", "json"}, s.flags()...), s.resources()...)...)
+	if code != exitOK {
+		t.Fatalf("list --store (every node): exit %d\n%s%s", code, out, errOut)
+	}
+	var all reportJSON
+	if err := json.Unmarshal([]byte(out), &all); err != nil {
+		t.Fatal(err)
+	}
+	n = 0
+	for _, b := range all.Branches {
+		if b.GTRID == g.String() {
+			n++
+			if b.Class != "commit-pending" {
+				t.Errorf("list (every node): branch %s: class %s, want commit-pending", b.XID, b.Class)
+			}
+		}
+	}
+	if n != 2 || all.Node != "*" {
+		t.Errorf("list (every node) shows %d branches of %s (node %q), want 2:\n%s", n, g, all.Node, out)
+	}
+
 	out, errOut, code = cli(t, append([]string{"show", g.String()}, args...)...)
 	if code != exitInDoubt { // its two branches are still prepared
 		t.Fatalf("show --store: exit %d\n%s%s", code, out, errOut)

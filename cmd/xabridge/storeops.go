@@ -274,3 +274,70 @@ func onlyNode(rep *recovery.Report, node string) {
 	}
 	rep.Branches = kept
 }
+
+// storeScanAll scans the resources once per node that has a lease in the
+// store (each branch classified for its own node, as that node's recovery
+// would see it) and once more for the branches of no such node
+// (unknown-owner, foreign). It reads the store without a lease.
+func storeScanAll(ctx context.Context, r *resolved) (*recovery.Report, error) {
+	res, closeRes, err := r.openResources(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer closeRes()
+	rd, closeStore, err := openStoreReader(ctx, r.store)
+	if err != nil {
+		return nil, err
+	}
+	defer closeStore()
+	nodes, err := rd.Nodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	scan := func(node string) (*recovery.Report, error) {
+		l, err := rd.Log(node)
+		if err != nil {
+			return nil, err
+		}
+		rec, err := recovery.New(recovery.Config{NodeID: node, Log: l, Resources: res, Actor: actor(), DecisionResource: r.keeper})
+		if err != nil {
+			return nil, err
+		}
+		return rec.Scan(ctx), nil
+	}
+	base, err := scan(operatorNode) // a node with no transactions: every branch is someone else's
+	if err != nil {
+		return nil, err
+	}
+	leased := map[string]bool{}
+	for _, n := range nodes {
+		leased[n.Node] = true
+	}
+	var branches []recovery.Branch
+	for _, b := range base.Branches {
+		if !b.Ours || !leased[b.XID.Global.Node()] {
+			branches = append(branches, b)
+		}
+	}
+	errs := map[string]bool{}
+	for _, e := range base.ScanErrors {
+		errs[e.Resource] = true
+	}
+	for _, n := range nodes {
+		rep, err := scan(n.Node)
+		if err != nil {
+			return nil, err
+		}
+		onlyNode(rep, n.Node)
+		branches = append(branches, rep.Branches...)
+		for _, e := range rep.ScanErrors {
+			if !errs[e.Resource] {
+				errs[e.Resource] = true
+				base.ScanErrors = append(base.ScanErrors, e)
+			}
+		}
+	}
+	sortBranches(branches)
+	base.Branches = branches
+	return base, nil
+}
