@@ -31,7 +31,10 @@ func (l *FileLog) Commit(ctx context.Context, d Decision) error {
 	if len(d.Participants) > drivers.MaxBranches {
 		return fmt.Errorf("decisionlog: commit decision for %s names %d participants, more than %d", g, len(d.Participants), drivers.MaxBranches)
 	}
-	w := wireRecord{Kind: recCommit.String(), GTRID: g.String(), At: l.timeOr(d.At), Participants: d.Participants}
+	if err := drivers.ValidateLabel(d.Label); err != nil {
+		return fmt.Errorf("decisionlog: commit decision for %s: %w", g, err)
+	}
+	w := commitWire(g.String(), l.timeOr(d.At), d.Participants, d.Label)
 	return l.submit(ctx, &w, "commit")
 }
 

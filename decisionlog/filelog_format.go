@@ -96,6 +96,23 @@ func parseRecKind(s string) (recKind, bool) {
 	return 0, false
 }
 
+// labelledCommitKind is the wire kind of a commit decision with a label.
+// A labelled decision is not a "commit" record with one more field: a
+// reader from before labels would ignore the field, finish the branches
+// under XIDs without the label, miss them and take them for done. It
+// refuses a record kind it does not know ("written by a newer xabridge?"),
+// which fails closed.
+const labelledCommitKind = "lcommit"
+
+// commitWire is the payload of a commit decision.
+func commitWire(gtrid string, at time.Time, ps []Participant, label string) wireRecord {
+	w := wireRecord{Kind: recCommit.String(), GTRID: gtrid, At: at, Participants: ps}
+	if label != "" {
+		w.Kind, w.Label = labelledCommitKind, label
+	}
+	return w
+}
+
 // meta reports whether k is a header or seal frame, not a transaction's
 // record.
 func (k recKind) meta() bool { return k == recHeader || k == recSeal }
@@ -114,6 +131,7 @@ type wireRecord struct {
 	Reason       string        `json:"why,omitempty"`
 	Actor        string        `json:"by,omitempty"`
 	Heuristic    bool          `json:"h,omitempty"`
+	Label        string        `json:"l,omitempty"` // kind "lcommit" only
 	// Header.
 	Version int    `json:"v,omitempty"`
 	Node    string `json:"node,omitempty"`
@@ -146,7 +164,7 @@ func (r *logRecord) wire() wireRecord {
 	case recSeal:
 		w.Seq, w.Durable = r.seq, r.durable
 	case recCommit:
-		w.Participants = r.decision.Participants
+		w = commitWire(r.key, r.at, r.decision.Participants, r.decision.Label)
 	case recAbort, recAction:
 		a := r.action
 		w.Resource, w.Branch, w.Op, w.Reason, w.Actor, w.Heuristic = a.Resource, a.Branch, a.Op, a.Reason, a.Actor, a.Heuristic
@@ -196,7 +214,19 @@ func decodePayload(payload []byte) (*logRecord, error) {
 	if err := json.Unmarshal(payload, &w); err != nil {
 		return nil, fmt.Errorf("undecodable record: %w", err)
 	}
+	labelled := w.Kind == labelledCommitKind
 	kind, ok := parseRecKind(w.Kind)
+	if labelled {
+		kind, ok = recCommit, true
+		if w.Label == "" {
+			return nil, fmt.Errorf("%s record without a label", labelledCommitKind)
+		}
+		if err := drivers.ValidateLabel(w.Label); err != nil {
+			return nil, fmt.Errorf("%s record: %w", labelledCommitKind, err)
+		}
+	} else if w.Label != "" {
+		return nil, fmt.Errorf("%s record with a label", w.Kind)
+	}
 	if !ok {
 		return nil, fmt.Errorf("unknown record kind %q (written by a newer xabridge?)", w.Kind)
 	}
@@ -220,7 +250,7 @@ func decodePayload(payload []byte) (*logRecord, error) {
 		if len(w.Participants) > 0 {
 			ps = w.Participants
 		}
-		r.decision = &Decision{GTRID: g, Participants: ps, At: r.at}
+		r.decision = &Decision{GTRID: g, Participants: ps, At: r.at, Label: w.Label}
 	case recAbort, recAction:
 		r.action = &Action{
 			GTRID:     g,

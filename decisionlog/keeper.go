@@ -1,6 +1,7 @@
 package decisionlog
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -103,9 +104,67 @@ const (
 	RowAbort  = "A" // recovery's abort marker; participants is empty
 )
 
-// EncodeParticipants is the participants column of a keeper's commit row.
+// EncodeParticipants is the participants column of a keeper's commit row
+// without a label: a JSON array of the participants.
 func EncodeParticipants(ps []Participant) ([]byte, error) {
 	return json.Marshal(ps)
+}
+
+// labelledRow is the participants column of a labelled commit row: an
+// object, not the array of an unlabelled one. A reader from before labels
+// fails to decode it (and so refuses to act on the row) rather than
+// ignoring the label: it would otherwise finish the branches under XIDs
+// without the label, miss them, and take them for done.
+type labelledRow struct {
+	Label        string        `json:"l"`
+	Participants []Participant `json:"p"`
+}
+
+// EncodeDecision is the participants column of a keeper's (or a shared
+// store's) commit row for d: EncodeParticipants when d has no label, an
+// object carrying the label and the participants when it has one. It
+// refuses an invalid label.
+func EncodeDecision(d Decision) ([]byte, error) {
+	if d.Label == "" {
+		return EncodeParticipants(d.Participants)
+	}
+	if err := drivers.ValidateLabel(d.Label); err != nil {
+		return nil, err
+	}
+	ps := d.Participants
+	if ps == nil {
+		ps = []Participant{}
+	}
+	return json.Marshal(labelledRow{Label: d.Label, Participants: ps})
+}
+
+// DecodeParticipants decodes a participants column written by
+// EncodeDecision (or EncodeParticipants): the participants and the label.
+func DecodeParticipants(parts []byte) ([]Participant, string, error) {
+	trimmed := bytes.TrimLeft(parts, " \t\r\n")
+	if len(trimmed) > 0 && trimmed[0] == '{' {
+		var row labelledRow
+		dec := json.NewDecoder(bytes.NewReader(parts))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&row); err != nil {
+			return nil, "", err
+		}
+		if row.Label == "" {
+			return nil, "", errors.New("labelled participants with an empty label")
+		}
+		if err := drivers.ValidateLabel(row.Label); err != nil {
+			return nil, "", err
+		}
+		if len(row.Participants) == 0 {
+			row.Participants = nil
+		}
+		return row.Participants, row.Label, nil
+	}
+	var ps []Participant
+	if err := json.Unmarshal(parts, &ps); err != nil {
+		return nil, "", err
+	}
+	return ps, "", nil
 }
 
 // DecodeRow turns one row of a keeper's decision table (its gtrid, state
@@ -115,9 +174,11 @@ func DecodeRow(table string, g drivers.GlobalID, state string, parts []byte) (De
 	d := Decision{GTRID: g}
 	switch state {
 	case RowCommit:
-		if err := json.Unmarshal(parts, &d.Participants); err != nil {
+		ps, label, err := DecodeParticipants(parts)
+		if err != nil {
 			return Decision{}, fmt.Errorf("%s: participants of %s: %w", table, g, err)
 		}
+		d.Participants, d.Label = ps, label
 	case RowAbort:
 		d.Abort = true
 	default:

@@ -51,9 +51,11 @@ type Participant struct {
 	ID string `json:"id,omitempty"`
 }
 
-// XID returns the participant's XID within global transaction g.
-func (p Participant) XID(g drivers.GlobalID) drivers.XID {
-	return drivers.XID{Global: g, Branch: p.Branch}
+// XID returns the XID of participant p of d: d's global id and label, p's
+// branch number. The label is part of the branch's bqual, so a decision
+// must keep it to finish its branches by XID.
+func (d Decision) XID(p Participant) drivers.XID {
+	return drivers.XID{Global: d.GTRID, Branch: p.Branch, Label: d.Label}
 }
 
 // Decision is a commit decision: once durable, every participant must be
@@ -66,6 +68,10 @@ type Decision struct {
 	Abort        bool
 	Participants []Participant
 	At           time.Time
+	// Label is the caller's label of the transaction ("" for none; see
+	// drivers.ValidateLabel). It is part of every participant's XID, so
+	// every log and keeper keeps it exactly.
+	Label string
 }
 
 // Action records something recovery or an operator did to a transaction:

@@ -92,6 +92,9 @@ func (l *MemLog) Commit(ctx context.Context, d Decision) error {
 	if len(d.Participants) > drivers.MaxBranches {
 		return fmt.Errorf("decisionlog: commit decision for %s names %d participants, more than %d", d.GTRID, len(d.Participants), drivers.MaxBranches)
 	}
+	if err := drivers.ValidateLabel(d.Label); err != nil {
+		return fmt.Errorf("decisionlog: commit decision for %s: %w", d.GTRID, err)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err := l.writable(); err != nil {

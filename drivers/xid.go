@@ -199,27 +199,101 @@ func parseHex(s string, width int) (uint64, bool) {
 	return v, true
 }
 
-// XID identifies one branch of a global transaction: the global id (gtrid)
-// and the branch number (bqual, two lowercase hex digits).
+// MaxLabelLen is the longest label a global transaction can carry, in
+// bytes. The bqual (two hex digits, '.', the label) then takes at most 63
+// of MySQL's 64 bytes.
+const MaxLabelLen = 60
+
+// ValidateLabel reports whether label can be attached to a global
+// transaction: empty (no label), or 1 to MaxLabelLen characters of
+// [A-Za-z0-9._:/#@+-]. The alphabet keeps a label safe wherever it goes: in
+// the PostgreSQL gid inside a SQL string literal (no quote, no backslash),
+// in log lines and in table output (no space, no control character). Nothing is ever truncated or rewritten: a
+// label that does not fit is an error.
+func ValidateLabel(label string) error {
+	if len(label) > MaxLabelLen {
+		return fmt.Errorf("label %q is %d bytes, longer than %d", truncate(label, 40), len(label), MaxLabelLen)
+	}
+	for i := 0; i < len(label); i++ {
+		if !labelByte(label[i]) {
+			return fmt.Errorf("label %q has the character %q at byte %d: a label may only contain A-Z, a-z, 0-9 and . _ : / # @ + -",
+				truncate(label, 40), rune(label[i]), i)
+		}
+	}
+	return nil
+}
+
+func labelByte(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	switch c {
+	case '.', '_', ':', '/', '#', '@', '+', '-':
+		return true
+	}
+	return false
+}
+
+// XID identifies one branch of a global transaction: the global id (gtrid),
+// the branch number, and the transaction's label, if it has one. The bqual
+// is the branch number as two lowercase hex digits, followed by '.' and the
+// label when there is one: so a prepared branch carries its transaction's
+// label into the database itself, and an operator sees it on a branch left
+// in doubt before any decision was written. Every branch of a global
+// transaction carries the same label. Two XIDs of the same branch with
+// different labels are different XIDs: the databases know the branch by its
+// full bqual.
 type XID struct {
 	Global GlobalID
 	Branch uint8
+	// Label is the caller's label of the global transaction ("" for none);
+	// see ValidateLabel.
+	Label string
 }
 
 // String returns the PostgreSQL gid form, which is also how XIDs are shown.
 func (x XID) String() string { return x.GID() }
 
-// BranchQualifier returns the bqual: the branch number as two hex digits.
+// BranchQualifier returns the bqual: the branch number as two hex digits,
+// then '.' and the label when the XID has one.
 func (x XID) BranchQualifier() string {
 	var b strings.Builder
+	b.Grow(3 + len(x.Label))
 	writeHex(&b, uint64(x.Branch), 2)
+	if x.Label != "" {
+		b.WriteByte('.')
+		b.WriteString(x.Label)
+	}
 	return b.String()
 }
 
 // GID returns the PostgreSQL gid: "xab1:" + gtrid + ":" + bqual. It is at most
-// 67 bytes (PostgreSQL allows 199) and uses only [a-z0-9.:-].
+// 130 bytes (PostgreSQL allows 199) and uses only [a-z0-9.:-] and, in the
+// label, [A-Za-z0-9._:/#@+-].
 func (x XID) GID() string {
 	return GIDPrefix + x.Global.String() + ":" + x.BranchQualifier()
+}
+
+// parseBqual decodes a bqual: two lowercase hex digits, optionally followed
+// by '.' and a valid, non-empty label.
+func parseBqual(bq string) (branch uint8, label string, ok bool) {
+	if len(bq) < 2 {
+		return 0, "", false
+	}
+	br, ok := parseHex(bq[:2], 2)
+	if !ok {
+		return 0, "", false
+	}
+	rest := bq[2:]
+	if rest == "" {
+		return uint8(br), "", true
+	}
+	label, ok = strings.CutPrefix(rest, ".")
+	if !ok || label == "" || ValidateLabel(label) != nil {
+		return 0, "", false
+	}
+	return uint8(br), label, true
 }
 
 // ParseGID decodes a PostgreSQL gid. It reports false for anything that is
@@ -238,11 +312,11 @@ func ParseGID(gid string) (XID, bool) {
 	if err != nil {
 		return XID{}, false
 	}
-	br, ok := parseHex(bq, 2)
+	br, label, ok := parseBqual(bq)
 	if !ok {
 		return XID{}, false
 	}
-	return XID{Global: g, Branch: uint8(br)}, true
+	return XID{Global: g, Branch: br, Label: label}, true
 }
 
 // MySQL returns the XID as MySQL/MariaDB XA syntax: X'gtrid',X'bqual',formatID.
@@ -265,11 +339,11 @@ func ParseMySQLXID(formatID int64, gtridLen, bqualLen int64, data []byte) (XID, 
 	if err != nil {
 		return XID{}, false
 	}
-	br, ok := parseHex(string(data[gtridLen:]), 2)
+	br, label, ok := parseBqual(string(data[gtridLen:]))
 	if !ok {
 		return XID{}, false
 	}
-	return XID{Global: g, Branch: uint8(br)}, true
+	return XID{Global: g, Branch: br, Label: label}, true
 }
 
 // ParseXID accepts either a gid ("xab1:gtrid:bq") or a bare gtrid for the
@@ -291,6 +365,9 @@ func ParseXID(s string) (XID, bool, error) {
 // node id is refused with an error instead of being sent.
 func (x XID) Validate() error {
 	if err := x.Global.Validate(); err != nil {
+		return fmt.Errorf("invalid xid: %w", err)
+	}
+	if err := ValidateLabel(x.Label); err != nil {
 		return fmt.Errorf("invalid xid: %w", err)
 	}
 	return nil

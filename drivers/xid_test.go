@@ -187,6 +187,9 @@ func FuzzParseGID(f *testing.F) {
 	f.Add("xab1:a.000000000000.00000000.000000000000:00")
 	f.Add("g1")
 	f.Add("xab1:node-1.019e6d9ebc7b.deadbeef.019e6d9f2f8b:01'")
+	f.Add("xab1:node-1.019e6d9ebc7b.deadbeef.019e6d9f2f8b:01.order-123")
+	f.Add("xab1:node-1.019e6d9ebc7b.deadbeef.019e6d9f2f8b:01.")
+	f.Add("xab1:node-1.019e6d9ebc7b.deadbeef.019e6d9f2f8b:01.a'b")
 	f.Fuzz(func(t *testing.T, s string) {
 		x, ok := ParseGID(s)
 		if !ok {
@@ -199,9 +202,12 @@ func FuzzParseGID(f *testing.F) {
 			t.Fatalf("decoded XID is invalid: %v", err)
 		}
 		for _, c := range s {
-			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == ':' || c == '-') {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune(".:-_/#@+", c)) {
 				t.Fatalf("gid %q has unsafe character %q", s, c)
 			}
+		}
+		if len(s) >= 200 {
+			t.Fatalf("gid %q is %d bytes", s, len(s))
 		}
 	})
 }
@@ -212,6 +218,7 @@ func FuzzParseMySQLXID(f *testing.F) {
 	g := []byte(x.Global.String())
 	f.Add(int64(FormatID), int64(len(g)), int64(2), append(append([]byte{}, g...), "01"...))
 	f.Add(int64(1), int64(2), int64(1), []byte("abc"))
+	f.Add(int64(FormatID), int64(len(g)), int64(12), append(append([]byte{}, g...), "01.order-123"...))
 	f.Fuzz(func(t *testing.T, fmtID, gl, bl int64, data []byte) {
 		x, ok := ParseMySQLXID(fmtID, gl, bl, data)
 		if !ok {
@@ -222,6 +229,9 @@ func FuzzParseMySQLXID(f *testing.F) {
 		}
 		if got := x.Global.String() + x.BranchQualifier(); got != string(data) {
 			t.Fatalf("re-encoded %q, data was %q", got, data)
+		}
+		if len(x.BranchQualifier()) > 64 {
+			t.Fatalf("bqual of %d bytes", len(x.BranchQualifier()))
 		}
 	})
 }
@@ -257,4 +267,79 @@ func TestErrConflictIsRetryable(t *testing.T) {
 	if errors.Is(ErrRetryable, ErrConflict) {
 		t.Fatal("every retryable error is not a conflict")
 	}
+}
+
+func TestValidateLabel(t *testing.T) {
+	long := strings.Repeat("a", MaxLabelLen)
+	for _, tc := range []struct {
+		label string
+		ok    bool
+	}{
+		{"", true},
+		{"order-123", true},
+		{"Order_42/EU#7@shop+1:x.y", true},
+		{long, true},
+		{long + "b", false},
+		{"order 123", false},
+		{"a'b", false},
+		{`a\b`, false},
+		{"a\nb", false},
+		{"caf\u00e9", false},
+		{"a\x00", false},
+		{"50%", false},
+		{"a;b", false},
+	} {
+		err := ValidateLabel(tc.label)
+		if (err == nil) != tc.ok {
+			t.Errorf("ValidateLabel(%q) = %v, want ok=%v", tc.label, err, tc.ok)
+		}
+		x := sampleXID()
+		x.Label = tc.label
+		if verr := x.Validate(); (verr == nil) != tc.ok {
+			t.Errorf("XID{Label: %q}.Validate() = %v, want ok=%v", tc.label, verr, tc.ok)
+		}
+	}
+}
+
+// A labelled XID round-trips through both encodings with its label, and the
+// sizes stay within the engines' limits even at the longest node id and
+// label.
+func TestLabelledXIDRoundTrip(t *testing.T) {
+	node := strings.Repeat("n", MaxNodeIDLen)
+	g := MustGlobalID(node, time.UnixMilli(1<<47), 0xffffffff, time.UnixMilli(1<<47+1))
+	for _, label := range []string{"", "o", "order-123", strings.Repeat("Z", MaxLabelLen)} {
+		x := XID{Global: g, Branch: 0xff, Label: label}
+		back, ok := ParseGID(x.GID())
+		if !ok || back != x {
+			t.Fatalf("ParseGID(%q) = %+v, %v", x.GID(), back, ok)
+		}
+		if _, err := checkGIDLen(x.GID()); err != nil {
+			t.Fatal(err)
+		}
+		gt, bq := x.Global.String(), x.BranchQualifier()
+		if len(gt) > 64 || len(bq) > 64 {
+			t.Fatalf("gtrid %d bytes, bqual %d bytes", len(gt), len(bq))
+		}
+		my, ok := ParseMySQLXID(int64(FormatID), int64(len(gt)), int64(len(bq)), []byte(gt+bq))
+		if !ok || my != x {
+			t.Fatalf("ParseMySQLXID(%q) = %+v, %v", gt+bq, my, ok)
+		}
+		px, hasBranch, err := ParseXID(x.GID())
+		if err != nil || !hasBranch || px != x {
+			t.Fatalf("ParseXID(%q) = %+v %v %v", x.GID(), px, hasBranch, err)
+		}
+	}
+	// A gid whose bqual has a label part that is not a valid label is not ours.
+	for _, bad := range []string{":01.", ":01.a b", ":01x", ":01." + strings.Repeat("a", MaxLabelLen+1), ":01.a'"} {
+		if x, ok := ParseGID(GIDPrefix + g.String() + bad); ok {
+			t.Errorf("ParseGID accepted bqual %q as %+v", bad, x)
+		}
+	}
+}
+
+func checkGIDLen(gid string) (int, error) {
+	if len(gid) >= 200 {
+		return 0, errors.New("gid " + gid + " is too long for PostgreSQL")
+	}
+	return len(gid), nil
 }

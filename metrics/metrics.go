@@ -13,7 +13,8 @@
 //
 // Labels are few and bounded: outcome, reason, phase, resource, class,
 // action, source. The global id is never a label (it is in the logs and
-// the traces).
+// the traces), nor is a transaction's own label (xa.Tx.SetLabel: unbounded
+// values; it is in the logs, the traces and the CLI).
 //
 // The coordinator's hook takes no lock and allocates nothing on the
 // committing path: every series it touches there is resolved up front.

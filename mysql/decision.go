@@ -224,7 +224,7 @@ func (r *Resource) CommitWithDecision(ctx context.Context, db drivers.Branch, g 
 	if err != nil {
 		return b.errorf(op, drivers.ErrFailed, err)
 	}
-	parts, err := decisionlog.EncodeParticipants(participants)
+	parts, err := decisionlog.EncodeDecision(decisionlog.Decision{Participants: participants, Label: b.xid.Label})
 	if err != nil {
 		return b.errorf(op, drivers.ErrFailed, err)
 	}

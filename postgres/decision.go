@@ -84,7 +84,7 @@ func (r *Resource) CommitWithDecision(ctx context.Context, db drivers.Branch, g 
 	if err := g.Validate(); err != nil {
 		return b.wrap("commit-with-decision", drivers.ErrFailed, err)
 	}
-	parts, err := decisionlog.EncodeParticipants(participants)
+	parts, err := decisionlog.EncodeDecision(decisionlog.Decision{Participants: participants, Label: b.xid.Label})
 	if err != nil {
 		return b.wrap("commit-with-decision", drivers.ErrFailed, err)
 	}

@@ -3,7 +3,8 @@
 //
 // A branch pins one pooled connection, runs BEGIN on it, and at phase 1
 // sends PREPARE TRANSACTION '<gid>', where the gid is drivers.XID.GID(): only
-// [a-z0-9.:-], so it is always a safe literal (PostgreSQL does not accept a
+// [a-z0-9.:-] plus the label alphabet [A-Za-z0-9._:/#@+-] (no quote, no
+// backslash), so it is always a safe literal (PostgreSQL does not accept a
 // bind parameter there). Phase 2 runs COMMIT PREPARED / ROLLBACK PREPARED on
 // the same connection while it is alive, or from any pool connection by XID.
 // The server must run with max_prepared_transactions > 0.
@@ -58,6 +59,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -348,10 +350,11 @@ func checkXID(xid drivers.XID) (string, error) {
 	if len(gid) >= 200 {
 		return "", fmt.Errorf("gid %q is longer than PostgreSQL's 199 bytes", gid)
 	}
+	// The label part of the bqual adds [A-Z_/#@+]; no quote, no backslash.
 	for i := 0; i < len(gid); i++ {
 		c := gid[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == ':' || c == '-') {
-			return "", fmt.Errorf("gid %q contains a character outside [a-z0-9.:-]", gid)
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte(".:-_/#@+", c) >= 0) {
+			return "", fmt.Errorf("gid %q contains a character outside [A-Za-z0-9.:_/#@+-]", gid)
 		}
 	}
 	return gid, nil

@@ -30,7 +30,7 @@ func (r *Recoverer) act(ctx context.Context, s *snapshot, b *Branch) {
 		committed, err := r.fenceKeeper(ctx, g)
 		if err != nil {
 			b.Err, b.Result = err, "not rolled back: "+err.Error()
-			r.logger.Error("could not fence the transaction in the decision keeper; leaving the branch", "gtrid", g.String(), "err", err)
+			r.logger.Error("could not fence the transaction in the decision keeper; leaving the branch", "gtrid", g.String(), labelAttr(b.XID), "err", err)
 			return
 		}
 		if r.fence != nil {
@@ -49,7 +49,7 @@ func (r *Recoverer) act(ctx context.Context, s *snapshot, b *Branch) {
 				b.Class, b.Action, b.Reason = CommitPending, ActionCommit, "commit decision written during the scan"
 			} else {
 				b.Err, b.Result = err, "not rolled back: "+err.Error()
-				r.logger.Error("could not record the presumed abort; leaving the branch", "gtrid", g.String(), "err", err)
+				r.logger.Error("could not record the presumed abort; leaving the branch", "gtrid", g.String(), labelAttr(b.XID), "err", err)
 				return
 			}
 		}
@@ -63,7 +63,7 @@ func (r *Recoverer) act(ctx context.Context, s *snapshot, b *Branch) {
 		Heuristic: b.Class == Heuristic,
 	}); err != nil {
 		b.Err, b.Result = err, "not done: cannot record the action: "+err.Error()
-		r.logger.Error("could not record a recovery action; not acting", "gtrid", g.String(), "err", err)
+		r.logger.Error("could not record a recovery action; not acting", "gtrid", g.String(), labelAttr(b.XID), "err", err)
 		return
 	}
 	var err error
@@ -83,14 +83,14 @@ func (r *Recoverer) act(ctx context.Context, s *snapshot, b *Branch) {
 		if b.Class == Heuristic {
 			lvl = slog.LevelWarn
 		}
-		r.logger.Log(ctx, lvl, "recovery resolved a branch", "gtrid", g.String(), "resource", b.Resource, "action", string(b.Action), "class", string(b.Class), "reason", b.Reason)
+		r.logger.Log(ctx, lvl, "recovery resolved a branch", "gtrid", g.String(), labelAttr(b.XID), "resource", b.Resource, "action", string(b.Action), "class", string(b.Class), "reason", b.Reason)
 	case errors.Is(err, drivers.ErrNotFound):
 		b.Result = ResultAlreadyFinished
 	case errors.Is(err, drivers.ErrBusy):
 		b.Result = ResultBusy
 	default:
 		b.Err, b.Result = err, "failed: "+err.Error()
-		r.logger.Warn("recovery action failed; retried on the next pass", "gtrid", g.String(), "resource", b.Resource, "action", string(b.Action), "err", err)
+		r.logger.Warn("recovery action failed; retried on the next pass", "gtrid", g.String(), labelAttr(b.XID), "resource", b.Resource, "action", string(b.Action), "err", err)
 	}
 }
 
@@ -225,4 +225,13 @@ func (r *Recoverer) coversAll(rep *Report, d decisionlog.Decision) bool {
 // a transaction that started since is left to its coordinator.
 func (r *Recoverer) active(g drivers.GlobalID) bool {
 	return r.cfg.Active != nil && r.cfg.Active(g)
+}
+
+// labelAttr is the transaction's label (carried by its XIDs) as a log
+// attribute, or the empty Attr, which slog's handlers leave out.
+func labelAttr(x drivers.XID) slog.Attr {
+	if x.Label == "" {
+		return slog.Attr{}
+	}
+	return slog.String("label", x.Label)
 }

@@ -69,10 +69,21 @@ type Config struct {
 	// what makes it safe: this process is the only live one with NodeID
 	// (it holds the file log's lock, or the node's lease in a shared
 	// store), and the coordinator whose Started it is runs in this
-	// process, so every transaction that began before it is an earlier,
-	// dead incarnation's. Never set it in a process that cannot know that
-	// (a standalone recovery tool next to a possibly live coordinator with
-	// a copy of the log): MinAge is the operator's explicit override there.
+	// process (no earlier Coordinator of NodeID in this process still runs
+	// transactions), so every transaction that began before it is an
+	// earlier, dead incarnation's. Never set it in a process that cannot
+	// know that (a standalone recovery tool next to a possibly live
+	// coordinator with a copy of the log): MinAge is the operator's
+	// explicit override there.
+	//
+	// It relies on the node id being unique among live coordinators more
+	// than the fence does. Two live processes with one node id and two
+	// file logs on the same databases (a misconfiguration the file log's
+	// lock cannot see) would each roll back the other's in-flight prepared
+	// branches, which that other may still commit: atomicity lost. The
+	// fence alone tolerates that mistake for orphans (their owner can no
+	// longer decide them); DeadBefore does not. A shared store's node
+	// lease rules it out.
 	DeadBefore time.Time
 	// Actor names who acts, for the log's action records (default
 	// "recovery@<node>").
@@ -284,7 +295,7 @@ func (r *Recoverer) report(rep *Report, kind ReportKind, start time.Time) {
 // when it is in doubt: once per branch, not once per pass. Live branches
 // are running, and other nodes' are their own recovery's to report.
 func (r *Recoverer) logFound(b Branch) {
-	attrs := []any{"gtrid", b.XID.Global.String(), "resource", b.Resource, "branch", int(b.XID.Branch),
+	attrs := []any{"gtrid", b.XID.Global.String(), labelAttr(b.XID), "resource", b.Resource, "branch", int(b.XID.Branch),
 		"class", string(b.Class), "age", b.Age.Round(time.Millisecond), "reason", b.Reason}
 	switch b.Class {
 	case Heuristic:

@@ -53,7 +53,9 @@ const (
 )
 
 // Branch is one prepared branch found on a resource, with what recovery
-// concluded about it.
+// concluded about it. For a branch of ours, XID.Label is its transaction's
+// label (xa.Tx.SetLabel), read from the branch's own XID: it is there even
+// when no decision was ever written.
 type Branch struct {
 	Resource string
 	drivers.Prepared

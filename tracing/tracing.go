@@ -50,6 +50,10 @@ const (
 	AttrOutcome  = attribute.Key("xabridge.outcome")
 	AttrReason   = attribute.Key("xabridge.reason")
 	AttrBranches = attribute.Key("xabridge.branches")
+	// AttrLabel is the transaction's label (xa.Tx.SetLabel), on the
+	// transaction span of a labelled transaction. It is a span attribute
+	// only, never a metric label: its values are unbounded.
+	AttrLabel = attribute.Key("xabridge.label")
 )
 
 // maxOpen bounds the transactions traced at once, so that transactions
@@ -280,6 +284,9 @@ func (tx *txSpans) finish(info xa.StepInfo) {
 		AttrReason.String(string(reason)),
 		AttrBranches.Int(info.Branches),
 	)
+	if info.Label != "" {
+		tx.tx.SetAttributes(AttrLabel.String(info.Label))
+	}
 	switch info.Outcome {
 	case xa.Aborted, xa.Unknown:
 		if info.Err != nil {

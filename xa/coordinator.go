@@ -136,7 +136,10 @@ const (
 
 // StepInfo describes a protocol step for Config.Hook.
 type StepInfo struct {
-	GTRID    drivers.GlobalID
+	GTRID drivers.GlobalID
+	// Label is the transaction's label ("" for none), set from StepEnlisted
+	// on (a label is set before the first branch) and on StepFinished.
+	Label    string
 	Resource string // for per-branch steps
 	Branch   int    // branch number, -1 when not per-branch
 	Err      error  // for steps that report a failure; for StepFinished, what the caller got
@@ -486,22 +489,22 @@ func since(t time.Time) time.Duration {
 // decision keeper, as dec says) to completion by XID, in the background,
 // with the same phase 2 as Commit's.
 func (c *Coordinator) resume(d decisionlog.Decision, dec decider) {
-	tx := &Tx{c: c, gtrid: d.GTRID, finished: true}
+	tx := &Tx{c: c, gtrid: d.GTRID, label: d.Label, finished: true}
 	tx.handedOff.Store(true) // its caller is gone
 	voters := make([]*txBranch, 0, len(d.Participants))
 	for _, p := range d.Participants {
 		r, ok := c.resources[p.Resource]
 		if !ok {
 			c.logger.Error("commit decision names a resource that is not configured; leaving it to recovery",
-				"gtrid", d.GTRID.String(), "resource", p.Resource)
+				"gtrid", d.GTRID.String(), "label", d.Label, "resource", p.Resource)
 			continue
 		}
 		// No connection: phase 2 commits it by XID (closed: nothing to close).
-		voters = append(voters, &txBranch{res: r, xid: p.XID(d.GTRID), num: int(p.Branch), vote: drivers.VoteCommit, closed: true})
+		voters = append(voters, &txBranch{res: r, xid: d.XID(p), num: int(p.Branch), vote: drivers.VoteCommit, closed: true})
 	}
 	complete := len(voters) == len(d.Participants)
 	c.track(d.GTRID)
-	c.logger.Info("resuming phase 2 of a logged commit decision", "gtrid", d.GTRID.String(), "branches", len(d.Participants))
+	c.logger.Info("resuming phase 2 of a logged commit decision", "gtrid", d.GTRID.String(), "label", d.Label, "branches", len(d.Participants))
 	c.goBackground(func() {
 		defer c.untrack(d.GTRID)
 		if c.cfg.ResumeDelay > 0 {

@@ -68,7 +68,7 @@ type logDecider struct{ log decisionlog.Log }
 func (d logDecider) decide(ctx context.Context, tx *Tx, voters []*txBranch) error {
 	// With a context the caller cannot cancel: a write abandoned half way
 	// would leave the outcome unknown.
-	return d.log.Commit(context.WithoutCancel(ctx), decisionlog.Decision{GTRID: tx.gtrid, At: tx.c.cfg.Now(), Participants: participants(voters)})
+	return d.log.Commit(context.WithoutCancel(ctx), decisionlog.Decision{GTRID: tx.gtrid, At: tx.c.cfg.Now(), Participants: participants(voters), Label: tx.label})
 }
 
 func (logDecider) refused(err error) bool         { return logRefused(err) }

@@ -74,6 +74,7 @@ func OutcomeOf(err error) Outcome {
 // error, a log error, ...).
 type Error struct {
 	GTRID    string
+	Label    string // the transaction's label (Tx.SetLabel), "" for none
 	Outcome  Outcome
 	Op       Op     // the protocol step that ended the transaction
 	Resource string // the resource involved, if one
@@ -116,6 +117,10 @@ func (e *Error) Error() string {
 	b.WriteString(e.sentinel().Error())
 	if e.GTRID != "" {
 		b.WriteString(" [")
+		if e.Label != "" {
+			b.WriteString(e.Label)
+			b.WriteString(" ")
+		}
 		b.WriteString(e.GTRID)
 		b.WriteString("]")
 	}

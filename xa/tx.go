@@ -44,6 +44,7 @@ type Tx struct {
 	byRes    map[drivers.Resource]*txBranch
 	kept     *txBranch // the branch on the decision keeper, if enlisted
 	finished bool
+	label    string // the caller's label (SetLabel); part of every XID
 
 	// handedOff: Commit stopped waiting for phase 2, which goes on in the
 	// background (a field, not a local, so that it costs no allocation).
@@ -75,6 +76,50 @@ func (tx *Tx) GlobalID() drivers.GlobalID { return tx.gtrid }
 // at or after it.
 func (tx *Tx) Deadline() time.Time { return tx.gtrid.Deadline() }
 
+// ErrLabel is wrapped by every error of Tx.SetLabel: an invalid label, or
+// a label set after the first branch was enlisted.
+var ErrLabel = errors.New("xa: label refused")
+
+// SetLabel attaches a short label of the caller's (an order id, a request
+// id) to the transaction. It is optional. A label is 1 to
+// drivers.MaxLabelLen bytes of [A-Za-z0-9._:/#@+-] (see
+// drivers.ValidateLabel); anything else is refused with an error wrapping
+// ErrLabel, never truncated or rewritten, and leaves the transaction as it
+// was. SetLabel("") removes the label (before the first Enlist).
+//
+// Set it before the first Enlist: every branch carries the label in its
+// XID (the bqual), so that an operator sees it on a branch left prepared
+// by a crash before any decision was written, with no extra write to any
+// database or log. Setting a label once a branch is enlisted is refused
+// (setting the same label again is not an error). The label is also kept
+// with the commit decision, and shown in error messages (*Error.Label),
+// in hooks (StepInfo.Label) and so in spans, and by the CLI's list, show
+// and log dump. It is never a metric label: its values are unbounded.
+func (tx *Tx) SetLabel(label string) error {
+	if err := drivers.ValidateLabel(label); err != nil {
+		return fmt.Errorf("%w: %w", ErrLabel, err)
+	}
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	switch {
+	case tx.finished:
+		return ErrTxDone
+	case label == tx.label:
+		return nil
+	case len(tx.branches) > 0:
+		return fmt.Errorf("%w: label %q set after the first branch was enlisted (branches carry the label in their XIDs): call SetLabel first", ErrLabel, label)
+	}
+	tx.label = label
+	return nil
+}
+
+// Label returns the transaction's label ("" when it has none).
+func (tx *Tx) Label() string {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return tx.label
+}
+
 // Enlist returns the transaction's branch on r, beginning it on first use.
 // r must be one of the coordinator's configured resources.
 func (tx *Tx) Enlist(ctx context.Context, r drivers.Resource) (drivers.Branch, error) {
@@ -93,7 +138,7 @@ func (tx *Tx) Enlist(ctx context.Context, r drivers.Resource) (drivers.Branch, e
 		return nil, fmt.Errorf("xa: a global transaction can have at most %d branches", drivers.MaxBranches)
 	}
 	num := len(tx.branches)
-	xid := drivers.XID{Global: tx.gtrid, Branch: uint8(num)}
+	xid := drivers.XID{Global: tx.gtrid, Branch: uint8(num), Label: tx.label}
 	isKeeper := tx.c.keeper != nil && drivers.Resource(tx.c.keeper) == r
 	participant(r, num) // starts reading r's identity for the decision, if unknown
 	begin := r.Begin
@@ -112,7 +157,7 @@ func (tx *Tx) Enlist(ctx context.Context, r drivers.Resource) (drivers.Branch, e
 	if isKeeper {
 		tx.kept = tb
 	}
-	tx.c.hook(StepEnlisted, StepInfo{GTRID: tx.gtrid, Resource: r.Name(), Branch: num})
+	tx.c.hook(StepEnlisted, StepInfo{GTRID: tx.gtrid, Resource: r.Name(), Branch: num, Label: tx.label})
 	return b, nil
 }
 
@@ -128,7 +173,7 @@ func (tx *Tx) finish() ([]*txBranch, error) {
 }
 
 func (tx *Tx) errorf(o Outcome, op Op, resource string, err error) *Error {
-	return &Error{GTRID: tx.gtrid.String(), Outcome: o, Op: op, Resource: resource, Err: err}
+	return &Error{GTRID: tx.gtrid.String(), Label: tx.label, Outcome: o, Op: op, Resource: resource, Err: err}
 }
 
 // Commit commits the transaction: one-phase commit for a single branch;
@@ -209,7 +254,7 @@ func (tx *Tx) commitOnePhase(ctx context.Context, tb *txBranch) error {
 	}
 	c.hook(StepCommitFailed, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num, Err: err})
 	if drivers.Classify(err) == drivers.ErrInDoubt {
-		c.logger.Warn("one-phase commit in doubt", "gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "err", err)
+		c.logger.Warn("one-phase commit in doubt", "gtrid", tx.gtrid.String(), tx.labelAttr(), "resource", tb.res.Name(), "err", err)
 		return tx.errorf(Unknown, OpCommitOnePhase, tb.res.Name(), err)
 	}
 	// The server answered with an error: it did not commit.
@@ -240,7 +285,7 @@ func (tx *Tx) prepareAll(ctx context.Context, toPrepare, all []*txBranch) error 
 	for i, err := range errs {
 		if err != nil {
 			if drivers.Classify(err) == drivers.ErrInDoubt {
-				c.logger.Warn("branch in doubt during prepare; aborting", "gtrid", tx.gtrid.String(), "resource", toPrepare[i].res.Name(), "err", err)
+				c.logger.Warn("branch in doubt during prepare; aborting", "gtrid", tx.gtrid.String(), tx.labelAttr(), "resource", toPrepare[i].res.Name(), "err", err)
 			}
 			_ = tx.rollbackBranches(ctx, all, "prepare failed")
 			return tx.errorf(Aborted, OpPrepare, toPrepare[i].res.Name(), err)
@@ -272,13 +317,13 @@ func (tx *Tx) decide(ctx context.Context, dec decider, branches, voters []*txBra
 	if err := dec.decide(ctx, tx, voters); err != nil {
 		if dec.refused(err) {
 			c.logger.Warn("commit decision refused (past the fence, or by the decision keeper); aborting",
-				"gtrid", tx.gtrid.String(), "store", dec.store(), "err", err)
+				"gtrid", tx.gtrid.String(), tx.labelAttr(), "store", dec.store(), "err", err)
 			c.hook(StepDecisionRefused, StepInfo{GTRID: tx.gtrid, Branch: -1, Err: err})
 			_ = tx.rollbackBranches(ctx, branches, "decision refused")
 			return tx.errorf(Aborted, OpDecide, dec.resource(), err)
 		}
 		c.logger.Error("commit decision write failed; transaction is in doubt, branches left prepared for recovery",
-			"gtrid", tx.gtrid.String(), "store", dec.store(), "err", err)
+			"gtrid", tx.gtrid.String(), tx.labelAttr(), "store", dec.store(), "err", err)
 		for _, tb := range voters {
 			tx.closeBranch(tb)
 		}
@@ -290,7 +335,7 @@ func (tx *Tx) decide(ctx context.Context, dec decider, branches, voters []*txBra
 		c.hook(StepCommitted, StepInfo{GTRID: tx.gtrid, Resource: kb.res.Name(), Branch: kb.num})
 	}
 	if c.logger.Enabled(ctx, slog.LevelDebug) {
-		c.logger.Debug("commit decision durable", "gtrid", tx.gtrid.String(), "voters", len(voters), "store", dec.store())
+		c.logger.Debug("commit decision durable", "gtrid", tx.gtrid.String(), tx.labelAttr(), "voters", len(voters), "store", dec.store())
 	}
 	return nil
 }
@@ -353,7 +398,7 @@ func (tx *Tx) phase2(ctx context.Context, voters []*txBranch, dec decider) error
 	}
 	tx.handedOff.Store(true)
 	c.logger.Warn("phase 2 unfinished when Commit returns; the branches still prepared are finished in the background or by recovery",
-		"gtrid", tx.gtrid.String(), "decision_durable", dec != nil, "err", why)
+		"gtrid", tx.gtrid.String(), tx.labelAttr(), "decision_durable", dec != nil, "err", why)
 	c.hook(StepPhase2Handoff, StepInfo{GTRID: tx.gtrid, Branch: -1, Err: why})
 	return tx.errorf(handoffOutcome(dec != nil), OpCommit, "", why)
 }
@@ -371,7 +416,7 @@ func (tx *Tx) finishPhase2(voters []*txBranch, dec decider, start time.Time) boo
 		// The caller was told ErrCommitPending (or ErrOutcomeUnknown), or
 		// is a process that crashed: that the branches caught up is worth
 		// knowing.
-		tx.c.logger.Info("phase 2 finished in the background", "gtrid", tx.gtrid.String())
+		tx.c.logger.Info("phase 2 finished in the background", "gtrid", tx.gtrid.String(), tx.labelAttr())
 	}
 	tx.phase2Done(dec, start)
 	return true
@@ -411,12 +456,12 @@ func (tx *Tx) commitBranches(ctx context.Context, voters []*txBranch, relentless
 		}
 		var err error
 		if relentless {
-			err = retry(ctx, tb.commit, c.logger, "gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "op", "commit")
+			err = retry(ctx, tb.commit, c.logger, "gtrid", tx.gtrid.String(), tx.labelAttr(), "resource", tb.res.Name(), "op", "commit")
 		} else {
 			err = tb.commit(ctx)
 		}
 		if err != nil && !relentless {
-			c.logger.Debug("phase 2 attempt failed; retrying in the background", "gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "err", err)
+			c.logger.Debug("phase 2 attempt failed; retrying in the background", "gtrid", tx.gtrid.String(), tx.labelAttr(), "resource", tb.res.Name(), "err", err)
 			c.hook(StepCommitFailed, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num, Err: err})
 			return
 		}
@@ -426,7 +471,7 @@ func (tx *Tx) commitBranches(ctx context.Context, voters []*txBranch, relentless
 		tx.closeBranch(tb)
 		if err != nil {
 			c.logger.Warn("phase 2 stopped before the branch committed; recovery will finish it",
-				"gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "err", err)
+				"gtrid", tx.gtrid.String(), tx.labelAttr(), "resource", tb.res.Name(), "err", err)
 			c.hook(StepCommitFailed, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num, Err: err})
 			return
 		}
@@ -484,7 +529,7 @@ func (tx *Tx) rollback(ctx context.Context, why string, final *Error) error {
 // reportFinished reports StepFinished: the transaction is over for its caller,
 // who gets err.
 func (tx *Tx) reportFinished(err error, branches int) {
-	tx.c.hook(StepFinished, StepInfo{GTRID: tx.gtrid, Branch: -1, Err: err, Outcome: OutcomeOf(err), Branches: branches, Elapsed: since(tx.began)})
+	tx.c.hook(StepFinished, StepInfo{GTRID: tx.gtrid, Label: tx.label, Branch: -1, Err: err, Outcome: OutcomeOf(err), Branches: branches, Elapsed: since(tx.began)})
 }
 
 // rollbackBranches rolls back the branches in parallel, skipping read-only
@@ -500,10 +545,10 @@ func (tx *Tx) rollbackBranches(ctx context.Context, branches []*txBranch, why st
 		if tb.vote == drivers.VoteReadOnly || tb.closed {
 			return
 		}
-		err := retry(ctx, tb.b.Rollback, tx.c.logger, "gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "op", "rollback")
+		err := retry(ctx, tb.b.Rollback, tx.c.logger, "gtrid", tx.gtrid.String(), tx.labelAttr(), "resource", tb.res.Name(), "op", "rollback")
 		if err != nil {
 			tx.c.logger.Warn("branch not rolled back; recovery will presume it aborted after the fence",
-				"gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "why", why, "err", err)
+				"gtrid", tx.gtrid.String(), tx.labelAttr(), "resource", tb.res.Name(), "why", why, "err", err)
 			errs[i] = err
 		} else {
 			tx.c.hook(StepRolledBack, StepInfo{GTRID: tx.gtrid, Resource: tb.res.Name(), Branch: tb.num})
@@ -519,7 +564,7 @@ func (tx *Tx) closeBranch(tb *txBranch) {
 	}
 	tb.closed = true
 	if err := tb.b.Close(); err != nil {
-		tx.c.logger.Debug("closing branch", "gtrid", tx.gtrid.String(), "resource", tb.res.Name(), "err", err)
+		tx.c.logger.Debug("closing branch", "gtrid", tx.gtrid.String(), tx.labelAttr(), "resource", tb.res.Name(), "err", err)
 	}
 }
 
@@ -550,4 +595,13 @@ func parallel(n int, f func(i int)) {
 	}
 	f(n - 1)
 	wg.Wait()
+}
+
+// labelAttr is the label as a log attribute, or the empty Attr (which
+// slog's handlers leave out) when the transaction has none.
+func (tx *Tx) labelAttr() slog.Attr {
+	if tx.label == "" {
+		return slog.Attr{}
+	}
+	return slog.String("label", tx.label)
 }

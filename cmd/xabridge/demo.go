@@ -66,7 +66,9 @@ left prepared branches holding row locks. This process holds the log, so
 that earlier one is dead: its undecided branches are rolled back at once
 (not after their fence, the 30s transaction timeout) and its commit
 decisions finished. With --metrics-addr, a recovery loop keeps running
-beside the coordinator.
+beside the coordinator. So never run two demos at once with the same
+--node-id on the same databases, even with different --log-dir: each would
+take the other's running transactions for a dead run's.
 
 With --store the coordinator keeps its decisions in the shared decision
 store (a PostgreSQL database; its tables are created on first use) instead

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -207,9 +208,9 @@ func newLogDumpCmd() *cobra.Command {
 	var node string
 	cmd := &cobra.Command{
 		Use:   "dump",
-		Short: "Print every transaction the log (or the shared store, --store) knows: decision, state, actions",
+		Short: "Print every transaction the log (or the shared store, --store) knows: decision, state, actions, label",
 		Long: `dump prints every transaction the decision log knows: its decision, state,
-participants and actions. With --store it reads the shared decision store
+participants, actions and label. With --store it reads the shared decision store
 instead (every node's transactions, or --node's), without taking a lease.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -227,14 +228,24 @@ instead (every node's transactions, or --node's), without taking a lease.`,
 				return writeJSON(w, out)
 			}
 			tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "GTRID\tSTATE\tPARTICIPANTS\tACTIONS\tHEURISTIC")
+			// The LABEL column only when an entry has one, as in list.
+			labels := slices.ContainsFunc(entries, func(e decisionlog.Entry) bool { return e.Decision != nil && e.Decision.Label != "" })
+			hdr := "GTRID\tSTATE\tPARTICIPANTS\tACTIONS\tHEURISTIC"
+			if labels {
+				hdr += "\tLABEL"
+			}
+			fmt.Fprintln(tw, hdr)
 			for _, e := range entries {
 				j := entryToJSON(e)
 				var acts []string
 				for _, a := range j.Actions {
 					acts = append(acts, a.Op)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", j.GTRID, j.State, first(strings.Join(j.Participants, ","), "-"), first(strings.Join(acts, ","), "-"), j.Heuristic)
+				line := fmt.Sprintf("%s\t%s\t%s\t%s\t%v", j.GTRID, j.State, first(strings.Join(j.Participants, ","), "-"), first(strings.Join(acts, ","), "-"), j.Heuristic)
+				if labels {
+					line += "\t" + first(j.Label, "-")
+				}
+				fmt.Fprintln(tw, line)
 			}
 			return tw.Flush()
 		},

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -29,6 +30,7 @@ type branchJSON struct {
 	Resource   string  `json:"resource"`
 	XID        string  `json:"xid"`
 	Branch     *int    `json:"branch,omitempty"`
+	Label      string  `json:"label,omitempty"`
 	Ours       bool    `json:"ours"`
 	Begin      string  `json:"begin,omitempty"`
 	Deadline   string  `json:"deadline,omitempty"`
@@ -73,7 +75,7 @@ func toJSON(node string, rep *recovery.Report) reportJSON {
 		if b.Ours {
 			g := b.XID.Global
 			br := int(b.XID.Branch)
-			j.GTRID, j.Node, j.Branch = g.String(), g.Node(), &br
+			j.GTRID, j.Node, j.Branch, j.Label = g.String(), g.Node(), &br, b.XID.Label
 			j.Begin, j.Deadline = g.Begin().UTC().Format(time.RFC3339Nano), g.Deadline().UTC().Format(time.RFC3339Nano)
 			j.LogState = b.LogState.String()
 		}
@@ -113,11 +115,18 @@ func writeTable(w io.Writer, rep *recovery.Report, showResult bool) {
 	if showResult {
 		hdr += "\tRESULT"
 	}
+	// The LABEL column only when a branch has one: unlabelled output is
+	// as it was before labels (scripts should read -o json anyway).
+	labels := slices.ContainsFunc(rep.Branches, func(b recovery.Branch) bool { return b.Ours && b.XID.Label != "" })
+	if labels {
+		hdr += "\tLABEL"
+	}
 	fmt.Fprintln(tw, hdr)
 	for _, b := range rep.Branches {
-		id, node, br, logState := drivers.DisplayID(b.ID), "-", "-", "-"
+		id, node, br, logState, label := drivers.DisplayID(b.ID), "-", "-", "-", "-"
 		if b.Ours {
-			id, node, br, logState = b.XID.Global.String(), b.XID.Global.Node(), b.XID.BranchQualifier(), b.LogState.String()
+			id, node, br, logState = b.XID.Global.String(), b.XID.Global.Node(), fmt.Sprintf("%02x", b.XID.Branch), b.LogState.String()
+			label = first(b.XID.Label, "-")
 		}
 		age := "-"
 		if b.Ours || !b.PreparedAt.IsZero() {
@@ -126,6 +135,9 @@ func writeTable(w io.Writer, rep *recovery.Report, showResult bool) {
 		line := strings.Join([]string{id, node, b.Resource, br, age, logState, string(b.Class), string(b.Action)}, "\t")
 		if showResult {
 			line += "\t" + first(b.Result, "-")
+		}
+		if labels {
+			line += "\t" + label
 		}
 		fmt.Fprintln(tw, line)
 	}
@@ -248,8 +260,11 @@ func newListCmd() *cobra.Command {
 		Short: "List in-doubt branches of ours on every resource, with what the log says and what recovery would do",
 		Long: `list scans every resource for prepared branches and shows, for each branch of
 ours: its global id, owner node, resource, branch, age, what the decision log
-says, its class and the action recovery would take. It changes nothing, and
-it works while a coordinator is running (the log is read without its lock).
+says, its class and the action recovery would take, and the transaction's
+label (xa.Tx.SetLabel: a LABEL column when some branch has one, "label" in
+JSON). The label is read from the branch's XID, so it shows even when no
+decision was ever written. It changes nothing, and it works while a
+coordinator is running (the log is read without its lock).
 
 Classes: commit-pending (log says commit), abort-pending (log says abort),
 orphan (no decision, past its fence: rolled back once seen in two scans),
@@ -325,6 +340,7 @@ JSON); branches of nodes without a lease there are unknown-owner.`,
 // entryJSON is a decision-log entry in JSON output.
 type entryJSON struct {
 	GTRID        string       `json:"gtrid"`
+	Label        string       `json:"label,omitempty"`
 	State        string       `json:"state"`
 	DecidedAt    string       `json:"decided_at,omitempty"`
 	Participants []string     `json:"participants,omitempty"`
@@ -345,6 +361,7 @@ type actionJSON struct {
 func entryToJSON(e decisionlog.Entry) *entryJSON {
 	j := &entryJSON{GTRID: e.GTRID.String(), State: e.State.String(), Heuristic: e.Heuristic(), Actions: []actionJSON{}}
 	if e.Decision != nil {
+		j.Label = e.Decision.Label
 		j.DecidedAt = e.Decision.At.UTC().Format(time.RFC3339Nano)
 		for _, p := range e.Decision.Participants {
 			j.Participants = append(j.Participants, fmt.Sprintf("%s/%02x", p.Resource, p.Branch))
@@ -362,7 +379,11 @@ func entryToJSON(e decisionlog.Entry) *entryJSON {
 }
 
 func writeEntry(w io.Writer, e *entryJSON) {
-	fmt.Fprintf(w, "global transaction %s\n  log: %s", e.GTRID, e.State)
+	fmt.Fprintf(w, "global transaction %s", e.GTRID)
+	if e.Label != "" {
+		fmt.Fprintf(w, " (label %s)", e.Label)
+	}
+	fmt.Fprintf(w, "\n  log: %s", e.State)
 	if e.DecidedAt != "" {
 		fmt.Fprintf(w, " (decided %s; participants %s)", e.DecidedAt, strings.Join(e.Participants, ", "))
 	}
@@ -404,9 +425,9 @@ func newShowCmd() *cobra.Command {
 	o := &opsConfig{}
 	cmd := &cobra.Command{
 		Use:   "show GTRID",
-		Short: "Show one global transaction: its log records and its branches on every resource",
+		Short: "Show one global transaction: its label, log records and branches on every resource",
 		Long: `show prints what the decision log holds for one global transaction (its
-decision, participants and actions) and its prepared branches on every
+label, decision, participants and actions) and its prepared branches on every
 resource. It changes nothing. With --store it reads the shared decision
 store, without taking any lease.`,
 		Args: exactArgs(1, "GTRID"),
@@ -443,6 +464,11 @@ store, without taking any lease.`,
 				entry = decisionlog.Entry{GTRID: g}
 			}
 			ej := entryToJSON(entry)
+			if ej.Label == "" && len(kept) > 0 {
+				// No decision (or one the log no longer holds whole): the
+				// branches carry the label in their XIDs.
+				ej.Label = kept[0].XID.Label
+			}
 			if r.output == "json" {
 				j := toJSON(r.nodeID, rep)
 				j.Log = ej

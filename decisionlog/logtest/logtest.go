@@ -143,6 +143,7 @@ func Run(t *testing.T, open Opener) {
 	}{
 		{"CommitLookupPending", nil, testCommit},
 		{"CommitFillsTime", nil, testCommitTime},
+		{"Label", nil, testLabel},
 		{"AbortFencesCommit", nil, testAbort},
 		{"AbortAfterCommitRefused", nil, testAbortAfterCommit},
 		{"FenceByDeadline", nil, testDeadline},
@@ -194,6 +195,56 @@ func testCommit(e *env) {
 	p := e.log.Pending()
 	if len(p) != 1 || !sameGID(p[0].GTRID, g) || !slices.Equal(p[0].Participants, d.Participants) {
 		e.t.Errorf("Pending = %+v", p)
+	}
+}
+
+// testLabel: a decision's label comes back exactly from Lookup and Pending,
+// after a reopen too (it is part of every participant's XID: a log that
+// lost it would finish the branches under the wrong XIDs); an invalid label
+// is refused with nothing written; an unlabelled decision stays unlabelled.
+func testLabel(e *env) {
+	labelled, plain, bad := GID(1), GID(2), GID(3)
+	d := decision(labelled, "pg", "mysql")
+	d.Label = "order-123/EU#7"
+	e.commit(d)
+	e.commit(decision(plain, "pg", "mysql"))
+	dbad := decision(bad, "pg")
+	dbad.Label = "no spaces"
+	if err := e.log.Commit(context.Background(), dbad); err == nil {
+		e.t.Errorf("Commit with label %q succeeded", dbad.Label)
+	}
+	check := func(when string) {
+		e.t.Helper()
+		en, ok := e.log.Lookup(labelled)
+		if !ok || en.Decision == nil || en.Decision.Label != d.Label {
+			e.t.Errorf("%s: Lookup(labelled) = %+v, %v; want label %q", when, en.Decision, ok, d.Label)
+		} else if x := en.Decision.XID(en.Decision.Participants[0]); x.Label != d.Label || x.Branch != 1 {
+			e.t.Errorf("%s: Decision.XID = %+v", when, x)
+		}
+		if en, ok := e.log.Lookup(plain); !ok || en.Decision == nil || en.Decision.Label != "" {
+			e.t.Errorf("%s: Lookup(plain) = %+v, %v; want no label", when, en.Decision, ok)
+		}
+		if st := e.state(bad); st != decisionlog.StateNone {
+			e.t.Errorf("%s: the refused decision left state %v", when, st)
+		}
+		labels := map[string]string{}
+		for _, p := range e.log.Pending() {
+			labels[p.GTRID.String()] = p.Label
+		}
+		if labels[labelled.String()] != d.Label || labels[plain.String()] != "" || len(labels) != 2 {
+			e.t.Errorf("%s: Pending labels = %v", when, labels)
+		}
+	}
+	check("after commit")
+	if e.h.Compact != nil {
+		if err := e.h.Compact(context.Background()); err != nil {
+			e.t.Fatal(err)
+		}
+		check("after compaction")
+	}
+	if e.h.Reopen != nil {
+		e.reopen()
+		check("after reopen")
 	}
 }
 

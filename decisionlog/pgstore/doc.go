@@ -49,7 +49,8 @@
 //		state        char(1) NOT NULL CHECK (state IN ('C', 'A')),
 //		epoch        bigint NOT NULL,        -- the lease epoch it was written under
 //		seq          bigint GENERATED ALWAYS AS IDENTITY,  -- decision order (Pending)
-//		participants jsonb,                  -- [{"r": resource, "b": branch}], commits only
+//		participants jsonb,                  -- [{"r": resource, "b": branch}], commits only;
+//		                                     -- {"l": label, "p": [...]} for a labelled one
 //		decided_at   timestamptz NOT NULL,   -- Decision.At
 //		deadline     timestamptz NOT NULL,   -- the gtrid's fence
 //		written_at   timestamptz NOT NULL DEFAULT clock_timestamp(),

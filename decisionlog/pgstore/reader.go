@@ -192,9 +192,11 @@ func (r *Reader) Entries(ctx context.Context, node string) ([]decisionlog.Entry,
 			case "C":
 				d := decisionlog.Decision{GTRID: g, At: at.UTC()}
 				if parts != nil {
-					if err := json.Unmarshal([]byte(*parts), &d.Participants); err != nil {
+					ps, label, err := decisionlog.DecodeParticipants([]byte(*parts))
+					if err != nil {
 						return fmt.Errorf("participants of %s: %w", key, err)
 					}
+					d.Participants, d.Label = ps, label
 				}
 				e.Decision = &d
 				e.State = decisionlog.StateCommitted

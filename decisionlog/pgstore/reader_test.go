@@ -34,7 +34,7 @@ func TestReader(t *testing.T) {
 		schema := testSchema(t, pool)
 		st := openStore(t, pool, schema, "rd-1", nil)
 		committed, aborted := liveGid("rd-1"), liveGid("rd-1")
-		if err := st.Commit(ctx, decisionlog.Decision{GTRID: committed, Participants: []decisionlog.Participant{{Resource: "pg", Branch: 0}}}); err != nil {
+		if err := st.Commit(ctx, decisionlog.Decision{GTRID: committed, Label: "order-17", Participants: []decisionlog.Participant{{Resource: "pg", Branch: 0}}}); err != nil {
 			t.Fatal(err)
 		}
 		if err := st.Abort(ctx, decisionlog.Action{GTRID: aborted, Op: "rollback", Reason: "test"}); err != nil {
@@ -63,6 +63,9 @@ func TestReader(t *testing.T) {
 		states := map[decisionlog.State]bool{}
 		for _, e := range all {
 			states[e.State] = true
+			if e.GTRID == committed && (e.Decision == nil || e.Decision.Label != "order-17") {
+				t.Errorf("Entries lost the decision's label: %+v", e.Decision)
+			}
 		}
 		if !states[decisionlog.StateCommitted] || !states[decisionlog.StateAborted] {
 			t.Errorf("Entries states = %v", states)

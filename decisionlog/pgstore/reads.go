@@ -80,9 +80,11 @@ func (s *Store) LookupContext(ctx context.Context, g drivers.GlobalID) (decision
 	case "C":
 		d := decisionlog.Decision{GTRID: g, At: at.UTC()}
 		if parts != nil {
-			if err := json.Unmarshal([]byte(*parts), &d.Participants); err != nil {
+			ps, label, err := decisionlog.DecodeParticipants([]byte(*parts))
+			if err != nil {
 				return decisionlog.Entry{}, false, fmt.Errorf("pgstore: lookup %s: participants: %w", key, err)
 			}
+			d.Participants, d.Label = ps, label
 		}
 		e.Decision = &d
 		e.State = decisionlog.StateCommitted
@@ -140,9 +142,11 @@ func (s *Store) PendingContext(ctx context.Context, node string) ([]decisionlog.
 			return fmt.Errorf("gtrid %q: %w", key, err)
 		}
 		d := decisionlog.Decision{GTRID: g, At: at.UTC()}
-		if err := json.Unmarshal([]byte(parts), &d.Participants); err != nil {
+		ps, label, err := decisionlog.DecodeParticipants([]byte(parts))
+		if err != nil {
 			return fmt.Errorf("participants of %s: %w", key, err)
 		}
+		d.Participants, d.Label = ps, label
 		out = append(out, d)
 		return nil
 	})

@@ -428,7 +428,10 @@ func (s *Store) Commit(ctx context.Context, d decisionlog.Decision) error {
 	if nodeOf(g) != s.node {
 		return fmt.Errorf("pgstore: commit %s: a store writes commit decisions only for its own node %s: %w", g, s.node, ErrNotHolder)
 	}
-	parts, err := decisionlog.EncodeParticipants(d.Participants)
+	// A labelled decision's participants are an object carrying the label
+	// (decisionlog.EncodeDecision): no schema change, and a reader from
+	// before labels refuses the row instead of losing the label.
+	parts, err := decisionlog.EncodeDecision(d)
 	if err != nil {
 		return fmt.Errorf("pgstore: commit %s: %w", g, err)
 	}

@@ -124,6 +124,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Recover", func(t *testing.T) { s.testRecover(t, foreignID) })
 	t.Run("InvalidXIDSendsNothing", s.testInvalidXID)
 	t.Run("Limits", s.testLimits)
+	t.Run("LabelledXID", s.testLabelledXID)
 	t.Run("ConcurrentBranches", s.testConcurrent)
 	t.Run("CancelDuringWork", s.testCancel)
 	t.Run("Savepoints", s.testSavepoints)
@@ -542,7 +543,10 @@ func (s *suite) testInvalidXID(t *testing.T) {
 	ctx := ctxT(t)
 	// A GlobalID cannot carry hostile bytes (drivers.NewGlobalID refuses
 	// them); the zero XID is the one invalid XID left to refuse.
-	hostile := []drivers.XID{{}, {Branch: 1}}
+	hostile := []drivers.XID{{}, {Branch: 1},
+		// A label outside the label alphabet.
+		{Global: NewXID().Global, Label: "x'); DROP TABLE t; --"}, {Global: NewXID().Global, Label: `a\'b`},
+		{Global: NewXID().Global, Label: strings.Repeat("l", drivers.MaxLabelLen+1)}}
 	for _, xid := range hostile {
 		b, err := s.r.Begin(ctx, xid)
 		if err == nil {
@@ -576,6 +580,41 @@ func (s *suite) testLimits(t *testing.T) {
 	s.wantPrepared(t, xid)
 	noErr(t, "Commit", b.Commit(ctx))
 	noErr(t, "Close", b.Close())
+	s.wantRows(t, 1, id)
+	s.wantNotPrepared(t, xid)
+}
+
+// testLabelledXID: a branch whose XID carries the longest label, in every
+// character of the label alphabet, at the longest node id and the highest
+// branch number, prepares, is listed by Recover with its label, and is
+// finished by that XID after its session closed; the same branch without
+// the label is another XID, unknown to the database.
+func (s *suite) testLabelledXID(t *testing.T) {
+	ctx := ctxT(t)
+	now := time.Now().UnixMilli()
+	alphabet := "ABCXYZabcxyz0189._:/#@+-"
+	label := alphabet + strings.Repeat("L", drivers.MaxLabelLen-len(alphabet))
+	xid := drivers.XID{
+		Global: drivers.MustGlobalID("abcdefghijklmnopqrstuv-9",
+			time.UnixMilli(now).UTC(), rand.Uint32(), time.UnixMilli(now+time.Hour.Milliseconds()).UTC()),
+		Branch: 255,
+		Label:  label,
+	}
+	b := s.beginXID(ctx, t, xid)
+	id := s.nextID()
+	s.insert(ctx, t, b, id)
+	s.prepare(ctx, t, b, drivers.VoteCommit)
+	noErr(t, "Close", b.Close())
+	p, ok := s.findXID(t, xid)
+	if !ok || p.XID.Label != label {
+		t.Fatalf("Recover does not list the labelled branch %s (found %v: %+v)", xid, ok, p)
+	}
+	unlabelled := xid
+	unlabelled.Label = ""
+	wantClass(t, "CommitPrepared(without the label)", s.r.CommitPrepared(ctx, unlabelled), drivers.ErrNotFound)
+	s.wantPrepared(t, xid)
+	s.wantRows(t, 0, id)
+	noErr(t, "CommitPrepared(labelled)", s.finishByXID(ctx, t, xid, true))
 	s.wantRows(t, 1, id)
 	s.wantNotPrepared(t, xid)
 }
