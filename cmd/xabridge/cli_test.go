@@ -554,7 +554,7 @@ func TestHelpMentionsEveryCommand(t *testing.T) {
 		t.Fatalf("--help exit %d", code)
 	}
 	var missing []string
-	for _, c := range []string{"list", "show", "resolve", "recover", "doctor", "log", "demo", "version"} {
+	for _, c := range []string{"list", "show", "resolve", "recover", "doctor", "log", "demo", "version", "nodes"} {
 		if !regexp.MustCompile(`(?m)^\s+` + c + `\s`).MatchString(out) {
 			missing = append(missing, c)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/xabridge/xabridge/decisionlog"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/redact"
+	"github.com/xabridge/xabridge/internal/storeopt"
 	_ "github.com/xabridge/xabridge/mysql"    // registers mysql:// and mariadb://
 	_ "github.com/xabridge/xabridge/postgres" // registers postgres:// and postgresql://
 )
@@ -30,6 +31,17 @@ type opsConfig struct {
 	keeper     string   // --decision-resource
 	nodeIDSet  bool     // --node-id was given (possibly empty)
 	logDirSet  bool     // --log-dir was given (possibly empty)
+
+	// The shared decision store (--store, --store-schema), on the commands
+	// that take it (addStoreFlags sets withStore).
+	withStore      bool
+	store          string
+	storeSchema    string
+	storeSet       bool // --store was given (possibly empty)
+	storeSchemaSet bool
+	// resourcesOptional: no resource is not an error; storeOnly: the
+	// command has no file-log mode (xabridge nodes).
+	resourcesOptional, storeOnly bool
 }
 
 // fileConfig is the JSON config file (--config).
@@ -38,6 +50,8 @@ type fileConfig struct {
 	LogDir           string            `json:"log_dir"`
 	Resources        map[string]string `json:"resources"`
 	DecisionResource string            `json:"decision_resource"`
+	Store            string            `json:"store"`        // --store
+	StoreSchema      string            `json:"store_schema"` // --store-schema
 }
 
 func addOpsFlags(cmd *cobra.Command, o *opsConfig, withOutput bool) {
@@ -67,11 +81,15 @@ func (s *setString) Set(v string) error {
 
 // resolved is the effective configuration.
 type resolved struct {
-	nodeID    string
-	logDir    string
-	resources []namedURL
-	output    string
-	keeper    string // recovery.Config.DecisionResource
+	nodeID      string
+	nodeIDGiven bool // by a flag, the environment or the config file (not the default)
+	logDir      string
+	resources   []namedURL
+	output      string
+	keeper      string // recovery.Config.DecisionResource
+	// store is the shared decision store; when it is set, logDir is empty
+	// (they exclude each other).
+	store storeopt.Options
 }
 
 type namedURL struct{ name, url string }
@@ -101,6 +119,7 @@ func (o *opsConfig) resolve() (*resolved, error) {
 		return nil, usagef("--node-id is empty")
 	}
 	r.nodeID = first(o.nodeID, os.Getenv("XABRIDGE_NODE_ID"), fc.NodeID, "demo")
+	r.nodeIDGiven = first(o.nodeID, os.Getenv("XABRIDGE_NODE_ID"), fc.NodeID) != ""
 	if err := drivers.ValidateNodeID(r.nodeID); err != nil {
 		return nil, usagef("--node-id: %v", err)
 	}
@@ -109,6 +128,11 @@ func (o *opsConfig) resolve() (*resolved, error) {
 		return nil, usagef("--log-dir is empty")
 	}
 	r.logDir = first(o.logDir, os.Getenv("XABRIDGE_LOG_DIR"), fc.LogDir, ".xabridge/log")
+	if o.withStore {
+		if err := o.resolveStore(r, fc); err != nil {
+			return nil, err
+		}
+	}
 
 	var specs []string
 	switch {
@@ -137,6 +161,9 @@ func (o *opsConfig) resolve() (*resolved, error) {
 		if v := os.Getenv("XABRIDGE_MYSQL"); v != "" {
 			specs = append(specs, "mysql="+v)
 		}
+	}
+	if len(specs) == 0 && o.resourcesOptional {
+		return r, nil
 	}
 	if len(specs) == 0 {
 		return nil, usagef("no resources: give --resource NAME=URL (or XABRIDGE_RESOURCES, --config, or XABRIDGE_PG/XABRIDGE_MYSQL)")

@@ -28,14 +28,14 @@ func TestOpsConfigPrecedence(t *testing.T) {
 		want resolved
 		err  string
 	}{
-		{"file only", opsConfig{configFile: file}, nil, resolved{nodeID: "file-node", logDir: "/file/log", output: "table", keeper: "ledger",
+		{"file only", opsConfig{configFile: file}, nil, resolved{nodeID: "file-node", nodeIDGiven: true, logDir: "/file/log", output: "table", keeper: "ledger",
 			resources: []namedURL{{"ledger", "postgres://l@h/db"}, {"wallet", "mysql://w@h/db"}}}, ""},
 		{"env over file", opsConfig{configFile: file}, map[string]string{"XABRIDGE_NODE_ID": "env-node", "XABRIDGE_DECISION_RESOURCE": "wallet"},
-			resolved{nodeID: "env-node", logDir: "/file/log", output: "table", keeper: "wallet",
+			resolved{nodeID: "env-node", nodeIDGiven: true, logDir: "/file/log", output: "table", keeper: "wallet",
 				resources: []namedURL{{"ledger", "postgres://l@h/db"}, {"wallet", "mysql://w@h/db"}}}, ""},
 		{"flags over env", opsConfig{configFile: file, nodeID: "flag-node", keeper: "ledger", resources: []string{"ledger=postgres://x@h/db"}},
 			map[string]string{"XABRIDGE_NODE_ID": "env-node", "XABRIDGE_DECISION_RESOURCE": "wallet"},
-			resolved{nodeID: "flag-node", logDir: "/file/log", output: "table", keeper: "ledger", resources: []namedURL{{"ledger", "postgres://x@h/db"}}}, ""},
+			resolved{nodeID: "flag-node", nodeIDGiven: true, logDir: "/file/log", output: "table", keeper: "ledger", resources: []namedURL{{"ledger", "postgres://x@h/db"}}}, ""},
 		{"defaults", opsConfig{}, map[string]string{"XABRIDGE_PG": "postgres://p@h/db"},
 			resolved{nodeID: "demo", logDir: ".xabridge/log", output: "table", resources: []namedURL{{"pg", "postgres://p@h/db"}}}, ""},
 		{"decision resource not a resource", opsConfig{configFile: file, resources: []string{"wallet=mysql://w@h/db"}}, nil,

@@ -23,6 +23,7 @@ type demoOpts struct {
 	demo.Options
 	metricsAddr  string
 	recoverEvery time.Duration
+	store        storeFlags
 }
 
 func newDemoCmd() *cobra.Command {
@@ -73,14 +74,36 @@ Aborts other than insufficient funds are counted by reason, each with its
 first error. Exit 1 when the invariants do not hold, and also when the run
 shows a broken setup: no transfer committed, or at least half of them
 aborted for a reason other than insufficient funds or contention (for
-example a PostgreSQL without max_prepared_transactions).`,
+example a PostgreSQL without max_prepared_transactions).
+
+With --store the coordinator keeps its decisions in the shared decision
+store (a PostgreSQL database; its tables are created on first use) instead
+of a log directory, and runs as a replica: it holds its node id's lease,
+recovers its own transactions in-process and takes over the transactions
+of any node whose lease expired (a killed peer), every --recover-interval
+(default: half the lease TTL). It prints its node and epoch when it starts
+and, when it stops, which nodes it took over. Start a second one with
+another --node-id and --reset=false (the first created the tables).`,
 		Example: `  eval "$(scripts/devdb env)"
   xabridge demo transfer --count 10000 --concurrency 16
   xabridge demo transfer --count 2000 --baseline   # also time the same transfers without atomicity
   xabridge demo transfer --count 1000000 --metrics-addr 127.0.0.1:9464   # a long run to watch in Prometheus
-  xabridge demo transfer --count 10000 --concurrency 32 --decision-resource pg --baseline   # decision kept in PostgreSQL`,
+  xabridge demo transfer --count 10000 --concurrency 32 --decision-resource pg --baseline   # decision kept in PostgreSQL
+
+  # Two coordinators on one shared store; kill one, watch the other take over:
+  xabridge demo transfer --store "$XABRIDGE_PG" --node-id demo-a --count 1000000 --lease-ttl 3s &
+  xabridge demo transfer --store "$XABRIDGE_PG" --node-id demo-b --count 1000000 --lease-ttl 3s --reset=false &
+  kill -9 %1; watch xabridge nodes --store "$XABRIDGE_PG"`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			so, err := o.store.options(cmd.Flags().Changed("log-dir"))
+			if err != nil {
+				return err
+			}
+			o.Store = so
+			if so.Enabled() && cmd.Flags().Changed("recover-interval") {
+				o.RecoverEvery = o.recoverEvery
+			}
 			if err := o.Validate(); err != nil {
 				return usageError{err}
 			}
@@ -96,6 +119,7 @@ example a PostgreSQL without max_prepared_transactions).`,
 					return err
 				}
 				o.Hook = obs.m.Hook
+				o.OnReport = obs.m.ObserveReport
 				o.Observe = func(ctx context.Context, coord *xa.Coordinator, logger *slog.Logger) (func(), error) {
 					return observeDemo(ctx, cmd.ErrOrStderr(), o, obs, coord, logger)
 				}
@@ -114,9 +138,11 @@ example a PostgreSQL without max_prepared_transactions).`,
 	f.BoolVar(&o.Baseline, "baseline", false, "also run the same transfers as two independent local commits (not atomic) and compare")
 	f.BoolVar(&o.Reset, "reset", true, "recreate the demo tables first (--reset=false continues on the existing ones)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics while the demo runs, and run a recovery loop next to the coordinator (host:port; an empty host means 127.0.0.1)")
-	f.DurationVar(&o.recoverEvery, "recover-interval", 10*time.Second, "with --metrics-addr: time between the in-process recovery passes")
+	f.DurationVar(&o.recoverEvery, "recover-interval", 10*time.Second, "with --metrics-addr, or --store (default there: half the lease TTL): time between the in-process recovery passes")
 	f.StringVar(&o.Keeper, "decision-resource", "", "keep the commit decisions in a participant instead of the log: pg or mysql (MariaDB only); see docs/PERFORMANCE.md")
 	f.DurationVar(&o.CommitDelay, "commit-delay", 0, "hold a decision-log group commit open this long for more decisions to share its fsync (e.g. 2ms)")
+	o.store.add(f)
+	f.DurationVar(&o.LeaseTTL, "lease-ttl", 0, "with --store: the node lease's time to live (default 15s): a killed coordinator's transactions are taken over this long after its last renewal")
 	return cmd
 }
 
@@ -143,6 +169,14 @@ func newDemoCheckCmd() *cobra.Command {
 func observeDemo(ctx context.Context, errw io.Writer, o *demoOpts, obs *observer, coord *xa.Coordinator, logger *slog.Logger) (stop func(), err error) {
 	if fl, ok := coord.Log().(*decisionlog.FileLog); ok {
 		obs.labeled.MustRegister(metrics.NewFileLogCollector(fl))
+	}
+	if o.Store.Enabled() {
+		// The replica runs recovery in-process already (its reports feed
+		// the metrics through Options.OnReport): serve the metrics only.
+		if err := obs.serve(o.metricsAddr, errw); err != nil {
+			return nil, err
+		}
+		return obs.close, nil
 	}
 	rec, err := recovery.New(recovery.Config{
 		NodeID: o.NodeID, Log: coord.Log(), Resources: coord.Resources(), Active: coord.Active,

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -26,33 +27,51 @@ func newLogCmd() *cobra.Command {
 
 // logFlags are the flags of the log subcommands: only the log is needed.
 type logFlags struct {
-	logDir, output string
+	logDir, output      string
+	store, storeSchema  string
+	storeSet, schemaSet bool
 }
 
 func (f *logFlags) add(cmd *cobra.Command, withOutput bool) {
 	cmd.Flags().StringVar(&f.logDir, "log-dir", "", "decision log directory (env XABRIDGE_LOG_DIR; default .xabridge/log)")
+	addStoreFlagSet(cmd.Flags(), &f.store, &f.storeSet, &f.storeSchema, &f.schemaSet)
 	if withOutput {
 		cmd.Flags().StringVarP(&f.output, "output", "o", "table", "output format: table or json")
 	}
 }
 
+// resolve applies the operator commands' rules (flag over environment;
+// --store and --log-dir exclude each other).
+func (f *logFlags) resolve() (*resolved, error) {
+	o := &opsConfig{logDir: f.logDir, output: f.output, resources: []string{"unused=unused://"},
+		withStore: true, store: f.store, storeSet: f.storeSet, storeSchema: f.storeSchema, storeSchemaSet: f.schemaSet}
+	return o.resolve()
+}
+
 func (f *logFlags) open(write bool) (*decisionlog.FileLog, string, error) {
-	o := &opsConfig{logDir: f.logDir, output: f.output, resources: []string{"unused=unused://"}}
-	r, err := o.resolve()
+	r, err := f.resolve()
 	if err != nil {
 		return nil, "", err
+	}
+	if r.store.Enabled() {
+		return nil, "", errFileOnly
 	}
 	r.nodeID = "" // the log tools take whichever node's log they are given
 	l, err := r.openLog(write)
 	return l, r.output, err
 }
 
+// errFileOnly refuses a file-log tool on a store.
+var errFileOnly = usagef("this command works on a decision log file (--log-dir), not on a shared store: the store's PostgreSQL keeps its own rows intact, and the store deletes finished rows itself (log dump reads a store, xabridge nodes shows its leases)")
+
 // dir returns the log directory the flags name, and the output format.
 func (f *logFlags) dir() (string, string, error) {
-	o := &opsConfig{logDir: f.logDir, output: f.output, resources: []string{"unused=unused://"}}
-	r, err := o.resolve()
+	r, err := f.resolve()
 	if err != nil {
 		return "", "", err
+	}
+	if r.store.Enabled() {
+		return "", "", errFileOnly
 	}
 	return r.logDir, r.output, nil
 }
@@ -186,17 +205,20 @@ func printLogReport(w io.Writer, output string, rep decisionlog.LogReport, verb 
 
 func newLogDumpCmd() *cobra.Command {
 	f := &logFlags{}
+	var node string
 	cmd := &cobra.Command{
 		Use:   "dump",
-		Short: "Print every transaction the log knows: decision, state, actions, label",
-		Args:  noArgs,
+		Short: "Print every transaction the log (or the shared store, --store) knows: decision, state, actions, label",
+		Long: `dump prints every transaction the decision log knows: its decision, state,
+participants, actions and label. With --store it reads the shared decision store
+instead (every node's transactions, or --node's), without taking a lease.`,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, output, err := f.open(false)
+			entries, output, done, err := f.entries(cmd.Context(), node)
 			if err != nil {
 				return err
 			}
-			defer l.Close()
-			entries := l.Entries()
+			defer done()
 			w := cmd.OutOrStdout()
 			if output == "json" {
 				out := make([]*entryJSON, 0, len(entries))
@@ -229,7 +251,42 @@ func newLogDumpCmd() *cobra.Command {
 		},
 	}
 	f.add(cmd, true)
+	cmd.Flags().StringVar(&node, "node", "", "with --store: only this node's transactions (default: every node's)")
 	return cmd
+}
+
+// entries reads every transaction of the file log, or of the store (of
+// node, or of every node when it is empty) without a lease.
+func (f *logFlags) entries(ctx context.Context, node string) ([]decisionlog.Entry, string, func(), error) {
+	r, err := f.resolve()
+	if err != nil {
+		return nil, "", nil, err
+	}
+	if !r.store.Enabled() {
+		if node != "" {
+			return nil, "", nil, usagef("--node goes with --store (a log file holds one node's transactions)")
+		}
+		l, output, err := f.open(false)
+		if err != nil {
+			return nil, "", nil, err
+		}
+		return l.Entries(), output, func() { l.Close() }, nil
+	}
+	if node != "" {
+		if err := validNode("--node", node); err != nil {
+			return nil, "", nil, err
+		}
+	}
+	rd, done, err := openStoreReader(ctx, r.store)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	es, err := rd.Entries(ctx, node)
+	if err != nil {
+		done()
+		return nil, "", nil, err
+	}
+	return es, r.output, done, nil
 }
 
 func newLogStatsCmd() *cobra.Command {

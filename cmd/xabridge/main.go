@@ -73,7 +73,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // the CLI was given (arguments, environment): a second line of defence
 // behind the adapters, which never quote a password themselves.
 func scrubError(err error, args []string) string {
-	urls := append([]string{os.Getenv("XABRIDGE_PG"), os.Getenv("XABRIDGE_MYSQL")}, args...)
+	urls := append([]string{os.Getenv("XABRIDGE_PG"), os.Getenv("XABRIDGE_MYSQL"), os.Getenv("XABRIDGE_STORE")}, args...)
 	urls = append(urls, strings.Split(os.Getenv("XABRIDGE_RESOURCES"), ",")...)
 	return redact.Scrub(urls...)(err.Error())
 }
@@ -110,6 +110,7 @@ Exit codes: 0 ok, 1 error, 2 usage error, 3 in-doubt branches remain.`,
 	root.AddCommand(newSelfcheckCmd())
 	root.AddCommand(newBenchCmd())
 	root.AddCommand(newDoctorCmd())
+	root.AddCommand(newNodesCmd())
 	return root
 }
 

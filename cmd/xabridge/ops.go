@@ -214,15 +214,38 @@ func resourcesPhrase(names []string) string {
 
 // newRecoverer opens resources and the log and builds a Recoverer; mod, if
 // set, completes its configuration.
-func newRecoverer(ctx context.Context, r *resolved, write bool, minAge *time.Duration, mod func(*recovery.Config)) (*recovery.Recoverer, *decisionlog.FileLog, func(), error) {
+func newRecoverer(ctx context.Context, r *resolved, write bool, minAge *time.Duration, mod func(*recovery.Config)) (*recovery.Recoverer, decisionlog.Log, func(), error) {
 	res, closeRes, err := r.openResources(ctx)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	l, err := r.openLog(write)
-	if err != nil {
-		closeRes()
-		return nil, nil, nil, err
+	var l decisionlog.Log
+	if r.store.Enabled() {
+		if write {
+			// recover and resolve act on a store only under a claim of the
+			// node's lease (storeRecover, storeResolve).
+			closeRes()
+			return nil, nil, nil, errors.New("internal: acting on a store needs a claim of the node's lease")
+		}
+		// Read-only: no lease taken, nothing created.
+		rd, closeStore, err := openStoreReader(ctx, r.store)
+		if err != nil {
+			closeRes()
+			return nil, nil, nil, err
+		}
+		if l, err = rd.Log(r.nodeID); err != nil {
+			closeStore()
+			closeRes()
+			return nil, nil, nil, err
+		}
+		l = closingLog{l, closeStore}
+	} else {
+		fl, err := r.openLog(write)
+		if err != nil {
+			closeRes()
+			return nil, nil, nil, err
+		}
+		l = fl
 	}
 	cfg := recovery.Config{NodeID: r.nodeID, Log: l, Resources: res, MinAge: minAge, Actor: actor(),
 		DecisionResource: r.keeper}
@@ -263,26 +286,43 @@ transaction's fence. Branches in flight (live ones, and commit-pending ones
 within their fence, whose coordinator is presumably finishing phase 2) are
 listed but do not count, nor do other nodes' branches: on a busy, healthy
 service list exits 0, so it can serve as a stuck-transaction probe.
---hide-live leaves the branches in flight out of the listing.`,
+--hide-live leaves the branches in flight out of the listing.
+
+With --store the decisions are read from the shared decision store instead
+of a log directory, without taking any lease; a database without the
+store's tables is refused, never created. Without --node-id it lists the
+branches of every node that has a lease in the store, each judged for its
+own node (the counts and the exit code cover them all; "node" is "*" in
+JSON); branches of nodes without a lease there are unknown-owner.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r, err := o.resolve()
 			if err != nil {
 				return err
 			}
-			rec, _, closeAll, err := newRecoverer(cmd.Context(), r, false, nil, nil)
-			if err != nil {
-				return err
+			var rep *recovery.Report
+			node := r.nodeID
+			if r.store.Enabled() && !r.nodeIDGiven {
+				// Every node of the store, each branch judged for its own node.
+				if rep, err = storeScanAll(cmd.Context(), r); err != nil {
+					return err
+				}
+				node = "*"
+			} else {
+				rec, _, closeAll, err := newRecoverer(cmd.Context(), r, false, nil, nil)
+				if err != nil {
+					return err
+				}
+				defer closeAll()
+				rep = rec.Scan(cmd.Context())
 			}
-			defer closeAll()
-			rep := rec.Scan(cmd.Context())
 			filterOurs(rep, all)
 			remaining, inFlight := rep.Remaining(), rep.InFlight()
 			if hideLive {
 				hideInFlight(rep)
 			}
 			if r.output == "json" {
-				j := toJSON(r.nodeID, rep)
+				j := toJSON(node, rep)
 				j.Remaining, j.InFlight = remaining, inFlight // counted before --hide-live
 				if err := writeJSON(cmd.OutOrStdout(), j); err != nil {
 					return err
@@ -300,6 +340,7 @@ service list exits 0, so it can serve as a stuck-transaction probe.
 		},
 	}
 	addOpsFlags(cmd, o, true)
+	addStoreFlags(cmd, o)
 	cmd.Flags().BoolVar(&all, "all", false, "also list foreign prepared transactions (read-only view)")
 	cmd.Flags().BoolVar(&hideLive, "hide-live", false, "leave out this node's branches in flight (live, or decided within their fence): only what needs attention")
 	return cmd
@@ -394,7 +435,11 @@ func newShowCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "show GTRID",
 		Short: "Show one global transaction: its label, log records and branches on every resource",
-		Args:  exactArgs(1, "GTRID"),
+		Long: `show prints what the decision log holds for one global transaction (its
+label, decision, participants and actions) and its prepared branches on every
+resource. It changes nothing. With --store it reads the shared decision
+store, without taking any lease.`,
+		Args: exactArgs(1, "GTRID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			g, err := parseGTRID(args[0])
 			if err != nil {
@@ -471,6 +516,7 @@ func newShowCmd() *cobra.Command {
 		},
 	}
 	addOpsFlags(cmd, o, true)
+	addStoreFlags(cmd, o)
 	return cmd
 }
 
@@ -499,7 +545,12 @@ because atomicity may then be broken. A rollback that agrees with the log
 first records an abort, so the transaction can never commit afterwards.
 
 It needs the decision log for writing, so it refuses while a coordinator
-holds the log.`,
+holds the log.
+
+With --store it acts on the transaction's node only under a claim of that
+node's lease, as a replica taking it over would: a live node (or one a
+replica is taking over) is refused, with who holds it and until when; its
+own coordinator recovers it. The claim is released when resolve ends.`,
 		Example: `  xabridge resolve demo.019e7044887b.deadbeef.019e7044fdab --commit
   xabridge resolve demo.019e7044887b.deadbeef.019e7044fdab --rollback --force`,
 		Args: exactArgs(1, "GTRID"),
@@ -515,12 +566,19 @@ holds the log.`,
 			if err != nil {
 				return err
 			}
-			rec, _, closeAll, err := newRecoverer(cmd.Context(), r, true, nil, nil)
-			if err != nil {
-				return err
+			var rep *recovery.Report
+			if r.store.Enabled() {
+				rep, err = storeResolve(cmd.Context(), r, g, commit, force)
+			} else {
+				var rec *recovery.Recoverer
+				var closeAll func()
+				rec, _, closeAll, err = newRecoverer(cmd.Context(), r, true, nil, nil)
+				if err != nil {
+					return err
+				}
+				defer closeAll()
+				rep, err = rec.Resolve(cmd.Context(), g, commit, force, actor())
 			}
-			defer closeAll()
-			rep, err := rec.Resolve(cmd.Context(), g, commit, force, actor())
 			if err != nil {
 				return err
 			}
@@ -543,6 +601,7 @@ holds the log.`,
 		},
 	}
 	addOpsFlags(cmd, o, true)
+	addStoreFlags(cmd, o)
 	f := cmd.Flags()
 	f.BoolVar(&commit, "commit", false, "commit every prepared branch")
 	f.BoolVar(&rollback, "rollback", false, "roll back every prepared branch")
@@ -579,9 +638,23 @@ cannot know that no other coordinator of this node, with a copy of the log,
 is alive. A restarted coordinator can: it holds the log, so a transaction of
 its node that began before it started is a dead process's; it rolls those
 back at start-up without the fence wait (demo transfer does; library users
-set recovery.Config.DeadBefore to xa.Coordinator.Started).`,
+set recovery.Config.DeadBefore to xa.Coordinator.Started).
+
+With --store (the shared decision store) it acts only on nodes whose lease
+has expired, never on a live node's transactions: without --node-id on
+every expired node, with --node-id only on that node (refused unless its
+lease expired). Each node is taken over as a replica does it: its lease is
+claimed (epoch + 1), its commit decisions are driven to completion, its
+undecided branches rolled back with the abort recorded first (no fence to
+wait for: the node is dead and its late decisions are refused), and the
+lease released. While it acts, recover holds a lease of its own under the
+node id xabridge-cli, so one operator command acts on a store at a time.
+--dry-run reads the plan without a lease. --watch and --min-age do not go
+with --store: replicas on the store do this continuously.`,
 		Example: `  xabridge recover --dry-run
   xabridge recover --min-age 0s
+  xabridge recover --store postgres://xabridge@db/payments --dry-run
+  xabridge recover --store postgres://xabridge@db/payments --node-id payments-3
   xabridge recover --watch --interval 30s
   xabridge recover --watch --metrics-addr 0.0.0.0:9464 --log-level debug`,
 		Args: noArgs,
@@ -607,6 +680,15 @@ set recovery.Config.DeadBefore to xa.Coordinator.Started).`,
 			}
 			if watch && dryRun {
 				return usagef("--dry-run prints one plan; it does not go with --watch")
+			}
+			if r.store.Enabled() {
+				switch {
+				case watch:
+					return usagef("--watch does not go with --store: coordinators on a store (replicas) recover and take over dead peers in-process; run one more replica instead")
+				case ma != nil:
+					return usagef("--min-age does not go with --store: a node is taken over only once its lease expired, and then no fence need be waited for")
+				}
+				return storeRecover(cmd.Context(), cmd.OutOrStdout(), r, dryRun)
 			}
 			var obs *observer
 			var logger *slog.Logger
@@ -636,7 +718,9 @@ set recovery.Config.DeadBefore to xa.Coordinator.Started).`,
 			}
 			defer closeAll()
 			if obs != nil {
-				obs.labeled.MustRegister(metrics.NewFileLogCollector(l))
+				if fl, ok := l.(*decisionlog.FileLog); ok {
+					obs.labeled.MustRegister(metrics.NewFileLogCollector(fl))
+				}
 				if err := obs.serve(metricsAddr, cmd.ErrOrStderr()); err != nil {
 					return err
 				}
@@ -708,6 +792,7 @@ set recovery.Config.DeadBefore to xa.Coordinator.Started).`,
 		},
 	}
 	addOpsFlags(cmd, o, true)
+	addStoreFlags(cmd, o)
 	f := cmd.Flags()
 	f.BoolVar(&dryRun, "dry-run", false, "print the plan, change nothing")
 	f.BoolVar(&watch, "watch", false, "keep running one pass per --interval until interrupted")
@@ -716,6 +801,19 @@ set recovery.Config.DeadBefore to xa.Coordinator.Started).`,
 	f.StringVar(&metricsAddr, "metrics-addr", metrics.DefaultAddr, "with --watch: serve Prometheus metrics at http://ADDR/metrics (host:port; an empty host means 127.0.0.1; '' serves none)")
 	f.StringVar(&logLevel, "log-level", "info", "with --watch: "+logLevelHelp)
 	return cmd
+}
+
+// closingLog is a decision log whose Close also runs done (closes the
+// store's pool).
+type closingLog struct {
+	decisionlog.Log
+	done func()
+}
+
+func (c closingLog) Close() error {
+	err := c.Log.Close()
+	c.done()
+	return err
 }
 
 // sortBranches orders branches by global id, then resource.

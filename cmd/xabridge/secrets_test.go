@@ -76,13 +76,14 @@ func TestNoCommandShowsAPassword(t *testing.T) {
 		{"mysql dsn", map[string]string{"XABRIDGE_PG": "host=127.0.0.1 port=1 password=" + plainPW, "XABRIDGE_MYSQL": "u:" + awkwardPW + "@tcp(127.0.0.1:1)/x"}, nil, nil},
 		{"resource list", map[string]string{"XABRIDGE_RESOURCES": "pg=" + unreach("postgres", plainPW) + ",mysql=" + raw("mysql", awkwardPW)}, nil, nil},
 		{"config file", map[string]string{"XABRIDGE_CONFIG": cfg}, nil, nil},
+		{"store in the environment", map[string]string{"XABRIDGE_STORE": unreach("postgres", plainPW), "XABRIDGE_PG": unreach("postgres", awkwardPW)}, nil, nil},
 		{"malformed resource", nil, []string{"--resource", unreach("postgres", plainPW)}, nil},
 	}
 	t.Chdir(t.TempDir()) // a command's default directories land here, not in the source tree
 	for _, src := range sources {
 		t.Run(src.name, func(t *testing.T) {
 			// Only this source's databases: none of the caller's.
-			for _, k := range []string{"XABRIDGE_PG", "XABRIDGE_MYSQL", "XABRIDGE_RESOURCES", "XABRIDGE_CONFIG"} {
+			for _, k := range []string{"XABRIDGE_PG", "XABRIDGE_MYSQL", "XABRIDGE_RESOURCES", "XABRIDGE_CONFIG", "XABRIDGE_STORE", "XABRIDGE_STORE_SCHEMA"} {
 				t.Setenv(k, "")
 			}
 			for k, v := range src.env {
@@ -97,8 +98,15 @@ func TestNoCommandShowsAPassword(t *testing.T) {
 			for i := range runs {
 				runs[i] = append(runs[i], ops...)
 			}
+			// The same commands on a shared store, given as the source's
+			// PostgreSQL URL (by flag or through XABRIDGE_STORE).
+			storeURL := first(os.Getenv("XABRIDGE_PG"), unreach("postgres", plainPW))
+			for _, r := range [][]string{{"list"}, {"show", gtrid}, {"resolve", gtrid, "--rollback"}, {"recover"}, {"recover", "--dry-run", "-o", "json"},
+				{"nodes"}, {"nodes", "-o", "json"}, {"log", "dump"}, {"log", "verify"}} {
+				runs = append(runs, append(append(r, "--store", storeURL), src.ops...), append(append(r, "--store", unreach("postgres", awkwardPW)), src.ops...))
+			}
 			for _, r := range [][]string{{"demo", "transfer", "--count", "1"}, {"demo", "check"}, {"bench"}, {"bench", "-o", "json"},
-				{"selfcheck", "--duration", "1s"}} {
+				{"selfcheck", "--duration", "1s"}, {"demo", "transfer", "--count", "1", "--store", unreach("postgres", plainPW)}} {
 				runs = append(runs, append(r, src.demo...))
 			}
 			for _, p := range commandPaths(newRootCmd(nil, nil)) {

@@ -13,6 +13,7 @@ import (
 
 func newSelfcheckCmd() *cobra.Command {
 	var o selfcheck.Options
+	var sf storeFlags
 	cmd := &cobra.Command{
 		Use:   "selfcheck",
 		Short: "Kill the coordinator at random while it moves money, recover, and check nothing was lost",
@@ -33,11 +34,25 @@ dropped afterwards unless a check failed (then they are kept to look at) or
 --keep is given. Run one selfcheck per --node-id at a time: its recovery
 rolls back that node's branches it finds unfinished.
 
+With --store the children keep their decisions in the shared decision store
+(a PostgreSQL database) and run as replicas holding the node's lease; the
+check's tables go in --store-schema (default PREFIX_store, dropped
+afterwards if the check created it), never mixed with a coordinator's. After
+each kill it waits for the killed child's lease to expire (--lease-ttl),
+then either restarts a coordinator under the node id or takes the node over
+from another node id (selfcheck-op), as a surviving replica would.
+
 Exit codes: 0 all invariants held, 1 a violation or an error, 2 usage error,
 3 prepared branches were left behind.`,
-		Example: `  xabridge selfcheck --pg postgres://u:p@db1/app --mysql mysql://u:p@db2/app --duration 2m`,
-		Args:    noArgs,
+		Example: `  xabridge selfcheck --pg postgres://u:p@db1/app --mysql mysql://u:p@db2/app --duration 2m
+  xabridge selfcheck --store postgres://u:p@db1/app --duration 2m   # coordinators as replicas on a shared store`,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			so, err := sf.options(cmd.Flags().Changed("log-dir"))
+			if err != nil {
+				return err
+			}
+			o.Store = so
 			if err := o.Validate(); err != nil {
 				return usageError{err}
 			}
@@ -57,6 +72,8 @@ Exit codes: 0 all invariants held, 1 a violation or an error, 2 usage error,
 	f.Uint64Var(&o.Seed, "seed", 0, "random seed (default: from the clock)")
 	f.BoolVar(&o.Progress, "progress", true, "show a progress bar on stderr when it is a terminal")
 	f.BoolVar(&o.Keep, "keep", false, "keep the check's tables afterwards")
+	sf.add(f)
+	f.DurationVar(&o.LeaseTTL, "lease-ttl", 0, "with --store: the children's node lease TTL (default 2s; recovery after each kill waits for it)")
 	cmd.AddCommand(&cobra.Command{
 		Use:    "child",
 		Short:  "selfcheck's workload process (internal)",

@@ -100,6 +100,10 @@ func TestSelfcheckUsageErrors(t *testing.T) {
 		{"no workers", []string{"selfcheck", "--pg", "postgres://x@127.0.0.1:1/x", "--mysql", "mysql://x@127.0.0.1:1/x", "--workers", "0"}, nil},
 		{"an argument", []string{"selfcheck", "now"}, nil},
 		{"bad node id", []string{"selfcheck", "--pg", "postgres://x@127.0.0.1:1/x", "--mysql", "mysql://x@127.0.0.1:1/x", "--node-id", "Not Valid"}, nil},
+		{"store not postgres", []string{"selfcheck", "--pg", "postgres://x@127.0.0.1:1/x", "--mysql", "mysql://x@127.0.0.1:1/x", "--store", "mysql://x@127.0.0.1:1/x"}, nil},
+		{"store and log-dir", []string{"selfcheck", "--pg", "postgres://x@127.0.0.1:1/x", "--mysql", "mysql://x@127.0.0.1:1/x", "--store", "postgres://x@127.0.0.1:1/x", "--log-dir", "/tmp/x"}, nil},
+		{"lease-ttl without store", []string{"selfcheck", "--pg", "postgres://x@127.0.0.1:1/x", "--mysql", "mysql://x@127.0.0.1:1/x", "--lease-ttl", "1s"}, nil},
+		{"bad store schema", []string{"selfcheck", "--pg", "postgres://x@127.0.0.1:1/x", "--mysql", "mysql://x@127.0.0.1:1/x", "--store", "postgres://x@127.0.0.1:1/x", "--store-schema", "A-B"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for k, v := range tc.env {
@@ -111,4 +115,33 @@ func TestSelfcheckUsageErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// selfcheck --store: the children run as replicas on a shared store; after
+// every kill the node is settled once its lease expired (by a restarted
+// coordinator or a takeover); no violation, nothing stranded, and the
+// store's schema it created is dropped.
+func TestSelfcheckOnStore(t *testing.T) {
+	prefix := "xab_scs_" + scSuffix()
+	out, errOut, code := scRun(t, "selfcheck", "--store", dbtest.PG(t), "--lease-ttl", "1s", "--duration", "8s",
+		"--node-id", "scs-"+scSuffix(), "--table-prefix", prefix, "--workers", "2")
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	if k := scField(t, out, "kills"); k < 2 {
+		t.Errorf("%d kills, want at least 2 (a restart and a takeover round)", k)
+	}
+	if v, s := scField(t, out, "violations"), scField(t, out, "stranded"); v != 0 || s != 0 {
+		t.Errorf("violations %d, stranded %d", v, s)
+	}
+	b, err := bank.Open(context.Background(), dbtest.PG(t), dbtest.MySQL(t), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var n int
+	if err := b.PGPool.QueryRow(context.Background(), "SELECT count(*) FROM pg_namespace WHERE nspname = $1", prefix+"_store").Scan(&n); err != nil || n != 0 {
+		t.Errorf("store schema %s_store left behind after a clean run (%d, %v)", prefix, n, err)
+	}
+	t.Logf("%s", out)
 }

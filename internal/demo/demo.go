@@ -19,6 +19,7 @@ import (
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/redact"
+	"github.com/xabridge/xabridge/internal/storeopt"
 	"github.com/xabridge/xabridge/recovery"
 	"github.com/xabridge/xabridge/xa"
 )
@@ -45,6 +46,20 @@ type Options struct {
 	// metrics, run recovery beside it); stop is called before the
 	// coordinator closes.
 	Observe func(ctx context.Context, coord *xa.Coordinator, logger *slog.Logger) (stop func(), err error)
+
+	// Store, if set, is the shared decision store the coordinator runs on
+	// instead of LogDir, as a replica (package replica): it holds its node's
+	// lease, recovers in-process and takes over expired peers, so that two
+	// demos on one store (different NodeIDs, the second with Reset false)
+	// show a takeover when one is killed.
+	Store storeopt.Options
+	// LeaseTTL is the store's lease TTL (pgstore.Options.LeaseTTL; 0: the
+	// default).
+	LeaseTTL time.Duration
+	// RecoverEvery is the replica's pass interval with a store (0: LeaseTTL/2).
+	RecoverEvery time.Duration
+	// OnReport, with a store, sees every recovery report of the replica.
+	OnReport func(*recovery.Report)
 }
 
 // ErrSetup is returned when the transfers show that the setup is broken
@@ -86,6 +101,18 @@ func (o *Options) Validate() error {
 	}
 	if err := drivers.ValidateNodeID(o.NodeID); err != nil {
 		return fmt.Errorf("--node-id: %w", err)
+	}
+	if err := o.Store.Validate(); err != nil {
+		return err
+	}
+	if !o.Store.Enabled() && o.LeaseTTL != 0 {
+		return errors.New("--lease-ttl goes with --store")
+	}
+	if o.LeaseTTL != 0 && (o.LeaseTTL < 500*time.Millisecond || o.LeaseTTL > time.Hour) {
+		return errors.New("--lease-ttl must be between 500ms and 1h")
+	}
+	if o.RecoverEvery < 0 {
+		return errors.New("--recover-interval must be positive")
 	}
 	return nil
 }
@@ -135,29 +162,41 @@ func Transfer(ctx context.Context, out, errw io.Writer, o Options) error {
 	}
 	defer b.Close()
 	logger := slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	fl, err := decisionlog.OpenFileLog(o.LogDir, decisionlog.FileLogOptions{CommitDelay: o.CommitDelay, Node: o.NodeID})
-	if err != nil {
-		return err
-	}
-	defer fl.Close() // after coord.Close
-	coord, err := xa.New(ctx, xa.Config{
+	xc := xa.Config{
 		NodeID:           o.NodeID,
-		Log:              fl,
 		Resources:        []drivers.Resource{b.PG, b.My},
 		DecisionResource: o.Keeper,
 		Logger:           logger,
 		Hook:             o.Hook,
-	})
-	if err != nil {
-		return err
 	}
-	defer coord.Close()
-	// The restart fast path: this process holds the log's lock, so an
-	// earlier demo of this node that died left its undecided branches (and
-	// their row locks) to no one; roll them back now, not after their
-	// fence. Before Observe, whose recovery loop would race it.
-	if err := startupRecovery(ctx, out, coord, o.Keeper, logger); err != nil {
-		return err
+	var coord *xa.Coordinator
+	if o.Store.Enabled() {
+		rp, done, err := openReplica(ctx, out, o, xc, logger)
+		if err != nil {
+			return err
+		}
+		defer done() // prints what this process took over
+		coord = rp.Coordinator()
+	} else {
+		fl, err := decisionlog.OpenFileLog(o.LogDir, decisionlog.FileLogOptions{CommitDelay: o.CommitDelay, Node: o.NodeID})
+		if err != nil {
+			return err
+		}
+		defer fl.Close() // after coord.Close
+		xc.Log = fl
+		coord, err = xa.New(ctx, xc)
+		if err != nil {
+			return err
+		}
+		defer coord.Close()
+		// The restart fast path: this process holds the log's lock, so an
+		// earlier demo of this node that died left its undecided branches
+		// (and their row locks) to no one; roll them back now, not after
+		// their fence. Before Observe, whose recovery loop would race it.
+		// (A replica on a store does the same in its own first pass.)
+		if err := startupRecovery(ctx, out, coord, o.Keeper, logger); err != nil {
+			return err
+		}
 	}
 	if o.Observe != nil {
 		stop, err := o.Observe(ctx, coord, logger)

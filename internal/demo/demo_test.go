@@ -9,6 +9,7 @@ import (
 
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
+	"github.com/xabridge/xabridge/internal/storeopt"
 	"github.com/xabridge/xabridge/xa"
 )
 
@@ -29,6 +30,10 @@ func TestValidate(t *testing.T) {
 		{"bad keeper", func(o *Options) { o.Keeper = "redis" }, `--decision-resource "redis"`},
 		{"commit delay", func(o *Options) { o.CommitDelay = -time.Millisecond }, "--commit-delay must be between"},
 		{"bad node id", func(o *Options) { o.NodeID = "No Way" }, "--node-id: "},
+		{"store not postgres", func(o *Options) { o.Store.URL = "mysql://u@h/db" }, "is a PostgreSQL database"},
+		{"store schema", func(o *Options) { o.Store = storeopt.Options{URL: "postgres://u@h/db", Schema: "Bad"} }, "--store-schema"},
+		{"lease ttl without store", func(o *Options) { o.LeaseTTL = time.Second }, "--lease-ttl goes with --store"},
+		{"lease ttl too short", func(o *Options) { o.Store.URL, o.LeaseTTL = "postgres://u@h/db", time.Millisecond }, "--lease-ttl must be between"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -32,6 +32,10 @@ type childConfig struct {
 	Workers  int    `json:"workers"`
 	Accounts int    `json:"accounts"`
 	Seed     uint64 `json:"seed"`
+	// The shared store, if any (then LogDir is empty).
+	StoreURL    string        `json:"store,omitempty"`
+	StoreSchema string        `json:"store_schema,omitempty"`
+	LeaseTTL    time.Duration `json:"lease_ttl,omitempty"`
 }
 
 // RunChild is the workload child's side: started by Run (through
@@ -49,7 +53,8 @@ func RunChild(ctx context.Context, out, errw io.Writer) error {
 	}
 	cfg := crashcheck.ChildConfig{PGURL: c.PGURL, MyURL: c.MyURL, Prefix: c.Prefix, LogDir: c.LogDir, Node: c.NodeID,
 		Order: crashcheck.Mixed, Workers: c.Workers, Accounts: c.Accounts, Seed: c.Seed,
-		Logger: slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: slog.LevelError}))}
+		Logger: slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: slog.LevelError})),
+		Store:  crashcheck.StoreConfig{URL: c.StoreURL, Schema: c.StoreSchema, LeaseTTL: c.LeaseTTL}}
 	cp, nth, armed, err := crashcheck.CrashFromEnv()
 	if err != nil {
 		return err
@@ -65,7 +70,8 @@ func RunChild(ctx context.Context, out, errw io.Writer) error {
 // whether it died by SIGKILL.
 func (o *Options) runChild(ctx context.Context, crash string, nth int, killAfter time.Duration, seed uint64) (crashcheck.Journal, bool, error) {
 	cfg, err := json.Marshal(childConfig{PGURL: o.PGURL, MyURL: o.MyURL, Prefix: o.Prefix, LogDir: o.LogDir,
-		NodeID: o.NodeID, Workers: o.Workers, Accounts: o.Accounts, Seed: seed})
+		NodeID: o.NodeID, Workers: o.Workers, Accounts: o.Accounts, Seed: seed,
+		StoreURL: o.Store.URL, StoreSchema: o.Store.Schema, LeaseTTL: o.LeaseTTL})
 	if err != nil {
 		return nil, false, err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/crashcheck"
 	"github.com/xabridge/xabridge/internal/redact"
+	"github.com/xabridge/xabridge/internal/storeopt"
 )
 
 // Options configure a check; the CLI flag of each field is named in
@@ -39,6 +40,14 @@ type Options struct {
 	// RunChild; default: this executable with the arguments
 	// "selfcheck child".
 	Child []string
+	// Store, if set, puts the children on a shared decision store instead
+	// of LogDir: each runs as a replica (package replica) holding node
+	// NodeID's lease. Its Schema defaults to PREFIX_store, so that the
+	// check's rows stay apart from any coordinator's.
+	Store storeopt.Options
+	// LeaseTTL is the children's lease TTL with a store (default
+	// DefaultStoreLeaseTTL): after a kill, recovery waits for it to expire.
+	LeaseTTL time.Duration
 }
 
 // ErrStranded is returned when prepared branches of the check's node were
@@ -59,6 +68,21 @@ func (o *Options) Validate() error {
 	var b bank.Bank
 	if err := b.SetPrefix(o.Prefix); err != nil {
 		return fmt.Errorf("--table-prefix: %w", err)
+	}
+	if err := o.Store.Validate(); err != nil {
+		return err
+	}
+	if o.Store.Enabled() && o.LogDir != "" {
+		return errors.New("--store and --log-dir exclude each other")
+	}
+	if !o.Store.Enabled() && o.LeaseTTL != 0 {
+		return errors.New("--lease-ttl goes with --store")
+	}
+	if o.LeaseTTL != 0 && (o.LeaseTTL < 500*time.Millisecond || o.LeaseTTL > time.Minute) {
+		return errors.New("--lease-ttl must be between 500ms and 1m")
+	}
+	if o.Store.Enabled() && o.NodeID == operatorNode {
+		return fmt.Errorf("--node-id %s is the check's own recovery node id on the store", operatorNode)
 	}
 	return nil
 }
@@ -99,7 +123,13 @@ func Run(ctx context.Context, out, errw io.Writer, o Options) error {
 	if err := b.Setup(ctx, o.Accounts, o.Balance); err != nil {
 		return err
 	}
-	if o.LogDir == "" {
+	var st *storeCheck
+	if o.Store.Enabled() {
+		if st, err = openStoreCheck(ctx, &o); err != nil {
+			return err
+		}
+		defer st.close()
+	} else if o.LogDir == "" {
 		dir, err := os.MkdirTemp("", "xabridge-selfcheck-")
 		if err != nil {
 			return err
@@ -113,7 +143,11 @@ func Run(ctx context.Context, out, errw io.Writer, o Options) error {
 	}
 	fmt.Fprintf(out, "xabridge selfcheck: %s of random SIGKILLs against postgres %s and mysql %s, tables %s_*, node %s, seed %d\n",
 		o.Duration, redact.URL(o.PGURL), redact.URL(o.MyURL), o.Prefix, o.NodeID, seed)
-	c := &checker{o: &o, b: b, rng: rand.New(rand.NewPCG(seed, 0x5e1f)), total: int64(o.Accounts) * o.Balance * 2,
+	if st != nil {
+		fmt.Fprintf(out, "decisions in the shared store %s, schema %s, lease TTL %s: the coordinators run as replicas\n",
+			o.Store.Redacted(), o.Store.Schema, o.LeaseTTL)
+	}
+	c := &checker{o: &o, st: st, b: b, rng: rand.New(rand.NewPCG(seed, 0x5e1f)), total: int64(o.Accounts) * o.Balance * 2,
 		points: append(crashcheck.MatrixPoints(), "after-all-prepared", "after-end")}
 	start := time.Now()
 	stopBar := startBar(errw, o.Progress, o.Duration, start, c.progress)
@@ -135,6 +169,11 @@ func Run(ctx context.Context, out, errw io.Writer, o Options) error {
 		if err := dropTables(ctx, b, o.Prefix); err != nil {
 			return err
 		}
+		if st != nil {
+			if err := st.drop(ctx); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -142,6 +181,7 @@ func Run(ctx context.Context, out, errw io.Writer, o Options) error {
 // checker is one check's state across its rounds.
 type checker struct {
 	o      *Options
+	st     *storeCheck // nil with a file log
 	b      *bank.Bank
 	rng    *rand.Rand
 	total  int64    // the money in both databases
@@ -164,9 +204,14 @@ func (c *checker) round(ctx context.Context, n int) error {
 	if err != nil {
 		return err
 	}
-	rr, err := crashcheck.RecoverAfterCrash(ctx, crashcheck.RecoverConfig{
-		Bank: c.b, LogDir: c.o.LogDir, Node: c.o.NodeID, RecoveryOnly: n%4 >= 2, Timeout: 2 * time.Minute,
-	})
+	var rr crashcheck.RecoverResult
+	if c.st != nil {
+		rr.Entries, err = c.st.recoverAfterKill(ctx, c.b, n%4 >= 2)
+	} else {
+		rr, err = crashcheck.RecoverAfterCrash(ctx, crashcheck.RecoverConfig{
+			Bank: c.b, LogDir: c.o.LogDir, Node: c.o.NodeID, RecoveryOnly: n%4 >= 2, Timeout: 2 * time.Minute,
+		})
+	}
 	if err != nil {
 		return fmt.Errorf("selfcheck: recovery after kill %d: %w", c.tot.kills+1, err)
 	}
