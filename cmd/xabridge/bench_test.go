@@ -32,8 +32,8 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"rounds too short", []string{"--duration", "100ms", "--rounds", "5"}, "--duration / --rounds at least 50ms"},
 		{"node id too long", []string{"--node-id", "a-very-long-node-prefix"}, `--node-id "a-very-long-node-prefix"`},
 		{"bad table prefix", []string{"--table-prefix", "Bad-Name"}, `bad table prefix "Bad-Name"`},
-		{"store not postgres", []string{"--store", "mysql://u:hunter2@h/db"}, "--store mysql://u:xxxxx@h/db: the shared store is a PostgreSQL database"},
-		{"store unreadable", []string{"--store", "postgres://u:hunter2@h:port/db"}, "--store postgres://u:xxxxx@h:port/db: not a PostgreSQL URL pgx can read"},
+		{"store not postgres", []string{"--store", "mysql://u:hunter2@h/db"}, "--store mysql://u:xxxxx@h/db: the shared decision store is a PostgreSQL database"},
+		{"store unreadable", []string{"--store", "postgres://u:hunter2@h:port/db"}, "--store postgres://u:xxxxx@h:port/db: not a valid URL"},
 		{"store ambiguous", []string{"--store", "postgres://u:12/hunter2@h/db"}, "--store postgres://u:xxxxx@h/db: percent-encode the password"},
 		{"bad start-at", []string{"--start-at", "tomorrow"}, `--start-at "tomorrow": want a time like`},
 		{"store not derivable", []string{"--pg", "host=h password=hunter2", "--modes", "xa-store"}, "cannot derive the store's database from --pg"},
@@ -62,7 +62,7 @@ func TestBenchStoreUnreachableHidesPassword(t *testing.T) {
 	stdout, stderr, code := runBenchCLI(t, "--pg", pg, "--mysql", my, "--modes", "xa-store", "--clients", "1",
 		"--duration", "100ms", "--rounds", "1", "--table-prefix", "xab_bench_unreach", "--log-dir", t.TempDir(),
 		"--store", "postgres://u:hunter2secret@127.0.0.1:1/nostore?connect_timeout=2")
-	if code == 0 || !strings.Contains(stderr, "store postgres://u:xxxxx@127.0.0.1:1/nostore") {
+	if code == 0 || !strings.Contains(stderr, "store database nostore on 127.0.0.1:1 (postgres://u:xxxxx@127.0.0.1:1/nostore)") {
 		t.Fatalf("exit %d, stderr %q; want a failure naming the store", code, stderr)
 	}
 	if strings.Contains(stdout+stderr, "hunter2secret") {

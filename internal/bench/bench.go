@@ -13,6 +13,7 @@ import (
 
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
+	"github.com/xabridge/xabridge/internal/storeopt"
 )
 
 // Mode is one way of running the transfer.
@@ -151,7 +152,7 @@ func (o *Options) Validate() error {
 		}
 	}
 	if o.StoreURL != "" {
-		if err := checkStoreURL(o.StoreURL); err != nil {
+		if err := (storeopt.Options{URL: o.StoreURL}).Validate(); err != nil {
 			return err
 		}
 	} else if o.needsStore(storeSeparate) {

@@ -220,9 +220,10 @@ func TestValidate(t *testing.T) {
 		{"too many clients", func(o *Options) { o.Clients = []int{MaxClients + 1} }, "is not between 1 and"},
 		{"commit delay", func(o *Options) { o.CommitDelay = 2 * time.Second }, "--commit-delay must be between"},
 		{"prefix", func(o *Options) { o.Prefix = "Bad" }, `--table-prefix: bank: bad table prefix "Bad"`},
-		{"store not postgres", func(o *Options) { o.StoreURL = "mysql://u:hunter2@h/db" }, "--store mysql://u:xxxxx@h/db: the shared store is a PostgreSQL database"},
-		{"store unreadable", func(o *Options) { o.StoreURL = "postgres://u:hunter2@h:port/db" }, "not a PostgreSQL URL pgx can read"},
+		{"store not postgres", func(o *Options) { o.StoreURL = "mysql://u:hunter2@h/db" }, "--store mysql://u:xxxxx@h/db: the shared decision store is a PostgreSQL database"},
+		{"store unreadable", func(o *Options) { o.StoreURL = "postgres://u:hunter2@h:port/db" }, "--store postgres://u:xxxxx@h:port/db: not a valid URL"},
 		{"store ambiguous", func(o *Options) { o.StoreURL = "postgres://u:12/hunter2@h/db" }, "percent-encode the password"},
+		{"store not a URL", func(o *Options) { o.StoreURL = "host=h dbname=db password=hunter2" }, "--store host=h dbname=db password=xxxxx: want a PostgreSQL URL"},
 		{"store not derivable", func(o *Options) { o.PGURL = "host=h dbname=db password=hunter2" }, "cannot derive the store's database"},
 		{"store not needed", func(o *Options) {
 			o.PGURL, o.Modes = "host=h dbname=db", []string{"baseline", "xa", "xa-store-own"}

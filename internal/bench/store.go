@@ -14,6 +14,7 @@ import (
 
 	"github.com/xabridge/xabridge/decisionlog/pgstore"
 	"github.com/xabridge/xabridge/internal/redact"
+	"github.com/xabridge/xabridge/internal/storeopt"
 )
 
 // storeSuffix names the default store database: the --pg database's name
@@ -25,48 +26,39 @@ const storeSuffix = "_store"
 // (postgres://u@h/shop becomes postgres://u@h/shop_store), on the same
 // server. It needs a postgres:// URL naming a database.
 func DefaultStoreURL(pgURL string) (string, error) {
+	u, _, err := defaultStore(pgURL)
+	return u, err
+}
+
+// defaultStore is DefaultStoreURL, and the name of the database it names.
+func defaultStore(pgURL string) (string, string, error) {
 	u, err := url.Parse(pgURL)
 	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-		return "", fmt.Errorf("--store: cannot derive the store's database from --pg %s (not a postgres:// URL); give --store postgres://…", redact.URL(pgURL))
+		return "", "", fmt.Errorf("--store: cannot derive the store's database from --pg %s (not a postgres:// URL); give --store postgres://…", redact.URL(pgURL))
 	}
 	db := strings.TrimPrefix(u.Path, "/")
 	if db == "" || strings.Contains(db, "/") {
-		return "", fmt.Errorf("--store: --pg %s names no database to derive the store's from; give --store postgres://…", redact.URL(pgURL))
+		return "", "", fmt.Errorf("--store: --pg %s names no database to derive the store's from; give --store postgres://…", redact.URL(pgURL))
 	}
 	name := db + storeSuffix
 	// 63 bytes is PostgreSQL's identifier limit: a longer name would be
 	// truncated silently, and then name another database.
 	if len(name) > 63 {
-		return "", fmt.Errorf("--store: the derived store database %q is longer than PostgreSQL's 63 bytes; give --store postgres://…", name)
+		return "", "", fmt.Errorf("--store: the derived store database %q is longer than PostgreSQL's 63 bytes; give --store postgres://…", name)
 	}
 	u.Path = "/" + name
 	u.RawPath = ""
-	return u.String(), nil
+	return u.String(), name, nil
 }
 
-// checkStoreURL refuses a --store that is not a PostgreSQL URL or
-// connection string pgx can read; the error never shows its password.
-func checkStoreURL(s string) error {
-	if redact.Ambiguous(s) {
-		return fmt.Errorf("--store %s: percent-encode the password's @ : / # ? characters", redact.URL(s))
-	}
-	if u, err := url.Parse(s); err == nil && u.Scheme != "" && u.Scheme != "postgres" && u.Scheme != "postgresql" {
-		return fmt.Errorf("--store %s: the shared store is a PostgreSQL database: want postgres://…", redact.URL(s))
-	}
-	if _, err := pgxpool.ParseConfig(s); err != nil {
-		return fmt.Errorf("--store %s: not a PostgreSQL URL pgx can read", redact.URL(s))
-	}
-	return nil
-}
-
-// storeURL is the store database of the xa-store mode, and whether it was
-// derived (then Run creates it if missing).
-func (o *Options) storeURL() (string, bool, error) {
+// storeURL is the store database of the xa-store mode, and the name of
+// the database when it was derived (then Run creates it if missing); ""
+// when --store names it.
+func (o *Options) storeURL() (string, string, error) {
 	if o.StoreURL != "" {
-		return o.StoreURL, false, nil
+		return o.StoreURL, "", nil
 	}
-	u, err := DefaultStoreURL(o.PGURL)
-	return u, true, err
+	return defaultStore(o.PGURL)
 }
 
 // needsStore reports whether a selected mode keeps its decisions in a
@@ -80,38 +72,27 @@ func (o *Options) needsStore(kind string) bool {
 	return false
 }
 
-// openStorePool connects to the xa-store mode's database, first creating
-// it (through the participant's pool, on the same server) when it is the
-// derived default and missing. Errors never show a password.
+// storeConnectTimeout bounds the connection to the store and its first
+// ping.
+const storeConnectTimeout = 10 * time.Second
+
+// openStorePool connects to the xa-store mode's database (through
+// storeopt, like every command's --store), first creating it (through the
+// participant's pool, on the same server) when it is the derived default
+// and missing. Errors never show a password.
 func openStorePool(ctx context.Context, participant *pgxpool.Pool, o *Options) (*pgxpool.Pool, error) {
 	raw, derived, err := o.storeURL()
 	if err != nil {
 		return nil, err
 	}
-	scrub := redact.Scrub(raw, o.PGURL)
-	cfg, err := pgxpool.ParseConfig(raw)
-	if err != nil {
-		return nil, fmt.Errorf("--store %s: cannot parse it", redact.URL(raw))
-	}
-	if derived {
-		if err := createDatabase(ctx, participant, cfg.ConnConfig.Database); err != nil {
-			return nil, fmt.Errorf("store database %q: %s", cfg.ConnConfig.Database, scrub(err.Error()))
+	if derived != "" {
+		if err := createDatabase(ctx, participant, derived); err != nil {
+			return nil, fmt.Errorf("store database %q: %s", derived, redact.Scrub(raw, o.PGURL)(err.Error()))
 		}
 	}
 	// The writer holds one connection per batch; the lease renewer and the
 	// sweeper one each now and then.
-	cfg.MaxConns = 4
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err == nil {
-		err = pool.Ping(ctx)
-		if err != nil {
-			pool.Close()
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("store %s: %s", redact.URL(raw), scrub(err.Error()))
-	}
-	return pool, nil
+	return storeopt.Connect(ctx, storeopt.Options{URL: raw}, 4, storeConnectTimeout)
 }
 
 // createDatabase creates database name on the server of pool unless it
