@@ -2,7 +2,6 @@ package pgstore
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -176,36 +175,9 @@ func (r *Reader) Entries(ctx context.Context, node string) ([]decisionlog.Entry,
 		if err != nil {
 			return fmt.Errorf("gtrid %q: %w", key, err)
 		}
-		e := decisionlog.Entry{GTRID: g}
-		var was []wireAction
-		if err := json.Unmarshal(actions, &was); err != nil {
-			return fmt.Errorf("actions of %s: %w", key, err)
-		}
-		for _, w := range was {
-			e.Actions = append(e.Actions, decisionlog.Action{GTRID: g, Resource: w.Resource, Branch: w.Branch,
-				Op: w.Op, Reason: w.Reason, Actor: w.Actor, Heuristic: w.Heuristic, At: w.At.UTC()})
-		}
-		if state != nil {
-			switch *state {
-			case "A":
-				e.State = decisionlog.StateAborted
-			case "C":
-				d := decisionlog.Decision{GTRID: g, At: at.UTC()}
-				if parts != nil {
-					ps, label, err := decisionlog.DecodeParticipants([]byte(*parts))
-					if err != nil {
-						return fmt.Errorf("participants of %s: %w", key, err)
-					}
-					d.Participants, d.Label = ps, label
-				}
-				e.Decision = &d
-				e.State = decisionlog.StateCommitted
-				if *ended {
-					e.State = decisionlog.StateDone
-				}
-			default:
-				return fmt.Errorf("%s: unknown state %q", key, *state)
-			}
+		e, err := decodeEntry(g, state, parts, at, ended, actions)
+		if err != nil {
+			return fmt.Errorf("%s: %w", key, err)
 		}
 		out = append(out, e)
 		return nil

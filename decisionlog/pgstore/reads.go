@@ -62,37 +62,16 @@ func (s *Store) LookupContext(ctx context.Context, g drivers.GlobalID) (decision
 	if err := s.pool.QueryRow(ctx, s.sqlLookup, key).Scan(&state, &parts, &at, &ended, &actions); err != nil {
 		return decisionlog.Entry{}, false, fmt.Errorf("pgstore: lookup %s: %w", key, err)
 	}
-	e := decisionlog.Entry{GTRID: g}
-	var was []wireAction
-	if err := json.Unmarshal(actions, &was); err != nil {
-		return decisionlog.Entry{}, false, fmt.Errorf("pgstore: lookup %s: actions: %w", key, err)
-	}
-	for _, w := range was {
-		e.Actions = append(e.Actions, decisionlog.Action{GTRID: g, Resource: w.Resource, Branch: w.Branch,
-			Op: w.Op, Reason: w.Reason, Actor: w.Actor, Heuristic: w.Heuristic, At: w.At.UTC()})
+	e, err := decodeEntry(g, state, parts, at, ended, actions)
+	if err != nil {
+		return decisionlog.Entry{}, false, fmt.Errorf("pgstore: lookup %s: %w", key, err)
 	}
 	if state == nil {
 		return e, len(e.Actions) > 0, nil
 	}
-	switch *state {
-	case "A":
-		e.State = decisionlog.StateAborted
-	case "C":
-		d := decisionlog.Decision{GTRID: g, At: at.UTC()}
-		if parts != nil {
-			ps, label, err := decisionlog.DecodeParticipants([]byte(*parts))
-			if err != nil {
-				return decisionlog.Entry{}, false, fmt.Errorf("pgstore: lookup %s: participants: %w", key, err)
-			}
-			d.Participants, d.Label = ps, label
-		}
-		e.Decision = &d
-		e.State = decisionlog.StateCommitted
-		if *ended || s.isEnding(key) {
-			e.State = decisionlog.StateDone
-		}
-	default:
-		return decisionlog.Entry{}, false, fmt.Errorf("pgstore: lookup %s: unknown state %q", key, *state)
+	// A commit whose end this store is still writing is done already.
+	if e.State == decisionlog.StateCommitted && s.isEnding(key) {
+		e.State = decisionlog.StateDone
 	}
 	return e, true, nil
 }
@@ -267,3 +246,43 @@ func (n *NodeLog) check(g drivers.GlobalID) error {
 var errNoRows = pgx.ErrNoRows
 
 func isNoRows(err error) bool { return errors.Is(err, errNoRows) }
+
+// decodeEntry builds the entry of g from its decision row's columns (state
+// "A" or "C", participants, decided_at, ended; all nil without a decision
+// row) and its actions as JSON: the one reading of a transaction's rows,
+// for Store.LookupContext and Reader.Entries.
+func decodeEntry(g drivers.GlobalID, state, parts *string, at *time.Time, ended *bool, actions []byte) (decisionlog.Entry, error) {
+	e := decisionlog.Entry{GTRID: g}
+	var was []wireAction
+	if err := json.Unmarshal(actions, &was); err != nil {
+		return decisionlog.Entry{}, fmt.Errorf("actions: %w", err)
+	}
+	for _, w := range was {
+		e.Actions = append(e.Actions, decisionlog.Action{GTRID: g, Resource: w.Resource, Branch: w.Branch,
+			Op: w.Op, Reason: w.Reason, Actor: w.Actor, Heuristic: w.Heuristic, At: w.At.UTC()})
+	}
+	if state == nil {
+		return e, nil
+	}
+	switch *state {
+	case "A":
+		e.State = decisionlog.StateAborted
+	case "C":
+		d := decisionlog.Decision{GTRID: g, At: at.UTC()}
+		if parts != nil {
+			ps, label, err := decisionlog.DecodeParticipants([]byte(*parts))
+			if err != nil {
+				return decisionlog.Entry{}, fmt.Errorf("participants: %w", err)
+			}
+			d.Participants, d.Label = ps, label
+		}
+		e.Decision = &d
+		e.State = decisionlog.StateCommitted
+		if *ended {
+			e.State = decisionlog.StateDone
+		}
+	default:
+		return decisionlog.Entry{}, fmt.Errorf("unknown state %q", *state)
+	}
+	return e, nil
+}
