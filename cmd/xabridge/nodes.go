@@ -93,15 +93,11 @@ taken-over nodes' branches are in flight and do not count).`,
 				return usagef("nodes needs --store (or XABRIDGE_STORE): node leases exist only in a shared decision store; a file log has none")
 			}
 			ctx := cmd.Context()
-			rd, closeStore, err := openStoreReader(ctx, r.store)
+			rd, nodes, closeStore, err := openStoreNodes(ctx, r.store)
 			if err != nil {
 				return err
 			}
 			defer closeStore()
-			nodes, err := rd.Nodes(ctx)
-			if err != nil {
-				return err
-			}
 			out := nodesJSON{Nodes: []nodeJSON{}, ScanErrors: []scanErrorJSON{}}
 			var branches map[string]int
 			if len(r.resources) > 0 {

@@ -150,6 +150,22 @@ func openStoreReader(ctx context.Context, so storeopt.Options) (*pgstore.Reader,
 	return rd, pool.Close, nil
 }
 
+// openStoreNodes opens the store read-only (openStoreReader) and lists
+// the nodes that have a lease in it; the caller calls the returned func
+// when done with the reader.
+func openStoreNodes(ctx context.Context, so storeopt.Options) (*pgstore.Reader, []pgstore.NodeInfo, func(), error) {
+	rd, closeStore, err := openStoreReader(ctx, so)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	nodes, err := rd.Nodes(ctx)
+	if err != nil {
+		closeStore()
+		return nil, nil, nil, err
+	}
+	return rd, nodes, closeStore, nil
+}
+
 // operatorNode is the node id under which operator commands (recover,
 // resolve) hold a lease in the store while they act: they claim a dead
 // node's lease under it, as a replica does, so that a coordinator of that

@@ -108,15 +108,11 @@ func storeRecover(ctx context.Context, out io.Writer, r *resolved, dryRun bool) 
 	defer closeRes()
 	var reports []nodeReport
 	if dryRun {
-		rd, closeStore, err := openStoreReader(ctx, r.store)
+		rd, nodes, closeStore, err := openStoreNodes(ctx, r.store)
 		if err != nil {
 			return err
 		}
 		defer closeStore()
-		nodes, err := rd.Nodes(ctx)
-		if err != nil {
-			return err
-		}
 		targets, err := storeTargets(nodes, r)
 		if err != nil {
 			return err
@@ -285,15 +281,11 @@ func storeScanAll(ctx context.Context, r *resolved) (*recovery.Report, error) {
 		return nil, err
 	}
 	defer closeRes()
-	rd, closeStore, err := openStoreReader(ctx, r.store)
+	rd, nodes, closeStore, err := openStoreNodes(ctx, r.store)
 	if err != nil {
 		return nil, err
 	}
 	defer closeStore()
-	nodes, err := rd.Nodes(ctx)
-	if err != nil {
-		return nil, err
-	}
 	scan := func(node string) (*recovery.Report, error) {
 		l, err := rd.Log(node)
 		if err != nil {
