@@ -10,7 +10,7 @@ import (
 
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
-	"github.com/xabridge/xabridge/recovery"
+	"github.com/xabridge/xabridge/internal/startup"
 	"github.com/xabridge/xabridge/xa"
 )
 
@@ -177,8 +177,9 @@ func (k Keeper) resource(b *bank.Bank) string {
 	return ""
 }
 
-// StartupRecovery is the restart fast path of a coordinator process: one
-// recovery.PassSettled beside coord with DeadBefore = coord.Started(), so
+// StartupRecovery is the restart fast path of a coordinator process
+// (startup.Recover): one recovery.PassSettled beside coord with
+// DeadBefore = coord.Started(), so
 // that the branches an earlier, dead process of the node left undecided
 // are rolled back now, not after their fence (coord holds the log's lock,
 // so that process is dead). keeper is the decision resource, if any. It
@@ -189,26 +190,10 @@ func (k Keeper) resource(b *bank.Bank) string {
 // with MS the time the pass took in milliseconds and left the node's
 // branches still prepared after it.
 func StartupRecovery(ctx context.Context, coord *xa.Coordinator, keeper string, logger *slog.Logger) (string, error) {
-	start := time.Now()
-	rec, err := recovery.New(recovery.Config{
-		NodeID: coord.NodeID(), Log: coord.Log(), Resources: coord.Resources(), Active: coord.Active,
-		DecisionResource: keeper, DeadBefore: coord.Started(), Logger: logger,
-	})
+	r, err := startup.Recover(ctx, coord, keeper, logger)
 	if err != nil {
 		return "", err
 	}
-	var rolledBack, committed int
-	reps := rec.PassSettled(ctx)
-	for _, rep := range reps {
-		for _, b := range rep.Branches {
-			switch b.Result {
-			case recovery.ResultRolledBack:
-				rolledBack++
-			case recovery.ResultCommitted:
-				committed++
-			}
-		}
-	}
 	return fmt.Sprintf("note restart-recovery %d rolled-back %d committed %d left %d\n",
-		time.Since(start).Milliseconds(), rolledBack, committed, reps[len(reps)-1].Remaining()), nil
+		r.Took.Milliseconds(), r.RolledBack, r.Committed, r.Left), nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/redact"
+	"github.com/xabridge/xabridge/internal/startup"
 	"github.com/xabridge/xabridge/internal/storeopt"
 	"github.com/xabridge/xabridge/recovery"
 	"github.com/xabridge/xabridge/xa"
@@ -207,7 +208,7 @@ func Transfer(ctx context.Context, out, errw io.Writer, o Options) error {
 	}
 
 	if o.Reset {
-		if n, err := inDoubtBranches(ctx, b, o.NodeID); err != nil {
+		if n, err := startup.InDoubt(ctx, o.NodeID, b.PG, b.My); err != nil {
 			return err
 		} else if n > 0 {
 			return fmt.Errorf("%d prepared branch(es) of node %s are in doubt and may hold locks on the demo tables; run `xabridge recover` first", n, o.NodeID)
@@ -274,54 +275,18 @@ func Transfer(ctx context.Context, out, errw io.Writer, o Options) error {
 	return nil
 }
 
-// inDoubtBranches counts prepared branches of node on the demo's databases.
-func inDoubtBranches(ctx context.Context, b *bank.Bank, node string) (int, error) {
-	n := 0
-	for _, r := range []drivers.Resource{b.PG, b.My} {
-		ps, err := r.Recover(ctx)
-		if err != nil {
-			return 0, err
-		}
-		for _, p := range ps {
-			if p.Ours && p.XID.Global.Node() == node {
-				n++
-			}
-		}
-	}
-	return n, nil
-}
-
-// startupRecovery runs one recovery pass (recovery.PassSettled) beside the
-// coordinator that just started, with DeadBefore = coord.Started(): the
-// node's transactions that began before it are an earlier, dead process's
-// (the log's lock is ours), so their undecided branches are rolled back at
-// once instead of after their fence, and their commit decisions finished.
-// It prints a line when it found anything.
+// startupRecovery is the restart fast path (startup.Recover) beside the
+// coordinator that just started: the log's lock is ours, so what an
+// earlier demo of the node left is a dead process's. It prints a line when
+// it found anything.
 func startupRecovery(ctx context.Context, out io.Writer, coord *xa.Coordinator, keeper string, logger *slog.Logger) error {
-	start := time.Now()
-	rec, err := recovery.New(recovery.Config{
-		NodeID: coord.NodeID(), Log: coord.Log(), Resources: coord.Resources(), Active: coord.Active,
-		DecisionResource: keeper, DeadBefore: coord.Started(), Logger: logger,
-	})
+	r, err := startup.Recover(ctx, coord, keeper, logger)
 	if err != nil {
 		return err
 	}
-	reps := rec.PassSettled(ctx)
-	var rolledBack, committed int
-	for _, rep := range reps {
-		for _, b := range rep.Branches {
-			switch b.Result {
-			case recovery.ResultRolledBack:
-				rolledBack++
-			case recovery.ResultCommitted:
-				committed++
-			}
-		}
-	}
-	last := reps[len(reps)-1]
-	if rolledBack+committed+last.Remaining() > 0 {
+	if r.Found() {
 		fmt.Fprintf(out, "xabridge demo: start-up recovery of node %s: %d branch(es) of an earlier run rolled back, %d committed, %d still in doubt (%s)\n",
-			coord.NodeID(), rolledBack, committed, last.Remaining(), time.Since(start).Round(time.Millisecond))
+			coord.NodeID(), r.RolledBack, r.Committed, r.Left, r.Took.Round(time.Millisecond))
 	}
 	return ctx.Err()
 }

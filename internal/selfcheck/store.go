@@ -13,6 +13,7 @@ import (
 	"github.com/xabridge/xabridge/decisionlog/pgstore"
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
+	"github.com/xabridge/xabridge/internal/startup"
 	"github.com/xabridge/xabridge/internal/storeopt"
 	"github.com/xabridge/xabridge/recovery"
 	"github.com/xabridge/xabridge/replica"
@@ -176,17 +177,9 @@ func (s *storeCheck) restart(ctx context.Context, node string, resources []drive
 
 // left counts node's prepared branches and pending commit decisions.
 func (s *storeCheck) left(ctx context.Context, node string, resources []drivers.Resource) (int, error) {
-	n := 0
-	for _, r := range resources {
-		ps, err := r.Recover(ctx)
-		if err != nil {
-			return 0, err
-		}
-		for _, p := range ps {
-			if p.Ours && p.XID.Global.Node() == node {
-				n++
-			}
-		}
+	n, err := startup.InDoubt(ctx, node, resources...)
+	if err != nil {
+		return 0, err
 	}
 	rd, err := pgstore.OpenReader(ctx, s.pool, pgstore.ReaderOptions{Schema: s.o.Store.Schema})
 	if err != nil {
