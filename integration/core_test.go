@@ -17,6 +17,7 @@ import (
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/dbtest"
+	"github.com/xabridge/xabridge/internal/startup"
 	"github.com/xabridge/xabridge/xa"
 )
 
@@ -97,17 +98,9 @@ func assertInvariants(t *testing.T, b *bank.Bank, node string) bank.State {
 // prepared counts prepared branches of node on both databases.
 func prepared(t *testing.T, b *bank.Bank, node string) int {
 	t.Helper()
-	n := 0
-	for _, r := range []drivers.Resource{b.PG, b.My} {
-		ps, err := r.Recover(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, p := range ps {
-			if p.Ours && p.XID.Global.Node() == node {
-				n++
-			}
-		}
+	n, err := startup.InDoubt(context.Background(), node, b.PG, b.My)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return n
 }

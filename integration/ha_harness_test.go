@@ -22,6 +22,7 @@ import (
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/crashcheck"
 	"github.com/xabridge/xabridge/internal/dbproc"
+	"github.com/xabridge/xabridge/internal/startup"
 )
 
 // The high-availability tests run several crash app processes as replicas
@@ -448,15 +449,9 @@ func (c *haCluster) stranded(nodes ...string) (int, error) {
 func (c *haCluster) strandedOn(r drivers.Resource, node string) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ps, err := r.Recover(ctx)
+	n, err := startup.InDoubt(ctx, node, r)
 	if err != nil {
 		return -1
-	}
-	n := 0
-	for _, p := range ps {
-		if p.Ours && p.XID.Global.Node() == node {
-			n++
-		}
 	}
 	return n
 }

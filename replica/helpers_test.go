@@ -16,6 +16,7 @@ import (
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/dbtest"
 	"github.com/xabridge/xabridge/internal/netfault"
+	"github.com/xabridge/xabridge/internal/startup"
 	"github.com/xabridge/xabridge/xa"
 )
 
@@ -219,19 +220,7 @@ func (n *node) kill() {
 
 // prepared counts prepared branches of node on both databases.
 func (w *world) prepared(node string) (int, error) {
-	n := 0
-	for _, r := range []drivers.Resource{w.bank.PG, w.bank.My} {
-		ps, err := r.Recover(context.Background())
-		if err != nil {
-			return 0, err
-		}
-		for _, p := range ps {
-			if p.Ours && p.XID.Global.Node() == node {
-				n++
-			}
-		}
-	}
-	return n, nil
+	return startup.InDoubt(context.Background(), node, w.bank.PG, w.bank.My)
 }
 
 // assertInvariants checks money is conserved, every transfer is in both

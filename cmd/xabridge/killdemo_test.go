@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/dbtest"
+	"github.com/xabridge/xabridge/internal/startup"
 )
 
 // The operator's promise: after kill -9 of a process running
@@ -152,17 +152,11 @@ func TestKillDemoThenRestart(t *testing.T) {
 			t.Fatalf("round %d: demo did not die by SIGKILL", round)
 		}
 		killed := time.Now()
-		for _, r := range []drivers.Resource{b.PG, b.My} {
-			ps, err := r.Recover(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, p := range ps {
-				if p.Ours && p.XID.Global.Node() == node {
-					stranded++
-				}
-			}
+		n, err := startup.InDoubt(ctx, node, b.PG, b.My)
+		if err != nil {
+			t.Fatal(err)
 		}
+		stranded += n
 
 		// The restart: a short run on the same tables, node and log.
 		out, errOut, code := cli(t, append([]string{"demo", "transfer", "--count", "20", "--concurrency", "4", "--reset=false"}, db...)...)
