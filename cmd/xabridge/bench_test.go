@@ -62,7 +62,7 @@ func TestBenchStoreUnreachableHidesPassword(t *testing.T) {
 	stdout, stderr, code := runBenchCLI(t, "--pg", pg, "--mysql", my, "--modes", "xa-store", "--clients", "1",
 		"--duration", "100ms", "--rounds", "1", "--table-prefix", "xab_bench_unreach", "--log-dir", t.TempDir(),
 		"--store", "postgres://u:hunter2secret@127.0.0.1:1/nostore?connect_timeout=2")
-	if code == 0 || !strings.Contains(stderr, "store database nostore on 127.0.0.1:1 (postgres://u:xxxxx@127.0.0.1:1/nostore)") {
+	if code == 0 || !strings.Contains(stderr, "store database nostore on 127.0.0.1:1 (postgres://u:xxxxx@127.0.0.1:1/nostore") {
 		t.Fatalf("exit %d, stderr %q; want a failure naming the store", code, stderr)
 	}
 	if strings.Contains(stdout+stderr, "hunter2secret") {
