@@ -85,6 +85,12 @@ type Config struct {
 	// longer decide them); DeadBefore does not. A shared store's node
 	// lease rules it out.
 	DeadBefore time.Time
+	// DeadBeforeValid, if set, is asked once per pass (Scan, Pass,
+	// Resolve); DeadBefore applies to the pass only if it answers true.
+	// Set it to NodeLocks.Held: the fast path then runs only while this
+	// process holds the node's lock on every participant that can hold
+	// one, and falls back to the fence while one is lost or unreachable.
+	DeadBeforeValid func() bool
 	// Actor names who acts, for the log's action records (default
 	// "recovery@<node>").
 	Actor string

@@ -90,8 +90,8 @@ take the other's running transactions for a dead run's.`,
 					return err
 				}
 				o.Hook = obs.m.Hook
-				o.Observe = func(ctx context.Context, coord *xa.Coordinator, logger *slog.Logger) (func(), error) {
-					return observeDemo(ctx, cmd.ErrOrStderr(), o, obs, coord, logger)
+				o.Observe = func(ctx context.Context, coord *xa.Coordinator, deadBeforeValid func() bool, logger *slog.Logger) (func(), error) {
+					return observeDemo(ctx, cmd.ErrOrStderr(), o, obs, coord, deadBeforeValid, logger)
 				}
 			}
 			return demo.Transfer(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), o.Options)
@@ -134,16 +134,17 @@ func newDemoCheckCmd() *cobra.Command {
 // observeDemo serves the demo's metrics and runs a recovery loop next to its
 // coordinator (Active: coord.Active leaves its running transactions alone),
 // so that the recovery gauges are live. stop ends both.
-func observeDemo(ctx context.Context, errw io.Writer, o *demoOpts, obs *observer, coord *xa.Coordinator, logger *slog.Logger) (stop func(), err error) {
+func observeDemo(ctx context.Context, errw io.Writer, o *demoOpts, obs *observer, coord *xa.Coordinator, deadBeforeValid func() bool, logger *slog.Logger) (stop func(), err error) {
 	if fl, ok := coord.Log().(*decisionlog.FileLog); ok {
 		obs.labeled.MustRegister(metrics.NewFileLogCollector(fl))
 	}
 	rec, err := recovery.New(recovery.Config{
 		NodeID: o.NodeID, Log: coord.Log(), Resources: coord.Resources(), Active: coord.Active,
 		DecisionResource: o.Keeper, Logger: logger, OnReport: obs.m.ObserveReport,
-		// This process holds the log's lock: what began before its
+		// This process holds the log's lock (and, while deadBeforeValid,
+		// the node's lock in the databases): what began before its
 		// coordinator is a dead process's (see demo's start-up pass).
-		DeadBefore: coord.Started(),
+		DeadBefore: coord.Started(), DeadBeforeValid: deadBeforeValid,
 	})
 	if err != nil {
 		return nil, err

@@ -44,7 +44,9 @@ type Options struct {
 	// Observe, if set, is called once the coordinator runs (to serve its
 	// metrics, run recovery beside it); stop is called before the
 	// coordinator closes.
-	Observe func(ctx context.Context, coord *xa.Coordinator, logger *slog.Logger) (stop func(), err error)
+	// deadBeforeValid says when its recovery may use the restart fast path
+	// (recovery.Config.DeadBeforeValid): while the node's lock is held.
+	Observe func(ctx context.Context, coord *xa.Coordinator, deadBeforeValid func() bool, logger *slog.Logger) (stop func(), err error)
 }
 
 // ErrViolated is returned when the invariants do not hold.
@@ -130,6 +132,15 @@ func Transfer(ctx context.Context, out, errw io.Writer, o Options) error {
 	}
 	defer b.Close()
 	logger := slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// The node's lock in both databases, before the log is opened: another
+	// live demo with this node id (from another directory, so another log)
+	// is refused here with nothing changed, since the start-up pass below
+	// would roll back its in-flight branches.
+	locks, err := recovery.LockNode(ctx, o.NodeID, []drivers.Resource{b.PG, b.My}, recovery.DefaultNodeLockWait, logger)
+	if err != nil {
+		return err
+	}
+	defer locks.Close() // after coord.Close and the recovery loop
 	fl, err := decisionlog.OpenFileLog(o.LogDir, decisionlog.FileLogOptions{CommitDelay: o.CommitDelay, Node: o.NodeID})
 	if err != nil {
 		return err
@@ -151,11 +162,11 @@ func Transfer(ctx context.Context, out, errw io.Writer, o Options) error {
 	// earlier demo of this node that died left its undecided branches (and
 	// their row locks) to no one; roll them back now, not after their
 	// fence. Before Observe, whose recovery loop would race it.
-	if err := startupRecovery(ctx, out, coord, o.Keeper, logger); err != nil {
+	if err := startupRecovery(ctx, out, coord, o.Keeper, locks.Held, logger); err != nil {
 		return err
 	}
 	if o.Observe != nil {
-		stop, err := o.Observe(ctx, coord, logger)
+		stop, err := o.Observe(ctx, coord, locks.Held, logger)
 		if err != nil {
 			return err
 		}
@@ -237,14 +248,15 @@ func inDoubtBranches(ctx context.Context, b *bank.Bank, node string) (int, error
 // startupRecovery runs one recovery pass (recovery.PassSettled) beside the
 // coordinator that just started, with DeadBefore = coord.Started(): the
 // node's transactions that began before it are an earlier, dead process's
-// (the log's lock is ours), so their undecided branches are rolled back at
+// (the log's lock and the node's lock in the databases are ours:
+// deadBeforeValid says whether all of them are held), so their undecided branches are rolled back at
 // once instead of after their fence, and their commit decisions finished.
 // It prints a line when it found anything.
-func startupRecovery(ctx context.Context, out io.Writer, coord *xa.Coordinator, keeper string, logger *slog.Logger) error {
+func startupRecovery(ctx context.Context, out io.Writer, coord *xa.Coordinator, keeper string, deadBeforeValid func() bool, logger *slog.Logger) error {
 	start := time.Now()
 	rec, err := recovery.New(recovery.Config{
 		NodeID: coord.NodeID(), Log: coord.Log(), Resources: coord.Resources(), Active: coord.Active,
-		DecisionResource: keeper, DeadBefore: coord.Started(), Logger: logger,
+		DecisionResource: keeper, DeadBefore: coord.Started(), DeadBeforeValid: deadBeforeValid, Logger: logger,
 	})
 	if err != nil {
 		return err
