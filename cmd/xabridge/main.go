@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/redact"
 	"github.com/xabridge/xabridge/internal/selfcheck"
 )
@@ -59,6 +60,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var ue usageError
 	switch {
 	case errors.As(err, &ue) || isCobraUsageError(err):
+		return exitUsage
+	case errors.Is(err, drivers.ErrNodeInUse):
+		// Two live coordinators with one --node-id: a configuration
+		// mistake, refused before anything changed.
 		return exitUsage
 	case errors.Is(err, errInDoubtRemain) || errors.Is(err, selfcheck.ErrStranded):
 		return exitInDoubt
