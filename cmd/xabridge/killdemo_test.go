@@ -13,6 +13,7 @@ import (
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/dbtest"
+	"github.com/xabridge/xabridge/recovery"
 )
 
 // The operator's promise: after kill -9 of a process running
@@ -296,6 +297,25 @@ func TestTwoDemosOneNodeID(t *testing.T) {
 	}
 	_ = first.Wait()
 	killed := time.Now()
+	// How long the servers keep a SIGKILLed process's node lock: polled
+	// from the moment it is reaped.
+	var released time.Duration
+	for {
+		locks, err := recovery.LockNode(ctx, node, []drivers.Resource{b.PG, b.My}, 0, nil)
+		if err == nil && locks.Held() {
+			released = time.Since(killed)
+			_ = locks.Close()
+			break
+		}
+		if err == nil {
+			_ = locks.Close()
+		}
+		if time.Since(killed) > 10*time.Second {
+			t.Fatalf("the killed demo's node lock was not released within 10s: %v", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Logf("the killed demo's node lock released by both servers %v after it was reaped", released.Round(time.Microsecond))
 	rargs := []string{"--node-id", node, "--log-dir", logA, "--resource", "pg=" + pg, "--resource", "mysql=" + my}
 	if out, errOut, code := cli(t, append(rargs, "recover", "--min-age", "0s")...); code != exitOK {
 		t.Fatalf("recover with the first demo's log: exit %d\n%s%s", code, out, errOut)
