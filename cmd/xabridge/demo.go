@@ -65,9 +65,12 @@ left prepared branches holding row locks. This process holds the log, so
 that earlier one is dead: its undecided branches are rolled back at once
 (not after their fence, the 30s transaction timeout) and its commit
 decisions finished. With --metrics-addr, a recovery loop keeps running
-beside the coordinator. So never run two demos at once with the same
---node-id on the same databases, even with different --log-dir: each would
-take the other's running transactions for a dead run's.`,
+beside the coordinator. Two demos at once with the same --node-id on the
+same databases, even with different --log-dir, would each take the other's
+running transactions for a dead run's: so the demo first takes a node lock
+in both databases, held until it exits, and a second live demo with the
+same --node-id is refused (exit 2) before it changes anything. A killed
+demo's lock is released by the servers as its connections close.`,
 		Example: `  eval "$(scripts/devdb env)"
   xabridge demo transfer --count 10000 --concurrency 16
   xabridge demo transfer --count 2000 --baseline   # also time the same transfers without atomicity
