@@ -11,6 +11,7 @@ import (
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/dbtest"
+	"github.com/xabridge/xabridge/postgres"
 	"github.com/xabridge/xabridge/xa"
 )
 
@@ -119,4 +120,36 @@ func TestSameNodeTwoFileLogs(t *testing.T) {
 		t.Fatalf("open the second replica after the first closed: %v", err)
 	}
 	second.close()
+}
+
+// A node lock lost while the replica runs (its PostgreSQL session
+// terminated) turns the restart fast path off (Held false) until a pass
+// takes the lock again.
+func TestNodeLockLostAndRetaken(t *testing.T) {
+	ctx := ctxT(t)
+	w := newWorld(t)
+	id := "lost-" + suffix()
+	n, err := w.openFile(id, filepath.Join(t.TempDir(), "a"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !n.r.locks.Held() {
+		t.Fatal("the node lock is not held after Open")
+	}
+	ns, key := postgres.NodeLockKey(id)
+	var pid int
+	if err := w.pool.QueryRow(ctx, `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+		AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 2`, int64(ns), int64(uint32(key))).Scan(&pid); err != nil {
+		t.Fatalf("the node lock in pg_locks: %v", err)
+	}
+	if _, err := w.pool.Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the lost lock to be seen", func() bool { return !n.r.locks.Held() })
+	if _, err := n.r.Pass(ctx); err != nil {
+		t.Fatalf("pass: %v", err)
+	}
+	if !n.r.locks.Held() {
+		t.Fatalf("the node lock was not taken again by a pass (missing: %v)", n.r.locks.Missing())
+	}
 }
