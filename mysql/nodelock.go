@@ -41,7 +41,11 @@ func (r *Resource) LockNode(ctx context.Context, node string) (drivers.NodeLock,
 		discard(conn)
 		return nil, fmt.Errorf("%s: lock node %s: %w", r.name, node, err)
 	}
-	if !got.Valid || got.Int64 != 1 {
+	if !got.Valid { // an error in GET_LOCK itself (out of memory, the thread killed)
+		discard(conn)
+		return nil, fmt.Errorf("%s: lock node %s: GET_LOCK returned NULL", r.name, node)
+	}
+	if got.Int64 != 1 {
 		holder := ""
 		var id sql.NullInt64
 		if err := conn.QueryRowContext(ctx, "SELECT IS_USED_LOCK(?)", name).Scan(&id); err == nil && id.Valid {
