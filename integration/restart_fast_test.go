@@ -30,7 +30,9 @@ const restartTimeout = 60 * time.Second
 // pass (recovery with DeadBefore = its start), long before their fence
 // (restartTimeout), then runs its own transfers. It measures restart → zero
 // stranded branches of the dead process, checks that the row locks are
-// gone, and checks every invariant over both processes' transfers.
+// gone, and checks every invariant over both processes' transfers. Both
+// processes take the node's lock in the databases before their start-up
+// pass: the restart shows that the servers release the killed one's.
 //
 // With the decision kept in a participant (keeper mode) that participant's
 // branch never prepares, so the dead process's branches are on the other
@@ -63,7 +65,10 @@ func (e *chaosEnv) restartFast(t *testing.T, order crashcheck.Order, keeper cras
 	s.keeper = keeper
 	ctx := context.Background()
 	timeout := "-timeout=" + restartTimeout.String()
-	r := s.runChild(order, "after-all-prepared", 3, 4, 60, 0, seed, timeout)
+	// -recover-at-start: the first process holds the node's lock in both
+	// databases when it dies, so the restart shows the servers release a
+	// SIGKILLed process's lock (its "lock-wait").
+	r := s.runChild(order, "after-all-prepared", 3, 4, 60, 0, seed, timeout, "-recover-at-start")
 	if !r.killed || !r.crashed {
 		t.Fatalf("crash app was not killed at after-all-prepared (killed %v, crash point reached %v, exit %d); stderr:\n%s",
 			r.killed, r.crashed, r.exitCode, r.stderr)
@@ -151,6 +156,9 @@ func (e *chaosEnv) restartFast(t *testing.T, order crashcheck.Order, keeper cras
 	}
 	t.Logf("dead process's branches at the kill: %v; restart -> zero stranded: %v (fence %v); start-up pass: %s",
 		before, cleared.Round(time.Millisecond), restartTimeout, note)
+	if f := strings.Fields(note); len(f) != 10 || f[8] != "lock-wait" {
+		t.Errorf("restart-recovery note %q: want the node lock's wait at its end", note)
+	}
 
 	// Every invariant, over what both processes' callers were told.
 	j := r.journal

@@ -2,6 +2,7 @@ package recovery_test
 
 import (
 	"context"
+	"errors"
 	"log"
 	"time"
 
@@ -50,4 +51,33 @@ func ExampleRecoverer_PassSettled() {
 	}()
 	defer func() { stop(); <-done }()
 	// ... serve ...
+}
+
+// The restart fast path with file logs, made safe against a second live
+// process with the same node id (a log in another directory, which the
+// log's own lock cannot see): take the node's lock in the participants
+// first, refuse to start if another session holds it, and let DeadBefore
+// apply only while every lock is held.
+func ExampleLockNode() {
+	ctx := context.Background()
+	var resources []drivers.Resource // postgres and mysql resources implement drivers.NodeLocker
+	locks, err := recovery.LockNode(ctx, "payments-1", resources, recovery.DefaultNodeLockWait, nil)
+	if errors.Is(err, drivers.ErrNodeInUse) {
+		log.Fatal(err) // "node id payments-1 is in use by another live coordinator (lock held by ...)"
+	}
+	defer locks.Close() // after the coordinator and its recovery
+	coord, err := xa.New(ctx, xa.Config{NodeID: "payments-1", LogDir: "/var/lib/xabridge/log", Resources: resources})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer coord.Close()
+	rec, err := recovery.New(recovery.Config{
+		NodeID: coord.NodeID(), Log: coord.Log(), Resources: resources, Active: coord.Active,
+		DeadBefore:      coord.Started(),
+		DeadBeforeValid: locks.Held, // a participant unreachable, a lock lost: the fence rules
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	rec.PassSettled(ctx)
 }

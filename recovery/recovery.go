@@ -83,8 +83,16 @@ type Config struct {
 	// branches, which that other may still commit: atomicity lost. The
 	// fence alone tolerates that mistake for orphans (their owner can no
 	// longer decide them); DeadBefore does not. A shared store's node
-	// lease rules it out.
+	// lease rules it out, and so does a node lock in the participants
+	// (LockNode, with DeadBeforeValid set to NodeLocks.Held), with file
+	// logs too.
 	DeadBefore time.Time
+	// DeadBeforeValid, if set, is asked once per pass (Scan, Pass,
+	// Resolve); DeadBefore applies to the pass only if it answers true.
+	// Set it to NodeLocks.Held: the fast path then runs only while this
+	// process holds the node's lock on every participant that can hold
+	// one, and falls back to the fence while one is lost or unreachable.
+	DeadBeforeValid func() bool
 	// Actor names who acts, for the log's action records (default
 	// "recovery@<node>").
 	Actor string

@@ -142,7 +142,7 @@ func (r *Recoverer) snapshot(rep *Report, firstSeen map[drivers.XID]time.Time, a
 		now: rep.At, node: r.cfg.NodeID, branches: rep.Branches,
 		entries: map[drivers.GlobalID]decisionlog.Entry{}, kept: rep.kept, active: map[drivers.GlobalID]bool{},
 		firstSeen: firstSeen, fenced: map[drivers.GlobalID]bool{}, scanErrors: len(rep.Unscanned()),
-		skew: r.cfg.Skew, minAge: r.cfg.MinAge, deadBefore: r.cfg.DeadBefore, settle: r.settle(),
+		skew: r.cfg.Skew, minAge: r.cfg.MinAge, deadBefore: r.deadBefore(), settle: r.settle(),
 	}
 	if r.fence != nil {
 		s.fence = r.fence.Name()
@@ -284,4 +284,12 @@ func errLevel(ctx context.Context) slog.Level {
 		return slog.LevelDebug
 	}
 	return slog.LevelError
+}
+
+// deadBefore is Config.DeadBefore when Config.DeadBeforeValid allows it.
+func (r *Recoverer) deadBefore() time.Time {
+	if r.cfg.DeadBefore.IsZero() || (r.cfg.DeadBeforeValid != nil && !r.cfg.DeadBeforeValid()) {
+		return time.Time{}
+	}
+	return r.cfg.DeadBefore
 }

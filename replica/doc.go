@@ -15,8 +15,11 @@
 // # The loop
 //
 // Open takes the node's lease in the store (refused with
-// pgstore.ErrNodeLeased while a live process holds it), opens the
-// coordinator on the store, and starts one goroutine that runs a pass at
+// pgstore.ErrNodeLeased while a live process holds it), then the node's
+// lock in every participant that can hold one (recovery.LockNode; refused
+// with drivers.ErrNodeInUse while another live process holds it, with a
+// file log too: two file logs in two directories cannot see each other),
+// opens the coordinator on the store, and starts one goroutine that runs a pass at
 // once and then every RecoverEvery:
 //
 //  1. this node's own recovery (recovery.Pass with Active: the coordinator's
@@ -92,6 +95,12 @@
 //   - Settle (1s): the two-scan wait. Keep it with MariaDB.
 //   - NoTakeover: this replica settles only its own node (for replicas that
 //     must not reach every resource, or when another tool does takeovers).
+//   - NodeLockWait (recovery.DefaultNodeLockWait, 5s): how long Open
+//     retries a node lock in use before refusing, for a restart right
+//     after a kill whose sessions a server has not yet ended. A lock not
+//     held (a participant unreachable at Open, a lock lost later, found by
+//     a ping every second) turns the restart fast path off until a pass
+//     takes it again: the fence rules meanwhile.
 //   - Coordinator.Timeout (30s): the fence of the node's own transactions;
 //     a takeover does not wait for it, a node's own recovery does.
 package replica

@@ -43,6 +43,11 @@ type Config struct {
 	// alone). It is the two-scan rule: keep it on MariaDB, whose sessions
 	// of a dead process detach from their prepared branches late.
 	Settle time.Duration
+	// NodeLockWait is how long Open waits for the node's lock in a
+	// participant to be released by another session (a server ending a
+	// dead predecessor's session) before it refuses to start (default
+	// recovery.DefaultNodeLockWait; negative: no wait).
+	NodeLockWait time.Duration
 	// Logger receives the replica's events (passes that acted, takeovers,
 	// lease losses). Default: discard.
 	Logger *slog.Logger
@@ -59,6 +64,7 @@ type Replica struct {
 	coord  *xa.Coordinator
 	store  *pgstore.Store // nil with a file log
 	own    *recovery.Recoverer
+	locks  *recovery.NodeLocks // the node's lock in the participants, held until Close
 	every  time.Duration
 
 	passMu sync.Mutex // serialises passes (the loop's and Pass's)
@@ -112,8 +118,11 @@ type Takeover struct {
 }
 
 // Open opens the store (taking the node's lease: an error matching
-// pgstore.ErrNodeLeased if a live process holds it), then the coordinator,
-// and starts the recovery loop. Close stops everything.
+// pgstore.ErrNodeLeased if a live process holds it), takes the node's lock
+// on every participant that can hold one (recovery.LockNode: an error
+// matching drivers.ErrNodeInUse if another live process holds it, with a
+// file log too), then opens the coordinator and starts the recovery loop.
+// Close stops everything.
 func Open(ctx context.Context, cfg Config) (*Replica, error) {
 	logger := cfg.Logger
 	if logger == nil {
@@ -122,6 +131,9 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 	cc := cfg.Coordinator
 	if err := drivers.ValidateNodeID(cc.NodeID); err != nil {
 		return nil, fmt.Errorf("replica: %w", err)
+	}
+	if cfg.NodeLockWait == 0 {
+		cfg.NodeLockWait = recovery.DefaultNodeLockWait
 	}
 	var st *pgstore.Store
 	every := cfg.RecoverEvery
@@ -157,8 +169,21 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 			every = DefaultFileRecoverEvery
 		}
 	}
+	// The node's lock in the participants, before anything else acts: a
+	// second live process with this node id (a file log in another
+	// directory, or a store the lease cannot see from there) is refused
+	// here with nothing changed, since the fast path below would roll back
+	// its in-flight branches.
+	locks, err := recovery.LockNode(ctx, cc.NodeID, cc.Resources, cfg.NodeLockWait, logger.With("node", cc.NodeID))
+	if err != nil {
+		if st != nil {
+			_ = st.Close()
+		}
+		return nil, fmt.Errorf("replica: %w", err)
+	}
 	coord, err := xa.New(ctx, cc)
 	if err != nil {
+		_ = locks.Close()
 		if st != nil {
 			_ = st.Close()
 		}
@@ -178,15 +203,20 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 		// started are a dead incarnation's, rolled back without waiting
 		// for their fence.
 		DeadBefore: coord.Started(),
+		// ... and holds the node's lock on every participant that can
+		// hold one: without it (a participant unreachable at start, a
+		// lock lost since), passes fall back to the fence.
+		DeadBeforeValid: locks.Held,
 	})
 	if err != nil {
+		_ = locks.Close()
 		_ = coord.Close()
 		if st != nil {
 			_ = st.Close()
 		}
 		return nil, fmt.Errorf("replica: %w", err)
 	}
-	r := &Replica{cfg: cfg, logger: logger.With("node", cc.NodeID), coord: coord, store: st, own: own, every: every}
+	r := &Replica{cfg: cfg, logger: logger.With("node", cc.NodeID), coord: coord, store: st, own: own, every: every, locks: locks}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Add(1)
 	go r.loop()
@@ -214,6 +244,7 @@ func (r *Replica) Close() error {
 		r.cancel()
 		r.wg.Wait()
 		err := r.coord.Close()
+		err = errors.Join(err, r.locks.Close())
 		if r.store != nil {
 			err = errors.Join(err, r.store.Close())
 		}
@@ -286,6 +317,15 @@ func (r *Replica) pass(ctx context.Context, settled bool) (PassReport, error) {
 	var rep PassReport
 	if r.ctx.Err() != nil {
 		return rep, ErrClosed
+	}
+	if !r.locks.Held() {
+		// Lost or never taken (a participant was unreachable): take it
+		// again; until then the pass uses the fence, not DeadBefore.
+		if err := r.locks.Retake(ctx); errors.Is(err, drivers.ErrNodeInUse) {
+			r.logger.Error("node lock held by another process: restart fast path off", "err", err)
+		} else if err == nil {
+			r.logger.Info("node lock held on every participant: restart fast path on")
+		}
 	}
 	if settled {
 		reps := r.own.PassSettled(ctx)

@@ -66,9 +66,12 @@ left prepared branches holding row locks. This process holds the log, so
 that earlier one is dead: its undecided branches are rolled back at once
 (not after their fence, the 30s transaction timeout) and its commit
 decisions finished. With --metrics-addr, a recovery loop keeps running
-beside the coordinator. So never run two demos at once with the same
---node-id on the same databases, even with different --log-dir: each would
-take the other's running transactions for a dead run's.
+beside the coordinator. Two demos at once with the same --node-id on the
+same databases, even with different --log-dir, would each take the other's
+running transactions for a dead run's: so the demo first takes a node lock
+in both databases, held until it exits, and a second live demo with the
+same --node-id is refused (exit 2) before it changes anything. A killed
+demo's lock is released by the servers as its connections close.
 
 Aborts other than insufficient funds are counted by reason, each with its
 first error. Exit 1 when the invariants do not hold, and also when the run
@@ -120,8 +123,8 @@ another --node-id and --reset=false (the first created the tables).`,
 				}
 				o.Hook = obs.m.Hook
 				o.OnReport = obs.m.ObserveReport
-				o.Observe = func(ctx context.Context, coord *xa.Coordinator, logger *slog.Logger) (func(), error) {
-					return observeDemo(ctx, cmd.ErrOrStderr(), o, obs, coord, logger)
+				o.Observe = func(ctx context.Context, coord *xa.Coordinator, deadBeforeValid func() bool, logger *slog.Logger) (func(), error) {
+					return observeDemo(ctx, cmd.ErrOrStderr(), o, obs, coord, deadBeforeValid, logger)
 				}
 			}
 			return demo.Transfer(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), o.Options)
@@ -166,7 +169,7 @@ func newDemoCheckCmd() *cobra.Command {
 // observeDemo serves the demo's metrics and runs a recovery loop next to its
 // coordinator (Active: coord.Active leaves its running transactions alone),
 // so that the recovery gauges are live. stop ends both.
-func observeDemo(ctx context.Context, errw io.Writer, o *demoOpts, obs *observer, coord *xa.Coordinator, logger *slog.Logger) (stop func(), err error) {
+func observeDemo(ctx context.Context, errw io.Writer, o *demoOpts, obs *observer, coord *xa.Coordinator, deadBeforeValid func() bool, logger *slog.Logger) (stop func(), err error) {
 	if fl, ok := coord.Log().(*decisionlog.FileLog); ok {
 		obs.labeled.MustRegister(metrics.NewFileLogCollector(fl))
 	}
@@ -181,9 +184,10 @@ func observeDemo(ctx context.Context, errw io.Writer, o *demoOpts, obs *observer
 	rec, err := recovery.New(recovery.Config{
 		NodeID: o.NodeID, Log: coord.Log(), Resources: coord.Resources(), Active: coord.Active,
 		DecisionResource: o.Keeper, Logger: logger, OnReport: obs.m.ObserveReport,
-		// This process holds the log's lock: what began before its
+		// This process holds the log's lock (and, while deadBeforeValid,
+		// the node's lock in the databases): what began before its
 		// coordinator is a dead process's (see demo's start-up pass).
-		DeadBefore: coord.Started(),
+		DeadBefore: coord.Started(), DeadBeforeValid: deadBeforeValid,
 	})
 	if err != nil {
 		return nil, err

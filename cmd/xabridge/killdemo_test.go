@@ -10,9 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/dbtest"
 	"github.com/xabridge/xabridge/internal/startup"
+	"github.com/xabridge/xabridge/recovery"
 )
 
 // The operator's promise: after kill -9 of a process running
@@ -202,4 +204,125 @@ func firstLine(s, sub string) string {
 		}
 	}
 	return ""
+}
+
+// Two demos with one --node-id run from two directories (two decision
+// logs) on the same databases: the second's start-up pass would roll back
+// the first's in-flight prepared branches. It is refused instead, with a
+// clear error naming the node, a resource and the lock's holder, exit 2,
+// before it opens a log or changes anything; the first runs on and, once
+// it is killed and recovered, the money is conserved. Then the same
+// second demo, started after the kill, takes the node (the servers
+// released the dead process's lock) and runs.
+func TestTwoDemosOneNodeID(t *testing.T) {
+	pg, my := dbtest.PG(t), dbtest.MySQL(t)
+	bin := filepath.Join(t.TempDir(), "xabridge")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	prefix := "xab_tw_" + randHex(3)
+	node := "tw-" + randHex(3)
+	logA, logB := t.TempDir(), filepath.Join(t.TempDir(), "b")
+	ctx := context.Background()
+	b, err := bank.Open(ctx, pg, my, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetPrefix(prefix); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Drop(context.Background()); b.Close() })
+	transfers := func() int {
+		var n int
+		if err := b.PGPool.QueryRow(ctx, "SELECT count(*) FROM "+b.Table("transfers")).Scan(&n); err != nil {
+			return -1
+		}
+		return n
+	}
+
+	first := exec.Command(bin, "demo", "transfer", "--count", "1000000", "--concurrency", "8",
+		"--pg", pg, "--mysql", my, "--table-prefix", prefix, "--node-id", node, "--log-dir", logA)
+	first.Stdout, first.Stderr = os.Stderr, os.Stderr
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = first.Process.Kill(); _ = first.Wait() }()
+	for deadline := time.Now().Add(60 * time.Second); transfers() < 100; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the first demo did not commit 100 transfers in 60s")
+		}
+	}
+
+	db := []string{"--pg", pg, "--mysql", my, "--table-prefix", prefix, "--node-id", node}
+	start := time.Now()
+	out, errOut, code := cli(t, append([]string{"demo", "transfer", "--count", "20", "--concurrency", "4", "--reset=false", "--log-dir", logB}, db...)...)
+	took := time.Since(start)
+	if code != exitUsage {
+		t.Fatalf("the second demo with node id %s: exit %d, want %d (refused)\n%s%s", node, code, exitUsage, out, errOut)
+	}
+	for _, s := range []string{"node id " + node + " is in use by another live coordinator (lock held by ", "on resource ", "each coordinator needs its own node id"} {
+		if !strings.Contains(errOut, s) {
+			t.Errorf("the refusal does not say %q:\n%s", s, errOut)
+		}
+	}
+	if strings.Contains(out, "start-up recovery") {
+		t.Errorf("the refused demo ran a start-up recovery:\n%s", out)
+	}
+	if _, err := os.Stat(logB); !os.IsNotExist(err) {
+		t.Errorf("the refused demo's log directory: %v; want it never created", err)
+	}
+	t.Logf("second demo refused in %v: %s", took.Round(time.Millisecond), strings.TrimSpace(errOut))
+	if err := first.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("the first demo is gone after the refusal: %v", err)
+	}
+	// The first still commits transfers after the refusal.
+	n := transfers()
+	for deadline := time.Now().Add(30 * time.Second); transfers() < n+50; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the first demo stopped committing after the second was refused")
+		}
+	}
+
+	// Kill the first; the second demo now starts (same node, its own log)
+	// and runs. The dead one's in-doubt branches are its log's to settle:
+	// recover with the first's log, then check the money.
+	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = first.Wait()
+	killed := time.Now()
+	// How long the servers keep a SIGKILLed process's node lock: polled
+	// from the moment it is reaped.
+	var released time.Duration
+	for {
+		locks, err := recovery.LockNode(ctx, node, []drivers.Resource{b.PG, b.My}, 0, nil)
+		if err == nil && locks.Held() {
+			released = time.Since(killed)
+			_ = locks.Close()
+			break
+		}
+		if err == nil {
+			_ = locks.Close()
+		}
+		if time.Since(killed) > 10*time.Second {
+			t.Fatalf("the killed demo's node lock was not released within 10s: %v", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Logf("the killed demo's node lock released by both servers %v after it was reaped", released.Round(time.Microsecond))
+	rargs := []string{"--node-id", node, "--log-dir", logA, "--resource", "pg=" + pg, "--resource", "mysql=" + my}
+	if out, errOut, code := cli(t, append(rargs, "recover", "--min-age", "0s")...); code != exitOK {
+		t.Fatalf("recover with the first demo's log: exit %d\n%s%s", code, out, errOut)
+	}
+	out, errOut, code = cli(t, append([]string{"demo", "transfer", "--count", "20", "--concurrency", "4", "--reset=false", "--log-dir", logB}, db...)...)
+	if code != exitOK {
+		t.Fatalf("the second demo after the first was killed: exit %d\n%s%s", code, out, errOut)
+	}
+	t.Logf("second demo ran %v after the kill", time.Since(killed).Round(time.Millisecond))
+	out, errOut, code = cli(t, "demo", "check", "--pg", pg, "--mysql", my, "--table-prefix", prefix)
+	if code != exitOK {
+		t.Fatalf("demo invariants violated (exit %d)\n%s%s", code, out, errOut)
+	}
+	t.Logf("%s", strings.ReplaceAll(strings.TrimSpace(out), "\n", "; "))
 }

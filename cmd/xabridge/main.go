@@ -62,6 +62,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch {
 	case errors.As(err, &ue) || isCobraUsageError(err):
 		return exitUsage
+	case errors.Is(err, drivers.ErrNodeInUse):
+		// Two live coordinators with one --node-id: a configuration
+		// mistake, refused before anything changed.
+		return exitUsage
 	case errors.Is(err, errInDoubtRemain) || errors.Is(err, selfcheck.ErrStranded):
 		return exitInDoubt
 	default:

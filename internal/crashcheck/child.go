@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/startup"
+	"github.com/xabridge/xabridge/recovery"
 	"github.com/xabridge/xabridge/xa"
 )
 
@@ -112,7 +114,11 @@ func RunChild(ctx context.Context, cfg ChildConfig, out io.Writer) error {
 	}
 	var coord *xa.Coordinator
 	closeAll := func() error { return coord.Close() }
+	held := func() bool { return false }
+	var lockWait time.Duration
 	if cfg.Store.URL != "" {
+		// The replica holds the node's lease and lock and runs the fast
+		// path in its own first pass.
 		xcfg.LogDir = ""
 		r, closeStore, err := openReplica(ctx, cfg, xcfg)
 		if err != nil {
@@ -121,6 +127,20 @@ func RunChild(ctx context.Context, cfg ChildConfig, out io.Writer) error {
 		coord, closeAll = r.Coordinator(), closeStore
 		j.line(fmt.Sprintf("note ready %s %d\n", cfg.Node, r.Store().Epoch()))
 	} else {
+		if cfg.RecoverAtStart {
+			// The node's lock in both databases before the fast path: a
+			// killed predecessor's is released by the servers as its
+			// sessions end (LockNode waits for that, bounded); a live one
+			// refuses us.
+			start := time.Now()
+			locks, err := recovery.LockNode(ctx, cfg.Node, xcfg.Resources, recovery.DefaultNodeLockWait, cfg.Logger)
+			if err != nil {
+				return err
+			}
+			lockWait = time.Since(start)
+			defer locks.Close()
+			held = locks.Held
+		}
 		var err error
 		if coord, err = xa.New(ctx, xcfg); err != nil {
 			return err
@@ -128,12 +148,12 @@ func RunChild(ctx context.Context, cfg ChildConfig, out io.Writer) error {
 		j.line(fmt.Sprintf("note ready %s 0\n", cfg.Node))
 	}
 	if cfg.RecoverAtStart {
-		line, err := StartupRecovery(ctx, coord, cfg.Keeper.resource(b), cfg.Logger)
+		line, err := StartupRecovery(ctx, coord, cfg.Keeper.resource(b), held, cfg.Logger)
 		if err != nil {
 			_ = closeAll()
 			return err
 		}
-		j.line(line)
+		j.line(strings.TrimSuffix(line, "\n") + fmt.Sprintf(" lock-wait %d\n", lockWait.Milliseconds()))
 	}
 	// The end of ctx stops the workload from starting transfers; those in
 	// flight finish, so that a clean stop leaves nothing in doubt.
@@ -182,15 +202,17 @@ func (k Keeper) resource(b *bank.Bank) string {
 // DeadBefore = coord.Started(), so
 // that the branches an earlier, dead process of the node left undecided
 // are rolled back now, not after their fence (coord holds the log's lock,
-// so that process is dead). keeper is the decision resource, if any. It
+// and the caller the node's lock in the databases while deadBeforeValid
+// says so: that process is dead). keeper is the decision resource, if any. It
 // returns the journal line that reports it:
 //
 //	note restart-recovery MS rolled-back N committed N left N
 //
 // with MS the time the pass took in milliseconds and left the node's
-// branches still prepared after it.
-func StartupRecovery(ctx context.Context, coord *xa.Coordinator, keeper string, logger *slog.Logger) (string, error) {
-	r, err := startup.Recover(ctx, coord, keeper, logger)
+// branches still prepared after it. RunChild appends "lock-wait MS", the
+// time taken by the node's lock (a killed predecessor's sessions ending).
+func StartupRecovery(ctx context.Context, coord *xa.Coordinator, keeper string, deadBeforeValid func() bool, logger *slog.Logger) (string, error) {
+	r, err := startup.Recover(ctx, coord, keeper, deadBeforeValid, logger)
 	if err != nil {
 		return "", err
 	}

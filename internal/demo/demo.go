@@ -46,7 +46,9 @@ type Options struct {
 	// Observe, if set, is called once the coordinator runs (to serve its
 	// metrics, run recovery beside it); stop is called before the
 	// coordinator closes.
-	Observe func(ctx context.Context, coord *xa.Coordinator, logger *slog.Logger) (stop func(), err error)
+	// deadBeforeValid says when its recovery may use the restart fast path
+	// (recovery.Config.DeadBeforeValid): while the node's lock is held.
+	Observe func(ctx context.Context, coord *xa.Coordinator, deadBeforeValid func() bool, logger *slog.Logger) (stop func(), err error)
 
 	// Store, if set, is the shared decision store the coordinator runs on
 	// instead of LogDir, as a replica (package replica): it holds its node's
@@ -171,6 +173,9 @@ func Transfer(ctx context.Context, out, errw io.Writer, o Options) error {
 		Hook:             o.Hook,
 	}
 	var coord *xa.Coordinator
+	// With a store the replica holds the node's lease and lock and runs the
+	// fast path in its own passes; the metrics loop beside it keeps the fence.
+	held := func() bool { return false }
 	if o.Store.Enabled() {
 		rp, done, err := openReplica(ctx, out, o, xc, logger)
 		if err != nil {
@@ -179,6 +184,16 @@ func Transfer(ctx context.Context, out, errw io.Writer, o Options) error {
 		defer done() // prints what this process took over
 		coord = rp.Coordinator()
 	} else {
+		// The node's lock in both databases, before the log is opened:
+		// another live demo with this node id (from another directory, so
+		// another log) is refused here with nothing changed, since the
+		// start-up pass below would roll back its in-flight branches.
+		locks, err := recovery.LockNode(ctx, o.NodeID, xc.Resources, recovery.DefaultNodeLockWait, logger)
+		if err != nil {
+			return err
+		}
+		defer locks.Close() // after coord.Close and the recovery loop
+		held = locks.Held
 		fl, err := decisionlog.OpenFileLog(o.LogDir, decisionlog.FileLogOptions{CommitDelay: o.CommitDelay, Node: o.NodeID})
 		if err != nil {
 			return err
@@ -190,17 +205,17 @@ func Transfer(ctx context.Context, out, errw io.Writer, o Options) error {
 			return err
 		}
 		defer coord.Close()
-		// The restart fast path: this process holds the log's lock, so an
-		// earlier demo of this node that died left its undecided branches
-		// (and their row locks) to no one; roll them back now, not after
-		// their fence. Before Observe, whose recovery loop would race it.
-		// (A replica on a store does the same in its own first pass.)
-		if err := startupRecovery(ctx, out, coord, o.Keeper, logger); err != nil {
+		// The restart fast path: this process holds the log's lock and the
+		// node lock, so an earlier demo of this node that died left its
+		// undecided branches (and their row locks) to no one; roll them back
+		// now, not after their fence. Before Observe, whose recovery loop
+		// would race it.
+		if err := startupRecovery(ctx, out, coord, o.Keeper, held, logger); err != nil {
 			return err
 		}
 	}
 	if o.Observe != nil {
-		stop, err := o.Observe(ctx, coord, logger)
+		stop, err := o.Observe(ctx, coord, held, logger)
 		if err != nil {
 			return err
 		}
@@ -276,11 +291,12 @@ func Transfer(ctx context.Context, out, errw io.Writer, o Options) error {
 }
 
 // startupRecovery is the restart fast path (startup.Recover) beside the
-// coordinator that just started: the log's lock is ours, so what an
-// earlier demo of the node left is a dead process's. It prints a line when
-// it found anything.
-func startupRecovery(ctx context.Context, out io.Writer, coord *xa.Coordinator, keeper string, logger *slog.Logger) error {
-	r, err := startup.Recover(ctx, coord, keeper, logger)
+// coordinator that just started: the log's lock and the node's lock in
+// the databases are ours (deadBeforeValid says whether all of them are
+// held), so what an earlier demo of the node left is a dead process's. It
+// prints a line when it found anything.
+func startupRecovery(ctx context.Context, out io.Writer, coord *xa.Coordinator, keeper string, deadBeforeValid func() bool, logger *slog.Logger) error {
+	r, err := startup.Recover(ctx, coord, keeper, deadBeforeValid, logger)
 	if err != nil {
 		return err
 	}

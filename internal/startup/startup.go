@@ -30,13 +30,15 @@ func (r Result) Found() bool { return r.RolledBack+r.Committed+r.Left > 0 }
 // just started, with DeadBefore = coord.Started(): the node's transactions
 // that began before it are an earlier, dead process's (this process holds
 // the node), so their undecided branches are rolled back at once instead
-// of after their fence, and their commit decisions finished. keeper is
+// of after their fence, and their commit decisions finished, while
+// deadBeforeValid (recovery.Config.DeadBeforeValid: the node's lock in the
+// databases is held; nil: always) says so. keeper is
 // recovery.Config.DecisionResource ("" for none).
-func Recover(ctx context.Context, coord *xa.Coordinator, keeper string, logger *slog.Logger) (Result, error) {
+func Recover(ctx context.Context, coord *xa.Coordinator, keeper string, deadBeforeValid func() bool, logger *slog.Logger) (Result, error) {
 	start := time.Now()
 	rec, err := recovery.New(recovery.Config{
 		NodeID: coord.NodeID(), Log: coord.Log(), Resources: coord.Resources(), Active: coord.Active,
-		DecisionResource: keeper, DeadBefore: coord.Started(), Logger: logger,
+		DecisionResource: keeper, DeadBefore: coord.Started(), DeadBeforeValid: deadBeforeValid, Logger: logger,
 	})
 	if err != nil {
 		return Result{}, err
