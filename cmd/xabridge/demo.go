@@ -73,7 +73,8 @@ in both databases, held until it exits, and a second live demo with the
 same --node-id is refused (exit 2) before it changes anything. A killed
 demo's lock is released by the servers as its connections close.
 
-Aborts other than insufficient funds are counted by reason, each with its
+Interrupted (Ctrl-C, SIGTERM), it stops starting transfers, lets those in
+flight finish, and checks the invariants. Aborts other than insufficient funds are counted by reason, each with its
 first error. Exit 1 when the invariants do not hold, and also when the run
 shows a broken setup: no transfer committed, or at least half of them
 aborted for a reason other than insufficient funds or contention (for
@@ -154,7 +155,12 @@ func newDemoCheckCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Check the demo's invariants: money conserved, every transfer in both databases or neither",
-		Args:  noArgs,
+		Long: `check reads the demo tables and says whether money is conserved and every
+transfer is in both databases or in neither (exit 1 if not). While branches
+of ours are still prepared (a coordinator killed, or stopped before phase 2
+finished) the check is not final: it says how many and exits 3; run
+xabridge recover first.`,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.ValidateDatabases(); err != nil {
 				return usageError{err}

@@ -72,8 +72,17 @@ func TestKillDemoThenRecover(t *testing.T) {
 			t.Fatalf("round %d: demo did not die by SIGKILL: %v", round, err)
 		}
 
+		// Before recovery the check may not judge: branches the kill left
+		// prepared make it "in doubt" (exit 3), never a violation (exit 1).
+		out, errOut, code := cli(t, "demo", "check", "--pg", pg, "--mysql", my, "--table-prefix", prefix)
+		switch {
+		case code == exitInDoubt && strings.Contains(out, "still prepared"):
+			t.Logf("round %d: before recover: %s", round, firstLine(out, "in doubt"))
+		case code != exitOK:
+			t.Fatalf("round %d: demo check before recover: exit %d, want 0 or 3 (in doubt)\n%s%s", round, code, out, errOut)
+		}
 		args := []string{"--node-id", node, "--log-dir", logDir, "--resource", "pg=" + pg, "--resource", "mysql=" + my}
-		out, errOut, code := cli(t, append(args, "recover", "--min-age", "0s")...)
+		out, errOut, code = cli(t, append(args, "recover", "--min-age", "0s")...)
 		if code != exitOK {
 			t.Fatalf("round %d: recover exit %d\n%s%s", round, code, out, errOut)
 		}
@@ -325,4 +334,63 @@ func TestTwoDemosOneNodeID(t *testing.T) {
 		t.Fatalf("demo invariants violated (exit %d)\n%s%s", code, out, errOut)
 	}
 	t.Logf("%s", strings.ReplaceAll(strings.TrimSpace(out), "\n", "; "))
+}
+
+// An interrupted demo (SIGTERM) stops starting transfers, lets those in
+// flight finish, and checks the invariants: exit 0, nothing left prepared.
+func TestDemoInterruptedCleanly(t *testing.T) {
+	pg, my := dbtest.PG(t), dbtest.MySQL(t)
+	bin := filepath.Join(t.TempDir(), "xabridge")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	prefix := "xab_di_" + randHex(3)
+	node := "di-" + randHex(3)
+	ctx := context.Background()
+	b, err := bank.Open(ctx, pg, my, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetPrefix(prefix); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Drop(context.Background()); b.Close() })
+
+	var out strings.Builder
+	cmd := exec.Command(bin, "demo", "transfer", "--count", "1000000", "--concurrency", "8",
+		"--table-prefix", prefix, "--node-id", node, "--log-dir", t.TempDir())
+	cmd.Env = append(os.Environ(), "XABRIDGE_PG="+pg, "XABRIDGE_MYSQL="+my)
+	cmd.Stdout, cmd.Stderr = &out, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var n int
+		err := b.PGPool.QueryRow(ctx, "SELECT count(*) FROM "+b.Table("transfers")).Scan(&n)
+		if err == nil && n >= 100 {
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			t.Fatalf("the demo did not commit 100 transfers in 60s (last error %v)", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("interrupted demo: %v, want exit 0\n%s", err, out.String())
+	}
+	for _, want := range []string{"interrupted", "ok: conserved", "ok: atomic"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("interrupted demo's output lacks %q:\n%s", want, out.String())
+		}
+	}
+	args := []string{"--node-id", node, "--resource", "pg=" + pg, "--resource", "mysql=" + my, "--log-dir", t.TempDir()}
+	if lo, errOut, code := cli(t, append(args, "list", "--all")...); strings.Contains(lo, node) {
+		t.Errorf("branches of %s left prepared after a clean stop (exit %d):\n%s%s", node, code, lo, errOut)
+	}
 }

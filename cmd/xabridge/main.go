@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/demo"
 	"github.com/xabridge/xabridge/internal/redact"
 	"github.com/xabridge/xabridge/internal/selfcheck"
 )
@@ -66,7 +67,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		// Two live coordinators with one --node-id: a configuration
 		// mistake, refused before anything changed.
 		return exitUsage
-	case errors.Is(err, errInDoubtRemain) || errors.Is(err, selfcheck.ErrStranded):
+	case errors.Is(err, errInDoubtRemain) || errors.Is(err, selfcheck.ErrStranded) || errors.Is(err, demo.ErrInDoubt):
 		return exitInDoubt
 	default:
 		return exitError

@@ -321,8 +321,10 @@ func TestDemoServesMetrics(t *testing.T) {
 	})
 	code := bg.stop(t)
 	errOut := bg.errb.String()
-	if code != exitError || !strings.Contains(errOut, "context canceled") {
-		t.Errorf("cancelled demo: exit %d, want %d (context canceled)\n%s", code, exitError, errOut)
+	// Cancelled, it stops cleanly: transfers in flight finish, the
+	// invariants are checked and hold.
+	if code != exitOK {
+		t.Errorf("cancelled demo: exit %d, want %d (a clean stop)\n%s", code, exitOK, errOut)
 	}
 	// The recovery loop next to the running coordinator sees its branches
 	// come and go; none of that is a heuristic outcome.

@@ -173,9 +173,12 @@ func workers(ctx context.Context, count, n int, seed uint64, job func(ctx contex
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(seed, uint64(w)))
 			var lat []time.Duration
+			// The end of ctx stops new transfers; one in flight runs to its
+			// end (bounded by the coordinator's Timeout), so that an
+			// interrupted demo leaves nothing half done behind.
 			for ctx.Err() == nil && next.Add(1) <= int64(count) {
 				t0 := time.Now()
-				err := job(ctx, rng)
+				err := job(context.WithoutCancel(ctx), rng)
 				d := time.Since(t0)
 				switch {
 				case err == nil:

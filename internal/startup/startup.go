@@ -61,7 +61,7 @@ func Recover(ctx context.Context, coord *xa.Coordinator, keeper string, deadBefo
 }
 
 // InDoubt counts the prepared branches of node on resources (xabridge's
-// own, whose global id names node).
+// own, whose global id names node; node "": of any node).
 func InDoubt(ctx context.Context, node string, resources ...drivers.Resource) (int, error) {
 	n := 0
 	for _, r := range resources {
@@ -70,7 +70,7 @@ func InDoubt(ctx context.Context, node string, resources ...drivers.Resource) (i
 			return 0, err
 		}
 		for _, p := range ps {
-			if p.Ours && p.XID.Global.Node() == node {
+			if p.Ours && (node == "" || p.XID.Global.Node() == node) {
 				n++
 			}
 		}

@@ -30,29 +30,36 @@ func prepared(t *testing.T, node string, ours bool) drivers.Prepared {
 }
 
 // InDoubt counts only xabridge's own branches whose global id names the
-// node, over every resource, and fails when a resource cannot be listed.
+// node (any node for ""), over every resource, and fails when a resource
+// cannot be listed.
 func TestInDoubt(t *testing.T) {
 	boom := errors.New("boom")
 	tests := []struct {
 		name      string
+		node      string
 		resources func() []drivers.Resource
 		want      int
 		err       error
 	}{
-		{"none", func() []drivers.Resource { return nil }, 0, nil},
-		{"ours and others", func() []drivers.Resource {
+		{"none", "n1", func() []drivers.Resource { return nil }, 0, nil},
+		{"ours and others", "n1", func() []drivers.Resource {
 			return []drivers.Resource{
 				listed{ps: []drivers.Prepared{prepared(t, "n1", true), prepared(t, "n2", true), prepared(t, "n1", false)}},
 				listed{ps: []drivers.Prepared{prepared(t, "n1", true)}},
 			}
 		}, 2, nil},
-		{"unlistable", func() []drivers.Resource {
+		{"any node of ours", "", func() []drivers.Resource {
+			return []drivers.Resource{
+				listed{ps: []drivers.Prepared{prepared(t, "n1", true), prepared(t, "n2", true), prepared(t, "n1", false)}},
+			}
+		}, 2, nil},
+		{"unlistable", "n1", func() []drivers.Resource {
 			return []drivers.Resource{listed{ps: []drivers.Prepared{prepared(t, "n1", true)}}, listed{err: boom}}
 		}, 0, boom},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			n, err := InDoubt(context.Background(), "n1", tt.resources()...)
+			n, err := InDoubt(context.Background(), tt.node, tt.resources()...)
 			if n != tt.want || !errors.Is(err, tt.err) {
 				t.Fatalf("InDoubt = %d, %v; want %d, %v", n, err, tt.want, tt.err)
 			}
