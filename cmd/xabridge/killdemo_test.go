@@ -21,24 +21,10 @@ import (
 // `xabridge demo transfer`, one `xabridge recover --min-age 0s` leaves no
 // prepared branch of that node, and the demo's invariants hold.
 func TestKillDemoThenRecover(t *testing.T) {
-	pg, my := dbtest.PG(t), dbtest.MySQL(t)
-	bin := filepath.Join(t.TempDir(), "xabridge")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	prefix := "xab_kd_" + randHex(3)
+	r := newDemoRig(t, "kd")
+	bin, pg, my, prefix := r.bin, r.pg, r.my, r.prefix
 	node := "kd-" + randHex(3)
 	logDir := t.TempDir()
-	ctx := context.Background()
-	b, err := bank.Open(ctx, pg, my, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.SetPrefix(prefix); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Drop(context.Background()); b.Close() })
 
 	for round := 0; round < 3; round++ {
 		cmd := exec.Command(bin, "demo", "transfer", "--count", "1000000", "--concurrency", "8",
@@ -49,21 +35,7 @@ func TestKillDemoThenRecover(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Let it run until some transfers have committed (a condition, polled).
-		want := 100 * (round + 1)
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			var n int
-			err := b.PGPool.QueryRow(ctx, "SELECT count(*) FROM "+b.Table("transfers")).Scan(&n)
-			if err == nil && n >= want {
-				break
-			}
-			if time.Now().After(deadline) {
-				_ = cmd.Process.Kill()
-				_ = cmd.Wait()
-				t.Fatalf("round %d: the demo did not commit %d transfers in 60s (last error %v)", round, want, err)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		r.waitTransfers(t, cmd, 100*(round+1), 60*time.Second)
 		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
@@ -107,24 +79,11 @@ func TestKillDemoThenRecover(t *testing.T) {
 // `xabridge recover` (no --min-age: it still waits for the fence) finds
 // nothing left to wait for, and the invariants hold.
 func TestKillDemoThenRestart(t *testing.T) {
-	pg, my := dbtest.PG(t), dbtest.MySQL(t)
-	bin := filepath.Join(t.TempDir(), "xabridge")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	prefix := "xab_kr_" + randHex(3)
+	r := newDemoRig(t, "kr")
+	bin, pg, my, prefix, b := r.bin, r.pg, r.my, r.prefix, r.b
 	node := "kr-" + randHex(3)
 	logDir := t.TempDir()
 	ctx := context.Background()
-	b, err := bank.Open(ctx, pg, my, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.SetPrefix(prefix); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Drop(context.Background()); b.Close() })
 	db := []string{"--pg", pg, "--mysql", my, "--table-prefix", prefix, "--node-id", node, "--log-dir", logDir}
 
 	// Until one kill left prepared branches behind (most do: 16 workers
@@ -140,21 +99,7 @@ func TestKillDemoThenRestart(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		want := 100 * (round + 1)
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			var n int
-			err := b.PGPool.QueryRow(ctx, "SELECT count(*) FROM "+b.Table("transfers")).Scan(&n)
-			if err == nil && n >= want {
-				break
-			}
-			if time.Now().After(deadline) {
-				_ = cmd.Process.Kill()
-				_ = cmd.Wait()
-				t.Fatalf("round %d: the demo did not commit %d transfers in 60s (last error %v)", round, want, err)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		r.waitTransfers(t, cmd, 100*(round+1), 60*time.Second)
 		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
@@ -224,31 +169,11 @@ func firstLine(s, sub string) string {
 // second demo, started after the kill, takes the node (the servers
 // released the dead process's lock) and runs.
 func TestTwoDemosOneNodeID(t *testing.T) {
-	pg, my := dbtest.PG(t), dbtest.MySQL(t)
-	bin := filepath.Join(t.TempDir(), "xabridge")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	prefix := "xab_tw_" + randHex(3)
+	r := newDemoRig(t, "tw")
+	bin, pg, my, prefix, b := r.bin, r.pg, r.my, r.prefix, r.b
+	ctx := context.Background()
 	node := "tw-" + randHex(3)
 	logA, logB := t.TempDir(), filepath.Join(t.TempDir(), "b")
-	ctx := context.Background()
-	b, err := bank.Open(ctx, pg, my, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.SetPrefix(prefix); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Drop(context.Background()); b.Close() })
-	transfers := func() int {
-		var n int
-		if err := b.PGPool.QueryRow(ctx, "SELECT count(*) FROM "+b.Table("transfers")).Scan(&n); err != nil {
-			return -1
-		}
-		return n
-	}
 
 	first := exec.Command(bin, "demo", "transfer", "--count", "1000000", "--concurrency", "8",
 		"--pg", pg, "--mysql", my, "--table-prefix", prefix, "--node-id", node, "--log-dir", logA)
@@ -257,11 +182,7 @@ func TestTwoDemosOneNodeID(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = first.Process.Kill(); _ = first.Wait() }()
-	for deadline := time.Now().Add(60 * time.Second); transfers() < 100; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the first demo did not commit 100 transfers in 60s")
-		}
-	}
+	r.waitTransfers(t, nil, 100, 60*time.Second)
 
 	db := []string{"--pg", pg, "--mysql", my, "--table-prefix", prefix, "--node-id", node}
 	start := time.Now()
@@ -286,12 +207,7 @@ func TestTwoDemosOneNodeID(t *testing.T) {
 		t.Fatalf("the first demo is gone after the refusal: %v", err)
 	}
 	// The first still commits transfers after the refusal.
-	n := transfers()
-	for deadline := time.Now().Add(30 * time.Second); transfers() < n+50; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the first demo stopped committing after the second was refused")
-		}
-	}
+	r.waitTransfers(t, nil, r.transfers()+50, 30*time.Second)
 
 	// Kill the first; the second demo now starts (same node, its own log)
 	// and runs. The dead one's in-doubt branches are its log's to settle:
@@ -339,22 +255,9 @@ func TestTwoDemosOneNodeID(t *testing.T) {
 // An interrupted demo (SIGTERM) stops starting transfers, lets those in
 // flight finish, and checks the invariants: exit 0, nothing left prepared.
 func TestDemoInterruptedCleanly(t *testing.T) {
-	pg, my := dbtest.PG(t), dbtest.MySQL(t)
-	bin := filepath.Join(t.TempDir(), "xabridge")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	prefix := "xab_di_" + randHex(3)
+	r := newDemoRig(t, "di")
+	bin, pg, my, prefix := r.bin, r.pg, r.my, r.prefix
 	node := "di-" + randHex(3)
-	ctx := context.Background()
-	b, err := bank.Open(ctx, pg, my, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.SetPrefix(prefix); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Drop(context.Background()); b.Close() })
 
 	var out strings.Builder
 	cmd := exec.Command(bin, "demo", "transfer", "--count", "1000000", "--concurrency", "8",
@@ -364,20 +267,7 @@ func TestDemoInterruptedCleanly(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		var n int
-		err := b.PGPool.QueryRow(ctx, "SELECT count(*) FROM "+b.Table("transfers")).Scan(&n)
-		if err == nil && n >= 100 {
-			break
-		}
-		if time.Now().After(deadline) {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-			t.Fatalf("the demo did not commit 100 transfers in 60s (last error %v)", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	r.waitTransfers(t, cmd, 100, 60*time.Second)
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -392,5 +282,65 @@ func TestDemoInterruptedCleanly(t *testing.T) {
 	args := []string{"--node-id", node, "--resource", "pg=" + pg, "--resource", "mysql=" + my, "--log-dir", t.TempDir()}
 	if lo, errOut, code := cli(t, append(args, "list", "--all")...); strings.Contains(lo, node) {
 		t.Errorf("branches of %s left prepared after a clean stop (exit %d):\n%s%s", node, code, lo, errOut)
+	}
+}
+
+// cliBinary builds the xabridge command, for tests that run it as a real
+// process (to kill it, or because it re-executes itself).
+func cliBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "xabridge")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// demoRig is what the tests that run `xabridge demo transfer` as a real
+// process share: the binary and the demo's tables under a prefix of the
+// test's own, dropped at its end.
+type demoRig struct {
+	bin, pg, my, prefix string
+	b                   *bank.Bank
+}
+
+func newDemoRig(t *testing.T, tag string) *demoRig {
+	t.Helper()
+	r := &demoRig{bin: cliBinary(t), pg: dbtest.PG(t), my: dbtest.MySQL(t), prefix: "xab_" + tag + "_" + randHex(3)}
+	b, err := bank.Open(context.Background(), r.pg, r.my, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetPrefix(r.prefix); err != nil {
+		b.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Drop(context.Background()); b.Close() })
+	r.b = b
+	return r
+}
+
+// transfers is the number of transfers committed on PostgreSQL (-1 when it
+// cannot be read).
+func (r *demoRig) transfers() int {
+	var n int
+	if err := r.b.PGPool.QueryRow(context.Background(), "SELECT count(*) FROM "+r.b.Table("transfers")).Scan(&n); err != nil {
+		return -1
+	}
+	return n
+}
+
+// waitTransfers polls until at least want transfers have committed; after
+// within it kills cmd (if any) and fails the test.
+func (r *demoRig) waitTransfers(t *testing.T, cmd *exec.Cmd, want int, within time.Duration) {
+	t.Helper()
+	for deadline := time.Now().Add(within); r.transfers() < want; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			if cmd != nil {
+				_ = cmd.Process.Kill()
+				_ = cmd.Wait()
+			}
+			t.Fatalf("the demo did not commit %d transfers in %v (%d so far)", want, within, r.transfers())
+		}
 	}
 }

@@ -3,11 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"testing"
@@ -16,27 +13,10 @@ import (
 	"github.com/xabridge/xabridge/internal/dbtest"
 )
 
-// scBinary builds the xabridge command for a selfcheck test: the check
-// starts its children by re-executing its own binary.
-func scBinary(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "xabridge")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-func scSuffix() string {
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
 // scRun runs the built binary with the test databases in its environment.
 func scRun(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	cmd := exec.Command(scBinary(t), args...)
+	cmd := exec.Command(cliBinary(t), args...)
 	cmd.Env = append(os.Environ(), "XABRIDGE_PG="+dbtest.PG(t), "XABRIDGE_MYSQL="+dbtest.MySQL(t))
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
@@ -61,8 +41,8 @@ func scField(t *testing.T, out, name string) int {
 // each kill, finds no violation and nothing stranded, exits 0 and removes
 // its tables.
 func TestSelfcheckKillsRecoversAndReports(t *testing.T) {
-	prefix := "xab_sc_" + scSuffix()
-	out, errOut, code := scRun(t, "selfcheck", "--duration", "4s", "--node-id", "sc-"+scSuffix(), "--table-prefix", prefix, "--workers", "2")
+	prefix := "xab_sc_" + randHex(3)
+	out, errOut, code := scRun(t, "selfcheck", "--duration", "4s", "--node-id", "sc-"+randHex(3), "--table-prefix", prefix, "--workers", "2")
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
 	}
@@ -122,9 +102,9 @@ func TestSelfcheckUsageErrors(t *testing.T) {
 // coordinator or a takeover); no violation, nothing stranded, and the
 // store's schema it created is dropped.
 func TestSelfcheckOnStore(t *testing.T) {
-	prefix := "xab_scs_" + scSuffix()
+	prefix := "xab_scs_" + randHex(3)
 	out, errOut, code := scRun(t, "selfcheck", "--store", dbtest.PG(t), "--lease-ttl", "1s", "--duration", "8s",
-		"--node-id", "scs-"+scSuffix(), "--table-prefix", prefix, "--workers", "2")
+		"--node-id", "scs-"+randHex(3), "--table-prefix", prefix, "--workers", "2")
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,10 +22,7 @@ import (
 func TestTwoDemoCoordinatorsOnStore(t *testing.T) {
 	s := newStoreScene(t)
 	ctx := context.Background()
-	bin := filepath.Join(t.TempDir(), "xabridge")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := cliBinary(t)
 	prefix := "xab_sd_" + randHex(3)
 	b := s.b
 	if err := b.SetPrefix(prefix); err != nil {
