@@ -45,9 +45,9 @@ type Options struct {
 	Hook func(xa.Step, xa.StepInfo)
 	// Observe, if set, is called once the coordinator runs (to serve its
 	// metrics, run recovery beside it); stop is called before the
-	// coordinator closes.
-	// deadBeforeValid says when its recovery may use the restart fast path
-	// (recovery.Config.DeadBeforeValid): while the node's lock is held.
+	// coordinator closes. deadBeforeValid says when that recovery may use
+	// the restart fast path (recovery.Config.DeadBeforeValid): while the
+	// node's lock is held.
 	Observe func(ctx context.Context, coord *xa.Coordinator, deadBeforeValid func() bool, logger *slog.Logger) (stop func(), err error)
 
 	// Store, if set, is the shared decision store the coordinator runs on
