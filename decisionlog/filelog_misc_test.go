@@ -5,6 +5,7 @@ import (
 	"errors"
 	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -162,7 +163,16 @@ func TestFileLogConcurrentMixed(t *testing.T) {
 	want := l.Entries()
 	flClose(t, l)
 	l2 := openFL(t, dir, clock, nil)
-	if got := l2.Entries(); !reflect.DeepEqual(got, want) {
+	got := l2.Entries()
+	// A compaction still in flight when Entries ran finishes in Close and
+	// drops ended transactions Entries still listed, as Entries' contract
+	// allows; everything else must come back exactly, in the same order.
+	reopened := map[drivers.GlobalID]bool{}
+	for _, e := range got {
+		reopened[e.GTRID] = true
+	}
+	want = slices.DeleteFunc(want, func(e Entry) bool { return e.State == StateDone && !reopened[e.GTRID] })
+	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("entries differ after reopen (%d vs %d)", len(got), len(want))
 	}
 	if got := len(l2.Pending()); got != 800/3 {
