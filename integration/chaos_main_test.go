@@ -83,6 +83,9 @@ type chaosEnv struct {
 	admin    *bank.Bank
 	foreign  *chaos.Foreign
 	tmp      string
+	// The HA tests' store database on pair's PostgreSQL (haStoreURL).
+	storeOnce sync.Once
+	storeErr  error
 }
 
 var (

@@ -39,30 +39,26 @@ const (
 	haSettle = time.Second
 )
 
-var (
-	haStoreOnce sync.Once
-	haStoreErr  error
-)
-
 // haStoreURL returns the URL of the store's database on e's PostgreSQL,
-// creating the database once per test binary.
+// creating the database once per environment (the local servers' and the
+// Docker one's).
 func (e *chaosEnv) haStoreURL(t *testing.T) string {
 	t.Helper()
 	u, err := url.Parse(e.pair.PGURL())
 	if err != nil {
 		t.Fatal(err)
 	}
-	haStoreOnce.Do(func() {
+	e.storeOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		var exists bool
-		if haStoreErr = e.admin.PGPool.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)", haStoreDB).Scan(&exists); haStoreErr != nil || exists {
+		if e.storeErr = e.admin.PGPool.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)", haStoreDB).Scan(&exists); e.storeErr != nil || exists {
 			return
 		}
-		_, haStoreErr = e.admin.PGPool.Exec(ctx, "CREATE DATABASE "+haStoreDB)
+		_, e.storeErr = e.admin.PGPool.Exec(ctx, "CREATE DATABASE "+haStoreDB)
 	})
-	if haStoreErr != nil {
-		t.Fatalf("creating the store database: %v", haStoreErr)
+	if e.storeErr != nil {
+		t.Fatalf("creating the store database: %v", e.storeErr)
 	}
 	u.Path = "/" + haStoreDB
 	return u.String()
@@ -81,6 +77,9 @@ type haCluster struct {
 	mu    sync.Mutex
 	procs []*haProc
 	seed  uint64
+	// others are nodes run outside procs (coordinator containers), for
+	// abandon.
+	others []string
 }
 
 func (e *chaosEnv) newHACluster(t *testing.T) *haCluster {
@@ -119,6 +118,9 @@ func (c *haCluster) abandon() {
 	nodes := map[string]bool{}
 	for _, p := range c.procs {
 		nodes[p.node] = true
+	}
+	for _, n := range c.others {
+		nodes[n] = true
 	}
 	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

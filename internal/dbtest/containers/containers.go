@@ -140,8 +140,8 @@ type DB struct {
 
 var (
 	mu       sync.Mutex
-	live     = map[string]*DB{}  // by container id
-	networks = map[string]bool{} // private networks by name
+	live     = map[string]*testcontainers.DockerContainer{} // by container id
+	networks = map[string]bool{}                            // private networks by name
 	sigOnce  sync.Once
 	closing  bool // a signal arrived: containers still starting are removed at once
 	hostname = func() string { h, _ := os.Hostname(); return h }()
@@ -172,6 +172,10 @@ func Start(ctx context.Context) (map[string]string, error) {
 type Set struct {
 	Network string
 	PG, My  *DB
+
+	prefix netip.Prefix // the network's /24: .2 is PG, .3 is My, apps from .10
+	mu     sync.Mutex
+	apps   []*App // started on it (StartApp), removed before the network
 }
 
 // StartSet creates a private network and starts a PostgreSQL and a MariaDB
@@ -185,7 +189,7 @@ func StartSet(ctx context.Context) (*Set, error) {
 	if err != nil {
 		return nil, err
 	}
-	set := &Set{Network: name}
+	set := &Set{Network: name, prefix: prefix}
 	ss := specs(pg, my)
 	if set.PG, err = run(ctx, ss[0], name, prefix.Addr().Next().Next().String()); err != nil {
 		return nil, errors.Join(err, set.Terminate(context.WithoutCancel(ctx)))
@@ -199,6 +203,13 @@ func StartSet(ctx context.Context) (*Set, error) {
 // Terminate removes the set's containers and its network.
 func (s *Set) Terminate(ctx context.Context) error {
 	var errs []error
+	s.mu.Lock()
+	apps := s.apps
+	s.apps = nil
+	s.mu.Unlock()
+	for _, a := range apps {
+		errs = append(errs, a.Terminate(ctx))
+	}
 	for _, db := range []*DB{s.PG, s.My} {
 		if db != nil {
 			errs = append(errs, db.Terminate(ctx))
@@ -216,15 +227,9 @@ func labels() map[string]string {
 // port is published on 127.0.0.1; with a network, the container is attached
 // only to it, at ip, and reached there.
 func run(ctx context.Context, s spec, netName, ip string) (*DB, error) {
-	if os.Getenv("TESTCONTAINERS_RYUK_DISABLED") == "" {
-		// The reaper's image cannot be pulled without a registry; we
-		// remove our containers ourselves.
-		_ = os.Setenv("TESTCONTAINERS_RYUK_DISABLED", "true")
-	}
-	if _, err := ReapStale(ctx); err != nil {
+	if err := prepare(ctx); err != nil {
 		return nil, err
 	}
-	handleSignals()
 	port := network.MustParsePort(s.port + "/tcp")
 	opts := []testcontainers.ContainerCustomizer{
 		testcontainers.WithEnv(s.env),
@@ -239,39 +244,11 @@ func run(ctx context.Context, s spec, netName, ip string) (*DB, error) {
 			hc.PortBindings = network.PortMap{port: {{HostIP: netip.MustParseAddr("127.0.0.1")}}}
 		}))
 	if netName != "" {
-		addr := netip.MustParseAddr(ip)
-		opts = append(opts,
-			testcontainers.CustomizeRequestOption(func(req *testcontainers.GenericContainerRequest) error {
-				req.Networks = []string{netName}
-				return nil
-			}),
-			testcontainers.WithEndpointSettingsModifier(func(m map[string]*network.EndpointSettings) {
-				es := m[netName]
-				if es == nil {
-					es = &network.EndpointSettings{}
-					m[netName] = es
-				}
-				es.IPAMConfig = &network.EndpointIPAMConfig{IPv4Address: addr}
-			}))
+		opts = append(opts, onNetwork(netName, ip)...)
 	}
-	c, err := testcontainers.Run(ctx, s.image, opts...)
-	if c != nil {
-		mu.Lock()
-		live[c.GetContainerID()] = &DB{c: c, ID: c.GetContainerID()}
-		stopping := closing
-		mu.Unlock()
-		if stopping && err == nil {
-			err = errors.New("interrupted")
-		}
-	}
+	c, err := runContainer(ctx, s.image, opts)
 	if err != nil {
-		if c != nil {
-			err = errors.Join(err, terminate(context.WithoutCancel(ctx), c.GetContainerID()))
-		}
-		if _, ierr := docker(context.WithoutCancel(ctx), "image", "inspect", "--format", "{{.Id}}", s.image); ierr != nil {
-			err = fmt.Errorf("%w (the image is not in the engine and was not pulled; without a registry, scripts/images builds the xabridge-local ones)", err)
-		}
-		return nil, fmt.Errorf("containers: starting %s: %w", s.image, err)
+		return nil, err
 	}
 	db := &DB{Key: s.key, Image: s.image, ID: c.GetContainerID(), c: c, network: netName, ip: ip}
 	if netName == "" {
@@ -284,13 +261,69 @@ func run(ctx context.Context, s spec, netName, ip string) (*DB, error) {
 		db.Addr = net.JoinHostPort(ip, s.port)
 	}
 	db.URL = s.url(db.Addr)
-	mu.Lock()
-	live[db.ID] = db
-	mu.Unlock()
 	if err := db.WaitReady(ctx); err != nil {
 		return nil, errors.Join(err, terminate(context.WithoutCancel(ctx), db.ID))
 	}
 	return db, nil
+}
+
+// prepare is what comes before starting any container: no reaper, the
+// leftovers of dead test processes removed, signals handled.
+func prepare(ctx context.Context) error {
+	if os.Getenv("TESTCONTAINERS_RYUK_DISABLED") == "" {
+		// The reaper's image cannot be pulled without a registry; we
+		// remove our containers ourselves.
+		_ = os.Setenv("TESTCONTAINERS_RYUK_DISABLED", "true")
+	}
+	if _, err := ReapStale(ctx); err != nil {
+		return err
+	}
+	handleSignals()
+	return nil
+}
+
+// onNetwork attaches a container only to netName, at ip.
+func onNetwork(netName, ip string) []testcontainers.ContainerCustomizer {
+	addr := netip.MustParseAddr(ip)
+	return []testcontainers.ContainerCustomizer{
+		testcontainers.CustomizeRequestOption(func(req *testcontainers.GenericContainerRequest) error {
+			req.Networks = []string{netName}
+			return nil
+		}),
+		testcontainers.WithEndpointSettingsModifier(func(m map[string]*network.EndpointSettings) {
+			es := m[netName]
+			if es == nil {
+				es = &network.EndpointSettings{}
+				m[netName] = es
+			}
+			es.IPAMConfig = &network.EndpointIPAMConfig{IPv4Address: addr}
+		}),
+	}
+}
+
+// runContainer starts a container and registers it for TerminateAll
+// (removing it at once when that fails or a signal came meanwhile).
+func runContainer(ctx context.Context, image string, opts []testcontainers.ContainerCustomizer) (*testcontainers.DockerContainer, error) {
+	c, err := testcontainers.Run(ctx, image, opts...)
+	if c != nil {
+		mu.Lock()
+		live[c.GetContainerID()] = c
+		stopping := closing
+		mu.Unlock()
+		if stopping && err == nil {
+			err = errors.New("interrupted")
+		}
+	}
+	if err != nil {
+		if c != nil {
+			err = errors.Join(err, terminate(context.WithoutCancel(ctx), c.GetContainerID()))
+		}
+		if _, ierr := docker(context.WithoutCancel(ctx), "image", "inspect", "--format", "{{.Id}}", image); ierr != nil {
+			err = fmt.Errorf("%w (the image is not in the engine and was not pulled; without a registry, scripts/images builds the xabridge-local ones)", err)
+		}
+		return nil, fmt.Errorf("containers: starting %s: %w", image, err)
+	}
+	return c, nil
 }
 
 // WaitReady polls until the server accepts a connection to its database
@@ -383,21 +416,25 @@ func (d *DB) Unpause(ctx context.Context) error {
 // Disconnect is `docker network disconnect` from the set's private network:
 // a partition between this host and the server (the server keeps running;
 // packets to its address go nowhere).
-func (d *DB) Disconnect(ctx context.Context) error {
-	if d.network == "" {
-		return fmt.Errorf("containers: %s is not on a private network", d.ID)
+func (d *DB) Disconnect(ctx context.Context) error { return disconnect(ctx, d.network, d.ID) }
+
+func disconnect(ctx context.Context, netName, id string) error {
+	if netName == "" {
+		return fmt.Errorf("containers: %s is not on a private network", id)
 	}
-	_, err := docker(ctx, "network", "disconnect", d.network, d.ID)
+	_, err := docker(ctx, "network", "disconnect", netName, id)
 	return err
 }
 
 // Connect is `docker network connect` back to the private network, at the
 // same address.
-func (d *DB) Connect(ctx context.Context) error {
-	if d.network == "" {
-		return fmt.Errorf("containers: %s is not on a private network", d.ID)
+func (d *DB) Connect(ctx context.Context) error { return connect(ctx, d.network, d.ip, d.ID) }
+
+func connect(ctx context.Context, netName, ip, id string) error {
+	if netName == "" {
+		return fmt.Errorf("containers: %s is not on a private network", id)
 	}
-	_, err := docker(ctx, "network", "connect", "--ip", d.ip, d.network, d.ID)
+	_, err := docker(ctx, "network", "connect", "--ip", ip, netName, id)
 	return err
 }
 
@@ -406,16 +443,16 @@ func (d *DB) Terminate(ctx context.Context) error { return terminate(ctx, d.ID) 
 
 func terminate(ctx context.Context, id string) error {
 	mu.Lock()
-	db := live[id]
+	c := live[id]
 	delete(live, id)
 	mu.Unlock()
-	if db == nil {
+	if c == nil {
 		return nil
 	}
 	// A paused container cannot be stopped; unpause it first (an error
 	// means it was not paused).
 	_, _ = docker(ctx, "unpause", id)
-	if err := db.c.Terminate(ctx, testcontainers.StopTimeout(10*time.Second)); err != nil {
+	if err := c.Terminate(ctx, testcontainers.StopTimeout(10*time.Second)); err != nil {
 		return fmt.Errorf("containers: removing %s: %w", id, err)
 	}
 	return nil
