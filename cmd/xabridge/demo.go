@@ -87,7 +87,11 @@ recovers its own transactions in-process and takes over the transactions
 of any node whose lease expired (a killed peer), every --recover-interval
 (default: half the lease TTL). It prints its node and epoch when it starts
 and, when it stops, which nodes it took over. Start a second one with
-another --node-id and --reset=false (the first created the tables).`,
+another --node-id and --reset=false (the first created the tables). With
+--store and --reset=false the final check does not compare the balances with
+a start total (peers may be moving money while the two databases are read):
+it checks, as demo check does, that the money the transfers took from
+PostgreSQL arrived in MySQL and that each transfer is in both or neither.`,
 		Example: `  eval "$(scripts/devdb env)"
   xabridge demo transfer --count 10000 --concurrency 16
   xabridge demo transfer --count 2000 --baseline   # also time the same transfers without atomicity
