@@ -164,13 +164,19 @@ const checkSettle = 2 * time.Second
 // state that breaks an invariant with nothing prepared is read again for
 // checkSettle before it is reported (see there).
 func check(ctx context.Context, out io.Writer, b *bank.Bank, want int64) error {
+	return checkWith(ctx, out, b, want, func(ctx context.Context) (int, error) { return startup.InDoubt(ctx, "", b.PG, b.My) })
+}
+
+// checkWith is check with the count of our prepared branches from
+// countPrepared (every node's, on both servers).
+func checkWith(ctx context.Context, out io.Writer, b *bank.Bank, want int64, countPrepared func(context.Context) (int, error)) error {
 	deadline := time.Now().Add(checkSettle)
 	for {
 		st, err := b.Check(ctx)
 		if err != nil {
 			return err
 		}
-		prepared, err := startup.InDoubt(ctx, "", b.PG, b.My)
+		prepared, err := countPrepared(ctx)
 		if err != nil {
 			return err
 		}
