@@ -163,7 +163,10 @@ func newDemoCheckCmd() *cobra.Command {
 transfer is in both databases or in neither (exit 1 if not). While branches
 of ours are still prepared (a coordinator killed, or stopped before phase 2
 finished) the check is not final: it says how many and exits 3; run
-xabridge recover first.`,
+xabridge recover first. The two databases are read one after the other, so
+while coordinators run, a transfer between its two commits shows in one
+database only: a state that breaks an invariant is read again for up to 2s
+before it is reported.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.ValidateDatabases(); err != nil {
