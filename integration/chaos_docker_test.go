@@ -172,8 +172,8 @@ func (e *chaosEnv) startDirectRun(t *testing.T, timeout time.Duration, fault fun
 //     "commit pending" (never "aborted"), and after `docker unpause` the
 //     transfer ends committed on both sides.
 //
-// (The lost-lease case needs the shared decision store's leases, which this
-// version does not have.)
+// (The lost-lease case, a coordinator cut off past its lease, is
+// TestDockerCoordinatorsHA's network disconnect.)
 func TestDockerChaosFrozenServer(t *testing.T) {
 	e := getDockerEnv(t)
 	ctx := context.Background()

@@ -13,6 +13,11 @@
 // when a test binary died without either, by ReapStale at the next start
 // (or `scripts/images clean`): every container and network carries the
 // labels org.xabridge.test, org.xabridge.test.pid and org.xabridge.test.host.
+//
+// Beside the databases of a Set, StartApp runs containers of the project's
+// own image on the set's network, each at its own address: the coordinator
+// image (CoordinatorImage: the xabridge CLI of the checkout, static, FROM
+// scratch), for the HA tests on separate network hosts.
 package containers
 
 import (
