@@ -410,6 +410,12 @@ func TestDockerCoordinatorsHA(t *testing.T) {
 	})
 	logTiming(t, "docker network connect of %s: rejoined under epoch %d (was %d, claimed at %d) %s after the reconnect",
 		cut.node, back.Epoch, pre.Epoch, claim.Epoch, time.Since(healed).Round(time.Millisecond))
+	// The process itself saw the loss (package replica logs it when its
+	// lease watcher fires: from then on it writes no decision until it
+	// holds the node again).
+	if _, errOut, err := cut.app.Logs(ctx); err != nil || !strings.Contains(errOut, "node lease lost") {
+		t.Errorf("the disconnected coordinator %s did not log that it lost its lease (%v):\n%s", cut.node, err, tail(errOut, 10))
+	}
 	h.waitCommits(cut.node, stalled, 3, 30*time.Second)
 	claimedAt, err := time.Parse(time.RFC3339Nano, claim.AcquiredAt)
 	if err != nil {
