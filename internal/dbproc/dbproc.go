@@ -9,11 +9,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -116,7 +118,11 @@ func processAlive(pid int) bool {
 	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
 
-// freePorts returns n loopback ports that were free a moment ago.
+// freePorts returns n loopback ports that were free a moment ago, chosen
+// below the kernel's ephemeral range: a server killed by a test keeps its
+// port across the restart, and a port of the ephemeral range can be taken
+// meanwhile by any outgoing connection (the tests' own clients, Docker's
+// published ports), which then makes the restart fail.
 func freePorts(n int) ([]int, error) {
 	var ls []net.Listener
 	defer func() {
@@ -124,16 +130,40 @@ func freePorts(n int) ([]int, error) {
 			_ = l.Close()
 		}
 	}()
+	lo, hi := listenRange()
 	var ports []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		if tries == 1000 {
+			return nil, fmt.Errorf("dbproc: no free loopback port in %d-%d", lo, hi)
+		}
+		port := lo + rand.IntN(hi-lo)
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		if err != nil {
-			return nil, fmt.Errorf("dbproc: finding a free port: %w", err)
+			continue // in use
 		}
 		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, port)
 	}
 	return ports, nil
+}
+
+// listenRange is where freePorts draws from: 10000 up to the start of the
+// ephemeral range (/proc/sys/net/ipv4/ip_local_port_range; Linux's default
+// 32768 where it cannot be read).
+func listenRange() (lo, hi int) {
+	lo, hi = 10000, 32768
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return lo, hi
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return lo, hi
+	}
+	if start, err := strconv.Atoi(f[0]); err == nil && start > lo+1000 {
+		hi = start
+	}
+	return lo, hi
 }
 
 func (p *Pair) devdb(ctx context.Context, args ...string) error {

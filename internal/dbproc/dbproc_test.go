@@ -2,10 +2,12 @@ package dbproc
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -68,6 +70,38 @@ func TestBadServerName(t *testing.T) {
 	for _, f := range []func(context.Context, Server) error{p.Kill9, p.StartServer, p.Restart} {
 		if err := f(context.Background(), "oracle"); err == nil {
 			t.Fatal("unknown server accepted")
+		}
+	}
+}
+
+// Ports are distinct, free, and below the ephemeral range, so that no
+// outgoing connection can take one while its server is down for a restart.
+func TestFreePortsOutsideEphemeralRange(t *testing.T) {
+	lo, hi := listenRange()
+	ports, err := freePorts(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for _, p := range ports {
+		if p < lo || p >= hi {
+			t.Errorf("port %d outside %d-%d", p, lo, hi)
+		}
+		if seen[p] {
+			t.Errorf("port %d twice", p)
+		}
+		seen[p] = true
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err != nil {
+			t.Errorf("port %d not free: %v", p, err)
+			continue
+		}
+		l.Close()
+	}
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err == nil {
+		if start, err := strconv.Atoi(strings.Fields(string(b))[0]); err == nil && hi > start {
+			t.Errorf("range ends at %d, past the ephemeral start %d", hi, start)
 		}
 	}
 }
