@@ -125,6 +125,9 @@ taken-over nodes' branches are in flight and do not count).`,
 				for _, e := range rep.ScanErrors {
 					out.ScanErrors = append(out.ScanErrors, scanErrorJSON{e.Resource, e.Err.Error()})
 				}
+				if rep.LogErr != nil {
+					return logUnreadErr(rep.LogErr)
+				}
 			}
 			leased := map[string]bool{}
 			for _, n := range nodes {
