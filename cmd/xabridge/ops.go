@@ -159,6 +159,18 @@ func writeTable(w io.Writer, rep *recovery.Report, showResult bool) {
 	}
 }
 
+// filterLabel keeps the branches whose XID carries exactly label (foreign
+// branches carry none).
+func filterLabel(rep *recovery.Report, label string) {
+	kept := rep.Branches[:0]
+	for _, b := range rep.Branches {
+		if b.Ours && b.XID.Label == label {
+			kept = append(kept, b)
+		}
+	}
+	rep.Branches = kept
+}
+
 // filterOurs drops foreign branches unless all is set.
 func filterOurs(rep *recovery.Report, all bool) {
 	if all {
@@ -284,6 +296,7 @@ func newRecoverer(ctx context.Context, r *resolved, write bool, minAge *time.Dur
 func newListCmd() *cobra.Command {
 	o := &opsConfig{}
 	var all, hideLive bool
+	var label string
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List in-doubt branches of ours on every resource, with what the log says and what recovery would do",
@@ -292,8 +305,10 @@ ours: its global id, owner node, resource, branch, age, what the decision log
 says, its class and the action recovery would take, and the transaction's
 label (xa.Tx.SetLabel: a LABEL column when some branch has one, "label" in
 JSON). The label is read from the branch's XID, so it shows even when no
-decision was ever written. It changes nothing, and it works while a
-coordinator is running (the log is read without its lock).
+decision was ever written. --label L lists only the branches whose label is
+exactly L (the counts and the exit code cover those alone). It changes
+nothing, and it works while a coordinator is running (the log is read
+without its lock).
 
 Classes: commit-pending (log says commit), abort-pending (log says abort),
 orphan (no decision, past its fence: rolled back once seen in two scans),
@@ -319,6 +334,14 @@ JSON); branches of nodes without a lease there are unknown-owner. A read
 of the store that fails is an error (exit 1), never "no decision".`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Flags().Changed("label") {
+				if label == "" {
+					return usagef("--label is empty: give the label to list (branches without one have none to match)")
+				}
+				if err := drivers.ValidateLabel(label); err != nil {
+					return usagef("--label: %v", err)
+				}
+			}
 			r, err := o.resolve()
 			if err != nil {
 				return err
@@ -340,6 +363,9 @@ of the store that fails is an error (exit 1), never "no decision".`,
 				rep = rec.Scan(cmd.Context())
 			}
 			filterOurs(rep, all)
+			if label != "" {
+				filterLabel(rep, label)
+			}
 			remaining, inFlight := rep.Remaining(), rep.InFlight()
 			if hideLive {
 				hideInFlight(rep)
@@ -365,6 +391,7 @@ of the store that fails is an error (exit 1), never "no decision".`,
 	addOpsFlags(cmd, o, true)
 	addStoreFlags(cmd, o)
 	cmd.Flags().BoolVar(&all, "all", false, "also list foreign prepared transactions (read-only view)")
+	cmd.Flags().StringVar(&label, "label", "", "list only the branches whose transaction label (xa.Tx.SetLabel) is exactly this")
 	cmd.Flags().BoolVar(&hideLive, "hide-live", false, "leave out this node's branches in flight (live, or decided within their fence): only what needs attention")
 	return cmd
 }
