@@ -136,6 +136,36 @@ func (e Entry) Heuristic() bool {
 	return false
 }
 
+// CheckedReader is implemented by a Log whose reads can fail (a database
+// store, decisionlog/pgstore): Lookup and Pending answer "nothing" when a
+// read fails, these return the error. Recovery and the operator commands
+// read through it when a log has it, so that a read that failed is "the
+// decision is unknown", never "no decision" (which presumes abort).
+type CheckedReader interface {
+	// LookupChecked is Lookup with the read's error.
+	LookupChecked(ctx context.Context, gtrid drivers.GlobalID) (Entry, bool, error)
+	// PendingChecked is Pending with the read's error.
+	PendingChecked(ctx context.Context) ([]Decision, error)
+}
+
+// LookupChecked looks g up in l: through CheckedReader when l has it (a
+// failed read is an error), else with Lookup (which cannot fail).
+func LookupChecked(ctx context.Context, l Log, g drivers.GlobalID) (Entry, bool, error) {
+	if c, ok := l.(CheckedReader); ok {
+		return c.LookupChecked(ctx, g)
+	}
+	e, found := l.Lookup(g)
+	return e, found, nil
+}
+
+// PendingChecked is LookupChecked for Pending.
+func PendingChecked(ctx context.Context, l Log) ([]Decision, error) {
+	if c, ok := l.(CheckedReader); ok {
+		return c.PendingChecked(ctx)
+	}
+	return l.Pending(), nil
+}
+
 // Log is the coordinator's durable decision log. The embedded FileLog is the
 // default; the interface leaves room for a database-backed log.
 //

@@ -54,7 +54,7 @@ var phaseLabels = [nPhases]string{"work", "prepare", "decision", "commit"}
 // classes are the values of the class label, every recovery.Class.
 var classes = []recovery.Class{
 	recovery.CommitPending, recovery.AbortPending, recovery.Orphan, recovery.Live,
-	recovery.UnknownOwner, recovery.Heuristic, recovery.Foreign, recovery.WrongResource,
+	recovery.UnknownOwner, recovery.Heuristic, recovery.Foreign, recovery.WrongResource, recovery.LogUnread,
 }
 
 // possible lists, by outcome, the reasons that can come with it.

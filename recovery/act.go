@@ -159,7 +159,7 @@ func stillPrepared(rep *Report) map[drivers.GlobalID]bool {
 // their branches any more. It only does so when every resource was scanned:
 // a resource that could not be scanned may still hold a branch.
 func (r *Recoverer) endFinished(ctx context.Context, rep *Report) {
-	if len(rep.ScanErrors) > 0 {
+	if len(rep.ScanErrors) > 0 || rep.LogErr != nil {
 		return
 	}
 	r.forgetKept(ctx, rep, stillPrepared(rep))
@@ -186,7 +186,7 @@ func (r *Recoverer) endFinished(ctx context.Context, rep *Report) {
 // finished. (A pass's endFinished looks at every decision; Resolve's
 // report holds g's branches alone, so it must not.)
 func (r *Recoverer) endOne(ctx context.Context, rep *Report, g drivers.GlobalID) {
-	if len(rep.ScanErrors) > 0 || stillPrepared(rep)[g] || r.active(g) {
+	if len(rep.ScanErrors) > 0 || rep.LogErr != nil || stillPrepared(rep)[g] || r.active(g) {
 		return
 	}
 	if k, ok := rep.kept[g]; ok && !k.Abort {

@@ -45,6 +45,9 @@ type snapshot struct {
 	// wrong holds the resources that are not the database a decision
 	// names, and why (see Recoverer.checkIdentities).
 	wrong map[string]error
+	// unread holds the transactions whose log read failed, and why: what
+	// was decided for them is unknown.
+	unread map[drivers.GlobalID]error
 
 	skew   time.Duration  // Config.Skew
 	minAge *time.Duration // Config.MinAge
@@ -91,6 +94,13 @@ func (s *snapshot) classifyBranch(b Branch) Branch {
 	if err := s.wrong[b.Resource]; err != nil {
 		// Whatever the decision says, this is not where it was made.
 		b.Class, b.Action, b.Reason, b.Attention = WrongResource, ActionNone, err.Error(), true
+		return b
+	}
+	if err := s.unread[g]; err != nil && !s.active[g] {
+		// A failed read is not "no decision": presuming abort (or acting
+		// on a keeper's marker) could contradict a commit the log holds.
+		b.Class, b.Action, b.Attention = LogUnread, ActionNone, true
+		b.Reason = "the decision log could not be read for this transaction (" + err.Error() + "): left alone until it can"
 		return b
 	}
 	k, kok := s.kept[g]
@@ -162,7 +172,7 @@ func (s *snapshot) classifyBranch(b Branch) Branch {
 // phase 2 at once, so only a crashed or stuck one leaves it later.
 func (s *snapshot) needsAttention(b Branch) bool {
 	switch b.Class {
-	case Orphan, AbortPending, WrongResource:
+	case Orphan, AbortPending, WrongResource, LogUnread:
 		return true
 	case Heuristic:
 		return !b.unconfirmed
@@ -360,6 +370,12 @@ func (s *snapshot) planResolve(req resolveRequest, first map[drivers.XID]bool) r
 	}
 	if err := s.wrongFor(g, p.act, p.waiting); err != nil {
 		p.err = err
+		return p
+	}
+	if err := s.unread[g]; err != nil {
+		// Even forced: the outcome would be chosen blind, and recording
+		// it needs the same log.
+		p.err = fmt.Errorf("%w: %s: %w; nothing was done", ErrLogUnreadable, g, err)
 		return p
 	}
 	if len(p.act) == 0 {

@@ -211,7 +211,7 @@ func (r *Recoverer) Scan(ctx context.Context) *Report {
 	defer r.mu.Unlock()
 	start := time.Now()
 	rep := r.scan(ctx)
-	rep.Branches = r.snapshot(rep, nil).classify()
+	rep.Branches = r.snapshot(ctx, rep, nil).classify()
 	r.recheckDone(ctx, rep)
 	r.report(rep, KindScan, start)
 	return rep
@@ -226,12 +226,12 @@ func (r *Recoverer) Pass(ctx context.Context, dryRun bool) *Report {
 	start := time.Now()
 	rep := r.scan(ctx)
 	if dryRun {
-		rep.Branches = r.snapshot(rep, nil).classify()
+		rep.Branches = r.snapshot(ctx, rep, nil).classify()
 		r.recheckDone(ctx, rep)
 		r.report(rep, KindDryRun, start)
 		return rep
 	}
-	s := r.snapshot(rep, r.firstSeen)
+	s := r.snapshot(ctx, rep, r.firstSeen)
 	rep.Branches = s.classify()
 	r.recheckDone(ctx, rep)
 	// Remember when each branch was first seen (the two-scan rule).

@@ -37,6 +37,11 @@ const (
 	// name pointed at the wrong URL). Never touched, and no decision is
 	// ended while it lasts; the resource is also in ScanErrors.
 	WrongResource Class = "wrong-resource"
+	// LogUnread: ours, but the decision log's read of its transaction
+	// failed (a database store that could not be read): what was decided
+	// is unknown. Never touched, and no decision is ended while it lasts;
+	// Report.LogErr says why.
+	LogUnread Class = "log-unread"
 )
 
 // Action is what recovery does (or would do) with a branch.
@@ -140,6 +145,11 @@ type Report struct {
 	// Ended lists commit decisions recovery found fully committed and marked
 	// ended in the log, or deleted from a decision keeper's table.
 	Ended []string
+	// LogErr is the first failed read of the decision log (a
+	// decisionlog.CheckedReader, such as a database store): the branches
+	// whose decision could not be read are class LogUnread, and nothing is
+	// ended. Nil when every read succeeded.
+	LogErr error
 
 	kept       map[drivers.GlobalID]kept // the keepers' decisions, read before the scan
 	keptFailed []decisionlog.Keeper      // keepers whose decisions could not be read

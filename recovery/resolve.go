@@ -19,6 +19,10 @@ var (
 	// ErrUnknownTransaction: neither the log nor any resource knows the
 	// global transaction.
 	ErrUnknownTransaction = errors.New("unknown global transaction: no log record and no prepared branch")
+	// ErrLogUnreadable: the decision log could not be read (a database
+	// store unreachable, or its tables not readable): what was decided is
+	// unknown, so nothing is done.
+	ErrLogUnreadable = errors.New("refused: the decision log could not be read")
 	// ErrNotFinishableHere: branches of the global transaction are
 	// prepared on a listed server, but none where these resources may
 	// finish them (another database, another role); the error says where.
@@ -73,7 +77,7 @@ func (r *Recoverer) Resolve(ctx context.Context, g drivers.GlobalID, commit, for
 			rep.ScanErrors = append(rep.ScanErrors, e)
 		}
 	}
-	s := r.snapshot(rep, nil, g)
+	s := r.snapshot(ctx, rep, nil, g)
 	req := resolveRequest{gtrid: g, commit: commit, force: force}
 	p := s.planResolve(req, first)
 	if p.fenceFirst {

@@ -32,7 +32,24 @@ func (r *Recoverer) scan(ctx context.Context) *Report {
 	}
 	rep.kept = r.readKept(ctx, rep)
 	r.scanBranches(ctx, rep)
+	// Pending is read again where it is used (it cannot fail there
+	// visibly): read it once here through CheckedReader, so that a log
+	// that cannot be read shows in the report and ends nothing.
+	lctx, cancel := context.WithTimeout(ctx, opTimeout)
+	if _, err := decisionlog.PendingChecked(lctx, r.cfg.Log); err != nil {
+		r.logUnread(ctx, rep, err)
+	}
+	cancel()
 	return rep
+}
+
+// logUnread notes a failed read of the decision log in rep (the first
+// one is kept).
+func (r *Recoverer) logUnread(ctx context.Context, rep *Report, err error) {
+	if rep.LogErr == nil {
+		rep.LogErr = err
+		r.logger.Log(ctx, errLevel(ctx), "recovery cannot read the decision log; deciding nothing from it", "err", err)
+	}
 }
 
 // readKept reads the decisions every keeper holds. It runs before the
@@ -137,12 +154,13 @@ func (r *Recoverer) scanBranches(ctx context.Context, rep *Report) {
 // log entries and liveness of this node's listed transactions and of
 // those in also (Resolve's, which may have no branch left), and the rules.
 // firstSeen is as in snapshot.firstSeen.
-func (r *Recoverer) snapshot(rep *Report, firstSeen map[drivers.XID]time.Time, also ...drivers.GlobalID) *snapshot {
+func (r *Recoverer) snapshot(ctx context.Context, rep *Report, firstSeen map[drivers.XID]time.Time, also ...drivers.GlobalID) *snapshot {
 	s := &snapshot{
 		now: rep.At, node: r.cfg.NodeID, branches: rep.Branches,
 		entries: map[drivers.GlobalID]decisionlog.Entry{}, kept: rep.kept, active: map[drivers.GlobalID]bool{},
 		firstSeen: firstSeen, fenced: map[drivers.GlobalID]bool{}, scanErrors: len(rep.Unscanned()),
-		skew: r.cfg.Skew, minAge: r.cfg.MinAge, deadBefore: r.deadBefore(), settle: r.settle(),
+		unread: map[drivers.GlobalID]error{},
+		skew:   r.cfg.Skew, minAge: r.cfg.MinAge, deadBefore: r.deadBefore(), settle: r.settle(),
 	}
 	if r.fence != nil {
 		s.fence = r.fence.Name()
@@ -161,8 +179,15 @@ func (r *Recoverer) snapshot(rep *Report, firstSeen map[drivers.XID]time.Time, a
 		if g.Node() != r.cfg.NodeID {
 			return
 		}
-		if _, ok := s.entries[g]; !ok {
-			if e, ok := r.cfg.Log.Lookup(g); ok {
+		if _, ok := s.entries[g]; !ok && s.unread[g] == nil {
+			lctx, cancel := context.WithTimeout(ctx, opTimeout)
+			e, ok, err := decisionlog.LookupChecked(lctx, r.cfg.Log, g)
+			cancel()
+			switch {
+			case err != nil:
+				s.unread[g] = err
+				r.logUnread(ctx, rep, err)
+			case ok:
 				s.entries[g] = e
 			}
 		}

@@ -29,10 +29,14 @@
 //     recorded;
 //  2. on a shared store, for every peer whose lease has expired by the
 //     database's clock: TakeOver. A peer that died holding its own lease is
-//     taken over once; one a claimant already released is claimed again
-//     only while something of it is left (branches prepared on a resource,
-//     commit decisions not ended), so a node that never comes back costs a
-//     lease read per pass, not a claim and a scan.
+//     taken over once; one a claimant already released, or one its own
+//     process released cleanly (Close: pgstore.NodeInfo.Released), is
+//     claimed only while something of it is left (branches prepared on a
+//     resource, commit decisions not ended), so a node that never comes
+//     back costs a lease read per pass, not a claim and a scan, and a
+//     replica stopped cleanly is not claimed just as it restarts. A replica
+//     restarted while a peer does hold its node waits for that claim to
+//     end (pgstore.Options.ClaimWait) instead of failing.
 //
 // TakeOver claims the node (a compare-and-set to epoch + 1 in the database:
 // of several survivors exactly one wins; the others get

@@ -373,11 +373,17 @@ func (r *Replica) takeOverPeers(ctx context.Context, own *recovery.Report) ([]Ta
 		if ctx.Err() != nil {
 			break
 		}
-		// A node that died holding its own lease is taken over once; one a
-		// claimant already released only when something of it is left
-		// (branches prepared, decisions not ended), so that dead nodes do
-		// not cost a claim and a scan every pass forever.
-		if n.Holder.Node != n.Node && !seen[n.Node] {
+		// A node that died holding its own lease is taken over once. One a
+		// claimant already released, or one its own process released
+		// cleanly (a stop, not a lapse: NodeInfo.Released), only when
+		// something of it is left: branches prepared (this pass's scan of
+		// every resource saw them; a resource it could not scan, a
+		// takeover could not act on either) or decisions not ended. So
+		// dead nodes do not cost a claim and a scan every pass forever,
+		// and a replica stopped cleanly is not claimed just as it restarts
+		// (it would have to wait for the claim to end).
+		released := n.Holder.Node != n.Node || n.Released
+		if released && !seen[n.Node] {
 			pending, err := r.store.PendingContext(ctx, n.Node)
 			if err == nil && len(pending) == 0 {
 				continue

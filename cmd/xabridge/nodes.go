@@ -18,8 +18,10 @@ import (
 // are a stable interface.
 type nodeJSON struct {
 	Node             string     `json:"node"`
+	Role             string     `json:"role"` // coordinator, or operator: the CLI's own node id, which only claims
 	Epoch            int64      `json:"epoch"`
-	State            string     `json:"state"` // live, expired, taken-over
+	State            string     `json:"state"`    // live, expired, taken-over
+	Released         bool       `json:"released"` // given back by its holder (a clean stop), not lapsed
 	Holder           holderJSON `json:"holder"`
 	AcquiredAt       string     `json:"acquired_at"`
 	RenewedAt        string     `json:"renewed_at"`
@@ -51,10 +53,30 @@ type nodesJSON struct {
 	// commit decisions: nobody settles them until a replica or
 	// `xabridge recover --store` takes the node over.
 	Stranded int `json:"stranded_nodes"`
+	// Hidden counts the rows left out without --all: the operator
+	// commands' own node (xabridge-cli), expired, holding no transaction.
+	Hidden int `json:"hidden_nodes"`
+}
+
+// Roles of a node row in xabridge nodes.
+const (
+	roleCoordinator = "coordinator"
+	roleOperator    = "operator" // the node id operator commands claim under (operatorNode)
+)
+
+// hideNode reports whether nodes leaves j out without --all: the row of
+// the operator commands' own node, which they create to claim other nodes
+// under and which never holds a transaction, once no command runs (its
+// lease expired) and nothing of it is pending or prepared. A live one
+// shows that an operator command is acting on the store.
+func hideNode(j nodeJSON) bool {
+	return j.Role == roleOperator && j.State == string(pgstore.NodeExpired) && j.PendingDecisions == 0 &&
+		(j.InDoubtBranches == nil || *j.InDoubtBranches == 0)
 }
 
 func newNodesCmd() *cobra.Command {
 	o := &opsConfig{resourcesOptional: true, storeOnly: true}
+	var all bool
 	cmd := &cobra.Command{
 		Use:   "nodes",
 		Short: "List the coordinator nodes of a shared decision store: lease, holder, state, what they leave in doubt",
@@ -69,6 +91,12 @@ and its state:
   expired     nobody holds it: the process died or stopped (a clean stop
               releases its lease at once); any replica, or
               xabridge recover --store, may take it over
+
+ROLE is coordinator, or operator for xabridge-cli: the node id under which
+recover and resolve --store claim other nodes (it holds no transaction of
+its own). Its row is left out once no operator command runs (expired,
+nothing pending or prepared); --all shows every row. RELEASED says the
+holder gave the lease back (a clean stop) rather than letting it lapse.
 
 PENDING counts the node's commit decisions whose phase 2 has not ended.
 With resources (--resource, XABRIDGE_RESOURCES, the config file, or
@@ -125,6 +153,9 @@ taken-over nodes' branches are in flight and do not count).`,
 				for _, e := range rep.ScanErrors {
 					out.ScanErrors = append(out.ScanErrors, scanErrorJSON{e.Resource, e.Err.Error()})
 				}
+				if rep.LogErr != nil {
+					return logUnreadErr(rep.LogErr)
+				}
 			}
 			leased := map[string]bool{}
 			for _, n := range nodes {
@@ -133,7 +164,11 @@ taken-over nodes' branches are in flight and do not count).`,
 				if err != nil {
 					return err
 				}
-				j := nodeJSON{Node: n.Node, Epoch: n.Epoch, State: string(n.State),
+				role := roleCoordinator
+				if n.Node == operatorNode {
+					role = roleOperator
+				}
+				j := nodeJSON{Node: n.Node, Role: role, Epoch: n.Epoch, State: string(n.State), Released: n.Released,
 					Holder: holderJSON{Node: n.Holder.Node, Host: n.Holder.Host, PID: n.Holder.PID,
 						Started: rfc(n.Holder.Started), Incarnation: n.Holder.Incarnation},
 					AcquiredAt: rfc(n.AcquiredAt), RenewedAt: rfc(n.RenewedAt), ExpiresAt: rfc(n.ExpiresAt),
@@ -146,6 +181,10 @@ taken-over nodes' branches are in flight and do not count).`,
 				}
 				if n.State == pgstore.NodeExpired && stranded {
 					out.Stranded++
+				}
+				if !all && hideNode(j) {
+					out.Hidden++
+					continue
 				}
 				out.Nodes = append(out.Nodes, j)
 			}
@@ -178,6 +217,7 @@ taken-over nodes' branches are in flight and do not count).`,
 	f.StringVar(&o.configFile, "config", "", `JSON config file: {"store": "...", "store_schema": "...", "resources": {"NAME": "URL"}} (env XABRIDGE_CONFIG)`)
 	f.StringArrayVar(&o.resources, "resource", nil, "a database to scan for the nodes' prepared branches, as NAME=URL, repeatable (env XABRIDGE_RESOURCES; default pg=$XABRIDGE_PG and mysql=$XABRIDGE_MYSQL; none: no scan)")
 	f.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
+	f.BoolVar(&all, "all", false, "also show the operator commands' own node (xabridge-cli) when it holds nothing")
 	addStoreFlags(cmd, o)
 	return cmd
 }
@@ -200,7 +240,7 @@ func fmtExpires(sec float64) string {
 
 func writeNodesTable(w io.Writer, out nodesJSON) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	hdr := "NODE\tEPOCH\tSTATE\tHOLDER\tEXPIRES IN\tPENDING"
+	hdr := "NODE\tROLE\tEPOCH\tSTATE\tHOLDER\tEXPIRES IN\tPENDING"
 	if out.Scanned {
 		hdr += "\tIN-DOUBT"
 	}
@@ -210,15 +250,22 @@ func writeNodesTable(w io.Writer, out nodesJSON) {
 		if n.Holder.Node != n.Node {
 			holder = "node " + n.Holder.Node + " " + holder
 		}
-		line := strings.Join([]string{n.Node, fmt.Sprint(n.Epoch), n.State, holder, fmtExpires(n.ExpiresInSeconds), fmt.Sprint(n.PendingDecisions)}, "\t")
+		state := n.State
+		if n.Released {
+			state += " (released)"
+		}
+		line := strings.Join([]string{n.Node, n.Role, fmt.Sprint(n.Epoch), state, holder, fmtExpires(n.ExpiresInSeconds), fmt.Sprint(n.PendingDecisions)}, "\t")
 		if n.InDoubtBranches != nil {
 			line += "\t" + fmt.Sprint(*n.InDoubtBranches)
 		}
 		fmt.Fprintln(tw, line)
 	}
 	tw.Flush()
-	if len(out.Nodes) == 0 {
+	if len(out.Nodes) == 0 && out.Hidden == 0 {
 		fmt.Fprintln(w, "no node has held a lease in this store yet")
+	}
+	if out.Hidden > 0 {
+		fmt.Fprintf(w, "(%d operator row(s) holding nothing not shown: --all shows them)\n", out.Hidden)
 	}
 	if !out.Scanned {
 		fmt.Fprintln(w, "(in-doubt branches not counted: give the resources, --resource NAME=URL, to scan them)")

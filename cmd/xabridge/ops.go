@@ -51,6 +51,7 @@ type reportJSON struct {
 	At         string            `json:"at"`
 	Branches   []branchJSON      `json:"branches"`
 	ScanErrors []scanErrorJSON   `json:"scan_errors"`
+	LogError   string            `json:"log_error,omitempty"` // the decision log could not be read
 	Remaining  int               `json:"remaining"`
 	Attention  int               `json:"needs_attention"`
 	InFlight   int               `json:"in_flight"`
@@ -86,6 +87,9 @@ func toJSON(node string, rep *recovery.Report) reportJSON {
 	}
 	for _, e := range rep.ScanErrors {
 		out.ScanErrors = append(out.ScanErrors, scanErrorJSON{e.Resource, e.Err.Error()})
+	}
+	if rep.LogErr != nil {
+		out.LogError = drivers.OneLine(rep.LogErr.Error())
 	}
 	return out
 }
@@ -150,6 +154,21 @@ func writeTable(w io.Writer, rep *recovery.Report, showResult bool) {
 	for _, e := range rep.ScanErrors {
 		fmt.Fprintf(w, "ERROR: resource %s could not be scanned: %s\n", e.Resource, drivers.OneLine(e.Err.Error()))
 	}
+	if rep.LogErr != nil {
+		fmt.Fprintf(w, "ERROR: the decision log could not be read: %s\n", drivers.OneLine(rep.LogErr.Error()))
+	}
+}
+
+// filterLabel keeps the branches whose XID carries exactly label (foreign
+// branches carry none).
+func filterLabel(rep *recovery.Report, label string) {
+	kept := rep.Branches[:0]
+	for _, b := range rep.Branches {
+		if b.Ours && b.XID.Label == label {
+			kept = append(kept, b)
+		}
+	}
+	rep.Branches = kept
 }
 
 // filterOurs drops foreign branches unless all is set.
@@ -194,6 +213,9 @@ func attentionErr(rep *recovery.Report) error {
 // inDoubtErr is the error of a command that leaves n branches counted
 // (what says how they were counted), or could not scan every resource.
 func inDoubtErr(rep *recovery.Report, n int, what string) error {
+	if rep.LogErr != nil {
+		return logUnreadErr(rep.LogErr)
+	}
 	if u := rep.Unscanned(); len(u) > 0 {
 		return fmt.Errorf("%s could not be scanned", resourcesPhrase(u))
 	}
@@ -201,6 +223,16 @@ func inDoubtErr(rep *recovery.Report, n int, what string) error {
 		return fmt.Errorf("%w: %d%s", errInDoubtRemain, n, what)
 	}
 	return nil
+}
+
+// logUnreadErr is the error of a command whose read of the decision log
+// failed: what was decided is unknown, so no verdict was given from it
+// and nothing was done by it.
+func logUnreadErr(err error) error {
+	if errors.Is(err, recovery.ErrLogUnreadable) {
+		return err
+	}
+	return fmt.Errorf("%w (%w): what was decided is unknown, so nothing was concluded or done from it", recovery.ErrLogUnreadable, err)
 }
 
 // resourcesPhrase names resources for a message: "resource pg",
@@ -264,6 +296,7 @@ func newRecoverer(ctx context.Context, r *resolved, write bool, minAge *time.Dur
 func newListCmd() *cobra.Command {
 	o := &opsConfig{}
 	var all, hideLive bool
+	var label string
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List in-doubt branches of ours on every resource, with what the log says and what recovery would do",
@@ -272,13 +305,17 @@ ours: its global id, owner node, resource, branch, age, what the decision log
 says, its class and the action recovery would take, and the transaction's
 label (xa.Tx.SetLabel: a LABEL column when some branch has one, "label" in
 JSON). The label is read from the branch's XID, so it shows even when no
-decision was ever written. It changes nothing, and it works while a
-coordinator is running (the log is read without its lock).
+decision was ever written. --label L lists only the branches whose label is
+exactly L (the counts and the exit code cover those alone). It changes
+nothing, and it works while a coordinator is running (the log is read
+without its lock).
 
 Classes: commit-pending (log says commit), abort-pending (log says abort),
 orphan (no decision, past its fence: rolled back once seen in two scans),
 live (may still be running), unknown-owner (another node's), heuristic
-(contradicts the log), foreign (not ours; with --all only).
+(contradicts the log), foreign (not ours; with --all only), wrong-resource
+(listed by a database its decision does not name), log-unread (the decision
+store could not be read for it: never touched, and the command exits 1).
 
 Exit code 3 when branches of this node need attention: orphans, heuristic
 branches, aborts to finish, and commit decisions still unfinished past the
@@ -293,9 +330,18 @@ of a log directory, without taking any lease; a database without the
 store's tables is refused, never created. Without --node-id it lists the
 branches of every node that has a lease in the store, each judged for its
 own node (the counts and the exit code cover them all; "node" is "*" in
-JSON); branches of nodes without a lease there are unknown-owner.`,
+JSON); branches of nodes without a lease there are unknown-owner. A read
+of the store that fails is an error (exit 1), never "no decision".`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Flags().Changed("label") {
+				if label == "" {
+					return usagef("--label is empty: give the label to list (branches without one have none to match)")
+				}
+				if err := drivers.ValidateLabel(label); err != nil {
+					return usagef("--label: %v", err)
+				}
+			}
 			r, err := o.resolve()
 			if err != nil {
 				return err
@@ -317,6 +363,9 @@ JSON); branches of nodes without a lease there are unknown-owner.`,
 				rep = rec.Scan(cmd.Context())
 			}
 			filterOurs(rep, all)
+			if label != "" {
+				filterLabel(rep, label)
+			}
 			remaining, inFlight := rep.Remaining(), rep.InFlight()
 			if hideLive {
 				hideInFlight(rep)
@@ -342,6 +391,7 @@ JSON); branches of nodes without a lease there are unknown-owner.`,
 	addOpsFlags(cmd, o, true)
 	addStoreFlags(cmd, o)
 	cmd.Flags().BoolVar(&all, "all", false, "also list foreign prepared transactions (read-only view)")
+	cmd.Flags().StringVar(&label, "label", "", "list only the branches whose transaction label (xa.Tx.SetLabel) is exactly this")
 	cmd.Flags().BoolVar(&hideLive, "hide-live", false, "leave out this node's branches in flight (live, or decided within their fence): only what needs attention")
 	return cmd
 }
@@ -438,7 +488,9 @@ func newShowCmd() *cobra.Command {
 		Long: `show prints what the decision log holds for one global transaction (its
 label, decision, participants and actions) and its prepared branches on every
 resource. It changes nothing. With --store it reads the shared decision
-store, without taking any lease.`,
+store, without taking any lease, and judges the transaction for its own
+node (the one in its GTRID). A read of the store that fails is an error
+(exit 1), never "not logged".`,
 		Args: exactArgs(1, "GTRID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			g, err := parseGTRID(args[0])
@@ -448,6 +500,14 @@ store, without taking any lease.`,
 			r, err := o.resolve()
 			if err != nil {
 				return err
+			}
+			if r.store.Enabled() {
+				// A store holds every node's decisions: judge the
+				// transaction as its own node would.
+				if r.nodeIDGiven && r.nodeID != g.Node() {
+					return usagef("%s is a transaction of node %s, not of --node-id %s", g, g.Node(), r.nodeID)
+				}
+				r.nodeID = g.Node()
 			}
 			rec, l, closeAll, err := newRecoverer(cmd.Context(), r, false, nil, nil)
 			if err != nil {
@@ -469,7 +529,14 @@ store, without taking any lease.`,
 				}
 			}
 			rep.Branches = kept
-			entry, logged := l.Lookup(g)
+			if rep.LogErr != nil {
+				return logUnreadErr(rep.LogErr)
+			}
+			entry, logged, err := decisionlog.LookupChecked(cmd.Context(), l, g)
+			if err != nil {
+				// Never "not logged": the decision may be there.
+				return logUnreadErr(err)
+			}
 			if !logged && len(elsewhere) == len(kept) && len(elsewhere) > 0 {
 				if r.output == "json" {
 					if err := writeJSON(cmd.OutOrStdout(), toJSON(r.nodeID, rep)); err != nil {
@@ -732,7 +799,7 @@ with --store: replicas on the store do this continuously.`,
 				if r.output == "json" {
 					return writeJSON(out, toJSON(r.nodeID, rep))
 				}
-				if len(rep.Branches) == 0 && len(rep.ScanErrors) == 0 {
+				if len(rep.Branches) == 0 && len(rep.ScanErrors) == 0 && rep.LogErr == nil {
 					fmt.Fprintf(out, "%s: nothing in doubt\n", rep.At.UTC().Format(time.RFC3339))
 					return nil
 				}
@@ -803,6 +870,8 @@ with --store: replicas on the store do this continuously.`,
 	return cmd
 }
 
+var _ decisionlog.CheckedReader = closingLog{}
+
 // closingLog is a decision log whose Close also runs done (closes the
 // store's pool).
 type closingLog struct {
@@ -814,6 +883,18 @@ func (c closingLog) Close() error {
 	err := c.Log.Close()
 	c.done()
 	return err
+}
+
+// LookupChecked passes the wrapped log's checked reads through
+// (decisionlog.CheckedReader): hiding them would turn a failed read of the
+// store into "no decision".
+func (c closingLog) LookupChecked(ctx context.Context, g drivers.GlobalID) (decisionlog.Entry, bool, error) {
+	return decisionlog.LookupChecked(ctx, c.Log, g)
+}
+
+// PendingChecked is LookupChecked for Pending.
+func (c closingLog) PendingChecked(ctx context.Context) ([]decisionlog.Decision, error) {
+	return decisionlog.PendingChecked(ctx, c.Log)
 }
 
 // sortBranches orders branches by global id, then resource.

@@ -211,7 +211,7 @@ func printNodeReports(out io.Writer, r *resolved, reports []nodeReport, dryRun b
 			switch {
 			case nr.skipped != "":
 				fmt.Fprintf(out, "node %s (epoch %d): %s\n", nr.node, nr.epoch, nr.skipped)
-			case nr.rep != nil && len(nr.rep.Branches) == 0 && len(nr.rep.ScanErrors) == 0:
+			case nr.rep != nil && len(nr.rep.Branches) == 0 && len(nr.rep.ScanErrors) == 0 && nr.rep.LogErr == nil:
 				fmt.Fprintf(out, "node %s (expired, epoch %d) %s: nothing in doubt", nr.node, nr.epoch, verb)
 				if len(nr.rep.Ended) > 0 {
 					fmt.Fprintf(out, "; phase 2 finished for %d transaction(s)", len(nr.rep.Ended))
@@ -233,6 +233,8 @@ func printNodeReports(out io.Writer, r *resolved, reports []nodeReport, dryRun b
 			remaining++
 		case nr.err != nil:
 			errs = append(errs, fmt.Errorf("node %s: %w", nr.node, nr.err))
+		case nr.rep != nil && nr.rep.LogErr != nil:
+			errs = append(errs, fmt.Errorf("node %s: %w", nr.node, logUnreadErr(nr.rep.LogErr)))
 		case nr.rep != nil && len(nr.rep.ScanErrors) > 0:
 			errs = append(errs, fmt.Errorf("node %s: %d resource(s) could not be scanned", nr.node, len(nr.rep.ScanErrors)))
 		case nr.rep != nil:
@@ -322,6 +324,9 @@ func storeScanAll(ctx context.Context, r *resolved) (*recovery.Report, error) {
 		}
 		onlyNode(rep, n.Node)
 		branches = append(branches, rep.Branches...)
+		if base.LogErr == nil && rep.LogErr != nil {
+			base.LogErr = fmt.Errorf("node %s: %w", n.Node, rep.LogErr)
+		}
 		for _, e := range rep.ScanErrors {
 			if !errs[e.Resource] {
 				errs[e.Resource] = true

@@ -147,7 +147,14 @@
 // new epoch, but only once it has expired by the database's clock (so that
 // a peer's takeover may come first); until then it returns a *LeasedError
 // saying until when. Close releases the leases (expiry set to now), so a
-// restarted process, or a peer, takes them at once.
+// restarted process, or a peer, takes them at once. A lease released while
+// live has renewed_at equal to expires_at (a renewal always puts its expiry
+// a TTL later), which NodeInfo.Released reports: a clean stop, told from a
+// lapse, so that survivors need not claim a node that stopped with nothing
+// left. Open does not fail while a claimant (another node's process
+// taking this node over) holds the node's lease: it waits, up to
+// Options.ClaimWait, for the claim to be released or to lapse; a live
+// process of the node itself is refused at once.
 //
 // The lease check in a batch reads the statement's snapshot and does not
 // lock the lease row (a tuple lock per batch cost up to half the

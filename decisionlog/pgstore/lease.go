@@ -142,9 +142,17 @@ WHERE node = $1 AND epoch = $2 AND incarnation = $3 AND expires_at > clock_times
 RETURNING epoch`
 
 	// releaseSQL ends a lease this store holds now, so that a restart or a
-	// peer need not wait for its expiry.
+	// peer need not wait for its expiry. A live lease released sets
+	// renewed_at and expires_at to the same instant: a renewal always puts
+	// expires_at a TTL after renewed_at, so the equality tells a release
+	// (NodeInfo.Released) from a lease that lapsed because its holder
+	// stopped renewing (it died or was cut off). Released too late (once
+	// expired) it is left as it lapsed.
 	releaseSQL = `
-UPDATE {nodes} SET expires_at = least(expires_at, clock_timestamp())
+WITH now AS (SELECT clock_timestamp() AS t)
+UPDATE {nodes} SET renewed_at = CASE WHEN expires_at > now.t THEN now.t ELSE renewed_at END,
+	expires_at = least(expires_at, now.t)
+FROM now
 WHERE node = $1 AND epoch = $2 AND incarnation = $3`
 
 	nodeSQL = `
@@ -177,6 +185,43 @@ func (s *Store) acquire(ctx context.Context) (*lease, error) {
 		return nil, fmt.Errorf("pgstore: acquire lease on node %s: %w", s.node, err)
 	}
 	return newLease(s.node, epoch, start, s.opts.LeaseTTL, s.opts.Margin), nil
+}
+
+// acquireOwn is acquire for Open: while a claimant (another node's
+// process taking this node over: a replica or an operator command) holds
+// the node's lease, it waits, up to Options.ClaimWait and while ctx lasts,
+// for the claimant to release it or for its claim to lapse, and tries
+// again; the node's own lease held by a live process of this node is
+// refused at once. Without the wait, a replica restarted while a peer
+// settles what it left would fail to start.
+func (s *Store) acquireOwn(ctx context.Context) (*lease, error) {
+	deadline := time.Now().Add(s.opts.ClaimWait)
+	poll := min(max(s.opts.LeaseTTL/20, 10*time.Millisecond), 200*time.Millisecond)
+	for {
+		l, err := s.acquire(ctx)
+		var le *LeasedError
+		if err == nil || !errors.As(err, &le) || le.Holder.Node == s.node || s.opts.ClaimWait < 0 {
+			return l, err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, fmt.Errorf("%w (waited %s for the claimant to finish)", err, s.opts.ClaimWait)
+		}
+		wait := min(poll, left)
+		if le.ExpiresIn > 0 && le.ExpiresIn+time.Millisecond < wait {
+			wait = le.ExpiresIn + time.Millisecond
+		}
+		if h := s.opts.hooks; h != nil && h.claimWait != nil {
+			h.claimWait(le)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w (gave up waiting for the claimant: %w)", err, ctx.Err())
+		case <-t.C:
+		}
+	}
 }
 
 // leasedError reads who holds node's lease, for a refusal.
@@ -426,6 +471,10 @@ type NodeInfo struct {
 	// expired).
 	ExpiresIn time.Duration
 	State     NodeState
+	// Released: the holder gave the lease back while it was live (a clean
+	// Close or Release) rather than letting it lapse; the lease is expired
+	// all the same, and anyone may take it.
+	Released bool
 }
 
 func scanNode(row interface{ Scan(...any) error }) (NodeInfo, error) {
@@ -441,6 +490,7 @@ func scanNode(row interface{ Scan(...any) error }) (NodeInfo, error) {
 	}
 	ni.Holder.PID = int(pid)
 	ni.ExpiresIn = ni.ExpiresAt.Sub(now)
+	ni.Released = ni.ExpiresAt.Equal(ni.RenewedAt)
 	switch {
 	case ni.ExpiresIn <= 0:
 		ni.State = NodeExpired

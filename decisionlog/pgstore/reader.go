@@ -189,8 +189,9 @@ func (r *Reader) Entries(ctx context.Context, node string) ([]decisionlog.Entry,
 }
 
 // Log returns a read-only decisionlog.Log of node, for tools that scan
-// (recovery's Scan, a dry run): Lookup and Pending read the store; Commit,
-// Abort, Record and End write nothing and return ErrReadOnly.
+// (recovery's Scan, a dry run): Lookup and Pending read the store (and it
+// is a decisionlog.CheckedReader, whose reads return their errors);
+// Commit, Abort, Record and End write nothing and return ErrReadOnly.
 func (r *Reader) Log(node string) (decisionlog.Log, error) {
 	if err := drivers.ValidateNodeID(node); err != nil {
 		return nil, fmt.Errorf("pgstore: %w", err)
@@ -213,24 +214,34 @@ func (l readOnlyLog) Record(context.Context, decisionlog.Action) error   { retur
 func (l readOnlyLog) End(drivers.GlobalID) error                         { return ErrReadOnly }
 func (l readOnlyLog) Close() error                                       { return nil }
 
+// Lookup answers found = false when the read fails; LookupChecked
+// returns the error (recovery and the CLI use it: a failed read is never
+// "no decision").
 func (l readOnlyLog) Lookup(g drivers.GlobalID) (decisionlog.Entry, bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), l.r.s.opts.ReadTimeout)
-	defer cancel()
-	e, found, err := l.r.s.LookupContext(ctx, g)
+	e, found, err := l.LookupChecked(context.Background(), g)
 	if err != nil {
 		return decisionlog.Entry{}, false
 	}
 	return e, found
 }
 
-func (l readOnlyLog) Pending() []decisionlog.Decision {
-	ctx, cancel := context.WithTimeout(context.Background(), l.r.s.opts.ReadTimeout)
+func (l readOnlyLog) LookupChecked(ctx context.Context, g drivers.GlobalID) (decisionlog.Entry, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, l.r.s.opts.ReadTimeout)
 	defer cancel()
-	ds, err := l.r.s.PendingContext(ctx, l.node)
-	if err != nil {
-		return nil
-	}
+	return l.r.s.LookupContext(ctx, g)
+}
+
+// Pending answers nil when the read fails; PendingChecked returns the
+// error.
+func (l readOnlyLog) Pending() []decisionlog.Decision {
+	ds, _ := l.PendingChecked(context.Background())
 	return ds
+}
+
+func (l readOnlyLog) PendingChecked(ctx context.Context) ([]decisionlog.Decision, error) {
+	ctx, cancel := context.WithTimeout(ctx, l.r.s.opts.ReadTimeout)
+	defer cancel()
+	return l.r.s.PendingContext(ctx, l.node)
 }
 
 // ValidateSchema checks a name for Options.Schema: 1 to 63 characters of

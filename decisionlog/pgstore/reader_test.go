@@ -1,6 +1,7 @@
 package pgstore
 
 import (
+	"context"
 	"errors"
 	"testing"
 
@@ -94,4 +95,60 @@ func TestReader(t *testing.T) {
 			t.Errorf("a read-only End changed the entry: %v", e.State)
 		}
 	})
+}
+
+// A read that fails is an error through decisionlog.CheckedReader (the
+// Reader's log, a claimed node's log and the store's own), never "no
+// decision"; the unchecked Lookup and Pending, which cannot return it,
+// answer nothing.
+func TestCheckedReadsReturnTheError(t *testing.T) {
+	pool := testPool(t, nil)
+	ctx := ctxT(t)
+	schema := testSchema(t, pool)
+	st := openStore(t, pool, schema, "ck-1", nil)
+	g := liveGid("ck-1")
+	if err := st.Commit(ctx, decisionlog.Decision{GTRID: g, Participants: []decisionlog.Participant{{Resource: "pg", Branch: 0}}}); err != nil {
+		t.Fatal(err)
+	}
+	rpool := testPool(t, nil) // the reader's own pool, closed below
+	r, err := OpenReader(ctx, rpool, ReaderOptions{Schema: schema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl, err := r.Log("ck-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := map[string]decisionlog.Log{"reader": rl, "store": st}
+	for name, l := range logs {
+		if _, ok := l.(decisionlog.CheckedReader); !ok {
+			t.Fatalf("%s: not a decisionlog.CheckedReader", name)
+		}
+		e, found, err := decisionlog.LookupChecked(ctx, l, g)
+		if err != nil || !found || e.State != decisionlog.StateCommitted {
+			t.Fatalf("%s: LookupChecked = %+v, %v, %v; want the commit decision", name, e, found, err)
+		}
+		if ds, err := decisionlog.PendingChecked(ctx, l); err != nil || len(ds) != 1 {
+			t.Fatalf("%s: PendingChecked = %v, %v; want the decision", name, ds, err)
+		}
+	}
+	rpool.Close()
+	if _, found, err := decisionlog.LookupChecked(ctx, rl, g); err == nil || found {
+		t.Fatalf("reader on a closed pool: LookupChecked found=%v err=%v, want an error", found, err)
+	}
+	if _, err := decisionlog.PendingChecked(ctx, rl); err == nil {
+		t.Fatal("reader on a closed pool: PendingChecked succeeded")
+	}
+	if _, found := rl.Lookup(g); found {
+		t.Fatal("reader on a closed pool: Lookup found the decision")
+	}
+	// The store's own log, with a read that cannot complete.
+	done, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, _, err := decisionlog.LookupChecked(done, st, g); err == nil {
+		t.Fatal("store: LookupChecked with a cancelled context succeeded")
+	}
+	if _, err := decisionlog.PendingChecked(done, st); err == nil {
+		t.Fatal("store: PendingChecked with a cancelled context succeeded")
+	}
 }

@@ -84,9 +84,21 @@ func (s *Store) LookupContext(ctx context.Context, g drivers.GlobalID) (decision
 func (s *Store) Lookup(g drivers.GlobalID) (decisionlog.Entry, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.opts.ReadTimeout)
 	defer cancel()
-	e, found, err := s.LookupContext(ctx, g)
+	e, found, err := s.LookupChecked(ctx, g)
 	if err != nil {
 		return decisionlog.Entry{}, false
+	}
+	return e, found
+}
+
+// LookupChecked is Lookup with the read's error
+// (decisionlog.CheckedReader), bounded by ctx and Options.ReadTimeout.
+func (s *Store) LookupChecked(ctx context.Context, g drivers.GlobalID) (decisionlog.Entry, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.ReadTimeout)
+	defer cancel()
+	e, found, err := s.LookupContext(ctx, g)
+	if err != nil {
+		return decisionlog.Entry{}, false, err
 	}
 	if e.State == decisionlog.StateCommitted {
 		// Only for nodes this store writes for: End needs it, and recovery
@@ -95,7 +107,7 @@ func (s *Store) Lookup(g drivers.GlobalID) (decisionlog.Entry, bool) {
 			s.noteCommitted(e.GTRID.String())
 		}
 	}
-	return e, found
+	return e, found, nil
 }
 
 // PendingContext returns the commit decisions of node whose phase 2 has
@@ -139,16 +151,29 @@ func (s *Store) PendingContext(ctx context.Context, node string) ([]decisionlog.
 // has not ended, read with Options.ReadTimeout; nil if the read fails
 // (PendingContext returns the error).
 func (s *Store) Pending() []decisionlog.Decision {
-	ctx, cancel := context.WithTimeout(context.Background(), s.opts.ReadTimeout)
+	ds, _ := s.PendingChecked(context.Background())
+	return ds
+}
+
+// PendingChecked is Pending with the read's error
+// (decisionlog.CheckedReader), bounded by ctx and Options.ReadTimeout.
+func (s *Store) PendingChecked(ctx context.Context) ([]decisionlog.Decision, error) {
+	return s.pendingOf(ctx, s.node)
+}
+
+// pendingOf reads node's pending commit decisions with
+// Options.ReadTimeout and notes them committed (End needs that).
+func (s *Store) pendingOf(ctx context.Context, node string) ([]decisionlog.Decision, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.ReadTimeout)
 	defer cancel()
-	ds, err := s.PendingContext(ctx, s.node)
+	ds, err := s.PendingContext(ctx, node)
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	for _, d := range ds {
 		s.noteCommitted(d.GTRID.String())
 	}
-	return ds
+	return ds, nil
 }
 
 func (s *Store) isEnding(key string) bool {
@@ -167,7 +192,11 @@ type NodeLog struct {
 	node string
 }
 
-var _ decisionlog.Log = (*NodeLog)(nil)
+var (
+	_ decisionlog.Log           = (*NodeLog)(nil)
+	_ decisionlog.CheckedReader = (*NodeLog)(nil)
+	_ decisionlog.CheckedReader = (*Store)(nil)
+)
 
 // ForNode returns the log of node as seen through this store: the store's
 // own node or one it holds by Claim.
@@ -217,19 +246,22 @@ func (n *NodeLog) End(g drivers.GlobalID) error {
 // Lookup is Store.Lookup.
 func (n *NodeLog) Lookup(g drivers.GlobalID) (decisionlog.Entry, bool) { return n.s.Lookup(g) }
 
+// LookupChecked is Store.LookupChecked.
+func (n *NodeLog) LookupChecked(ctx context.Context, g drivers.GlobalID) (decisionlog.Entry, bool, error) {
+	return n.s.LookupChecked(ctx, g)
+}
+
 // Pending returns the node's pending commit decisions (nil if the read
 // fails).
 func (n *NodeLog) Pending() []decisionlog.Decision {
-	ctx, cancel := context.WithTimeout(context.Background(), n.s.opts.ReadTimeout)
-	defer cancel()
-	ds, err := n.s.PendingContext(ctx, n.node)
-	if err != nil {
-		return nil
-	}
-	for _, d := range ds {
-		n.s.noteCommitted(d.GTRID.String())
-	}
+	ds, _ := n.PendingChecked(context.Background())
 	return ds
+}
+
+// PendingChecked is Pending with the read's error
+// (decisionlog.CheckedReader).
+func (n *NodeLog) PendingChecked(ctx context.Context) ([]decisionlog.Decision, error) {
+	return n.s.pendingOf(ctx, n.node)
 }
 
 // Close does nothing: the store owns the connection and the leases

@@ -19,7 +19,11 @@ import (
 
 // Defaults of Options.
 const (
-	DefaultLeaseTTL       = 15 * time.Second
+	DefaultLeaseTTL = 15 * time.Second
+	// DefaultClaimWait: how long Open waits at most for a peer taking the
+	// node over to finish (Options.ClaimWait); a takeover runs at most
+	// replica.DefaultTakeoverPasses passes a second or so apart.
+	DefaultClaimWait      = 30 * time.Second
 	DefaultMaxBatch       = 1000
 	DefaultWriteTimeout   = 10 * time.Second
 	DefaultReadTimeout    = 10 * time.Second
@@ -53,6 +57,15 @@ type Options struct {
 
 	// RenewEvery is how often the lease is renewed (default LeaseTTL/3).
 	RenewEvery time.Duration
+
+	// ClaimWait is how long Open waits while a claimant holds the node's
+	// lease (a peer's process taking this node over, as replica.TakeOver
+	// or xabridge recover --store do: it settles what the node left, then
+	// releases the lease) for the claim to be released or to lapse, instead
+	// of failing with ErrNodeLeased. A lease held by a process of this
+	// node itself is refused at once. Default DefaultClaimWait, or twice
+	// LeaseTTL if that is longer; negative: no wait.
+	ClaimWait time.Duration
 
 	// Margin is taken off the store's local estimate of its lease's life:
 	// the store stops writing at (local start of the last successful
@@ -123,6 +136,8 @@ type testHooks struct {
 	// failBatch, if set, runs before a batch is sent; an error fails the
 	// batch as a write of unknown outcome (fail-stop) without sending it.
 	failBatch func() error
+	// claimWait, if set, runs each time Open waits for a claimant.
+	claimWait func(*LeasedError)
 }
 
 // processStarted approximates the process start time for lease holders.
@@ -259,6 +274,9 @@ func Open(ctx context.Context, pool *pgxpool.Pool, opts Options) (*Store, error)
 	if opts.RenewEvery <= 0 {
 		opts.RenewEvery = opts.LeaseTTL / 3
 	}
+	if opts.ClaimWait == 0 {
+		opts.ClaimWait = max(DefaultClaimWait, 2*opts.LeaseTTL)
+	}
 	if opts.Margin <= 0 {
 		opts.Margin = opts.LeaseTTL / 5
 	}
@@ -311,7 +329,7 @@ func Open(ctx context.Context, pool *pgxpool.Pool, opts Options) (*Store, error)
 	if err := ensureSchema(ctx, pool, names); err != nil {
 		return nil, err
 	}
-	l, err := s.acquire(ctx)
+	l, err := s.acquireOwn(ctx)
 	if err != nil {
 		return nil, err
 	}
