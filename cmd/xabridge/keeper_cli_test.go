@@ -36,8 +36,15 @@ func TestRecoverFencesInTheDecisionResource(t *testing.T) {
 			defer func() { _ = b.Drop(context.Background()) }()
 			var keep decisionlog.Keeper = b.PG
 			var other drivers.Resource = b.My
+			ensure := b.PG.EnsureDecisionTable
 			if keeper == "mysql" {
-				keep, other = b.My, b.PG
+				keep, other, ensure = b.My, b.PG, b.My.EnsureDecisionTable
+			}
+			// A coordinator in keeper mode creates the decision table at
+			// its start; recover refuses a keeper without one (issue 14),
+			// so the test must not depend on an earlier test having made it.
+			if err := ensure(ctx); err != nil {
+				t.Fatal(err)
 			}
 			node := "kc-" + randHex(3)
 			now := time.Now()
@@ -47,6 +54,9 @@ func TestRecoverFencesInTheDecisionResource(t *testing.T) {
 			if err := strand.Prepare(ctx, other, xid, "UPDATE "+b.Table("accounts")+" SET balance = balance + 1 WHERE id = 1"); err != nil {
 				t.Fatal(err)
 			}
+			// Runs before Drop (deferred later): a prepared branch left by a
+			// failure would hold the row lock that Drop waits for.
+			defer func() { _ = other.RollbackPrepared(context.Background(), xid) }()
 			out, errOut, code := cli(t, "--node-id", node, "--log-dir", newLogDir(t), "--resource", "pg="+pg, "--resource", "mysql="+my,
 				"--decision-resource", keeper, "recover", "--min-age", "0s")
 			if code != exitOK {
