@@ -180,6 +180,7 @@ func (s *syncBuf) String() string {
 type haStart struct {
 	crash    string // crash point, "" for none
 	nth      int
+	pause    bool   // the crash point stops the process (SIGSTOP) instead of killing it
 	workers  int    // default 2
 	storeURL string // default the cluster's (a proxy's, to cut it off)
 	// keeper keeps the commit decisions in a participant
@@ -207,6 +208,9 @@ func (c *haCluster) start(node string, o haStart) *haProc {
 		"-node", node, "-order", string(crashcheck.Mixed), "-workers", fmt.Sprint(o.workers), "-count", "0",
 		"-accounts", fmt.Sprint(chaosAccounts), "-seed", fmt.Sprint(seed), "-keeper", string(o.keeper))
 	cmd.Env = append(os.Environ(), crashcheck.EnvCrashPoint+"="+o.crash, crashcheck.EnvCrashNth+"="+fmt.Sprint(max(o.nth, 1)))
+	if o.pause {
+		cmd.Env = append(cmd.Env, crashcheck.EnvCrashAction+"=stop")
+	}
 	p := &haProc{node: node, keeper: o.keeper, cmd: cmd, out: &syncBuf{}, errb: &syncBuf{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.errb
 	if err := cmd.Start(); err != nil {
@@ -321,6 +325,29 @@ func (p *haProc) victim() string {
 		}
 	}
 	return ""
+}
+
+// paused returns the transfer at which the process stopped itself (a
+// pause crash point), "" if it did not.
+func (p *haProc) paused() string {
+	for _, line := range strings.Split(p.out.String(), "\n") {
+		if f := strings.Fields(line); len(f) == 4 && f[0] == "note" && f[1] == "pause" {
+			return f[3]
+		}
+	}
+	return ""
+}
+
+// stopped reports whether the process is stopped by a signal (state T in
+// /proc/PID/stat).
+func (p *haProc) stopped() bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) state ...: comm may hold spaces, the state follows the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	return i >= 0 && i+2 < len(b) && b[i+2] == 'T'
 }
 
 // waitCommits waits until the process reported n more transfers committed
