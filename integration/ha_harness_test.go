@@ -338,16 +338,27 @@ func (p *haProc) paused() string {
 	return ""
 }
 
-// stopped reports whether the process is stopped by a signal (state T in
-// /proc/PID/stat).
+// stopped reports whether every thread of the process is stopped by a
+// signal (state T in /proc/PID/task/TID/stat): the process's own state is
+// its main thread's, which stops first.
 func (p *haProc) stopped() bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
-	if err != nil {
+	dir := fmt.Sprintf("/proc/%d/task", p.cmd.Process.Pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil || len(tasks) == 0 {
 		return false
 	}
-	// pid (comm) state ...: comm may hold spaces, the state follows the last ')'.
-	i := bytes.LastIndexByte(b, ')')
-	return i >= 0 && i+2 < len(b) && b[i+2] == 'T'
+	for _, task := range tasks {
+		b, err := os.ReadFile(dir + "/" + task.Name() + "/stat")
+		if err != nil {
+			return false
+		}
+		// pid (comm) state ...: comm may hold spaces; the state follows the last ')'.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+			return false
+		}
+	}
+	return true
 }
 
 // waitCommits waits until the process reported n more transfers committed

@@ -180,7 +180,10 @@ func TestHAPaused(t *testing.T) {
 	victim := paused.paused()
 	myAtStop := c.strandedOn(c.s.bank.My, paused.node)
 	if myAtStop < 1 {
-		t.Fatalf("%d MariaDB branches of the paused node prepared at the pause; want at least its decided transfer's", myAtStop)
+		inPG, inMy, perr := crashcheck.TransferPresent(context.Background(), c.s.bank, victim)
+		t.Logf("paused transfer %s present: pg %v my %v (%v)", victim, inPG, inMy, perr)
+		t.Fatalf("%d MariaDB branches (%d PostgreSQL) of the paused node prepared at the pause at %s; want at least its decided transfer's; stopped %v exited %v (%v); stdout:\n%s\nstderr:\n%s",
+			myAtStop, c.strandedOn(c.s.bank.PG, paused.node), victim, paused.stopped(), paused.exited(), paused.cmd.ProcessState, paused.out, paused.errb)
 	}
 	claimed := c.waitLease(paused.node, 30*time.Second, "claimed by a survivor", func(l haLease) bool {
 		return l.Epoch > e0 && l.Holder != paused.node
