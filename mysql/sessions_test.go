@@ -1,12 +1,14 @@
 package mysql
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/drivers/drivertest"
 )
 
 // prepareOn begins a branch on e's resource, updates row id of tbl and
@@ -165,4 +167,20 @@ func TestMarkSessionsChange(t *testing.T) {
 			t.Errorf("EndSessions(%q) accepted", bad)
 		}
 	}
+}
+
+// TestSessionEndConformance runs the drivers.SessionEnder conformance
+// suite.
+func TestSessionEndConformance(t *testing.T) {
+	e := newEnv(t, 4)
+	tbl := e.table("sconf")
+	drivertest.RunSessionEnd(t, drivertest.SessionEndHarness{
+		Dead:     e.r,
+		Live:     New("mysql-live", openDB(t, e.cfg, 2)),
+		Claimant: New("mysql-claimant", openDB(t, e.cfg, 2)),
+		Write: func(ctx context.Context, b drivers.Branch, k int) error {
+			_, err := b.(*branch).user.ExecContext(ctx, fmt.Sprintf("UPDATE %s SET v = v + 1 WHERE id = %d", tbl, k))
+			return err
+		},
+	})
 }
