@@ -58,7 +58,9 @@
 // MariaDB finishes a prepared branch from another session only once the
 // preparing session is gone; ending them is what its death would do, and
 // it runs only while the claim is held, when no incarnation of the node
-// can decide.
+// can decide. A resource carries one mark, so two replicas of one process
+// need resources (pools) of their own: Open refuses a resource another
+// open replica of the process marks.
 //
 // A second goroutine watches the node's own lease (pgstore.Store.Lost). A
 // process that loses it (paused, partitioned from the store, or its store

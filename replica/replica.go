@@ -224,7 +224,7 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 	if st != nil {
 		// Before any branch begins: a peer taking the node over while this
 		// process is paused ends exactly these sessions (TakeOver).
-		if err := markSessions(cc.Resources, drivers.SessionMark(cc.NodeID, st.Holder().Incarnation)); err != nil {
+		if err := markSessions(cc.NodeID, cc.Resources, drivers.SessionMark(cc.NodeID, st.Holder().Incarnation)); err != nil {
 			_ = locks.Close()
 			_ = coord.Close()
 			_ = st.Close()
@@ -264,7 +264,7 @@ func (r *Replica) Close() error {
 		if r.store != nil {
 			// The resources may outlive this incarnation (another Open in
 			// this process): their sessions stop carrying its mark.
-			err = errors.Join(err, markSessions(r.cfg.Coordinator.Resources, ""))
+			err = errors.Join(err, unmarkSessions(r.cfg.Coordinator.NodeID, r.cfg.Coordinator.Resources))
 			err = errors.Join(err, r.store.Close())
 		}
 		r.closeErr = err

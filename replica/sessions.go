@@ -2,8 +2,10 @@ package replica
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"github.com/xabridge/xabridge/decisionlog/pgstore"
 	"github.com/xabridge/xabridge/drivers"
@@ -21,17 +23,55 @@ func sessionEnders(resources []drivers.Resource) []drivers.Resource {
 	return out
 }
 
+// marking records which open replica marks each resource: a resource
+// carries one mark, so two replicas of one process sharing a resource would
+// make one's sessions carry the other's mark, and a takeover of the one
+// would end the other's live sessions.
+var marking struct {
+	sync.Mutex
+	by map[drivers.Resource]string // resource → node of the replica marking it
+}
+
 // markSessions marks the branch sessions of this incarnation (node, and
 // the store's incarnation id) on every resource that can, so that a peer
 // taking over the node while this process is paused can end them
-// (endSessions). mark "" stops marking.
-func markSessions(resources []drivers.Resource, mark string) error {
-	for _, r := range sessionEnders(resources) {
+// (endSessions). A resource another open replica of this process marks is
+// refused: give each replica its own resources (pools).
+func markSessions(node string, resources []drivers.Resource, mark string) error {
+	enders := sessionEnders(resources)
+	marking.Lock()
+	defer marking.Unlock()
+	if marking.by == nil {
+		marking.by = map[drivers.Resource]string{}
+	}
+	for _, r := range enders {
+		if other, ok := marking.by[r]; ok && other != node {
+			return fmt.Errorf("resource %s is used by the replica of node %s in this process too: give each replica its own resources (their sessions carry its mark)", r.Name(), other)
+		}
+	}
+	for _, r := range enders {
 		if err := r.(drivers.SessionEnder).MarkSessions(mark); err != nil {
 			return fmt.Errorf("marking the sessions of %s: %w", r.Name(), err)
 		}
+		marking.by[r] = node
 	}
 	return nil
+}
+
+// unmarkSessions stops marking sessions on resources (Close): they may
+// outlive this incarnation, e.g. for another Open in this process.
+func unmarkSessions(node string, resources []drivers.Resource) error {
+	var err error
+	marking.Lock()
+	defer marking.Unlock()
+	for _, r := range sessionEnders(resources) {
+		if marking.by[r] != node {
+			continue
+		}
+		delete(marking.by, r)
+		err = errors.Join(err, r.(drivers.SessionEnder).MarkSessions(""))
+	}
+	return err
 }
 
 // endSessions ends, on every resource that can, the sessions of the

@@ -2,11 +2,15 @@ package replica
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/xabridge/xabridge/decisionlog/pgstore"
+	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
+	"github.com/xabridge/xabridge/internal/dbtest"
 	"github.com/xabridge/xabridge/internal/startup"
 	"github.com/xabridge/xabridge/xa"
 )
@@ -99,4 +103,34 @@ func TestTakeoverEndsStalledSessions(t *testing.T) {
 		return err == nil
 	})
 	w.assertInvariants(victim.id, surv.id, peer.id)
+}
+
+// TestSharedResourcesRefused: a resource carries one mark, so a second
+// replica of the process on the same resources is refused while the first
+// is open (a takeover of one would end the other's sessions), and accepted
+// once it closed.
+func TestSharedResourcesRefused(t *testing.T) {
+	ctx := ctxT(t)
+	w := newWorld(t)
+	sfx := suffix()
+	first := w.open("sh1-"+sfx, nodeOpts{})
+	cfg := Config{
+		Coordinator: xa.Config{NodeID: "sh2-" + sfx, Resources: []drivers.Resource{first.b.PG, first.b.My}},
+		Pool:        storePool(t, dbtest.PG(t)),
+		Store:       pgstore.Options{Schema: w.schema, LeaseTTL: 2 * time.Second},
+	}
+	if r, err := Open(ctx, cfg); err == nil || !strings.Contains(err.Error(), "give each replica its own resources") {
+		if r != nil {
+			_ = r.Close()
+		}
+		t.Fatalf("a second replica on the first's resources: %v; want a refusal", err)
+	}
+	first.close()
+	r, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatalf("the same resources once the first replica closed: %v", err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
 }
