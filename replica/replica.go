@@ -508,8 +508,9 @@ const DefaultTakeoverPasses = 5
 // session only once its own is gone, and a paused process keeps its
 // sessions), drives its commit decisions to completion, rolls back its
 // undecided branches (the abort recorded first, so that a late decision of
-// the old holder is refused), then releases the claim. A live node is refused (an error matching
-// pgstore.ErrNodeLeased) and nothing is touched.
+// the old holder is refused), then releases the claim. A live node is
+// refused (an error matching pgstore.ErrNodeLeased) and nothing is
+// touched.
 //
 // cfg gives the resources (and DecisionResource in keeper mode, whose
 // orphans are fenced in the keeper); NodeID, Log, Active and MinAge are

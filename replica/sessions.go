@@ -6,10 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/xabridge/xabridge/decisionlog/pgstore"
 	"github.com/xabridge/xabridge/drivers"
 )
+
+// endSessionsTimeout bounds ending a dead incarnation's sessions in one
+// takeover.
+const endSessionsTimeout = 10 * time.Second
 
 // sessionEnders returns the resources of resources that can mark and end
 // sessions (drivers.SessionEnder).
@@ -91,6 +96,10 @@ func endSessions(ctx context.Context, st *pgstore.Store, node string, resources 
 	if len(enders) == 0 {
 		return
 	}
+	// Bounded: a killed session the server is slow to let go of must not
+	// hold up the takeover's passes (and this replica's next ones).
+	ctx, cancel := context.WithTimeout(ctx, endSessionsTimeout)
+	defer cancel()
 	seen := map[string]bool{}
 	for _, inc := range incarnations {
 		if inc == "" || seen[inc] {
