@@ -182,6 +182,7 @@ func (s *syncBuf) String() string {
 type haStart struct {
 	crash    string // crash point, "" for none
 	nth      int
+	pause    bool   // the crash point stops the process (SIGSTOP) instead of killing it
 	workers  int    // default 2
 	storeURL string // default the cluster's (a proxy's, to cut it off)
 	// keeper keeps the commit decisions in a participant
@@ -209,6 +210,9 @@ func (c *haCluster) start(node string, o haStart) *haProc {
 		"-node", node, "-order", string(crashcheck.Mixed), "-workers", fmt.Sprint(o.workers), "-count", "0",
 		"-accounts", fmt.Sprint(chaosAccounts), "-seed", fmt.Sprint(seed), "-keeper", string(o.keeper))
 	cmd.Env = append(os.Environ(), crashcheck.EnvCrashPoint+"="+o.crash, crashcheck.EnvCrashNth+"="+fmt.Sprint(max(o.nth, 1)))
+	if o.pause {
+		cmd.Env = append(cmd.Env, crashcheck.EnvCrashAction+"=stop")
+	}
 	p := &haProc{node: node, keeper: o.keeper, cmd: cmd, out: &syncBuf{}, errb: &syncBuf{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.errb
 	if err := cmd.Start(); err != nil {
@@ -323,6 +327,40 @@ func (p *haProc) victim() string {
 		}
 	}
 	return ""
+}
+
+// paused returns the transfer at which the process stopped itself (a
+// pause crash point), "" if it did not.
+func (p *haProc) paused() string {
+	for _, line := range strings.Split(p.out.String(), "\n") {
+		if f := strings.Fields(line); len(f) == 4 && f[0] == "note" && f[1] == "pause" {
+			return f[3]
+		}
+	}
+	return ""
+}
+
+// stopped reports whether every thread of the process is stopped by a
+// signal (state T in /proc/PID/task/TID/stat): the process's own state is
+// its main thread's, which stops first.
+func (p *haProc) stopped() bool {
+	dir := fmt.Sprintf("/proc/%d/task", p.cmd.Process.Pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(dir + "/" + task.Name() + "/stat")
+		if err != nil {
+			return false
+		}
+		// pid (comm) state ...: comm may hold spaces; the state follows the last ')'.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+			return false
+		}
+	}
+	return true
 }
 
 // waitCommits waits until the process reported n more transfers committed

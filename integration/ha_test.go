@@ -151,57 +151,82 @@ func TestHAStoreCutOff(t *testing.T) {
 	c.stopAll("HA: replica cut off from the store, taken over, rejoins")
 }
 
-// TestHAPaused stops one replica with SIGSTOP past its lease: a survivor
-// takes its node over and settles its branches; SIGCONT then resumes it in
-// the middle of whatever it was doing. It must write no decision under its
-// old epoch (what it was deciding ends aborted or in doubt, never a
-// commit the databases do not hold), and it rejoins under a new epoch.
+// TestHAPaused stops one replica with SIGSTOP past its lease, in the
+// middle of a transaction whose commit decision is durable and whose
+// branches are prepared on their open sessions (its crash point stops it
+// there; other workers are wherever they were). A survivor claims its node,
+// ends its MariaDB sessions (MariaDB finishes a prepared branch from
+// another session only once the owner's is gone) and settles all of its
+// branches and decisions while it is still stopped, within the takeover
+// budget. SIGCONT then resumes it where it stopped: it must write no
+// decision under its old epoch (what it was deciding ends aborted or in
+// doubt, never a commit the databases do not hold), and it rejoins under a
+// new epoch and decides again.
 func TestHAPaused(t *testing.T) {
 	e := getEnv(t)
 	t.Parallel()
 	c := e.newHACluster(t)
 	id := suffix()
-	paused := c.start("ha-p-"+id, haStart{workers: 4})
+	paused := c.start("ha-p-"+id, haStart{workers: 4, crash: "after-decision", nth: 6, pause: true})
 	a := c.start("ha-a-"+id, haStart{})
 	b := c.start("ha-b-"+id, haStart{})
 	e0 := paused.ready(t)
 	a.ready(t)
 	b.ready(t)
-	paused.waitCommits(t, 0, 5, 30*time.Second)
-
-	paused.signal(t, syscall.SIGSTOP)
+	if !poll(60*time.Second, func() bool { return paused.paused() != "" && paused.stopped() }) {
+		t.Fatalf("the replica did not stop itself at its pause point; stderr:\n%s", paused.errb)
+	}
 	at := time.Now()
+	victim := paused.paused()
+	myAtStop := c.strandedOn(c.s.bank.My, paused.node)
+	if myAtStop < 1 {
+		inPG, inMy, perr := crashcheck.TransferPresent(context.Background(), c.s.bank, victim)
+		t.Logf("paused transfer %s present: pg %v my %v (%v)", victim, inPG, inMy, perr)
+		t.Fatalf("%d MariaDB branches (%d PostgreSQL) of the paused node prepared at the pause at %s; want at least its decided transfer's; stopped %v exited %v (%v); stdout:\n%s\nstderr:\n%s",
+			myAtStop, c.strandedOn(c.s.bank.PG, paused.node), victim, paused.stopped(), paused.exited(), paused.cmd.ProcessState, paused.out, paused.errb)
+	}
 	claimed := c.waitLease(paused.node, 30*time.Second, "claimed by a survivor", func(l haLease) bool {
 		return l.Epoch > e0 && l.Holder != paused.node
 	})
 	toClaim := time.Since(at)
-	// What the claimant can settle while the process is stopped: every
-	// PostgreSQL branch and decision. A MariaDB branch prepared by a
-	// session that is still connected cannot be finished from another
-	// session (XAER_NOTA until the owner disconnects or is KILLed: see
-	// database-xa-facts.md), and a stopped process keeps its connections:
-	// those wait for SIGCONT (or for its death).
-	pgLeft := -1
-	if !poll(takeoverBudget, func() bool {
-		pgLeft = c.strandedOn(c.s.bank.PG, paused.node)
-		return pgLeft == 0
+	// Everything of the node settled while it is stopped: prepared
+	// branches on both servers, and commit decisions not ended.
+	left := -1
+	var leftErr error
+	if !poll(takeoverBudget+5*time.Second, func() bool {
+		left, leftErr = c.stranded(paused.node)
+		return leftErr == nil && left == 0
 	}) {
-		t.Errorf("%d PostgreSQL branches of the paused node still prepared %s after SIGSTOP (claimed after %s)", pgLeft, takeoverBudget, toClaim)
+		t.Fatalf("%d branches or decisions of the paused node still stranded %s after SIGSTOP (claimed after %s; MariaDB: %d; last error %v)",
+			left, time.Since(at).Round(time.Millisecond), toClaim, c.strandedOn(c.s.bank.My, paused.node), leftErr)
 	}
-	myLeft := c.strandedOn(c.s.bank.My, paused.node)
-	logTiming(t, "SIGSTOP: claimed (epoch %d→%d by %s) after %s; PostgreSQL branches settled after %s; %d MariaDB branches wait for their owner's sessions",
-		e0, claimed.Epoch, claimed.Holder, toClaim.Round(time.Millisecond), time.Since(at).Round(time.Millisecond), myLeft)
+	settled := time.Since(at)
+	if !paused.stopped() {
+		t.Fatal("the paused replica is no longer stopped: its branches may have been finished by itself")
+	}
+	logTiming(t, "SIGSTOP: claimed (epoch %d→%d by %s) after %s; zero stranded (%d MariaDB branches prepared at the pause) after %s while still stopped (budget %s)",
+		e0, claimed.Epoch, claimed.Holder, toClaim.Round(time.Millisecond), myAtStop, settled.Round(time.Millisecond), takeoverBudget)
+	if settled > takeoverBudget {
+		t.Errorf("the paused node's branches were settled %s after SIGSTOP; want within %s (TTL %s + one pass)", settled, takeoverBudget, haTTL)
+	}
+	c.s.wantPresent(victim, true) // its decision was durable: committed everywhere by the claimant
 	before := paused.committed(t)
+	preA, preB := a.committed(t), b.committed(t)
 	paused.signal(t, syscall.SIGCONT)
 	resumed := time.Now()
 	back := c.waitLease(paused.node, 30*time.Second, "held again by the resumed replica under a new epoch", func(l haLease) bool {
 		return l.Holder == paused.node && l.PID == paused.cmd.Process.Pid && l.Live && l.Epoch > claimed.Epoch
 	})
 	logTiming(t, "SIGCONT: rejoined under epoch %d %s after resuming", back.Epoch, time.Since(resumed).Round(time.Millisecond))
-	settled := c.waitSettled(resumed, 30*time.Second, paused.node)
-	logTiming(t, "SIGCONT: zero stranded %s after resuming", settled.Round(time.Millisecond))
 	paused.waitCommits(t, before, 3, 30*time.Second)
+	a.waitCommits(t, preA, 2, 20*time.Second)
+	b.waitCommits(t, preB, 2, 20*time.Second)
+	// stopAll checks every invariant, among them that no decision row of
+	// the store is missing from the databases (no stale decision landed)
+	// and that what the resumed process told its callers is what the
+	// databases hold.
 	c.stopAll("HA: replica paused (SIGSTOP) past its lease, taken over, resumed")
+	c.s.wantPresent(victim, true)
 }
 
 // TestHADuplicateNode starts a second process with a live replica's node

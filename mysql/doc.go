@@ -22,6 +22,13 @@
 //     owner session has been gone from the processlist for a grace period
 //     (ErrBusy until then), and treats XAER_NOTA as "not found" only when
 //     XA RECOVER no longer lists the XID (ErrBusy otherwise);
+//   - marks each session it pins for a branch, once the coordinator has
+//     set a mark (MarkSessions, drivers.SessionEnder: a replica on a shared
+//     store sets its incarnation's), with the user-level lock
+//     SessionLockPrefix+mark+":"+CONNECTION_ID(), taken in the query that
+//     reads the connection id, so that a peer taking over a paused
+//     coordinator can kill exactly its sessions (EndSessions) and finish
+//     its branches;
 //   - never returns a session whose XA state is not known to be clean to the
 //     pool (a pooled session left in XA state fails every later statement
 //     with 1399 XAER_RMFAIL): it is discarded instead, which also detaches a

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,11 +44,15 @@ type Resource struct {
 
 	mu       sync.Mutex
 	fl       *flavour                // detected on first use; nil until then
-	ids      map[any]session         // driver connection → its server session
+	ids      map[any]pinned          // driver connection → its server session and mark
 	detached map[drivers.XID]session // branches this process detached → the session that prepared them
 	gone     map[session]time.Time   // owner session (id and boot: ids restart with the server) → when first seen out of the processlist
 	keep     keeperState             // decision keeping (decision.go)
 	ident    drivers.IdentityCache   // identity.go
+	mark     string                  // the mark branch sessions carry (sessions.go); "" none
+	// pastMarks are earlier marks, whose locks a pooled session drops
+	// when it is next pinned (at most maxPastMarks, the latest).
+	pastMarks []string
 }
 
 var _ drivers.Resource = (*Resource)(nil)
@@ -56,7 +61,7 @@ var _ drivers.Resource = (*Resource)(nil)
 // written into the decision log) on the server db connects to. db must come
 // from github.com/go-sql-driver/mysql; the application keeps owning it.
 func New(name string, db *sql.DB) *Resource {
-	return &Resource{name: name, db: db, ids: map[any]session{}, detached: map[drivers.XID]session{}, gone: map[session]time.Time{}}
+	return &Resource{name: name, db: db, ids: map[any]pinned{}, detached: map[drivers.XID]session{}, gone: map[session]time.Time{}}
 }
 
 // Name returns the resource's name.
@@ -148,25 +153,35 @@ func discard(conn *sql.Conn) {
 // a key is never reused by another connection. The map is emptied when it
 // grows past maxSessionIDs, which bounds the memory held by closed
 // connections.
+//
+// The same query marks the session with r's current mark (MarkSessions):
+// once per physical connection, and again only when the mark changed.
 func (r *Resource) sessionID(ctx context.Context, conn *sql.Conn) (session, error) {
 	var key any
 	if err := conn.Raw(func(dc any) error { key = dc; return nil }); err != nil {
 		return session{}, err
 	}
 	r.mu.Lock()
-	s, ok := r.ids[key]
+	p, ok := r.ids[key]
+	mark, past := r.mark, slices.Clone(r.pastMarks)
 	r.mu.Unlock()
-	if ok {
-		return s, nil
+	if ok && p.mark == mark {
+		return p.session, nil
 	}
-	if err := conn.QueryRowContext(ctx, bootQuery("CONNECTION_ID(), ")).Scan(&s.id, &s.boot); err != nil {
+	var s session
+	var locked sql.NullInt64
+	var released any
+	if err := conn.QueryRowContext(ctx, setupQuery(mark, past)).Scan(&s.id, &locked, &released, &s.boot); err != nil {
 		return session{}, err
+	}
+	if locked.Int64 != 1 { // NULL: an error in GET_LOCK; 0 cannot be (the name holds our own id)
+		return session{}, fmt.Errorf("marking the session %d for its coordinator's incarnation: GET_LOCK returned %v", s.id, locked)
 	}
 	r.mu.Lock()
 	if len(r.ids) >= maxSessionIDs {
 		clear(r.ids)
 	}
-	r.ids[key] = s
+	r.ids[key] = pinned{s, mark}
 	r.mu.Unlock()
 	return s, nil
 }
@@ -176,6 +191,13 @@ func (r *Resource) sessionID(ctx context.Context, conn *sql.Conn) (session, erro
 type session struct {
 	id   uint64
 	boot float64 // the server's boot time when id was read (Unix seconds, ±1s); 0: not known
+}
+
+// pinned is what sessionID caches of a driver connection: its session and
+// the mark whose lock it holds ("" none).
+type pinned struct {
+	session
+	mark string
 }
 
 // CommitPrepared commits a prepared branch from a fresh session (recovery).

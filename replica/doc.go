@@ -52,6 +52,20 @@
 // of the node is prepared and no decision of it is pending, then releases
 // the claim (so the node's own process, coming back, takes it at once).
 //
+// Before its passes, a takeover ends the sessions the node's dead
+// incarnation may still hold open (drivers.SessionEnder): a replica on a
+// store marks the sessions it pins for branches with its incarnation's
+// mark (drivers.SessionMark of its node and its lease's incarnation id),
+// and the claimant ends exactly the sessions with the mark of the
+// incarnation its lease row named (or that its passes last saw holding
+// the node). A paused or partitioned process keeps its sessions, and
+// MariaDB finishes a prepared branch from another session only once the
+// preparing session is gone; ending them is what its death would do, and
+// it runs only while the claim is held, when no incarnation of the node
+// can decide. A resource carries one mark, so two replicas of one process
+// need resources (pools) of their own: Open refuses a resource another
+// open replica of the process marks.
+//
 // A second goroutine watches the node's own lease (pgstore.Store.Lost). A
 // process that loses it (paused, partitioned from the store, or its store
 // failed a write of unknown outcome) writes no decision: the store refuses,

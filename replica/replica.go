@@ -68,6 +68,11 @@ type Replica struct {
 	every  time.Duration
 
 	passMu sync.Mutex // serialises passes (the loop's and Pass's)
+	// incarnations maps a peer node to the incarnation id last seen
+	// holding its own lease (passes, under passMu): what a takeover ends
+	// the sessions of, even after an earlier claimant became the holder
+	// of record.
+	incarnations map[string]string
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -216,7 +221,18 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 		}
 		return nil, fmt.Errorf("replica: %w", err)
 	}
-	r := &Replica{cfg: cfg, logger: logger.With("node", cc.NodeID), coord: coord, store: st, own: own, every: every, locks: locks}
+	if st != nil {
+		// Before any branch begins: a peer taking the node over while this
+		// process is paused ends exactly these sessions (TakeOver).
+		if err := markSessions(cc.NodeID, cc.Resources, drivers.SessionMark(cc.NodeID, st.Holder().Incarnation)); err != nil {
+			_ = locks.Close()
+			_ = coord.Close()
+			_ = st.Close()
+			return nil, fmt.Errorf("replica: %w", err)
+		}
+	}
+	r := &Replica{cfg: cfg, logger: logger.With("node", cc.NodeID), coord: coord, store: st, own: own, every: every, locks: locks,
+		incarnations: map[string]string{}}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Add(1)
 	go r.loop()
@@ -246,6 +262,9 @@ func (r *Replica) Close() error {
 		err := r.coord.Close()
 		err = errors.Join(err, r.locks.Close())
 		if r.store != nil {
+			// The resources may outlive this incarnation (another Open in
+			// this process): their sessions stop carrying its mark.
+			err = errors.Join(err, unmarkSessions(r.cfg.Coordinator.NodeID, r.cfg.Coordinator.Resources))
 			err = errors.Join(err, r.store.Close())
 		}
 		r.closeErr = err
@@ -365,6 +384,11 @@ func (r *Replica) takeOverPeers(ctx context.Context, own *recovery.Report) ([]Ta
 			seen[b.XID.Global.Node()] = true
 		}
 	}
+	for _, n := range nodes {
+		if n.Holder.Node == n.Node && n.Node != r.store.Node() {
+			r.incarnations[n.Node] = n.Holder.Incarnation
+		}
+	}
 	var out []Takeover
 	for _, n := range nodes {
 		if n.Node == r.store.Node() || n.State != pgstore.NodeExpired {
@@ -389,7 +413,7 @@ func (r *Replica) takeOverPeers(ctx context.Context, own *recovery.Report) ([]Ta
 				continue
 			}
 		}
-		rep, err := TakeOver(ctx, r.store, n.Node, r.takeoverConfig())
+		rep, err := takeOver(ctx, r.store, n.Node, r.takeoverConfig(), []string{r.incarnations[n.Node]})
 		if errors.Is(err, pgstore.ErrNodeLeased) {
 			continue // another replica won the claim, or the node came back
 		}
@@ -484,11 +508,15 @@ var ErrUnfinished = errors.New("replica: takeover unfinished: the node's transac
 // before it gives the claim back.
 const DefaultTakeoverPasses = 5
 
-// TakeOver claims one expired node (epoch + 1), drives its commit decisions
-// to completion, rolls back its undecided branches (the abort recorded
-// first, so that a late decision of the old holder is refused), then
-// releases the claim. A live node is refused (an error matching
-// pgstore.ErrNodeLeased) and nothing is touched.
+// TakeOver claims one expired node (epoch + 1), ends the sessions its
+// dead incarnation may still hold open on resources that mark them
+// (drivers.SessionEnder: MariaDB finishes a prepared branch from another
+// session only once its own is gone, and a paused process keeps its
+// sessions), drives its commit decisions to completion, rolls back its
+// undecided branches (the abort recorded first, so that a late decision of
+// the old holder is refused), then releases the claim. A live node is
+// refused (an error matching pgstore.ErrNodeLeased) and nothing is
+// touched.
 //
 // cfg gives the resources (and DecisionResource in keeper mode, whose
 // orphans are fenced in the keeper); NodeID, Log, Active and MinAge are
@@ -499,8 +527,20 @@ const DefaultTakeoverPasses = 5
 // DefaultTakeoverPasses ran (then ErrUnfinished). It returns the last
 // pass's report, with the branches earlier passes finished.
 func TakeOver(ctx context.Context, st *pgstore.Store, node string, cfg recovery.Config) (*recovery.Report, error) {
+	return takeOver(ctx, st, node, cfg, nil)
+}
+
+// takeOver is TakeOver; it also ends the sessions of the node's
+// incarnations given (see endSessions), with the one its lease row names.
+func takeOver(ctx context.Context, st *pgstore.Store, node string, cfg recovery.Config, incarnations []string) (*recovery.Report, error) {
 	if st == nil {
 		return nil, errors.New("replica: takeover: no store")
+	}
+	// The holder the claim replaces, read before it (the claim overwrites
+	// it); if a claimant holds it of record, the dead incarnation is known
+	// only from incarnations.
+	if before, err := st.NodeInfo(ctx, node); err == nil && before.Holder.Node == node {
+		incarnations = append(incarnations, before.Holder.Incarnation)
 	}
 	epoch, err := st.Claim(ctx, node)
 	if err != nil {
@@ -527,6 +567,13 @@ func TakeOver(ctx context.Context, st *pgstore.Store, node string, cfg recovery.
 	if err != nil {
 		return nil, fmt.Errorf("replica: takeover of node %s: %w", node, err)
 	}
+	// Before the first scan: the two-scan rule (Settle) then runs from a
+	// state in which the dead incarnation holds no session.
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	endSessions(ctx, st, node, cfg.Resources, incarnations, logger)
 	settle := cfg.Settle
 	if settle == 0 {
 		settle = time.Second

@@ -327,6 +327,21 @@ func (s *Store) Claim(ctx context.Context, node string) (int64, error) {
 	return epoch, nil
 }
 
+// Holds returns nil while this store holds node's lease (its own, or one
+// it claimed) by its local estimate, which ends Margin before the
+// database's expiry; otherwise why not (ErrNotHolder, or an error matching
+// ErrLeaseLost). It is for actions the database cannot check against the
+// epoch (ending a dead holder's sessions in a participant): take them only
+// right after Holds said yes.
+func (s *Store) Holds(node string) error {
+	l, err := s.leaseFor(node, "holds")
+	if err != nil {
+		return err
+	}
+	_, err = l.usable(time.Now())
+	return err
+}
+
 // Release gives back a lease this store claimed: it expires now (by the
 // database's clock), so the node's own process can take it back at once.
 // End records queued for the node are written first (while ctx lasts):

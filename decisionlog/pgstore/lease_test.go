@@ -404,8 +404,17 @@ func TestClaimIsRenewed(t *testing.T) {
 	}
 	c := openStore(t, pool, schema, "claimant", func(o *Options) { o.LeaseTTL = 600 * time.Millisecond })
 	ctx := ctxT(t)
+	if err := c.Holds("gone"); !errors.Is(err, ErrNotHolder) {
+		t.Fatalf("Holds before the claim = %v, want ErrNotHolder", err)
+	}
 	if _, err := c.Claim(ctx, "gone"); err != nil {
 		t.Fatal(err)
+	}
+	if err := c.Holds("gone"); err != nil {
+		t.Fatalf("Holds of the claimed node: %v", err)
+	}
+	if err := c.Holds("claimant"); err != nil {
+		t.Fatalf("Holds of the store's own node: %v", err)
 	}
 	start := c.Stats().Renewals
 	// Both leases renewed several times: the claim outlives its TTL.
@@ -414,8 +423,14 @@ func TestClaimIsRenewed(t *testing.T) {
 	if err != nil || info.State != NodeTakenOver || info.Holder.Node != "claimant" || info.Epoch != 2 {
 		t.Fatalf("claimed node %+v, %v", info, err)
 	}
+	if err := c.Holds("gone"); err != nil {
+		t.Fatalf("Holds after renewals past the TTL: %v", err)
+	}
 	if err := c.Release(ctx, "gone"); err != nil {
 		t.Fatal(err)
+	}
+	if err := c.Holds("gone"); err == nil {
+		t.Fatal("Holds of a released claim = nil")
 	}
 	if info, _ := c.NodeInfo(ctx, "gone"); info.State != NodeExpired {
 		t.Fatalf("released node %+v", info)

@@ -41,6 +41,9 @@ type ChildConfig struct {
 	// of that protocol step.
 	Crash    *CrashPoint
 	CrashNth int
+	// CrashStop makes the crash point stop the process (SIGSTOP, after a
+	// "note pause" line) instead of killing it; it goes on after SIGCONT.
+	CrashStop bool
 	// RecoverAtStart runs the restart fast path before the workload: a
 	// recovery pass (PassSettled) with DeadBefore set to the coordinator's
 	// start, which rolls back an earlier, killed process's undecided
@@ -108,6 +111,11 @@ func RunChild(ctx context.Context, cfg ChildConfig, out io.Writer) error {
 	}
 	if cfg.Crash != nil {
 		xcfg.Hook = cfg.Crash.Hook(cfg.CrashNth, func(s xa.Step, info xa.StepInfo) {
+			if cfg.CrashStop {
+				j.line(fmt.Sprintf("note pause %s %s\n", cfg.Crash.Name, info.GTRID))
+				StopSelf()
+				return
+			}
 			j.line(fmt.Sprintf("note crash %s %s\n", cfg.Crash.Name, info.GTRID))
 			KillSelf()
 		})

@@ -21,6 +21,11 @@ import (
 const (
 	// EnvCrashPoint names the crash point (see ParseCrashPoint).
 	EnvCrashPoint = "XABRIDGE_CRASH_POINT"
+	// EnvCrashAction, "stop", makes the process stop itself (SIGSTOP)
+	// at the crash point instead of dying: it goes on where it stopped
+	// when it gets SIGCONT, as a paused process (a frozen VM, a long GC
+	// pause, a debugger) would.
+	EnvCrashAction = "XABRIDGE_CRASH_ACTION"
 	// EnvCrashNth says at which occurrence of the step the process dies
 	// (default 1: the first).
 	EnvCrashNth = "XABRIDGE_CRASH_NTH"
@@ -131,6 +136,19 @@ func CrashFromEnv() (cp CrashPoint, nth int, ok bool, err error) {
 		}
 	}
 	return cp, nth, true, nil
+}
+
+// CrashStopFromEnv reports whether EnvCrashAction asks for a stop instead
+// of a kill.
+func CrashStopFromEnv() (bool, error) {
+	switch v := os.Getenv(EnvCrashAction); v {
+	case "", "kill":
+		return false, nil
+	case "stop":
+		return true, nil
+	default:
+		return false, fmt.Errorf("crashcheck: %s=%q: want kill or stop", EnvCrashAction, v)
+	}
 }
 
 // KillSelf ends the process with SIGKILL, a real crash: no deferred

@@ -68,6 +68,9 @@ func run() (err error) {
 	}
 	if armed {
 		cfg.Crash, cfg.CrashNth = &cp, nth
+		if cfg.CrashStop, err = crashcheck.CrashStopFromEnv(); err != nil {
+			return err
+		}
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	// SIGTERM ends the workload; the coordinator (and the lease) are

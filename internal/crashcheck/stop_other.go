@@ -1,0 +1,6 @@
+//go:build !unix
+
+package crashcheck
+
+// StopSelf is KillSelf where processes cannot be stopped by a signal.
+func StopSelf() { KillSelf() }
