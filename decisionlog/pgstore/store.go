@@ -19,11 +19,14 @@ import (
 
 // Defaults of Options.
 const (
-	DefaultLeaseTTL       = 15 * time.Second
-	DefaultMaxBatch       = 1000
-	DefaultWriteTimeout   = 10 * time.Second
-	DefaultReadTimeout    = 10 * time.Second
-	DefaultSweepEvery     = time.Minute
+	DefaultLeaseTTL     = 15 * time.Second
+	DefaultMaxBatch     = 1000
+	DefaultWriteTimeout = 10 * time.Second
+	DefaultReadTimeout  = 10 * time.Second
+	DefaultSweepEvery   = time.Minute
+	// DefaultEndDelay: how long the writer holds a batch of only End
+	// records for a decision to share its round trip (Options.EndDelay).
+	DefaultEndDelay       = 50 * time.Millisecond
 	DefaultEndedRetention = time.Minute
 	// DefaultAbortRetention: how long past its deadline an abort row is
 	// kept. The fence needs it only until the deadline (then the deadline,
@@ -78,6 +81,18 @@ type Options struct {
 	// flight.
 	CommitDelay time.Duration
 
+	// EndDelay is how long the writer holds a batch holding only End
+	// records (which nobody waits for) before sending it on its own, so
+	// that the ends ride the next batch a caller waits for (a decision, an
+	// abort, an action) instead of costing a round trip and a commit of
+	// their own. The hold ends as soon as such a request is queued, a full
+	// batch of ends is, or at Close or Release; until then the ends are
+	// invisible to other processes (this store's Lookup and Pending show
+	// them at once), and if the store dies they are lost, which End allows
+	// (recovery commits the branches again). Zero means DefaultEndDelay;
+	// negative, never hold: ends are written with whatever is queued.
+	EndDelay time.Duration
+
 	// WriteTimeout bounds one batch statement; a batch that times out has
 	// an unknown outcome and fail-stops the store (default
 	// DefaultWriteTimeout).
@@ -114,8 +129,9 @@ type Options struct {
 type testHooks struct {
 	// renew, if set, runs before each renewal; an error fails it.
 	renew func() error
-	// beforeBatch, if set, runs in the writer before a batch is sent.
-	beforeBatch func(n int)
+	// beforeBatch, if set, runs in the writer before a batch of n
+	// requests is sent, waiters of which a caller waits for (not End).
+	beforeBatch func(n, waiters int)
 	// fenceNow, if set, is the clock of the fence (a commit's deadline)
 	// instead of the database's: the conformance suite sets it. The lease
 	// is still checked on the database's clock.
@@ -159,10 +175,16 @@ type Store struct {
 	// Reacquire that takes a later one clears the failure.
 	failedEpoch int64
 	writerDone  chan struct{}
-	// CommitDelay: while the writer waits, the queue length that ends the
-	// wait (0: not waiting), and the wake-up that ends it early.
-	delayNeed int
-	delayWake chan struct{}
+	// CommitDelay and EndDelay: while the writer waits, the queue length
+	// that ends the wait (0: not waiting), whether a queued request a
+	// caller waits for ends it too (EndDelay), and the wake-up that ends
+	// it early.
+	delayNeed     int
+	delayOnWaiter bool
+	delayWake     chan struct{}
+	// endFlush counts callers (Release) that need queued ends written now:
+	// while positive the writer does not hold ends.
+	endFlush int
 	// lastWaiters: requests a caller waited for in the writer's last batch
 	// (the writer's own; read and written only by it, or before it sees a
 	// request).
@@ -268,6 +290,9 @@ func Open(ctx context.Context, pool *pgxpool.Pool, opts Options) (*Store, error)
 	}
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = DefaultMaxBatch
+	}
+	if opts.EndDelay == 0 {
+		opts.EndDelay = DefaultEndDelay
 	}
 	if opts.WriteTimeout <= 0 {
 		opts.WriteTimeout = DefaultWriteTimeout
