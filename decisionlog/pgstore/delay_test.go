@@ -307,3 +307,37 @@ func TestReleaseFlushesHeldEnds(t *testing.T) {
 		t.Fatalf("read by the node's own store: %+v, %v, %v; want done", e, found, err)
 	}
 }
+
+// This store's Lookup and Pending show an end at once, also when it is
+// written while the read runs (the read's snapshot predates the write, and
+// the end is no longer queued when the read's rows are checked). Without
+// EndDelay, each end is written right after End returns, racing the reads.
+func TestEndShownAtOnceWhileWritten(t *testing.T) {
+	t.Parallel()
+	pool := testPool(t, nil)
+	s := openStore(t, pool, testSchema(t, pool), "ew", func(o *Options) { o.EndDelay = -1 })
+	for i := range 100 {
+		g := liveGid("ew")
+		if err := s.Commit(ctxT(t), decisionlog.Decision{GTRID: g, Participants: parts()}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.End(g); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			if e, found := s.Lookup(g); !found || e.State != decisionlog.StateDone {
+				t.Fatalf("round %d: Lookup after End: %+v, %v; want done", i, e, found)
+			}
+			continue
+		}
+		ds, err := s.PendingContext(ctxT(t), "ew")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds {
+			if d.GTRID.String() == g.String() {
+				t.Fatalf("round %d: Pending after End lists %s", i, g)
+			}
+		}
+	}
+}
