@@ -534,7 +534,8 @@ func pgText(s string) string {
 
 // End records that phase 2 of a committed transaction finished. It returns
 // once the end is queued: the row is marked with the next batch that
-// carries a decision (or after Options.EndDelay, or at Close). Lookup and
+// carries a request a caller waits for (a decision, an abort, an action),
+// or after Options.EndDelay, or at Close. Lookup and
 // Pending of this store show it ended at once; other processes see it once
 // written. If it is never written (a crash, a lost lease), the transaction
 // is pending again and recovery commits its branches again, which is
