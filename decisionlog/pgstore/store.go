@@ -26,7 +26,11 @@ const (
 	DefaultSweepEvery   = time.Minute
 	// DefaultEndDelay: how long the writer holds a batch of only End
 	// records for a decision to share its round trip (Options.EndDelay).
-	DefaultEndDelay       = 50 * time.Millisecond
+	// Short: under load the next decision comes within it, and an idle
+	// moment still sees every end written (with 50 ms, a replica
+	// committing without pause always showed its last decision pending
+	// in the store, and the HA test waiting for none never saw one).
+	DefaultEndDelay       = 5 * time.Millisecond
 	DefaultEndedRetention = time.Minute
 	// DefaultAbortRetention: how long past its deadline an abort row is
 	// kept. The fence needs it only until the deadline (then the deadline,
