@@ -98,7 +98,7 @@
 // row, ErrAlreadyCommitted. End requests are queued without waiting and
 // ride the next batch (UPDATE … SET ended_at); Lookup and Pending of this
 // store show them ended at once. A batch of nothing but ends is held back
-// (Options.EndDelay, default 50 ms) until a request somebody waits for is
+// (Options.EndDelay, default 5 ms) until a request somebody waits for is
 // queued, so that ends share a decision's round trip and commit instead of
 // costing their own; a full batch of ends, Close and Release end the hold,
 // and other processes see such an end up to EndDelay later. A batch never

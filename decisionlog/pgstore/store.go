@@ -93,8 +93,12 @@ type Options struct {
 	// batch of ends is, or at Close or Release; until then the ends are
 	// invisible to other processes (this store's Lookup and Pending show
 	// them at once), and if the store dies they are lost, which End allows
-	// (recovery commits the branches again). Zero means DefaultEndDelay;
-	// negative, never hold: ends are written with whatever is queued.
+	// (recovery commits the branches again). Keep it short: an end waits
+	// for the next decision, so under decisions that never pause other
+	// processes see a node's latest ones pending for as long as decisions
+	// keep coming within EndDelay of each other. Zero means
+	// DefaultEndDelay; negative, never hold: ends are written with
+	// whatever is queued.
 	EndDelay time.Duration
 
 	// WriteTimeout bounds one batch statement; a batch that times out has
