@@ -97,8 +97,13 @@
 // deadline, or against an abort row, ErrFenced; an abort against a commit
 // row, ErrAlreadyCommitted. End requests are queued without waiting and
 // ride the next batch (UPDATE … SET ended_at); Lookup and Pending of this
-// store show them ended at once. A batch never holds one gtrid twice (the
-// writer cuts the batch there, so per-gtrid order is queue order).
+// store show them ended at once. A batch of nothing but ends is held back
+// (Options.EndDelay, default 5 ms) until a request somebody waits for is
+// queued, so that ends share a decision's round trip and commit instead of
+// costing their own; a full batch of ends, Close and Release end the hold,
+// and other processes see such an end up to EndDelay later. A batch never
+// holds one gtrid twice (the writer cuts the batch there, so per-gtrid
+// order is queue order).
 //
 // # Errors: which outcome each one means
 //

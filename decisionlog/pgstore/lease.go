@@ -355,7 +355,9 @@ func (s *Store) Release(ctx context.Context, node string) error {
 	if err != nil {
 		return err
 	}
+	flushed := s.flushEnds() // not held by EndDelay meanwhile
 	s.waitEnds(ctx, node)
+	flushed()
 	if err := s.release(ctx, l); err != nil {
 		return err
 	}

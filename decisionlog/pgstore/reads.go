@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -51,6 +52,10 @@ func (s *Store) LookupContext(ctx context.Context, g drivers.GlobalID) (decision
 		return decisionlog.Entry{}, false, fmt.Errorf("pgstore: lookup: %w", err)
 	}
 	key := g.String()
+	// Sampled before the read as well as after: an end written and
+	// cleared between the two would be missed by the read's snapshot and
+	// by the check after it alike.
+	endingBefore := s.isEnding(key)
 	s.stats.reads.Add(1)
 	var (
 		state   *string
@@ -70,7 +75,7 @@ func (s *Store) LookupContext(ctx context.Context, g drivers.GlobalID) (decision
 		return e, len(e.Actions) > 0, nil
 	}
 	// A commit whose end this store is still writing is done already.
-	if e.State == decisionlog.StateCommitted && s.isEnding(key) {
+	if e.State == decisionlog.StateCommitted && (endingBefore || s.isEnding(key)) {
 		e.State = decisionlog.StateDone
 	}
 	return e, true, nil
@@ -116,6 +121,9 @@ func (s *Store) PendingContext(ctx context.Context, node string) ([]decisionlog.
 	if err := drivers.ValidateNodeID(node); err != nil {
 		return nil, fmt.Errorf("pgstore: pending: %w", err)
 	}
+	// Ends queued before the read, as in LookupContext: one written and
+	// cleared while the read runs is in neither its snapshot nor s.ending.
+	endingBefore := s.endingKeys()
 	s.stats.reads.Add(1)
 	rows, err := s.pool.Query(ctx, s.sqlPending, node)
 	if err != nil {
@@ -125,7 +133,7 @@ func (s *Store) PendingContext(ctx context.Context, node string) ([]decisionlog.
 	var key, parts string
 	var at time.Time
 	_, err = pgx.ForEachRow(rows, []any{&key, &parts, &at}, func() error {
-		if s.isEnding(key) {
+		if _, ok := endingBefore[key]; ok || s.isEnding(key) {
 			return nil
 		}
 		g, err := drivers.ParseGlobalID(key)
@@ -174,6 +182,13 @@ func (s *Store) pendingOf(ctx context.Context, node string) ([]decisionlog.Decis
 		s.noteCommitted(d.GTRID.String())
 	}
 	return ds, nil
+}
+
+// endingKeys returns a copy of the set of ends queued or in flight.
+func (s *Store) endingKeys() map[string]struct{} {
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	return maps.Clone(s.ending)
 }
 
 func (s *Store) isEnding(key string) bool {

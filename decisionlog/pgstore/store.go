@@ -23,11 +23,18 @@ const (
 	// DefaultClaimWait: how long Open waits at most for a peer taking the
 	// node over to finish (Options.ClaimWait); a takeover runs at most
 	// replica.DefaultTakeoverPasses passes a second or so apart.
-	DefaultClaimWait      = 30 * time.Second
-	DefaultMaxBatch       = 1000
-	DefaultWriteTimeout   = 10 * time.Second
-	DefaultReadTimeout    = 10 * time.Second
-	DefaultSweepEvery     = time.Minute
+	DefaultClaimWait    = 30 * time.Second
+	DefaultMaxBatch     = 1000
+	DefaultWriteTimeout = 10 * time.Second
+	DefaultReadTimeout  = 10 * time.Second
+	DefaultSweepEvery   = time.Minute
+	// DefaultEndDelay: how long the writer holds a batch of only End
+	// records for a decision to share its round trip (Options.EndDelay).
+	// Short: under load the next decision comes within it, and an idle
+	// moment still sees every end written (with 50 ms, a replica
+	// committing without pause always showed its last decision pending
+	// in the store, and the HA test waiting for none never saw one).
+	DefaultEndDelay       = 5 * time.Millisecond
 	DefaultEndedRetention = time.Minute
 	// DefaultAbortRetention: how long past its deadline an abort row is
 	// kept. The fence needs it only until the deadline (then the deadline,
@@ -91,6 +98,22 @@ type Options struct {
 	// flight.
 	CommitDelay time.Duration
 
+	// EndDelay is how long the writer holds a batch holding only End
+	// records (which nobody waits for) before sending it on its own, so
+	// that the ends ride the next batch a caller waits for (a decision, an
+	// abort, an action) instead of costing a round trip and a commit of
+	// their own. The hold ends as soon as such a request is queued, a full
+	// batch of ends is, or at Close or Release; until then the ends are
+	// invisible to other processes (this store's Lookup and Pending show
+	// them at once), and if the store dies they are lost, which End allows
+	// (recovery commits the branches again). Keep it short: an end waits
+	// for the next decision, so under decisions that never pause other
+	// processes see a node's latest ones pending for as long as decisions
+	// keep coming within EndDelay of each other. Zero means
+	// DefaultEndDelay; negative, never hold: ends are written with
+	// whatever is queued.
+	EndDelay time.Duration
+
 	// WriteTimeout bounds one batch statement; a batch that times out has
 	// an unknown outcome and fail-stops the store (default
 	// DefaultWriteTimeout).
@@ -127,8 +150,9 @@ type Options struct {
 type testHooks struct {
 	// renew, if set, runs before each renewal; an error fails it.
 	renew func() error
-	// beforeBatch, if set, runs in the writer before a batch is sent.
-	beforeBatch func(n int)
+	// beforeBatch, if set, runs in the writer before a batch of n
+	// requests is sent, waiters of which a caller waits for (not End).
+	beforeBatch func(n, waiters int)
 	// fenceNow, if set, is the clock of the fence (a commit's deadline)
 	// instead of the database's: the conformance suite sets it. The lease
 	// is still checked on the database's clock.
@@ -174,10 +198,16 @@ type Store struct {
 	// Reacquire that takes a later one clears the failure.
 	failedEpoch int64
 	writerDone  chan struct{}
-	// CommitDelay: while the writer waits, the queue length that ends the
-	// wait (0: not waiting), and the wake-up that ends it early.
-	delayNeed int
-	delayWake chan struct{}
+	// CommitDelay and EndDelay: while the writer waits, the queue length
+	// that ends the wait (0: not waiting), whether a queued request a
+	// caller waits for ends it too (EndDelay), and the wake-up that ends
+	// it early.
+	delayNeed     int
+	delayOnWaiter bool
+	delayWake     chan struct{}
+	// endFlush counts callers (Release) that need queued ends written now:
+	// while positive the writer does not hold ends.
+	endFlush int
 	// lastWaiters: requests a caller waited for in the writer's last batch
 	// (the writer's own; read and written only by it, or before it sees a
 	// request).
@@ -286,6 +316,9 @@ func Open(ctx context.Context, pool *pgxpool.Pool, opts Options) (*Store, error)
 	}
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = DefaultMaxBatch
+	}
+	if opts.EndDelay == 0 {
+		opts.EndDelay = DefaultEndDelay
 	}
 	if opts.WriteTimeout <= 0 {
 		opts.WriteTimeout = DefaultWriteTimeout
@@ -526,7 +559,9 @@ func pgText(s string) string {
 }
 
 // End records that phase 2 of a committed transaction finished. It returns
-// once the end is queued: the row is marked with the next batch. Lookup and
+// once the end is queued: the row is marked with the next batch that
+// carries a request a caller waits for (a decision, an abort, an action),
+// or after Options.EndDelay, or at Close. Lookup and
 // Pending of this store show it ended at once; other processes see it once
 // written. If it is never written (a crash, a lost lease), the transaction
 // is pending again and recovery commits its branches again, which is

@@ -295,7 +295,7 @@ func TestGroupCommit(t *testing.T) {
 	var releaseOnce, once sync.Once
 	var first atomic.Int64
 	s := openStore(t, pool, schema, "gc", func(o *Options) {
-		o.hooks = &testHooks{beforeBatch: func(n int) {
+		o.hooks = &testHooks{beforeBatch: func(n, _ int) {
 			// Hold the first batch until every other committer is queued,
 			// so the test does not depend on timing.
 			once.Do(func() { first.Store(int64(n)); <-release })

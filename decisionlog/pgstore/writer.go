@@ -210,13 +210,14 @@ func (s *Store) enqueue(r *request) error {
 	}
 	s.queue = append(s.queue, r)
 	s.qcond.Signal()
-	if s.delayNeed > 0 && len(s.queue) >= s.delayNeed {
+	if s.delayNeed > 0 && (len(s.queue) >= s.delayNeed || s.delayOnWaiter && r.done != nil) {
 		s.wakeDelay()
 	}
 	return nil
 }
 
-// wakeDelay ends the writer's CommitDelay early. qmu must be held.
+// wakeDelay ends the writer's CommitDelay or EndDelay early. qmu must be
+// held.
 func (s *Store) wakeDelay() {
 	select {
 	case s.delayWake <- struct{}{}:
@@ -226,7 +227,9 @@ func (s *Store) wakeDelay() {
 
 // run is the writer goroutine: it takes whatever was queued while the last
 // batch was in flight and writes it as the next batch (group commit without
-// a timer, as FileLog).
+// a timer, as FileLog). Two waits widen a batch: EndDelay holds a batch of
+// only End records until a request a caller waits for comes to share it,
+// and CommitDelay holds a batch of concurrent decisions for more of them.
 func (s *Store) run() {
 	defer close(s.writerDone)
 	seen := map[string]struct{}{}
@@ -235,13 +238,22 @@ func (s *Store) run() {
 		if batch == nil {
 			return
 		}
+		if s.opts.EndDelay > 0 && !cut && len(batch) < s.opts.MaxBatch && waiters(batch) == 0 {
+			// Nobody waits for these ends: rather than a round trip and a
+			// commit of their own (which, on a busy database, the next
+			// decision would queue behind), they wait for the next batch
+			// somebody waits for. Not when take stopped at a repeated
+			// gtrid: the request queued behind goes next anyway.
+			s.delayFor(s.opts.EndDelay, s.opts.MaxBatch-len(batch), true)
+			batch, cut = s.takeMore(batch, seen)
+		}
 		if s.opts.CommitDelay > 0 && s.lastWaiters > 1 && !cut && len(batch) < s.opts.MaxBatch && waiters(batch) > 0 {
 			// Decisions arrive concurrently: hold the batch open so that
 			// those arriving meanwhile share its round trip and commit.
 			// Not when take stopped at a repeated gtrid: that one waits
 			// for the next batch anyway.
-			s.delayFor(s.opts.MaxBatch - len(batch))
-			batch = s.takeMore(batch, seen)
+			s.delayFor(s.opts.CommitDelay, s.opts.MaxBatch-len(batch), false)
+			batch, _ = s.takeMore(batch, seen)
 		}
 		s.lastWaiters = waiters(batch)
 		s.writeBatch(batch)
@@ -259,24 +271,25 @@ func waiters(batch []*request) int {
 	return n
 }
 
-// delayFor waits CommitDelay, or until need more requests are queued, or
-// until Close.
-func (s *Store) delayFor(need int) {
+// delayFor waits d, or until need more requests are queued, or (onWaiter)
+// until a request a caller waits for is, or until Close; an EndDelay
+// (onWaiter) also ends at once while a Release wants ends flushed.
+func (s *Store) delayFor(d time.Duration, need int, onWaiter bool) {
 	s.qmu.Lock()
-	if len(s.queue) >= need || s.closed {
+	if len(s.queue) >= need || s.closed || onWaiter && (s.endFlush > 0 || waiters(s.queue) > 0) {
 		s.qmu.Unlock()
 		return
 	}
-	s.delayNeed = need
+	s.delayNeed, s.delayOnWaiter = need, onWaiter
 	s.qmu.Unlock()
-	t := time.NewTimer(s.opts.CommitDelay)
+	t := time.NewTimer(d)
 	select {
 	case <-t.C:
 	case <-s.delayWake:
 		t.Stop()
 	}
 	s.qmu.Lock()
-	s.delayNeed = 0
+	s.delayNeed, s.delayOnWaiter = 0, false
 	s.qmu.Unlock()
 	select {
 	case <-s.delayWake: // drop a wake-up that raced with the timer
@@ -284,15 +297,32 @@ func (s *Store) delayFor(need int) {
 	}
 }
 
+// flushEnds makes the writer send queued End records without holding them
+// (EndDelay) until done is called.
+func (s *Store) flushEnds() (done func()) {
+	s.qmu.Lock()
+	s.endFlush++
+	if s.delayOnWaiter {
+		s.wakeDelay()
+	}
+	s.qmu.Unlock()
+	return func() {
+		s.qmu.Lock()
+		s.endFlush--
+		s.qmu.Unlock()
+	}
+}
+
 // takeMore appends to batch the requests queued since it was taken, up to
 // MaxBatch and stopping before the first gtrid already in it (seen holds
-// the batch's gtrids).
-func (s *Store) takeMore(batch []*request, seen map[string]struct{}) []*request {
+// the batch's gtrids; cut says it stopped there).
+func (s *Store) takeMore(batch []*request, seen map[string]struct{}) (_ []*request, cut bool) {
 	s.qmu.Lock()
 	defer s.qmu.Unlock()
 	n := 0
 	for n < len(s.queue) && len(batch)+n < s.opts.MaxBatch {
 		if _, dup := seen[s.queue[n].key]; dup {
+			cut = true
 			break
 		}
 		seen[s.queue[n].key] = struct{}{}
@@ -302,7 +332,7 @@ func (s *Store) takeMore(batch []*request, seen map[string]struct{}) []*request 
 	rest := copy(s.queue, s.queue[n:])
 	clear(s.queue[rest:])
 	s.queue = s.queue[:rest]
-	return batch
+	return batch, cut
 }
 
 // take waits for requests and returns the next batch: up to MaxBatch
@@ -380,7 +410,7 @@ func (s *Store) writeBatch(batch []*request) {
 	var fenceNow *time.Time
 	if h := s.opts.hooks; h != nil {
 		if h.beforeBatch != nil {
-			h.beforeBatch(len(send))
+			h.beforeBatch(len(send), waiters(send))
 		}
 		if h.fenceNow != nil {
 			t := h.fenceNow()
