@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/xabridge/xabridge/decisionlog"
+	"github.com/xabridge/xabridge/drivers"
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/demo"
 	"github.com/xabridge/xabridge/metrics"
@@ -163,7 +165,10 @@ func newDemoCheckCmd() *cobra.Command {
 transfer is in both databases or in neither (exit 1 if not). While branches
 of ours are still prepared (a coordinator killed, or stopped before phase 2
 finished) the check is not final: it says how many and exits 3; run
-xabridge recover first. The two databases are read one after the other, so
+xabridge recover first. A prepared branch does not say which tables it
+touched, so every xabridge node's branches count unless --nodes names the
+demo's own (other coordinators on the same databases then do not hold the
+check up). The two databases are read one after the other, so
 while coordinators run, a transfer between its two commits shows in one
 database only: a state that breaks an invariant is read again for up to 2s
 before it is reported.`,
@@ -172,10 +177,16 @@ before it is reported.`,
 			if err := o.ValidateDatabases(); err != nil {
 				return usageError{err}
 			}
+			for _, n := range o.CheckNodes {
+				if err := drivers.ValidateNodeID(n); err != nil {
+					return usageError{fmt.Errorf("--nodes: %w", err)}
+				}
+			}
 			return demo.Check(cmd.Context(), cmd.OutOrStdout(), o.Options)
 		},
 	}
 	addDemoDBFlags(cmd, o)
+	cmd.Flags().StringSliceVar(&o.CheckNodes, "nodes", nil, "count only these coordinator nodes' prepared branches (comma-separated node ids; default: every xabridge node's, as a branch does not say which tables it touched)")
 	return cmd
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/xabridge/xabridge/internal/bank"
 	"github.com/xabridge/xabridge/internal/dbtest"
 	"github.com/xabridge/xabridge/internal/startup"
+	"github.com/xabridge/xabridge/internal/strand"
 	"github.com/xabridge/xabridge/recovery"
 )
 
@@ -46,7 +47,7 @@ func TestKillDemoThenRecover(t *testing.T) {
 
 		// Before recovery the check may not judge: branches the kill left
 		// prepared make it "in doubt" (exit 3), never a violation (exit 1).
-		out, errOut, code := cli(t, "demo", "check", "--pg", pg, "--mysql", my, "--table-prefix", prefix)
+		out, errOut, code := cli(t, "demo", "check", "--pg", pg, "--mysql", my, "--table-prefix", prefix, "--nodes", node)
 		switch {
 		case code == exitInDoubt && strings.Contains(out, "still prepared"):
 			t.Logf("round %d: before recover: %s", round, firstLine(out, "in doubt"))
@@ -64,7 +65,7 @@ func TestKillDemoThenRecover(t *testing.T) {
 		if code != exitOK || strings.Contains(out, node) {
 			t.Fatalf("round %d: branches of %s remain after recover (exit %d)\n%s%s", round, node, code, out, errOut)
 		}
-		out, errOut, code = cli(t, "demo", "check", "--pg", pg, "--mysql", my, "--table-prefix", prefix)
+		out, errOut, code = cli(t, "demo", "check", "--pg", pg, "--mysql", my, "--table-prefix", prefix, "--nodes", node)
 		if code != exitOK {
 			t.Fatalf("round %d: demo invariants violated (exit %d)\n%s%s", round, code, out, errOut)
 		}
@@ -140,7 +141,7 @@ func TestKillDemoThenRestart(t *testing.T) {
 		if code != exitOK || strings.Contains(out, node) {
 			t.Fatalf("round %d: branches of %s remain after the restart (exit %d)\n%s%s", round, node, code, out, errOut)
 		}
-		out, errOut, code = cli(t, "demo", "check", "--pg", pg, "--mysql", my, "--table-prefix", prefix)
+		out, errOut, code = cli(t, "demo", "check", "--pg", pg, "--mysql", my, "--table-prefix", prefix, "--nodes", node)
 		if code != exitOK {
 			t.Fatalf("round %d: demo invariants violated (exit %d)\n%s%s", round, code, out, errOut)
 		}
@@ -245,7 +246,7 @@ func TestTwoDemosOneNodeID(t *testing.T) {
 		t.Fatalf("the second demo after the first was killed: exit %d\n%s%s", code, out, errOut)
 	}
 	t.Logf("second demo ran %v after the kill", time.Since(killed).Round(time.Millisecond))
-	out, errOut, code = cli(t, "demo", "check", "--pg", pg, "--mysql", my, "--table-prefix", prefix)
+	out, errOut, code = cli(t, "demo", "check", "--pg", pg, "--mysql", my, "--table-prefix", prefix, "--nodes", node)
 	if code != exitOK {
 		t.Fatalf("demo invariants violated (exit %d)\n%s%s", code, out, errOut)
 	}
@@ -342,5 +343,38 @@ func (r *demoRig) waitTransfers(t *testing.T, cmd *exec.Cmd, want int, within ti
 			}
 			t.Fatalf("the demo did not commit %d transfers in %v (%d so far)", want, within, r.transfers())
 		}
+	}
+}
+
+// demo check --nodes counts only the named nodes' prepared branches: an
+// unrelated coordinator's branch on the same databases holds up the check
+// without --nodes (exit 3), not with it; a bad node id is a usage error.
+func TestDemoCheckNodes(t *testing.T) {
+	r := newDemoRig(t, "cn")
+	node := "cn-" + randHex(3)
+	db := []string{"--pg", r.pg, "--mysql", r.my, "--table-prefix", r.prefix}
+	if out, errOut, code := cli(t, append([]string{"demo", "transfer", "--count", "5", "--concurrency", "1", "--node-id", node, "--log-dir", t.TempDir()}, db...)...); code != exitOK {
+		t.Fatalf("demo transfer: exit %d\n%s%s", code, out, errOut)
+	}
+	ctx := context.Background()
+	now := time.Now()
+	other := strand.GlobalID("cx-"+randHex(3), now, now.Add(time.Minute), 1)
+	xid := drivers.XID{Global: other, Branch: 1}
+	if err := strand.Prepare(ctx, r.b.PG, xid, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = r.b.PG.RollbackPrepared(context.Background(), xid) }()
+
+	if out, errOut, code := cli(t, append([]string{"demo", "check"}, db...)...); code != exitInDoubt {
+		t.Errorf("check with another node's branch prepared: exit %d, want %d\n%s%s", code, exitInDoubt, out, errOut)
+	}
+	if out, errOut, code := cli(t, append([]string{"demo", "check", "--nodes", node}, db...)...); code != exitOK {
+		t.Errorf("check --nodes %s: exit %d, want %d\n%s%s", node, code, exitOK, out, errOut)
+	}
+	if out, errOut, code := cli(t, append([]string{"demo", "check", "--nodes", other.Node()}, db...)...); code != exitInDoubt {
+		t.Errorf("check --nodes %s (the node with the branch): exit %d, want %d\n%s%s", other.Node(), code, exitInDoubt, out, errOut)
+	}
+	if _, errOut, code := cli(t, append([]string{"demo", "check", "--nodes", "Bad!"}, db...)...); code != exitUsage || !strings.Contains(errOut, "--nodes") {
+		t.Errorf("check --nodes Bad!: exit %d, want %d naming --nodes: %s", code, exitUsage, errOut)
 	}
 }

@@ -335,7 +335,7 @@ func TestDemoServesMetrics(t *testing.T) {
 	if out, errOut, code := cli(t, append(base, "recover", "--min-age", "0s")...); code != exitOK {
 		t.Fatalf("recover: exit %d\n%s%s", code, out, errOut)
 	}
-	if out, errOut, code := cli(t, "demo", "check", "--pg", pg, "--mysql", my, "--table-prefix", prefix); code != exitOK {
+	if out, errOut, code := cli(t, "demo", "check", "--pg", pg, "--mysql", my, "--table-prefix", prefix, "--nodes", node); code != exitOK {
 		t.Fatalf("demo invariants violated: exit %d\n%s%s", code, out, errOut)
 	}
 }

@@ -118,7 +118,7 @@ func TestTwoDemoCoordinatorsOnStore(t *testing.T) {
 			t.Errorf("node %s: in doubt %v, pending %d", n.Node, n.InDoubtBranches, n.PendingDecisions)
 		}
 	}
-	out, errOut, code = cli(t, "demo", "check", "--pg", s.pgURL, "--mysql", s.myURL, "--table-prefix", prefix)
+	out, errOut, code = cli(t, "demo", "check", "--pg", s.pgURL, "--mysql", s.myURL, "--table-prefix", prefix, "--nodes", "dm-a,dm-b")
 	if code != exitOK {
 		t.Fatalf("demo invariants violated (exit %d)\n%s%s", code, out, errOut)
 	}
