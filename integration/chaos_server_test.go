@@ -154,6 +154,11 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 
 // poll calls cond every 20ms until it holds or timeout passes.
 func poll(timeout time.Duration, cond func() bool) bool {
+	return pollEvery(timeout, 20*time.Millisecond, cond)
+}
+
+// pollEvery calls cond every interval until it holds or timeout passes.
+func pollEvery(timeout, every time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)
 	for {
 		if cond() {
@@ -162,6 +167,6 @@ func poll(timeout time.Duration, cond func() bool) bool {
 		if time.Now().After(deadline) {
 			return false
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(every)
 	}
 }

@@ -256,19 +256,6 @@ func (h *dockerHA) staleDecisions(node string, epoch int64, since time.Time) int
 	return n
 }
 
-func pollEvery(timeout, every time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(every)
-	}
-}
-
 // TestDockerCoordinatorsHA runs three coordinator containers on one
 // shared store under load, then:
 //
