@@ -714,7 +714,10 @@ lease expired). Each node is taken over as a replica does it: its lease is
 claimed (epoch + 1), its commit decisions are driven to completion, its
 undecided branches rolled back with the abort recorded first (no fence to
 wait for: the node is dead and its late decisions are refused), and the
-lease released. While it acts, recover holds a lease of its own under the
+lease released. Without --node-id, a node whose lease was given back (a
+clean stop, or a claimant that finished) with no decision pending and no
+branch prepared is not claimed: a claim would only cost it an epoch.
+While it acts, recover holds a lease of its own under the
 node id xabridge-cli, so one operator command acts on a store at a time.
 --dry-run reads the plan without a lease. --watch and --min-age do not go
 with --store: replicas on the store do this continuously.`,

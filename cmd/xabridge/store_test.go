@@ -605,10 +605,29 @@ func TestRecoverStoreTakesOverExpired(t *testing.T) {
 		t.Errorf("recover touched the live node")
 	}
 
-	// Again, every expired node: nothing left to do, exit 0.
+	// A node whose own process stopped cleanly, with nothing left.
+	clean := s.open(t, "rx-clean", 5*time.Second)
+	if err := clean.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cleanBefore := s.node(t, "rx-clean")
+
+	// Again, every expired node: all were released with nothing left, so
+	// none is claimed (a claim would cost each an epoch), exit 0.
 	out, errOut, code = cli(t, append([]string{"recover"}, base...)...)
-	if code != exitOK || !strings.Contains(out, "nothing in doubt") {
+	if code != exitOK {
 		t.Errorf("second recover: exit %d\n%s%s", code, out, errOut)
+	}
+	for _, n := range []string{"rx-dead", "rx-other", "rx-clean"} {
+		if !strings.Contains(out, "node "+n+" (epoch ") || !strings.Contains(out, "not claimed") {
+			t.Errorf("second recover does not say it left %s unclaimed:\n%s", n, out)
+		}
+	}
+	if ni := s.node(t, "rx-dead"); ni.Epoch != after.Epoch {
+		t.Errorf("rx-dead claimed again with nothing left: epoch %d, was %d", ni.Epoch, after.Epoch)
+	}
+	if ni := s.node(t, "rx-clean"); ni.Epoch != cleanBefore.Epoch || !ni.Released {
+		t.Errorf("rx-clean after recover: %+v; want epoch %d, still released by itself", ni, cleanBefore.Epoch)
 	}
 }
 

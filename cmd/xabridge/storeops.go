@@ -9,6 +9,7 @@ import (
 
 	"github.com/xabridge/xabridge/decisionlog/pgstore"
 	"github.com/xabridge/xabridge/drivers"
+	"github.com/xabridge/xabridge/internal/startup"
 	"github.com/xabridge/xabridge/recovery"
 	"github.com/xabridge/xabridge/replica"
 )
@@ -146,6 +147,10 @@ func storeRecover(ctx context.Context, out io.Writer, r *resolved, dryRun bool) 
 			return err
 		}
 		for _, n := range targets {
+			if !r.nodeIDGiven && nothingLeft(ctx, st, n, res) {
+				reports = append(reports, nodeReport{node: n.Node, epoch: n.Epoch, skipped: "released with nothing left (no decision pending, no branch prepared): not claimed"})
+				continue
+			}
 			rep, err := takeOver(ctx, st, n.Node, recovery.Config{Resources: res, Actor: actor(), DecisionResource: r.keeper})
 			nr := nodeReport{node: n.Node, epoch: n.Epoch, rep: rep, err: err}
 			if errors.Is(err, pgstore.ErrNodeLeased) {
@@ -162,6 +167,24 @@ func storeRecover(ctx context.Context, out io.Writer, r *resolved, dryRun bool) 
 		}
 	}
 	return printNodeReports(out, r, reports, dryRun)
+}
+
+// nothingLeft reports whether n's lease was given back (by its own process
+// stopping cleanly, or by a claimant that finished) and nothing of it is
+// left: no decision pending in the store, no branch of it prepared on res.
+// Such a node is not claimed, as a replica's pass does not claim it: a
+// claim would cost it an epoch, and its restart would wait for the claim.
+// A failed read answers false: then the takeover runs and reports it.
+func nothingLeft(ctx context.Context, st *pgstore.Store, n pgstore.NodeInfo, res []drivers.Resource) bool {
+	if n.Holder.Node == n.Node && !n.Released {
+		return false // it lapsed: its holder died or was cut off
+	}
+	pending, err := st.PendingContext(ctx, n.Node)
+	if err != nil || len(pending) > 0 {
+		return false
+	}
+	prepared, err := startup.InDoubt(ctx, n.Node, res...)
+	return err == nil && prepared == 0
 }
 
 // nodeReportJSON is one node's part of recover --store -o json.
