@@ -39,6 +39,9 @@ func storeResolve(ctx context.Context, r *resolved, g drivers.GlobalID, commit, 
 	if node == st.Node() {
 		return nil, usagef("%s is a transaction of node %s, the operator commands' own node id", g, node)
 	}
+	if _, err := st.PendingContext(ctx, node); err != nil {
+		return nil, storeUnread(node, err)
+	}
 	if _, err := st.Claim(ctx, node); err != nil {
 		return nil, leasedRefusal(node, err)
 	}
@@ -147,7 +150,14 @@ func storeRecover(ctx context.Context, out io.Writer, r *resolved, dryRun bool) 
 			return err
 		}
 		for _, n := range targets {
-			if !r.nodeIDGiven && nothingLeft(ctx, st, n, res) {
+			pending, err := st.PendingContext(ctx, n.Node)
+			if err != nil {
+				// Not claimed: a claim costs the node an epoch, and
+				// nothing can be done without its decisions.
+				reports = append(reports, nodeReport{node: n.Node, epoch: n.Epoch, err: storeUnread(n.Node, err)})
+				continue
+			}
+			if !r.nodeIDGiven && len(pending) == 0 && nothingLeft(ctx, n, res) {
 				reports = append(reports, nodeReport{node: n.Node, epoch: n.Epoch, skipped: "released with nothing left (no decision pending, no branch prepared): not claimed"})
 				continue
 			}
@@ -169,22 +179,25 @@ func storeRecover(ctx context.Context, out io.Writer, r *resolved, dryRun bool) 
 	return printNodeReports(out, r, reports, dryRun)
 }
 
-// nothingLeft reports whether n's lease was given back (by its own process
-// stopping cleanly, or by a claimant that finished) and nothing of it is
-// left: no decision pending in the store, no branch of it prepared on res.
-// Such a node is not claimed, as a replica's pass does not claim it: a
-// claim would cost it an epoch, and its restart would wait for the claim.
-// A failed read answers false: then the takeover runs and reports it.
-func nothingLeft(ctx context.Context, st *pgstore.Store, n pgstore.NodeInfo, res []drivers.Resource) bool {
+// nothingLeft reports whether n, with no decision pending, was given back
+// (by its own process stopping cleanly, or by a claimant that finished) and
+// has no branch prepared on res. Such a node is not claimed, as a
+// replica's pass does not claim it: a claim would cost it an epoch, and its
+// restart would wait for the claim. A failed scan answers false: then the
+// takeover runs and reports it.
+func nothingLeft(ctx context.Context, n pgstore.NodeInfo, res []drivers.Resource) bool {
 	if n.Holder.Node == n.Node && !n.Released {
 		return false // it lapsed: its holder died or was cut off
 	}
-	pending, err := st.PendingContext(ctx, n.Node)
-	if err != nil || len(pending) > 0 {
-		return false
-	}
 	prepared, err := startup.InDoubt(ctx, n.Node, res...)
 	return err == nil && prepared == 0
+}
+
+// storeUnread is the refusal when node's decisions cannot be read from the
+// store: checked before a claim, so that a store an operator cannot read
+// is left exactly as it was.
+func storeUnread(node string, err error) error {
+	return fmt.Errorf("node %s: reading its decisions from the store: %w (nothing claimed or changed)", node, err)
 }
 
 // nodeReportJSON is one node's part of recover --store -o json.

@@ -61,6 +61,7 @@ func TestStoreReadFailureIsNoVerdict(t *testing.T) {
 		}
 	})
 	s.prepare(t, g, true, true, 4)
+	before := s.node(t, "rf-dead")
 
 	tables := func(names ...string) string {
 		var q []string
@@ -110,6 +111,10 @@ func TestStoreReadFailureIsNoVerdict(t *testing.T) {
 	}
 	if n := s.prepared(t, g); n != 2 {
 		t.Fatalf("%d of 2 branches still prepared: something acted on an unread decision", n)
+	}
+	if after := s.node(t, "rf-dead"); after.Epoch != before.Epoch || !sameHolder(after.Holder, before.Holder) {
+		t.Errorf("rf-dead's lease changed (epoch %d → %d, holder %s → %s): a command claimed it before finding the store unreadable",
+			before.Epoch, after.Epoch, before.Holder.Node, after.Holder.Node)
 	}
 	rd, err := pgstore.OpenReader(ctx, s.pool, pgstore.ReaderOptions{Schema: s.schema})
 	if err != nil {
