@@ -370,15 +370,17 @@ func TestLeaseLostMidTraffic(t *testing.T) {
 	if e := n.r.Store().Epoch(); e < epoch0+2 {
 		t.Errorf("epoch after the takeover and reacquire %d, want at least %d", e, epoch0+2)
 	}
-	if _, err := n.b.Do(ctx, n.r.Coordinator(), bank.Transfer{PGAccount: 9, MyAccount: 9, Amount: 1}); err != nil {
-		t.Errorf("transfer under the new epoch: %v", err)
-	}
 	// In-doubt branches of the cut are settled by the claimant or, after
 	// their fence, by the node's own recovery.
 	waitFor(t, 40*time.Second, "nothing of the node left prepared", func() bool {
 		c, err := w.prepared(n.id)
 		return err == nil && c == 0
 	})
+	// Only now: a branch of the cut still prepared holds its rows' locks,
+	// and a transfer on them would wait past its deadline.
+	if _, err := n.b.Do(ctx, n.r.Coordinator(), bank.Transfer{PGAccount: 9, MyAccount: 9, Amount: 1}); err != nil {
+		t.Errorf("transfer under the new epoch: %v", err)
+	}
 	var aborted, unknown, committed int
 	for _, r := range results {
 		pg, my := w.transferIn(r.id)

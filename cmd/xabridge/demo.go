@@ -162,16 +162,16 @@ func newDemoCheckCmd() *cobra.Command {
 		Use:   "check",
 		Short: "Check the demo's invariants: money conserved, every transfer in both databases or neither",
 		Long: `check reads the demo tables and says whether money is conserved and every
-transfer is in both databases or in neither (exit 1 if not). While branches
-of ours are still prepared (a coordinator killed, or stopped before phase 2
-finished) the check is not final: it says how many and exits 3; run
-xabridge recover first. A prepared branch does not say which tables it
-touched, so every xabridge node's branches count unless --nodes names the
-demo's own (other coordinators on the same databases then do not hold the
-check up). The two databases are read one after the other, so
-while coordinators run, a transfer between its two commits shows in one
-database only: a state that breaks an invariant is read again for up to 2s
-before it is reported.`,
+transfer is in both databases or in neither (exit 1 if not). A state that
+holds them is judged at once. One that breaks them while branches of ours
+are still prepared (a coordinator killed, or stopped before phase 2
+finished) is not final: the check says how many and exits 3; run xabridge
+recover first. A prepared branch does not say which tables it touched, so
+every xabridge node's branches count unless --nodes names the demo's own.
+The two databases are read one after the other, so while coordinators run,
+a transfer between its two commits shows in one database only: a state that
+breaks an invariant with nothing prepared is read again for up to 2s before
+it is reported.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.ValidateDatabases(); err != nil {

@@ -346,9 +346,12 @@ func (r *demoRig) waitTransfers(t *testing.T, cmd *exec.Cmd, want int, within ti
 	}
 }
 
-// demo check --nodes counts only the named nodes' prepared branches: an
-// unrelated coordinator's branch on the same databases holds up the check
-// without --nodes (exit 3), not with it; a bad node id is a usage error.
+// A consistent state is judged at once even while another node's branch is
+// prepared; a broken one is in doubt (exit 3) while a branch that could
+// explain it is prepared, and demo check --nodes counts only the named
+// nodes' branches as such: with the demo's own node named, an unrelated
+// branch no longer holds the verdict (exit 1). A bad node id is a usage
+// error.
 func TestDemoCheckNodes(t *testing.T) {
 	r := newDemoRig(t, "cn")
 	node := "cn-" + randHex(3)
@@ -364,17 +367,31 @@ func TestDemoCheckNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = r.b.PG.RollbackPrepared(context.Background(), xid) }()
+	check := func(args ...string) (int, string) {
+		out, errOut, code := cli(t, append(append([]string{"demo", "check"}, args...), db...)...)
+		return code, out + errOut
+	}
 
-	if out, errOut, code := cli(t, append([]string{"demo", "check"}, db...)...); code != exitInDoubt {
-		t.Errorf("check with another node's branch prepared: exit %d, want %d\n%s%s", code, exitInDoubt, out, errOut)
+	if code, out := check(); code != exitOK {
+		t.Errorf("consistent state, another node's branch prepared: exit %d, want %d\n%s", code, exitOK, out)
 	}
-	if out, errOut, code := cli(t, append([]string{"demo", "check", "--nodes", node}, db...)...); code != exitOK {
-		t.Errorf("check --nodes %s: exit %d, want %d\n%s%s", node, code, exitOK, out, errOut)
+	// A transfer in PostgreSQL only: broken.
+	if _, err := r.b.PGPool.Exec(ctx, "INSERT INTO "+r.b.Table("transfers")+" (id, amount) VALUES ('cn-half', 1)"); err != nil {
+		t.Fatal(err)
 	}
-	if out, errOut, code := cli(t, append([]string{"demo", "check", "--nodes", other.Node()}, db...)...); code != exitInDoubt {
-		t.Errorf("check --nodes %s (the node with the branch): exit %d, want %d\n%s%s", other.Node(), code, exitInDoubt, out, errOut)
+	for _, c := range []struct {
+		args []string
+		want int
+	}{
+		{nil, exitInDoubt}, // any node's branch may explain it
+		{[]string{"--nodes", other.Node()}, exitInDoubt}, // the node with the branch
+		{[]string{"--nodes", node}, exitError},           // nothing of the demo's node prepared: violated
+	} {
+		if code, out := check(c.args...); code != c.want {
+			t.Errorf("broken state, check %v: exit %d, want %d\n%s", c.args, code, c.want, out)
+		}
 	}
-	if _, errOut, code := cli(t, append([]string{"demo", "check", "--nodes", "Bad!"}, db...)...); code != exitUsage || !strings.Contains(errOut, "--nodes") {
-		t.Errorf("check --nodes Bad!: exit %d, want %d naming --nodes: %s", code, exitUsage, errOut)
+	if code, out := check("--nodes", "Bad!"); code != exitUsage || !strings.Contains(out, "--nodes") {
+		t.Errorf("check --nodes Bad!: exit %d, want %d naming --nodes: %s", code, exitUsage, out)
 	}
 }

@@ -164,8 +164,9 @@ func Check(ctx context.Context, out io.Writer, o Options) error {
 	})
 }
 
-// ErrInDoubt is returned by the checks when branches of ours are still
-// prepared: the invariants can only be judged once recovery finished them.
+// ErrInDoubt is returned by the checks when the state breaks an invariant
+// while branches of ours are still prepared: it can only be judged once
+// recovery finished them.
 var ErrInDoubt = errors.New("demo transfers in doubt: branches still prepared")
 
 // checkSettle is how long check reads again a state that breaks an
@@ -175,11 +176,14 @@ var ErrInDoubt = errors.New("demo transfers in doubt: branches still prepared")
 // side), though it ends in both a moment later. A real violation stays.
 const checkSettle = 2 * time.Second
 
-// check prints the invariants; want is the expected total (-1: unknown). A
-// transfer in only one database whose other branch is still prepared is
-// not (yet) a violation: it is in doubt, and so is the whole check. A
-// state that breaks an invariant with nothing prepared is read again for
-// checkSettle before it is reported (see there).
+// check prints the invariants; want is the expected total (-1: unknown).
+// A state that holds them is judged at once, whatever is prepared
+// elsewhere: the committed state is consistent, and a branch still prepared
+// (of a coordinator killed, or of any other on these servers) cannot make
+// it inconsistent unless its transaction committed on one side, which then
+// shows. A state that breaks one while branches of ours are prepared is
+// not (yet) a violation: it is in doubt. One that breaks it with nothing
+// prepared is read again for checkSettle before it is reported (see there).
 func check(ctx context.Context, out io.Writer, b *bank.Bank, want int64) error {
 	return checkWith(ctx, out, b, want, func(ctx context.Context) (int, error) { return startup.InDoubt(ctx, "", b.PG, b.My) })
 }
@@ -193,6 +197,10 @@ func checkWith(ctx context.Context, out io.Writer, b *bank.Bank, want int64, cou
 		if err != nil {
 			return err
 		}
+		broken := st.Violations() > 0 || st.NetPG != st.NetMy || (want >= 0 && st.Total() != want)
+		if !broken {
+			return printState(out, st, want)
+		}
 		prepared, err := countPrepared(ctx)
 		if err != nil {
 			return err
@@ -202,8 +210,7 @@ func checkWith(ctx context.Context, out io.Writer, b *bank.Bank, want int64, cou
 			fmt.Fprintf(out, "in doubt:  %d branch(es) of ours still prepared, so the check is not final: run `xabridge recover` (--log-dir or --store of the node), then `xabridge demo check`\n", prepared)
 			return fmt.Errorf("%w: %d", ErrInDoubt, prepared)
 		}
-		broken := st.Violations() > 0 || st.NetPG != st.NetMy || (want >= 0 && st.Total() != want)
-		if !broken || !time.Now().Before(deadline) {
+		if !time.Now().Before(deadline) {
 			return printState(out, st, want)
 		}
 		select {
