@@ -163,11 +163,13 @@ func (r *Resource) sessionID(ctx context.Context, conn *sql.Conn) (session, erro
 	}
 	r.mu.Lock()
 	p, ok := r.ids[key]
-	mark, past := r.mark, slices.Clone(r.pastMarks)
-	r.mu.Unlock()
+	mark := r.mark
 	if ok && p.mark == mark {
-		return p.session, nil
+		r.mu.Unlock()
+		return p.session, nil // every branch start: no copy, no query
 	}
+	past := slices.Clone(r.pastMarks)
+	r.mu.Unlock()
 	var s session
 	var locked sql.NullInt64
 	var released any

@@ -406,8 +406,7 @@ func (r *Replica) takeOverPeers(ctx context.Context, own *recovery.Report) ([]Ta
 		// dead nodes do not cost a claim and a scan every pass forever,
 		// and a replica stopped cleanly is not claimed just as it restarts
 		// (it would have to wait for the claim to end).
-		released := n.Holder.Node != n.Node || n.Released
-		if released && !seen[n.Node] {
+		if n.GivenBack() && !seen[n.Node] {
 			pending, err := r.store.PendingContext(ctx, n.Node)
 			if err == nil && len(pending) == 0 {
 				continue

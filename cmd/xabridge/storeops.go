@@ -186,7 +186,7 @@ func storeRecover(ctx context.Context, out io.Writer, r *resolved, dryRun bool) 
 // restart would wait for the claim. A failed scan answers false: then the
 // takeover runs and reports it.
 func nothingLeft(ctx context.Context, n pgstore.NodeInfo, res []drivers.Resource) bool {
-	if n.Holder.Node == n.Node && !n.Released {
+	if !n.GivenBack() {
 		return false // it lapsed: its holder died or was cut off
 	}
 	prepared, err := startup.InDoubt(ctx, n.Node, res...)

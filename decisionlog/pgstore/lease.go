@@ -494,6 +494,14 @@ type NodeInfo struct {
 	Released bool
 }
 
+// GivenBack reports whether the node's lease was handed back rather than
+// lapsing with its own holder: released by the node's process stopping
+// cleanly, or held last by a claimant (which releases when it is done).
+// Such a node needs a takeover only if something of it is left.
+func (ni NodeInfo) GivenBack() bool {
+	return ni.Holder.Node != ni.Node || ni.Released
+}
+
 func scanNode(row interface{ Scan(...any) error }) (NodeInfo, error) {
 	var (
 		ni  NodeInfo

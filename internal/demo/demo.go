@@ -148,20 +148,7 @@ func Check(ctx context.Context, out io.Writer, o Options) error {
 		return err
 	}
 	defer b.Close()
-	if len(o.CheckNodes) == 0 {
-		return check(ctx, out, b, -1)
-	}
-	return checkWith(ctx, out, b, -1, func(ctx context.Context) (int, error) {
-		total := 0
-		for _, node := range o.CheckNodes {
-			n, err := startup.InDoubt(ctx, node, b.PG, b.My)
-			if err != nil {
-				return 0, err
-			}
-			total += n
-		}
-		return total, nil
-	})
+	return check(ctx, out, b, -1, o.CheckNodes...)
 }
 
 // ErrInDoubt is returned by the checks when the state breaks an invariant
@@ -184,8 +171,22 @@ const checkSettle = 2 * time.Second
 // shows. A state that breaks one while branches of ours are prepared is
 // not (yet) a violation: it is in doubt. One that breaks it with nothing
 // prepared is read again for checkSettle before it is reported (see there).
-func check(ctx context.Context, out io.Writer, b *bank.Bank, want int64) error {
-	return checkWith(ctx, out, b, want, func(ctx context.Context) (int, error) { return startup.InDoubt(ctx, "", b.PG, b.My) })
+// Branches of nodes count as ours (none given: of every xabridge node).
+func check(ctx context.Context, out io.Writer, b *bank.Bank, want int64, nodes ...string) error {
+	if len(nodes) == 0 {
+		nodes = []string{""} // startup.InDoubt's "any node"
+	}
+	return checkWith(ctx, out, b, want, func(ctx context.Context) (int, error) {
+		total := 0
+		for _, node := range nodes {
+			n, err := startup.InDoubt(ctx, node, b.PG, b.My)
+			if err != nil {
+				return 0, err
+			}
+			total += n
+		}
+		return total, nil
+	})
 }
 
 // checkWith is check with the count of our prepared branches from
